@@ -1,1 +1,55 @@
-//! rs2p
+//! rs2p: a peer-to-peer mesh network that speaks py2p 0.7's wire protocol.
+//!
+//! A [`MeshSocket`] is a node of a self-organising mesh of TCP peers: it
+//! floods broadcasts to every node, whispers to direct peers, routes replies
+//! to nodes it is not connected to, and keeps itself connected as nodes come
+//! and go. It interoperates with Python py2p 0.7.878 nodes on the same
+//! subnet.
+//!
+//! ```no_run
+//! use rs2p::{MeshSocket, Value};
+//!
+//! # async fn demo() -> Result<(), rs2p::Error> {
+//! let a = MeshSocket::builder().bind("127.0.0.1:0").spawn().await?;
+//! let b = MeshSocket::builder().bind("127.0.0.1:0").spawn().await?;
+//! b.connect(a.out_addr().clone()).await?;
+//!
+//! a.broadcast(vec![Value::from("hello"), Value::Binary(b"bytes".to_vec())]).await?;
+//! let msg = b.next_message().await.expect("node running");
+//! println!("{} says {:?}", msg.sender(), msg.packets()?);
+//! msg.reply(vec![Value::from("hi back")]).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! # Layout
+//! - `rs2p-proto` (re-exported as [`proto`]): the pure core, the wire format
+//!   and the mesh state machine, with no I/O.
+//! - this crate: the tokio driver (one actor task per node owning the state
+//!   machine, a reader and a writer task per connection, bounded queues
+//!   everywhere) and the public handles.
+//!
+//! # Queues and limits
+//! Every queue is bounded; the capacities are the `*_CAP` constants and the
+//! [`Builder`] settings. A peer that does not drain its send queue within
+//! the slow-peer timeout is disconnected; a full [`MeshSocket::recv`] queue
+//! drops new messages and counts them in [`Status::dropped_messages`].
+#![forbid(unsafe_code)]
+#![deny(missing_docs, rustdoc::broken_intra_doc_links)]
+#![warn(missing_debug_implementations, rust_2018_idioms)]
+
+mod actor;
+mod conn;
+mod error;
+mod socket;
+
+pub use error::Error;
+pub use rs2p_proto as proto;
+pub use rs2p_proto::id::{Encryption, MsgId, PeerId, Protocol};
+pub use rs2p_proto::mesh::{AddrParseError, PeerAddr, PeerInfo, ReplyRoute, Stats};
+pub use rs2p_proto::wire::{Compression, Limits};
+pub use rs2p_proto::Value;
+pub use socket::{
+    Builder, Event, EventStream, Handler, MeshSocket, Message, MessageKind, Status, COMMAND_CHANNEL_CAP,
+    DEFAULT_DIAL_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_RECV_QUEUE_CAP, DEFAULT_SEND_QUEUE_CAP,
+    DEFAULT_SLOW_PEER_TIMEOUT, DEFAULT_STALL_TIMEOUT, EVENT_CHANNEL_CAP, INBOUND_CHANNEL_CAP,
+};

@@ -95,6 +95,31 @@ impl PeerAddr {
     }
 }
 
+/// The text was not `HOST:PORT` (or `[V6]:PORT`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("bad address {0:?}: expected HOST:PORT")]
+pub struct AddrParseError(pub String);
+
+impl std::str::FromStr for PeerAddr {
+    type Err = AddrParseError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || AddrParseError(s.to_string());
+        let (host, port) = s.rsplit_once(':').ok_or_else(bad)?;
+        let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+        if host.is_empty() || (host.contains(':') && !s.starts_with('[')) {
+            return Err(bad());
+        }
+        let port: u16 = port.parse().map_err(|_| bad())?;
+        Ok(PeerAddr::new(host, port))
+    }
+}
+
+impl From<std::net::SocketAddr> for PeerAddr {
+    fn from(a: std::net::SocketAddr) -> Self {
+        PeerAddr::new(a.ip().to_string(), a.port())
+    }
+}
+
 impl fmt::Display for PeerAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.host.contains(':') {
@@ -296,6 +321,10 @@ pub enum Event {
     ConnectFailed {
         /// The connection, if one was opened.
         conn: Option<ConnId>,
+        /// The id the peer claimed, if its handshake arrived (a connection
+        /// closed as a [`CloseReason::Duplicate`] leaves this peer connected
+        /// through its other link).
+        peer: Option<PeerId>,
         /// The dial, if we dialed.
         dial: Option<DialId>,
         /// The dialed address, if we dialed.
@@ -440,6 +469,8 @@ struct Conn {
     peer_methods: Vec<u64>,
     codec: LinkCodec,
     last_user: Option<Frame>,
+    /// The id from the handshake, once it arrived.
+    claimed: Option<PeerId>,
 }
 
 #[derive(Debug)]
@@ -743,6 +774,7 @@ impl Mesh {
             }
             self.event(Event::ConnectFailed {
                 conn: None,
+                peer: None,
                 dial: Some(dial),
                 addr: Some(d.addr),
                 reason: CloseReason::Io(error),
@@ -875,7 +907,8 @@ impl Mesh {
         let Some(methods) = v[3].as_array().map(|a| a.iter().filter_map(Value::as_u64).collect::<Vec<u64>>()) else {
             return self.violation(conn, "handshake compression list");
         };
-        let Some(c) = self.conns.get(&conn) else { return };
+        let Some(c) = self.conns.get_mut(&conn) else { return };
+        c.claimed = Some(peer.clone());
         let new_outgoing = c.dir == Direction::Outgoing;
         if let Some(&existing) = self.routing.get(&peer) {
             match resolve_conflict(&self.cfg.id, &peer, new_outgoing) {
@@ -1134,6 +1167,7 @@ impl Mesh {
                 peer_methods: Vec::new(),
                 codec: LinkCodec::HANDSHAKE,
                 last_user: None,
+                claimed: None,
             },
         );
         let methods: Vec<Value> = self.cfg.compression.iter().map(|m| Value::from(m.code())).collect();
@@ -1272,6 +1306,7 @@ impl Mesh {
                 }
                 self.event(Event::ConnectFailed {
                     conn: Some(conn),
+                    peer: c.claimed,
                     dial: c.dial,
                     addr: c.target,
                     reason,

@@ -1,0 +1,500 @@
+//! The actor: the one task that owns a node's protocol state.
+//!
+//! It runs a single `select!` loop, local work first (API commands, timers,
+//! dial results), then what connections bring, then new connections. After
+//! each step it drains the state machine's outputs: frames go to the
+//! connections' bounded send queues, dials become short tasks, events go to
+//! subscribers.
+
+use std::collections::{HashMap, VecDeque};
+use std::panic::AssertUnwindSafe;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rs2p_proto::id::{MsgId, PeerId};
+use rs2p_proto::mesh::{self, CloseReason, ConnId, DialId, Mesh, Output, PeerAddr, PeerInfo, ReplyRoute};
+use rs2p_proto::wire::{subflag, Compression, Limits};
+use rs2p_proto::{Now, Value};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use crate::conn::{read_loop, write_loop, ConnEvent, WriterCmd};
+use crate::socket::{Event, Handler, Message, Status};
+use crate::Error;
+
+/// How often the state machine gets a tick (expiry, deadlines, upkeep).
+pub(crate) const TICK: Duration = Duration::from_millis(250);
+/// Protocol errors remembered for [`Status::recent_errors`].
+const RECENT_ERRORS: usize = 32;
+/// Capacity of the channel that returns dial results.
+const DIAL_CHANNEL_CAP: usize = 64;
+
+/// Driver settings that the pure state machine does not need.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    pub(crate) limits: Limits,
+    pub(crate) compression: Vec<Compression>,
+    pub(crate) max_connections: usize,
+    pub(crate) send_queue_cap: usize,
+    pub(crate) stall_timeout: Duration,
+    pub(crate) slow_peer_timeout: Duration,
+    pub(crate) dial_timeout: Duration,
+}
+
+/// Requests from handles to the actor; each carries its reply channel.
+pub(crate) enum Command {
+    Connect {
+        addr: PeerAddr,
+        expected: Option<PeerId>,
+        reply: oneshot::Sender<Result<PeerId, Error>>,
+    },
+    Broadcast {
+        subflag: u64,
+        packets: Vec<Value>,
+        reply: oneshot::Sender<MsgId>,
+    },
+    Whisper {
+        peer: PeerId,
+        packets: Vec<Value>,
+        reply: oneshot::Sender<Result<MsgId, Error>>,
+    },
+    Reply {
+        to: PeerId,
+        packets: Vec<Value>,
+        reply: oneshot::Sender<Result<ReplyRoute, Error>>,
+    },
+    RequestPeers {
+        reply: oneshot::Sender<()>,
+    },
+    Disconnect {
+        peer: PeerId,
+        reply: oneshot::Sender<Result<(), Error>>,
+    },
+    Peers {
+        reply: oneshot::Sender<Vec<PeerInfo>>,
+    },
+    Status {
+        reply: oneshot::Sender<Status>,
+    },
+    RegisterHandler {
+        handler: Handler,
+        reply: oneshot::Sender<()>,
+    },
+    Shutdown {
+        reply: oneshot::Sender<()>,
+    },
+}
+
+impl std::fmt::Debug for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Command::Connect { .. } => "Connect",
+            Command::Broadcast { .. } => "Broadcast",
+            Command::Whisper { .. } => "Whisper",
+            Command::Reply { .. } => "Reply",
+            Command::RequestPeers { .. } => "RequestPeers",
+            Command::Disconnect { .. } => "Disconnect",
+            Command::Peers { .. } => "Peers",
+            Command::Status { .. } => "Status",
+            Command::RegisterHandler { .. } => "RegisterHandler",
+            Command::Shutdown { .. } => "Shutdown",
+        })
+    }
+}
+
+struct DialResult {
+    dial: DialId,
+    result: Result<TcpStream, String>,
+}
+
+struct ConnHandle {
+    tx: mpsc::Sender<WriterCmd>,
+    reader: JoinHandle<()>,
+    writer: JoinHandle<()>,
+}
+
+impl Drop for ConnHandle {
+    fn drop(&mut self) {
+        // The writer ends by itself once its queue is drained and closed.
+        self.reader.abort();
+    }
+}
+
+pub(crate) struct Actor {
+    mesh: Mesh,
+    settings: Settings,
+    listener: TcpListener,
+    cmd_rx: mpsc::Receiver<Command>,
+    weak_cmd: mpsc::WeakSender<Command>,
+    events: broadcast::Sender<Event>,
+    inbox: mpsc::Sender<Message>,
+    conns: HashMap<ConnId, ConnHandle>,
+    next_conn: u64,
+    conn_tx: mpsc::Sender<ConnEvent>,
+    conn_rx: mpsc::Receiver<ConnEvent>,
+    dial_tx: mpsc::Sender<DialResult>,
+    dial_rx: mpsc::Receiver<DialResult>,
+    pending_connects: HashMap<DialId, (PeerAddr, oneshot::Sender<Result<PeerId, Error>>)>,
+    handlers: Vec<Handler>,
+    start: Instant,
+    recent_errors: VecDeque<String>,
+    dropped_messages: u64,
+    slow_peers: u64,
+}
+
+impl Actor {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        cfg: mesh::Config,
+        seed: u64,
+        listener: TcpListener,
+        settings: Settings,
+        cmd_rx: mpsc::Receiver<Command>,
+        weak_cmd: mpsc::WeakSender<Command>,
+        events: broadcast::Sender<Event>,
+        inbox: mpsc::Sender<Message>,
+    ) -> Self {
+        let (conn_tx, conn_rx) = mpsc::channel(crate::socket::INBOUND_CHANNEL_CAP);
+        let (dial_tx, dial_rx) = mpsc::channel(DIAL_CHANNEL_CAP);
+        Actor {
+            mesh: Mesh::new(cfg, seed),
+            settings,
+            listener,
+            cmd_rx,
+            weak_cmd,
+            events,
+            inbox,
+            conns: HashMap::new(),
+            next_conn: 0,
+            conn_tx,
+            conn_rx,
+            dial_tx,
+            dial_rx,
+            pending_connects: HashMap::new(),
+            handlers: Vec::new(),
+            start: Instant::now(),
+            recent_errors: VecDeque::new(),
+            dropped_messages: 0,
+            slow_peers: 0,
+        }
+    }
+
+    fn now(&self) -> Now {
+        Now {
+            mono_ms: self.start.elapsed().as_millis() as u64,
+            unix: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+        }
+    }
+
+    pub(crate) async fn run(mut self) {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tokio::select! {
+                biased;
+                cmd = self.cmd_rx.recv() => match cmd {
+                    Some(Command::Shutdown { reply }) => {
+                        self.shutdown().await;
+                        let _ = reply.send(());
+                        return;
+                    }
+                    Some(cmd) => self.on_command(cmd),
+                    None => {
+                        self.shutdown().await;
+                        return;
+                    }
+                },
+                _ = tick.tick() => {
+                    let now = self.now();
+                    self.mesh.handle_tick(now);
+                }
+                Some(d) = self.dial_rx.recv() => self.on_dial(d),
+                Some(ev) = self.conn_rx.recv() => self.on_conn_event(ev),
+                acc = self.listener.accept() => self.on_accept(acc).await,
+            }
+            self.flush().await;
+        }
+    }
+
+    fn on_command(&mut self, cmd: Command) {
+        let now = self.now();
+        match cmd {
+            Command::Connect { addr, expected, reply } => match self.mesh.connect(addr.clone(), expected) {
+                Ok(dial) => {
+                    self.pending_connects.insert(dial, (addr, reply));
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(e.into()));
+                }
+            },
+            Command::Broadcast { subflag, packets, reply } => {
+                let _ = reply.send(self.mesh.broadcast(now, subflag, &packets));
+            }
+            Command::Whisper { peer, packets, reply } => {
+                let r = self.mesh.whisper(now, &peer, subflag::WHISPER, &packets);
+                let _ = reply.send(r.map_err(Into::into));
+            }
+            Command::Reply { to, packets, reply } => {
+                let _ = reply.send(self.mesh.reply(now, &to, &packets).map_err(Into::into));
+            }
+            Command::RequestPeers { reply } => {
+                self.mesh.request_peers(now);
+                let _ = reply.send(());
+            }
+            Command::Disconnect { peer, reply } => {
+                let _ = reply.send(self.mesh.disconnect(&peer).map_err(Into::into));
+            }
+            Command::Peers { reply } => {
+                let _ = reply.send(self.mesh.peers());
+            }
+            Command::Status { reply } => {
+                let _ = reply.send(Status {
+                    nominal: self.recent_errors.is_empty(),
+                    recent_errors: self.recent_errors.iter().cloned().collect(),
+                    stats: self.mesh.stats(),
+                    peers: self.mesh.peers().len(),
+                    connections: self.mesh.connection_count(),
+                    dropped_messages: self.dropped_messages,
+                    slow_peers: self.slow_peers,
+                });
+            }
+            Command::RegisterHandler { handler, reply } => {
+                self.handlers.push(handler);
+                let _ = reply.send(());
+            }
+            Command::Shutdown { .. } => unreachable!("handled in run"),
+        }
+    }
+
+    fn on_dial(&mut self, d: DialResult) {
+        let now = self.now();
+        match d.result {
+            Ok(stream) => {
+                if self.conns.len() >= self.settings.max_connections {
+                    self.mesh.handle_dial_failed(now, d.dial, "connection limit reached".into());
+                    return;
+                }
+                let conn = self.open(stream);
+                self.mesh.handle_dialed(now, d.dial, conn);
+            }
+            Err(e) => self.mesh.handle_dial_failed(now, d.dial, e),
+        }
+    }
+
+    fn on_conn_event(&mut self, ev: ConnEvent) {
+        let now = self.now();
+        match ev {
+            ConnEvent::Packets(conn, batch) => {
+                for p in batch {
+                    self.mesh.handle_packet(now, conn, p);
+                }
+            }
+            ConnEvent::Closed(conn, reason) => {
+                if self.conns.remove(&conn).is_some() {
+                    if matches!(reason, CloseReason::Decode(_) | CloseReason::Stalled) {
+                        self.note_error(format!("connection {}: {reason}", conn.0));
+                    }
+                    self.mesh.handle_closed(now, conn, reason);
+                }
+            }
+        }
+    }
+
+    async fn on_accept(&mut self, acc: std::io::Result<(TcpStream, std::net::SocketAddr)>) {
+        match acc {
+            Ok((stream, from)) => {
+                if self.conns.len() >= self.settings.max_connections {
+                    tracing::warn!(%from, "refusing connection: limit of {} reached", self.settings.max_connections);
+                    return;
+                }
+                let conn = self.open(stream);
+                let now = self.now();
+                self.mesh.handle_incoming(now, conn);
+            }
+            Err(e) => {
+                // Typically out of file descriptors: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+
+    fn open(&mut self, stream: TcpStream) -> ConnId {
+        let _ = stream.set_nodelay(true);
+        self.next_conn += 1;
+        let conn = ConnId(self.next_conn);
+        let (rd, wr) = stream.into_split();
+        let (tx, rx) = mpsc::channel(self.settings.send_queue_cap);
+        let reader = tokio::spawn(read_loop(
+            conn,
+            rd,
+            self.settings.limits,
+            self.settings.compression.clone(),
+            self.settings.stall_timeout,
+            self.conn_tx.clone(),
+        ));
+        let writer = tokio::spawn(write_loop(conn, wr, rx, self.conn_tx.clone()));
+        self.conns.insert(conn, ConnHandle { tx, reader, writer });
+        conn
+    }
+
+    fn spawn_dial(&self, dial: DialId, addr: PeerAddr) {
+        let tx = self.dial_tx.clone();
+        let timeout = self.settings.dial_timeout;
+        tokio::spawn(async move {
+            let target = (addr.host.clone(), addr.port);
+            let result = match tokio::time::timeout(timeout, TcpStream::connect(target)).await {
+                Ok(Ok(s)) => Ok(s),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err(format!("no answer within {timeout:?}")),
+            };
+            let _ = tx.send(DialResult { dial, result }).await;
+        });
+    }
+
+    async fn flush(&mut self) {
+        while let Some(o) = self.mesh.poll_output() {
+            match o {
+                Output::Send { conn, frame } => self.to_writer(conn, WriterCmd::Frame(frame)).await,
+                Output::Configure { conn, codec } => self.to_writer(conn, WriterCmd::Codec(codec)).await,
+                Output::Dial { dial, addr } => self.spawn_dial(dial, addr),
+                Output::Close { conn, reason } => {
+                    if matches!(reason, CloseReason::ProtocolViolation(_)) {
+                        self.note_error(format!("connection {}: {reason}", conn.0));
+                    }
+                    self.close(conn);
+                }
+                Output::Event(e) => self.on_event(e),
+            }
+        }
+    }
+
+    /// Queues a command for a connection's writer. A full queue is waited
+    /// for (backpressure: the node stops reading meanwhile) up to the slow
+    /// peer timeout, after which the peer is disconnected.
+    async fn to_writer(&mut self, conn: ConnId, cmd: WriterCmd) {
+        let Some(h) = self.conns.get(&conn) else { return };
+        match h.tx.try_send(cmd) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+            Err(mpsc::error::TrySendError::Full(cmd)) => {
+                let tx = h.tx.clone();
+                if tx.send_timeout(cmd, self.settings.slow_peer_timeout).await.is_err() {
+                    self.slow_peers += 1;
+                    tracing::warn!(conn = conn.0, "disconnecting slow peer");
+                    self.close(conn);
+                    let now = self.now();
+                    self.mesh.handle_closed(now, conn, CloseReason::SlowPeer);
+                }
+            }
+        }
+    }
+
+    fn close(&mut self, conn: ConnId) {
+        if let Some(h) = self.conns.remove(&conn) {
+            // Queued frames are still written; then the socket closes.
+            let _ = h.tx.try_send(WriterCmd::Close);
+        }
+    }
+
+    fn note_error(&mut self, e: String) {
+        if self.recent_errors.len() >= RECENT_ERRORS {
+            self.recent_errors.pop_front();
+        }
+        self.recent_errors.push_back(e);
+    }
+
+    fn on_event(&mut self, e: mesh::Event) {
+        match e {
+            mesh::Event::PeerUp {
+                peer,
+                addr,
+                outgoing,
+                dial,
+                first,
+                ..
+            } => {
+                if first {
+                    let _ = self.events.send(Event::Connected { peer: peer.clone() });
+                }
+                if let Some((_, reply)) = dial.and_then(|d| self.pending_connects.remove(&d)) {
+                    let _ = reply.send(Ok(peer.clone()));
+                }
+                let _ = self.events.send(Event::PeerUp { peer, addr, outgoing });
+            }
+            mesh::Event::PeerDown { peer, reason, .. } => {
+                let _ = self.events.send(Event::PeerDown {
+                    peer,
+                    reason: reason.to_string(),
+                });
+            }
+            mesh::Event::ConnectFailed {
+                dial,
+                addr,
+                reason,
+                peer,
+                ..
+            } => {
+                if let Some((target, reply)) = dial.and_then(|d| self.pending_connects.remove(&d)) {
+                    let r = match (&reason, peer) {
+                        // Lost the conflict rule: connected through the other link.
+                        (CloseReason::Duplicate, Some(p)) => Ok(p),
+                        _ => Err(Error::Connect {
+                            addr: target,
+                            reason: reason.to_string(),
+                        }),
+                    };
+                    let _ = reply.send(r);
+                }
+                if !matches!(reason, CloseReason::Duplicate) {
+                    let _ = self.events.send(Event::ConnectFailed {
+                        addr,
+                        reason: reason.to_string(),
+                    });
+                }
+            }
+            mesh::Event::Message(d) => self.on_message(Message::new(d.packet, &self.weak_cmd)),
+        }
+    }
+
+    fn on_message(&mut self, msg: Message) {
+        for h in &self.handlers {
+            match std::panic::catch_unwind(AssertUnwindSafe(|| h(&msg))) {
+                Ok(true) => return,
+                Ok(false) => {}
+                Err(_) => tracing::error!("a message handler panicked; continuing with the next"),
+            }
+        }
+        if !matches!(msg.subflag(), subflag::BROADCAST | subflag::WHISPER) {
+            tracing::debug!(subflag = msg.subflag(), "ignoring message with unknown sub-flag");
+            return;
+        }
+        match self.inbox.try_send(msg.clone()) {
+            Ok(()) => {
+                let _ = self.events.send(Event::Message(msg));
+            }
+            Err(_) => self.dropped_messages += 1,
+        }
+    }
+
+    async fn shutdown(&mut self) {
+        self.mesh.shutdown();
+        self.flush().await;
+        let handles: Vec<ConnHandle> = self.conns.drain().map(|(_, h)| h).collect();
+        let mut writers = Vec::new();
+        for mut h in handles {
+            let _ = h.tx.try_send(WriterCmd::Close);
+            writers.push(std::mem::replace(&mut h.writer, tokio::spawn(async {})));
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            for w in writers {
+                let _ = w.await;
+            }
+        })
+        .await;
+        self.pending_connects.clear();
+    }
+}

@@ -1,0 +1,152 @@
+//! Per-connection tasks: one reader, one writer, nothing per message.
+
+use std::time::Duration;
+
+use bytes::BytesMut;
+use rs2p_proto::mesh::{CloseReason, ConnId, LinkCodec};
+use rs2p_proto::wire::{Compression, Frame, FrameDecoder, Limits, Packet};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+/// Largest number of bytes a coalescing writer gathers into one write.
+pub(crate) const MAX_COALESCED_WRITE: usize = 256 * 1024;
+
+/// Largest batch of packets a reader hands to the actor at once.
+pub(crate) const MAX_READ_BATCH: usize = 256;
+
+/// What readers and writers tell the actor.
+#[derive(Debug)]
+pub(crate) enum ConnEvent {
+    /// Checked packets, in arrival order.
+    Packets(ConnId, Vec<Packet>),
+    /// The connection ended (EOF, I/O error, undecodable input).
+    Closed(ConnId, CloseReason),
+}
+
+/// What the actor tells a writer.
+#[derive(Debug)]
+pub(crate) enum WriterCmd {
+    Frame(Frame),
+    Codec(LinkCodec),
+    /// Flush what is queued, then close the socket.
+    Close,
+}
+
+/// Reads frames until the stream ends or breaks a rule.
+///
+/// A partial frame that makes no progress for `stall` closes the connection
+/// (py2p's 60 s rule). Batches go to the actor through a bounded channel, so
+/// a fast sender is slowed down by TCP once the actor falls behind.
+pub(crate) async fn read_loop<R: AsyncRead + Unpin>(
+    conn: ConnId,
+    mut rd: R,
+    limits: Limits,
+    compression: Vec<Compression>,
+    stall: Duration,
+    to_actor: mpsc::Sender<ConnEvent>,
+) {
+    let mut dec = FrameDecoder::new(limits, &compression);
+    let reason = loop {
+        if dec.buffer().capacity() - dec.buffer().len() < 4096 {
+            dec.buffer().reserve(16 * 1024);
+        }
+        let read = if dec.has_partial() {
+            match tokio::time::timeout(stall, rd.read_buf(dec.buffer())).await {
+                Ok(r) => r,
+                Err(_) => break CloseReason::Stalled,
+            }
+        } else {
+            rd.read_buf(dec.buffer()).await
+        };
+        match read {
+            Ok(0) => break CloseReason::Io("closed by peer".into()),
+            Ok(_) => {}
+            Err(e) => break CloseReason::Io(e.to_string()),
+        }
+        let mut batch = Vec::new();
+        let mut failure = None;
+        loop {
+            match dec.next_packet() {
+                Ok(Some(p)) => {
+                    batch.push(p);
+                    if batch.len() >= MAX_READ_BATCH {
+                        let full = std::mem::take(&mut batch);
+                        if to_actor.send(ConnEvent::Packets(conn, full)).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::info!(?conn, error = %e, "closing connection: undecodable frame");
+                    failure = Some(CloseReason::Decode(e));
+                    break;
+                }
+            }
+        }
+        if !batch.is_empty() && to_actor.send(ConnEvent::Packets(conn, batch)).await.is_err() {
+            return;
+        }
+        if let Some(r) = failure {
+            break r;
+        }
+    };
+    let _ = to_actor.send(ConnEvent::Closed(conn, reason)).await;
+}
+
+/// Writes queued frames with the link's codec.
+///
+/// Toward rs2p peers (`coalesce`), everything queued is gathered into one
+/// write; toward py2p, each frame gets its own write (see
+/// [`LinkCodec::coalesce`]).
+pub(crate) async fn write_loop<W: AsyncWrite + Unpin>(
+    conn: ConnId,
+    mut wr: W,
+    mut rx: mpsc::Receiver<WriterCmd>,
+    to_actor: mpsc::Sender<ConnEvent>,
+) {
+    let mut codec = LinkCodec::HANDSHAKE;
+    let mut buf = BytesMut::with_capacity(16 * 1024);
+    let mut closing = false;
+    'outer: while let Some(cmd) = rx.recv().await {
+        let mut next = Some(cmd);
+        while let Some(cmd) = next.take() {
+            match cmd {
+                WriterCmd::Codec(c) => codec = c,
+                WriterCmd::Close => {
+                    closing = true;
+                    break;
+                }
+                WriterCmd::Frame(f) => {
+                    if codec.compression.is_none() {
+                        buf.extend_from_slice(f.wire_bytes());
+                    } else {
+                        buf.extend_from_slice(&f.encode_for(codec.compression));
+                    }
+                    if !codec.coalesce {
+                        if let Err(e) = wr.write_all(&buf).await {
+                            let _ = to_actor.send(ConnEvent::Closed(conn, CloseReason::Io(e.to_string()))).await;
+                            return;
+                        }
+                        buf.clear();
+                    }
+                }
+            }
+            if buf.len() < MAX_COALESCED_WRITE {
+                next = rx.try_recv().ok();
+            }
+        }
+        if !buf.is_empty() {
+            if let Err(e) = wr.write_all(&buf).await {
+                let _ = to_actor.send(ConnEvent::Closed(conn, CloseReason::Io(e.to_string()))).await;
+                return;
+            }
+            buf.clear();
+        }
+        if closing {
+            break 'outer;
+        }
+    }
+    let _ = wr.flush().await;
+    let _ = wr.shutdown().await;
+}

@@ -1,0 +1,66 @@
+//! Errors of the public API.
+
+use rs2p_proto::id::PeerId;
+use rs2p_proto::mesh::PeerAddr;
+use thiserror::Error;
+
+/// Errors returned by [`crate::MeshSocket`] and its builder.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Binding the listening socket failed (address in use, bad address).
+    #[error("cannot bind {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A configuration value is invalid.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// A connection attempt failed; the reason says why (refused, foreign
+    /// subnet, timeout, ...).
+    #[error("connecting to {addr} failed: {reason}")]
+    Connect {
+        /// Where we tried to connect.
+        addr: PeerAddr,
+        /// Why it failed.
+        reason: String,
+    },
+    /// Connecting to our own address.
+    #[error("refusing to connect to our own address {0}")]
+    OwnAddress(PeerAddr),
+    /// The peer is not directly connected.
+    #[error("not connected to peer {0}")]
+    NotConnected(PeerId),
+    /// Too many routed replies are waiting for routes.
+    #[error("too many replies waiting for a route")]
+    TooManyPending,
+    /// The socket was shut down (or its last handle dropped).
+    #[error("the socket is closed")]
+    Closed,
+}
+
+impl From<rs2p_proto::mesh::CommandError> for Error {
+    fn from(e: rs2p_proto::mesh::CommandError) -> Self {
+        use rs2p_proto::mesh::CommandError as C;
+        match e {
+            C::NotConnected(p) => Error::NotConnected(p),
+            C::OwnAddress(a) => Error::OwnAddress(a),
+            C::TooManyPending => Error::TooManyPending,
+        }
+    }
+}
+
+impl<T> From<tokio::sync::mpsc::error::SendError<T>> for Error {
+    fn from(_: tokio::sync::mpsc::error::SendError<T>) -> Self {
+        Error::Closed
+    }
+}
+
+impl From<tokio::sync::oneshot::error::RecvError> for Error {
+    fn from(_: tokio::sync::oneshot::error::RecvError) -> Self {
+        Error::Closed
+    }
+}

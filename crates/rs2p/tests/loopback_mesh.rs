@@ -1,0 +1,263 @@
+//! Real nodes on 127.0.0.1 with OS-assigned ports, rs2p only. Every wait is
+//! bounded; nodes are closed at the end of each test.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rs2p::{Encryption, Error, Event, MeshSocket, MessageKind, PeerId, Protocol, ReplyRoute, Value};
+
+async fn node() -> MeshSocket {
+    MeshSocket::builder().bind("127.0.0.1:0").spawn().await.expect("bind")
+}
+
+/// Polls `cond` every 20 ms for up to `secs` seconds.
+async fn wait_for<F, Fut>(secs: u64, what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    while tokio::time::Instant::now() < deadline {
+        if cond().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+async fn next_msg(n: &MeshSocket) -> rs2p::Message {
+    tokio::time::timeout(Duration::from_secs(10), n.next_message())
+        .await
+        .expect("message in time")
+        .expect("node running")
+}
+
+#[tokio::test]
+async fn broadcast_whisper_and_reply_between_two_nodes() {
+    let a = node().await;
+    let b = node().await;
+    let peer = b.connect(a.out_addr().clone()).await.unwrap();
+    assert_eq!(&peer, a.id());
+    wait_for(5, "a sees b", || async { a.routing_table().await.unwrap().len() == 1 }).await;
+
+    let packets = vec![
+        Value::from("str"),
+        Value::Binary(vec![0, 1, 2]),
+        Value::from(-7),
+        Value::F64(2.5),
+        Value::Array(vec![Value::Nil, Value::Boolean(true)]),
+        Value::Map(vec![(Value::from("k"), Value::from(1))]),
+    ];
+    a.broadcast(packets.clone()).await.unwrap();
+    let m = next_msg(&b).await;
+    assert_eq!(m.kind(), MessageKind::Broadcast);
+    assert_eq!(m.sender(), a.id());
+    assert_eq!(m.packets().unwrap(), packets);
+
+    m.reply(vec![Value::from("pong")]).await.unwrap();
+    let r = next_msg(&a).await;
+    assert_eq!(r.kind(), MessageKind::Whisper);
+    assert_eq!(r.packets().unwrap(), vec![Value::from("pong")]);
+
+    a.whisper(b.id(), vec![Value::from("direct")]).await.unwrap();
+    assert_eq!(next_msg(&b).await.packets().unwrap(), vec![Value::from("direct")]);
+
+    let stranger = PeerId::random(b"nobody");
+    assert!(matches!(a.whisper(&stranger, vec![]).await, Err(Error::NotConnected(_))));
+    assert_eq!(a.outgoing().await.unwrap(), Vec::<PeerId>::new());
+    assert_eq!(a.incoming().await.unwrap(), vec![b.id().clone()]);
+    assert_eq!(b.outgoing().await.unwrap(), vec![a.id().clone()]);
+    assert!(a.status().await.unwrap().nominal);
+    a.close().await.unwrap();
+    b.close().await.unwrap();
+    assert!(matches!(a.broadcast(vec![]).await, Err(Error::Closed)));
+}
+
+async fn build_net(n: usize) -> Vec<MeshSocket> {
+    let mut nodes = Vec::new();
+    for i in 0..n {
+        let s = node().await;
+        if i > 0 {
+            // Each node knows one earlier node; peer exchange does the rest.
+            let target: &MeshSocket = &nodes[(i * 7) % i];
+            s.connect(target.out_addr().clone()).await.unwrap();
+        }
+        nodes.push(s);
+    }
+    nodes
+}
+
+async fn collect_for(n: &MeshSocket, ms: u64) -> Vec<rs2p::Message> {
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+    n.recv(usize::MAX)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twelve_nodes_each_broadcast_arrives_exactly_once() {
+    let nodes = build_net(12).await;
+    for n in &nodes {
+        wait_for(10, "outgoing target", || async {
+            let peers = n.routing_table().await.unwrap();
+            peers.iter().filter(|p| p.outgoing).count() >= 2 || peers.len() >= 4
+        })
+        .await;
+    }
+    let senders = [0usize, 5, 11];
+    for (k, &s) in senders.iter().enumerate() {
+        for j in 0..10 {
+            nodes[s].broadcast(vec![Value::from(format!("m{k}-{j}"))]).await.unwrap();
+        }
+    }
+    let mut dups_total = 0;
+    for (i, n) in nodes.iter().enumerate() {
+        let mut got: HashMap<String, usize> = HashMap::new();
+        wait_for(10, "all broadcasts", || {
+            for m in n.recv(usize::MAX) {
+                let text = m.packets().unwrap()[0].as_str().unwrap().to_string();
+                *got.entry(text).or_default() += 1;
+            }
+            let expected = senders.iter().filter(|&&s| s != i).count() * 10;
+            let done = got.len() == expected;
+            async move { done }
+        })
+        .await;
+        // Nothing more trickles in: each message exactly once.
+        for m in collect_for(n, 200).await {
+            let text = m.packets().unwrap()[0].as_str().unwrap().to_string();
+            *got.entry(text).or_default() += 1;
+        }
+        assert!(got.values().all(|&c| c == 1), "node {i}: {got:?}");
+        dups_total += n.status().await.unwrap().stats.duplicates;
+    }
+    assert!(dups_total > 0, "redundant paths exist and were suppressed");
+    for n in nodes {
+        n.close().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mesh_heals_when_a_node_leaves() {
+    let nodes = build_net(10).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Take out the node with the most connections.
+    let mut best = 0;
+    let mut best_degree = 0;
+    for (i, n) in nodes.iter().enumerate() {
+        let d = n.routing_table().await.unwrap().len();
+        if d > best_degree {
+            best = i;
+            best_degree = d;
+        }
+    }
+    let gone = nodes[best].id().clone();
+    nodes[best].close().await.unwrap();
+    let rest: Vec<&MeshSocket> = nodes.iter().enumerate().filter(|(i, _)| *i != best).map(|(_, n)| n).collect();
+    for n in &rest {
+        wait_for(10, "dead peer removed", || async {
+            n.routing_table().await.unwrap().iter().all(|p| p.id != gone)
+        })
+        .await;
+    }
+    // Everyone is reachable again and back at its target (or knows everyone).
+    for n in &rest {
+        wait_for(15, "outgoing target regained", || async {
+            let peers = n.routing_table().await.unwrap();
+            peers.iter().filter(|p| p.outgoing).count() >= 4 || peers.len() >= rest.len() - 1
+        })
+        .await;
+    }
+    rest[0].broadcast(vec![Value::from("after")]).await.unwrap();
+    for n in &rest[1..] {
+        let m = next_msg(n).await;
+        assert_eq!(m.packets().unwrap(), vec![Value::from("after")]);
+    }
+    for n in rest {
+        n.close().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn foreign_subnet_is_refused_with_a_reason() {
+    let a = node().await;
+    let b = MeshSocket::builder()
+        .protocol(Protocol::new("elsewhere", Encryption::Plaintext))
+        .spawn()
+        .await
+        .unwrap();
+    let mut events = a.events();
+    let err = b.connect(a.out_addr().clone()).await.unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("another network") || text.contains("closed by peer"), "{text}");
+    let ev = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            if let Some(Event::ConnectFailed { reason, .. }) = events.recv().await {
+                return reason;
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert!(ev.contains("another network"), "{ev}");
+    assert!(a.routing_table().await.unwrap().is_empty());
+    a.close().await.unwrap();
+    b.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn handler_chain_stops_at_first_true() {
+    let a = node().await;
+    let b = node().await;
+    b.connect(a.out_addr().clone()).await.unwrap();
+    let first = Arc::new(AtomicUsize::new(0));
+    let second = Arc::new(AtomicUsize::new(0));
+    let (f, s) = (first.clone(), second.clone());
+    b.register_handler(move |m| {
+        f.fetch_add(1, Ordering::SeqCst);
+        m.packets().unwrap()[0].as_str() == Some("eat")
+    })
+    .await
+    .unwrap();
+    b.register_handler(move |_| {
+        s.fetch_add(1, Ordering::SeqCst);
+        false
+    })
+    .await
+    .unwrap();
+    wait_for(5, "handshake", || async { a.routing_table().await.unwrap().len() == 1 }).await;
+    a.broadcast(vec![Value::from("eat")]).await.unwrap();
+    a.broadcast(vec![Value::from("keep")]).await.unwrap();
+    let m = next_msg(&b).await;
+    assert_eq!(m.packets().unwrap(), vec![Value::from("keep")]);
+    assert_eq!(first.load(Ordering::SeqCst), 2);
+    assert_eq!(second.load(Ordering::SeqCst), 1);
+    a.close().await.unwrap();
+    b.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn reply_reaches_a_node_we_are_not_connected_to() {
+    // a - b - c, with no peer exchange dials beyond: max_outgoing 1.
+    let mk = || MeshSocket::builder().max_outgoing(1).maintain_outgoing(false).spawn();
+    let a = mk().await.unwrap();
+    let b = mk().await.unwrap();
+    let c = mk().await.unwrap();
+    a.connect(b.out_addr().clone()).await.unwrap();
+    c.connect(b.out_addr().clone()).await.unwrap();
+    wait_for(5, "b has two peers", || async { b.routing_table().await.unwrap().len() == 2 }).await;
+    assert!(a.routing_table().await.unwrap().iter().all(|p| &p.id != c.id()));
+    c.broadcast(vec![Value::from("from c")]).await.unwrap();
+    let m = next_msg(&a).await;
+    assert_eq!(m.sender(), c.id());
+    assert_eq!(m.reply(vec![Value::from("routed reply")]).await.unwrap(), ReplyRoute::Routing);
+    // b also got c's broadcast; drain it.
+    let _ = next_msg(&b).await;
+    let r = next_msg(&c).await;
+    assert_eq!(r.sender(), a.id());
+    assert_eq!(r.packets().unwrap(), vec![Value::from("routed reply")]);
+    for n in [a, b, c] {
+        n.close().await.unwrap();
+    }
+}
