@@ -1,0 +1,220 @@
+//! `rs2p demo`: a local network of rs2p nodes in one process, formed,
+//! flooded and reported on.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use rs2p::{MeshSocket, PeerId, Value};
+
+/// Options of `rs2p demo`.
+#[derive(Debug, clap::Args)]
+pub struct DemoArgs {
+    /// Number of nodes.
+    #[arg(long, default_value_t = 10)]
+    pub nodes: usize,
+    /// Number of nodes that broadcast.
+    #[arg(long, default_value_t = 3)]
+    pub senders: usize,
+    /// Broadcasts per sender.
+    #[arg(long, default_value_t = 1000)]
+    pub messages: usize,
+    /// Payload bytes per broadcast.
+    #[arg(long, default_value_t = 100)]
+    pub size: usize,
+    /// Seconds to wait for the mesh to form and for deliveries.
+    #[arg(long, default_value_t = 30)]
+    pub timeout: u64,
+}
+
+#[derive(Default)]
+struct NodeLog {
+    seen: HashSet<(usize, u64)>,
+    repeats: u64,
+    latencies_us: Vec<u64>,
+}
+
+/// A tiny deterministic generator for picking bootstrap peers.
+fn pick(seed: &mut u64, below: usize) -> usize {
+    *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    ((*seed >> 33) as usize) % below
+}
+
+pub async fn run(args: DemoArgs) -> Result<()> {
+    if args.nodes < 2 {
+        bail!("--nodes must be at least 2");
+    }
+    let senders = args.senders.clamp(1, args.nodes);
+    println!(
+        "rs2p demo: {} nodes on 127.0.0.1, {} senders x {} broadcasts of {} B",
+        args.nodes, senders, args.messages, args.size
+    );
+    let mut nodes = Vec::with_capacity(args.nodes);
+    for _ in 0..args.nodes {
+        nodes.push(MeshSocket::builder().bind("127.0.0.1:0").spawn().await?);
+    }
+    let index: HashMap<PeerId, usize> = nodes.iter().enumerate().map(|(i, n)| (n.id().clone(), i)).collect();
+
+    // 1. Formation: every node joins through one random earlier node, all at
+    // the same moment; peer exchange must do the rest.
+    println!("[1/3] forming the mesh: each node joins through one random earlier node...");
+    let t0 = Instant::now();
+    let mut seed = 0x5eed_u64;
+    let mut joins = Vec::new();
+    for i in 1..args.nodes {
+        let target = nodes[pick(&mut seed, i)].out_addr().clone();
+        let n = nodes[i].clone();
+        joins.push(tokio::spawn(async move { n.connect(target).await }));
+    }
+    for j in joins {
+        j.await??;
+    }
+    let deadline = t0 + Duration::from_secs(args.timeout);
+    let (links, formation) = loop {
+        let mut degrees = Vec::new();
+        let mut adj: Vec<Vec<usize>> = vec![Vec::new(); nodes.len()];
+        let mut at_target = true;
+        for (i, n) in nodes.iter().enumerate() {
+            let peers = n.routing_table().await?;
+            let out = peers.iter().filter(|p| p.outgoing).count();
+            at_target &= out >= 4.min(nodes.len() - 1) || peers.len() == nodes.len() - 1;
+            adj[i] = peers.iter().filter_map(|p| index.get(&p.id).copied()).collect();
+            degrees.push(peers.len());
+        }
+        if at_target && connected(&adj) {
+            break (degrees.iter().sum::<usize>() / 2, t0.elapsed());
+        }
+        if Instant::now() > deadline {
+            bail!("the mesh did not form within {} s", args.timeout);
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    println!(
+        "      formed in {:.1} ms: {} links, every node connected and at its outgoing target",
+        formation.as_secs_f64() * 1e3,
+        links
+    );
+
+    // 2. Flood.
+    let epoch = Instant::now();
+    let logs: Vec<Arc<Mutex<NodeLog>>> = (0..nodes.len()).map(|_| Arc::default()).collect();
+    for (i, n) in nodes.iter().enumerate() {
+        let n = n.clone();
+        let log = logs[i].clone();
+        let index = index.clone();
+        tokio::spawn(async move {
+            while let Some(m) = n.next_message().await {
+                let now_us = epoch.elapsed().as_micros() as u64;
+                let Ok(p) = m.packets() else { continue };
+                let (Some(seq), Some(sent)) = (p.first().and_then(Value::as_u64), p.get(1).and_then(Value::as_u64)) else {
+                    continue;
+                };
+                let from = index.get(m.sender()).copied().unwrap_or(usize::MAX);
+                let mut l = log.lock().expect("log lock");
+                if l.seen.insert((from, seq)) {
+                    l.latencies_us.push(now_us.saturating_sub(sent));
+                } else {
+                    l.repeats += 1;
+                }
+            }
+        });
+    }
+    let expected_per_node = |i: usize| senders * args.messages - if i < senders { args.messages } else { 0 };
+    let expected: usize = (0..nodes.len()).map(expected_per_node).sum();
+    println!(
+        "[2/3] flooding {} broadcasts from {} nodes ({} deliveries expected)...",
+        senders * args.messages,
+        senders,
+        expected
+    );
+    let payload = Value::Binary(vec![0xAB; args.size]);
+    let flood_start = Instant::now();
+    let mut tasks = Vec::new();
+    for node in nodes.iter().take(senders) {
+        let n = node.clone();
+        let payload = payload.clone();
+        let count = args.messages;
+        tasks.push(tokio::spawn(async move {
+            for seq in 0..count as u64 {
+                let sent = epoch.elapsed().as_micros() as u64;
+                n.broadcast(vec![Value::from(seq), Value::from(sent), payload.clone()]).await?;
+            }
+            Ok::<_, rs2p::Error>(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let mut last_print = Instant::now();
+    let delivered = loop {
+        let delivered: usize = logs.iter().map(|l| l.lock().expect("log lock").seen.len()).sum();
+        if delivered >= expected || Instant::now() > flood_start + Duration::from_secs(args.timeout) {
+            break delivered;
+        }
+        if last_print.elapsed() > Duration::from_millis(500) {
+            println!("      {delivered}/{expected} deliveries...");
+            last_print = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    };
+    let flood_time = flood_start.elapsed();
+
+    // 3. Report.
+    println!("[3/3] report");
+    println!("      node  id            peers  received  expected");
+    let mut all_lat = Vec::new();
+    let mut repeats = 0;
+    let mut suppressed = 0;
+    for (i, n) in nodes.iter().enumerate() {
+        let l = logs[i].lock().expect("log lock");
+        let peers = n.routing_table().await?.len();
+        let id: String = n.id().to_string().chars().take(12).collect();
+        println!("      {i:>4}  {id:<12}  {peers:>5}  {:>8}  {:>8}", l.seen.len(), expected_per_node(i));
+        all_lat.extend_from_slice(&l.latencies_us);
+        repeats += l.repeats;
+        suppressed += n.status().await?.stats.duplicates;
+    }
+    all_lat.sort_unstable();
+    let pct = |p: f64| all_lat.get(((all_lat.len() as f64 - 1.0) * p) as usize).copied().unwrap_or(0);
+    println!(
+        "      deliveries: {delivered}/{expected} ({:.1}%), delivered twice: {repeats}, duplicate copies suppressed by the mesh: {suppressed}",
+        100.0 * delivered as f64 / expected as f64
+    );
+    println!(
+        "      throughput: {:.0} deliveries/s ({} broadcasts flooded in {:.3} s)",
+        delivered as f64 / flood_time.as_secs_f64(),
+        senders * args.messages,
+        flood_time.as_secs_f64()
+    );
+    println!(
+        "      latency publish -> delivery: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        pct(0.5) as f64 / 1e3,
+        pct(0.99) as f64 / 1e3,
+        pct(1.0) as f64 / 1e3
+    );
+    for n in &nodes {
+        n.close().await.ok();
+    }
+    if delivered == expected && repeats == 0 {
+        println!("      verdict: healthy");
+        Ok(())
+    } else {
+        bail!("unhealthy network: {delivered}/{expected} delivered, {repeats} repeats")
+    }
+}
+
+fn connected(adj: &[Vec<usize>]) -> bool {
+    let mut seen = vec![false; adj.len()];
+    let mut stack = vec![0];
+    seen[0] = true;
+    while let Some(i) = stack.pop() {
+        for &j in &adj[i] {
+            if !seen[j] {
+                seen[j] = true;
+                stack.push(j);
+            }
+        }
+    }
+    seen.iter().all(|&s| s)
+}

@@ -1,0 +1,164 @@
+//! JSON ↔ msgpack value mapping of the JSON-lines contract.
+//!
+//! | msgpack | JSON |
+//! |---|---|
+//! | nil, bool, str, array | null, bool, string, array |
+//! | int | integer number |
+//! | float32/64 | number with a fraction or exponent (`1.0`); NaN and infinities as `{"$float": "NaN" \| "inf" \| "-inf"}` |
+//! | bin | `{"$bytes": "<base64>"}` |
+//! | map with only str keys | object |
+//! | other map | `{"$map": [[key, value], ...]}` |
+//! | ext | `{"$ext": [type, "<base64>"]}` |
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use rs2p::Value;
+use serde_json::{json, Map, Number, Value as Json};
+
+/// msgpack → JSON.
+pub fn to_json(v: &Value) -> Json {
+    match v {
+        Value::Nil => Json::Null,
+        Value::Boolean(b) => Json::Bool(*b),
+        Value::Integer(i) => {
+            if let Some(u) = i.as_u64() {
+                Json::Number(u.into())
+            } else {
+                Json::Number(i.as_i64().unwrap_or_default().into())
+            }
+        }
+        Value::F32(f) => float(f64::from(*f)),
+        Value::F64(f) => float(*f),
+        Value::String(s) => Json::String(match s.as_str() {
+            Some(s) => s.to_string(),
+            None => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+        }),
+        Value::Binary(b) => json!({ "$bytes": B64.encode(b) }),
+        Value::Array(a) => Json::Array(a.iter().map(to_json).collect()),
+        Value::Map(m) => {
+            if m.iter().all(|(k, _)| k.as_str().is_some()) {
+                let mut obj = Map::new();
+                for (k, v) in m {
+                    obj.insert(k.as_str().unwrap_or_default().to_string(), to_json(v));
+                }
+                Json::Object(obj)
+            } else {
+                json!({ "$map": m.iter().map(|(k, v)| json!([to_json(k), to_json(v)])).collect::<Vec<_>>() })
+            }
+        }
+        Value::Ext(t, d) => json!({ "$ext": [t, B64.encode(d)] }),
+    }
+}
+
+fn float(f: f64) -> Json {
+    match Number::from_f64(f) {
+        Some(n) => Json::Number(n),
+        None if f.is_nan() => json!({ "$float": "NaN" }),
+        None if f > 0.0 => json!({ "$float": "inf" }),
+        None => json!({ "$float": "-inf" }),
+    }
+}
+
+/// JSON → msgpack.
+///
+/// # Errors
+/// A description of what is malformed (bad base64, bad `$map`, ...).
+pub fn from_json(j: &Json) -> Result<Value, String> {
+    Ok(match j {
+        Json::Null => Value::Nil,
+        Json::Bool(b) => Value::Boolean(*b),
+        Json::Number(n) => {
+            if let Some(i) = n.as_i64() {
+                Value::from(i)
+            } else if let Some(u) = n.as_u64() {
+                Value::from(u)
+            } else {
+                Value::F64(n.as_f64().ok_or("unrepresentable number")?)
+            }
+        }
+        Json::String(s) => Value::from(s.as_str()),
+        Json::Array(a) => Value::Array(a.iter().map(from_json).collect::<Result<_, _>>()?),
+        Json::Object(o) => {
+            if o.len() == 1 {
+                let (k, v) = o.iter().next().ok_or("empty object")?;
+                match k.as_str() {
+                    "$bytes" => {
+                        let s = v.as_str().ok_or("$bytes must be a base64 string")?;
+                        return Ok(Value::Binary(B64.decode(s).map_err(|e| format!("bad base64: {e}"))?));
+                    }
+                    "$map" => {
+                        let pairs = v.as_array().ok_or("$map must be an array of [key, value]")?;
+                        let mut m = Vec::with_capacity(pairs.len());
+                        for p in pairs {
+                            match p.as_array().map(Vec::as_slice) {
+                                Some([k, v]) => m.push((from_json(k)?, from_json(v)?)),
+                                _ => return Err("$map entries must be [key, value]".into()),
+                            }
+                        }
+                        return Ok(Value::Map(m));
+                    }
+                    "$ext" => {
+                        let (t, d) = match v.as_array().map(Vec::as_slice) {
+                            Some([t, d]) => (t, d),
+                            _ => return Err("$ext must be [type, base64]".into()),
+                        };
+                        let t = t.as_i64().and_then(|t| i8::try_from(t).ok()).ok_or("$ext type must be -128..127")?;
+                        let d = B64
+                            .decode(d.as_str().ok_or("$ext data must be base64")?)
+                            .map_err(|e| format!("bad base64: {e}"))?;
+                        return Ok(Value::Ext(t, d));
+                    }
+                    "$float" => {
+                        return Ok(Value::F64(match v.as_str() {
+                            Some("NaN") => f64::NAN,
+                            Some("inf") => f64::INFINITY,
+                            Some("-inf") => f64::NEG_INFINITY,
+                            _ => return Err("$float must be \"NaN\", \"inf\" or \"-inf\"".into()),
+                        }));
+                    }
+                    _ => {}
+                }
+            }
+            Value::Map(
+                o.iter()
+                    .map(|(k, v)| Ok((Value::from(k.as_str()), from_json(v)?)))
+                    .collect::<Result<_, String>>()?,
+            )
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_every_kind() {
+        let v = Value::Array(vec![
+            Value::Nil,
+            Value::Boolean(false),
+            Value::from(-3),
+            Value::from(u64::MAX),
+            Value::F64(1.0),
+            Value::F64(-0.25),
+            Value::from("ünïcode"),
+            Value::Binary(vec![0, 255, 7]),
+            Value::Map(vec![(Value::from("a"), Value::from(1))]),
+            Value::Map(vec![(Value::from(1), Value::from("int key"))]),
+            Value::Ext(3, vec![1, 2]),
+        ]);
+        let j = to_json(&v);
+        let text = serde_json::to_string(&j).unwrap();
+        let back = from_json(&serde_json::from_str(&text).unwrap()).unwrap();
+        assert_eq!(back, v);
+        assert!(text.contains("1.0"), "floats stay floats: {text}");
+    }
+
+    #[test]
+    fn non_finite_floats_and_errors() {
+        assert!(matches!(from_json(&to_json(&Value::F64(f64::NAN))).unwrap(), Value::F64(f) if f.is_nan()));
+        assert_eq!(from_json(&to_json(&Value::F64(f64::INFINITY))).unwrap(), Value::F64(f64::INFINITY));
+        assert!(from_json(&json!({"$bytes": "@@@"})).is_err());
+        assert!(from_json(&json!({"$map": [[1]]})).is_err());
+    }
+}
