@@ -1,7 +1,6 @@
 //! The `rs2p` command: run a node, or a local demo network.
 
 mod demo;
-mod json;
 mod node;
 
 use anyhow::Result;
@@ -32,7 +31,9 @@ fn main() -> Result<()> {
         )
         .init();
     let cli = Cli::parse();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async {
         match cli.command {
             Command::Node(a) => node::run(a).await,

@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
-use crate::id::{Protocol, PeerId};
+use crate::id::{PeerId, Protocol};
 use crate::mesh::{CloseReason, Config, ConnId, Event, LinkCodec, Mesh, Output, PeerAddr};
 use crate::wire::{Compression, Frame, FrameDecoder, Limits};
 use crate::Now;
@@ -61,7 +61,11 @@ impl Sim {
     pub fn with_configs(cfgs: Vec<Config>) -> Self {
         let n = cfgs.len();
         Sim {
-            nodes: cfgs.into_iter().enumerate().map(|(i, c)| Mesh::new(c, i as u64 + 1)).collect(),
+            nodes: cfgs
+                .into_iter()
+                .enumerate()
+                .map(|(i, c)| Mesh::new(c, i as u64 + 1))
+                .collect(),
             events: vec![Vec::new(); n],
             links: BTreeMap::new(),
             decoders: HashMap::new(),
@@ -110,8 +114,24 @@ impl Sim {
                         let a = ConnId(self.next_conn);
                         self.next_conn += 1;
                         let b = ConnId(self.next_conn);
-                        self.links.insert(a, Link { node: i, peer_node: j, peer_conn: b, codec: LinkCodec::HANDSHAKE });
-                        self.links.insert(b, Link { node: j, peer_node: i, peer_conn: a, codec: LinkCodec::HANDSHAKE });
+                        self.links.insert(
+                            a,
+                            Link {
+                                node: i,
+                                peer_node: j,
+                                peer_conn: b,
+                                codec: LinkCodec::HANDSHAKE,
+                            },
+                        );
+                        self.links.insert(
+                            b,
+                            Link {
+                                node: j,
+                                peer_node: i,
+                                peer_conn: a,
+                                codec: LinkCodec::HANDSHAKE,
+                            },
+                        );
                         let now = self.now;
                         self.nodes[j].handle_incoming(now, b);
                         self.drain(j);
@@ -128,7 +148,11 @@ impl Sim {
                         if self.links.remove(&l.peer_conn).is_some() {
                             self.decoders.remove(&l.peer_conn);
                             let now = self.now;
-                            self.nodes[l.peer_node].handle_closed(now, l.peer_conn, CloseReason::Io("closed by peer".into()));
+                            self.nodes[l.peer_node].handle_closed(
+                                now,
+                                l.peer_conn,
+                                CloseReason::Io("closed by peer".into()),
+                            );
                             self.drain(l.peer_node);
                         }
                     }
@@ -146,10 +170,9 @@ impl Sim {
         let Some(node) = self.links.get(&conn).map(|l| l.node) else {
             return true; // link closed meanwhile
         };
-        let dec = self
-            .decoders
-            .entry(conn)
-            .or_insert_with(|| FrameDecoder::new(Limits::default(), &Compression::DEFAULT_PREFERENCE));
+        let dec = self.decoders.entry(conn).or_insert_with(|| {
+            FrameDecoder::new(Limits::default(), &Compression::DEFAULT_PREFERENCE)
+        });
         dec.buffer().extend_from_slice(&bytes);
         let mut packets = Vec::new();
         while let Ok(Some(p)) = dec.next_packet() {
@@ -196,12 +219,21 @@ impl Sim {
     /// Takes node `i` down: all its connections drop, its dials fail.
     pub fn kill(&mut self, i: usize) {
         self.down[i] = true;
-        let conns: Vec<ConnId> = self.links.iter().filter(|(_, l)| l.node == i).map(|(c, _)| *c).collect();
+        let conns: Vec<ConnId> = self
+            .links
+            .iter()
+            .filter(|(_, l)| l.node == i)
+            .map(|(c, _)| *c)
+            .collect();
         for c in conns {
             if let Some(l) = self.links.remove(&c) {
                 self.links.remove(&l.peer_conn);
                 let now = self.now;
-                self.nodes[l.peer_node].handle_closed(now, l.peer_conn, CloseReason::Io("reset".into()));
+                self.nodes[l.peer_node].handle_closed(
+                    now,
+                    l.peer_conn,
+                    CloseReason::Io("reset".into()),
+                );
                 self.drain(l.peer_node);
             }
         }
@@ -212,8 +244,15 @@ impl Sim {
     /// Whether the live nodes' routing tables form one connected graph.
     pub fn connected(&self) -> bool {
         let live: Vec<usize> = (0..self.nodes.len()).filter(|&i| !self.down[i]).collect();
-        let Some(&start) = live.first() else { return true };
-        let index: HashMap<PeerId, usize> = self.nodes.iter().enumerate().map(|(i, n)| (n.id().clone(), i)).collect();
+        let Some(&start) = live.first() else {
+            return true;
+        };
+        let index: HashMap<PeerId, usize> = self
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.id().clone(), i))
+            .collect();
         let mut seen = vec![false; self.nodes.len()];
         let mut stack = vec![start];
         seen[start] = true;

@@ -22,16 +22,32 @@ fn decode(name: &str) -> Packet {
     let bytes = load(name);
     let mut d = FrameDecoder::new(Limits::default(), &Compression::DEFAULT_PREFERENCE);
     d.buffer().extend_from_slice(&bytes);
-    let p = d.next_packet().expect("valid frame").expect("complete frame");
-    assert!(d.next_packet().unwrap().is_none(), "{name}: one frame per file");
+    let p = d
+        .next_packet()
+        .expect("valid frame")
+        .expect("complete frame");
+    assert!(
+        d.next_packet().unwrap().is_none(),
+        "{name}: one frame per file"
+    );
     p
 }
 
 /// Re-encodes a packet from its decoded fields and checks the bytes match.
 fn reencodes_identically(name: &str, p: &Packet) {
     let h = &p.header;
-    let rebuilt = Frame::build(h.msg_type as u8, &h.sender, h.time, h.subflag, &p.values().unwrap());
-    assert_eq!(rebuilt.payload(), p.frame.payload(), "{name}: payload bytes differ");
+    let rebuilt = Frame::build(
+        h.msg_type as u8,
+        &h.sender,
+        h.time,
+        h.subflag,
+        &p.values().unwrap(),
+    );
+    assert_eq!(
+        rebuilt.payload(),
+        p.frame.payload(),
+        "{name}: payload bytes differ"
+    );
     assert_eq!(rebuilt.id(), p.frame.id(), "{name}: message id differs");
 }
 
@@ -73,9 +89,18 @@ fn handshake_fields() {
     assert_eq!(p.header.subflag, subflag::HANDSHAKE);
     let v = p.values().unwrap();
     assert_eq!(v[0], Value::Binary(PY2P_ID.to_vec()));
-    assert_eq!(v[1], Value::Binary(b"EpAmyZWv9rZUKmjQgU3FTUD4GrJHvVEXizmghVBc8eGD".to_vec()));
-    assert_eq!(v[2], Value::Array(vec![Value::from("127.0.0.1"), Value::from(27000)]));
-    assert_eq!(v[3], Value::Array(vec![19.into(), 17.into(), 16.into(), 18.into()]));
+    assert_eq!(
+        v[1],
+        Value::Binary(b"EpAmyZWv9rZUKmjQgU3FTUD4GrJHvVEXizmghVBc8eGD".to_vec())
+    );
+    assert_eq!(
+        v[2],
+        Value::Array(vec![Value::from("127.0.0.1"), Value::from(27000)])
+    );
+    assert_eq!(
+        v[3],
+        Value::Array(vec![19.into(), 17.into(), 16.into(), 18.into()])
+    );
 }
 
 #[test]
@@ -88,7 +113,10 @@ fn zlib_broadcast_and_peers() {
     let v = p.values().unwrap();
     let list = v[0].as_array().unwrap();
     assert_eq!(list.len(), 2);
-    assert_eq!(list[0].as_array().unwrap()[0], Value::Array(vec!["127.0.0.1".into(), 27005.into()]));
+    assert_eq!(
+        list[0].as_array().unwrap()[0],
+        Value::Array(vec!["127.0.0.1".into(), 27005.into()])
+    );
 }
 
 #[test]
@@ -98,7 +126,10 @@ fn request_and_renegotiation_shapes() {
     // py2p's own request sends '*' as a str (the quirk PROTOCOL.md describes).
     assert_eq!(p.values().unwrap(), vec![Value::from("*")]);
     let p = decode("renegotiate_compression");
-    assert_eq!((p.header.msg_type, p.header.subflag), (1, subflag::COMPRESSION));
+    assert_eq!(
+        (p.header.msg_type, p.header.subflag),
+        (1, subflag::COMPRESSION)
+    );
     assert_eq!(p.values().unwrap(), vec![Value::Array(vec![])]);
     let p = decode("renegotiate_resend");
     assert_eq!((p.header.msg_type, p.header.subflag), (1, subflag::RESEND));
@@ -114,7 +145,10 @@ fn sync_frames() {
     assert_eq!(v[1], Value::from("value0"));
     assert_eq!(v[3], Value::from(1_795_279_777u64));
     let p = decode("sync_delete_broadcast");
-    assert_eq!(p.values().unwrap(), vec![Value::Binary(b"delme".to_vec()), Value::Nil]);
+    assert_eq!(
+        p.values().unwrap(),
+        vec![Value::Binary(b"delme".to_vec()), Value::Nil]
+    );
     let p = decode("sync_delta_broadcast");
     assert_eq!(p.header.subflag, subflag::DELTA);
     assert_eq!(
@@ -128,7 +162,11 @@ fn our_zlib_frames_decode_like_py2ps() {
     // A frame we compress with zlib decodes to the same payload.
     let p = decode("broadcast_uncompressed");
     let wire = p.frame.encode_for(Some(Compression::Zlib));
-    assert_eq!(&wire[4..6], &[0x78, 0x9c], "zlib header as Python writes it");
+    assert_eq!(
+        &wire[4..6],
+        &[0x78, 0x9c],
+        "zlib header as Python writes it"
+    );
     let mut d = FrameDecoder::new(Limits::default(), &[Compression::Zlib]);
     d.buffer().extend_from_slice(&wire);
     assert_eq!(d.next_packet().unwrap().unwrap().frame, p.frame);

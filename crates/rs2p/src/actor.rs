@@ -11,7 +11,9 @@ use std::panic::AssertUnwindSafe;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rs2p_proto::id::{MsgId, PeerId};
-use rs2p_proto::mesh::{self, CloseReason, ConnId, DialId, Mesh, Output, PeerAddr, PeerInfo, ReplyRoute};
+use rs2p_proto::mesh::{
+    self, CloseReason, ConnId, DialId, Mesh, Output, PeerAddr, PeerInfo, ReplyRoute,
+};
 use rs2p_proto::wire::{subflag, Compression, Limits};
 use rs2p_proto::{Now, Value};
 use tokio::net::{TcpListener, TcpStream};
@@ -222,7 +224,11 @@ impl Actor {
     fn on_command(&mut self, cmd: Command) {
         let now = self.now();
         match cmd {
-            Command::Connect { addr, expected, reply } => match self.mesh.connect(addr.clone(), expected) {
+            Command::Connect {
+                addr,
+                expected,
+                reply,
+            } => match self.mesh.connect(addr.clone(), expected) {
                 Ok(dial) => {
                     self.pending_connects.insert(dial, (addr, reply));
                 }
@@ -230,10 +236,18 @@ impl Actor {
                     let _ = reply.send(Err(e.into()));
                 }
             },
-            Command::Broadcast { subflag, packets, reply } => {
+            Command::Broadcast {
+                subflag,
+                packets,
+                reply,
+            } => {
                 let _ = reply.send(self.mesh.broadcast(now, subflag, &packets));
             }
-            Command::Whisper { peer, packets, reply } => {
+            Command::Whisper {
+                peer,
+                packets,
+                reply,
+            } => {
                 let r = self.mesh.whisper(now, &peer, subflag::WHISPER, &packets);
                 let _ = reply.send(r.map_err(Into::into));
             }
@@ -274,7 +288,8 @@ impl Actor {
         match d.result {
             Ok(stream) => {
                 if self.conns.len() >= self.settings.max_connections {
-                    self.mesh.handle_dial_failed(now, d.dial, "connection limit reached".into());
+                    self.mesh
+                        .handle_dial_failed(now, d.dial, "connection limit reached".into());
                     return;
                 }
                 let conn = self.open(stream);
@@ -358,8 +373,12 @@ impl Actor {
     async fn flush(&mut self) {
         while let Some(o) = self.mesh.poll_output() {
             match o {
-                Output::Send { conn, frame } => self.to_writer(conn, WriterCmd::Frame(frame)).await,
-                Output::Configure { conn, codec } => self.to_writer(conn, WriterCmd::Codec(codec)).await,
+                Output::Send { conn, frame } => {
+                    self.queue_for_writer(conn, WriterCmd::Frame(frame)).await
+                }
+                Output::Configure { conn, codec } => {
+                    self.queue_for_writer(conn, WriterCmd::Codec(codec)).await
+                }
                 Output::Dial { dial, addr } => self.spawn_dial(dial, addr),
                 Output::Close { conn, reason } => {
                     if matches!(reason, CloseReason::ProtocolViolation(_)) {
@@ -375,14 +394,20 @@ impl Actor {
     /// Queues a command for a connection's writer. A full queue is waited
     /// for (backpressure: the node stops reading meanwhile) up to the slow
     /// peer timeout, after which the peer is disconnected.
-    async fn to_writer(&mut self, conn: ConnId, cmd: WriterCmd) {
-        let Some(h) = self.conns.get(&conn) else { return };
+    async fn queue_for_writer(&mut self, conn: ConnId, cmd: WriterCmd) {
+        let Some(h) = self.conns.get(&conn) else {
+            return;
+        };
         match h.tx.try_send(cmd) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Closed(_)) => {}
             Err(mpsc::error::TrySendError::Full(cmd)) => {
                 let tx = h.tx.clone();
-                if tx.send_timeout(cmd, self.settings.slow_peer_timeout).await.is_err() {
+                if tx
+                    .send_timeout(cmd, self.settings.slow_peer_timeout)
+                    .await
+                    .is_err()
+                {
                     self.slow_peers += 1;
                     tracing::warn!(conn = conn.0, "disconnecting slow peer");
                     self.close(conn);
@@ -423,7 +448,11 @@ impl Actor {
                 if let Some((_, reply)) = dial.and_then(|d| self.pending_connects.remove(&d)) {
                     let _ = reply.send(Ok(peer.clone()));
                 }
-                let _ = self.events.send(Event::PeerUp { peer, addr, outgoing });
+                let _ = self.events.send(Event::PeerUp {
+                    peer,
+                    addr,
+                    outgoing,
+                });
             }
             mesh::Event::PeerDown { peer, reason, .. } => {
                 let _ = self.events.send(Event::PeerDown {
@@ -469,7 +498,10 @@ impl Actor {
             }
         }
         if !matches!(msg.subflag(), subflag::BROADCAST | subflag::WHISPER) {
-            tracing::debug!(subflag = msg.subflag(), "ignoring message with unknown sub-flag");
+            tracing::debug!(
+                subflag = msg.subflag(),
+                "ignoring message with unknown sub-flag"
+            );
             return;
         }
         match self.inbox.try_send(msg.clone()) {

@@ -202,12 +202,16 @@ impl Builder {
             return Err(Error::Config("capacities must be at least 1".into()));
         }
         if self.compression.is_empty() {
-            return Err(Error::Config("at least one compression method (Identity means none)".into()));
+            return Err(Error::Config(
+                "at least one compression method (Identity means none)".into(),
+            ));
         }
-        let listener = TcpListener::bind(&self.bind).await.map_err(|source| Error::Bind {
-            addr: self.bind.clone(),
-            source,
-        })?;
+        let listener = TcpListener::bind(&self.bind)
+            .await
+            .map_err(|source| Error::Bind {
+                addr: self.bind.clone(),
+                source,
+            })?;
         let local_addr = listener.local_addr().map_err(|source| Error::Bind {
             addr: self.bind.clone(),
             source,
@@ -359,8 +363,17 @@ impl MeshSocket {
     ///
     /// # Errors
     /// As [`MeshSocket::connect`].
-    pub async fn connect_expecting(&self, addr: PeerAddr, expected: Option<PeerId>) -> Result<PeerId, Error> {
-        self.call(|reply| Command::Connect { addr, expected, reply }).await?
+    pub async fn connect_expecting(
+        &self,
+        addr: PeerAddr,
+        expected: Option<PeerId>,
+    ) -> Result<PeerId, Error> {
+        self.call(|reply| Command::Connect {
+            addr,
+            expected,
+            reply,
+        })
+        .await?
     }
 
     /// Floods `packets` to every node of the network (py2p's `send`).
@@ -378,7 +391,12 @@ impl MeshSocket {
     /// # Errors
     /// [`Error::Closed`] if the node has stopped.
     pub async fn send_flagged(&self, subflag: u64, packets: Vec<Value>) -> Result<MsgId, Error> {
-        self.call(|reply| Command::Broadcast { subflag, packets, reply }).await
+        self.call(|reply| Command::Broadcast {
+            subflag,
+            packets,
+            reply,
+        })
+        .await
     }
 
     /// Sends `packets` to a directly connected peer only.
@@ -387,7 +405,12 @@ impl MeshSocket {
     /// [`Error::NotConnected`] if `peer` is not directly connected.
     pub async fn whisper(&self, peer: &PeerId, packets: Vec<Value>) -> Result<MsgId, Error> {
         let peer = peer.clone();
-        self.call(|reply| Command::Whisper { peer, packets, reply }).await?
+        self.call(|reply| Command::Whisper {
+            peer,
+            packets,
+            reply,
+        })
+        .await?
     }
 
     /// Whispers `packets` to `peer`, routing through the network when not
@@ -397,7 +420,8 @@ impl MeshSocket {
     /// [`Error::TooManyPending`], [`Error::Closed`].
     pub async fn send_to(&self, peer: &PeerId, packets: Vec<Value>) -> Result<ReplyRoute, Error> {
         let to = peer.clone();
-        self.call(|reply| Command::Reply { to, packets, reply }).await?
+        self.call(|reply| Command::Reply { to, packets, reply })
+            .await?
     }
 
     /// Asks every peer for its peer list (py2p's `request_peers`).
@@ -414,7 +438,8 @@ impl MeshSocket {
     /// [`Error::NotConnected`], [`Error::Closed`].
     pub async fn disconnect(&self, peer: &PeerId) -> Result<(), Error> {
         let peer = peer.clone();
-        self.call(|reply| Command::Disconnect { peer, reply }).await?
+        self.call(|reply| Command::Disconnect { peer, reply })
+            .await?
     }
 
     /// The routing table: every connected peer (py2p's `routing_table`).
@@ -430,7 +455,13 @@ impl MeshSocket {
     /// # Errors
     /// [`Error::Closed`].
     pub async fn outgoing(&self) -> Result<Vec<PeerId>, Error> {
-        Ok(self.routing_table().await?.into_iter().filter(|p| p.outgoing).map(|p| p.id).collect())
+        Ok(self
+            .routing_table()
+            .await?
+            .into_iter()
+            .filter(|p| p.outgoing)
+            .map(|p| p.id)
+            .collect())
     }
 
     /// Ids of the peers that dialed us (py2p's `incoming`).
@@ -438,7 +469,13 @@ impl MeshSocket {
     /// # Errors
     /// [`Error::Closed`].
     pub async fn incoming(&self) -> Result<Vec<PeerId>, Error> {
-        Ok(self.routing_table().await?.into_iter().filter(|p| !p.outgoing).map(|p| p.id).collect())
+        Ok(self
+            .routing_table()
+            .await?
+            .into_iter()
+            .filter(|p| !p.outgoing)
+            .map(|p| p.id)
+            .collect())
     }
 
     /// Health and counters (py2p's `status`).
@@ -462,7 +499,8 @@ impl MeshSocket {
         F: Fn(&Message) -> bool + Send + Sync + 'static,
     {
         let handler: Handler = Arc::new(handler);
-        self.call(|reply| Command::RegisterHandler { handler, reply }).await
+        self.call(|reply| Command::RegisterHandler { handler, reply })
+            .await
     }
 
     /// Takes up to `quantity` queued messages without waiting (py2p's

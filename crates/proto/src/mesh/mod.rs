@@ -74,7 +74,10 @@ impl PeerAddr {
     }
 
     fn to_value(&self) -> Value {
-        Value::Array(vec![Value::from(self.host.as_str()), Value::from(self.port)])
+        Value::Array(vec![
+            Value::from(self.host.as_str()),
+            Value::from(self.port),
+        ])
     }
 
     fn from_value(v: &Value) -> Option<Self> {
@@ -105,7 +108,10 @@ impl std::str::FromStr for PeerAddr {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let bad = || AddrParseError(s.to_string());
         let (host, port) = s.rsplit_once(':').ok_or_else(bad)?;
-        let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+        let host = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host);
         if host.is_empty() || (host.contains(':') && !s.starts_with('[')) {
             return Err(bad());
         }
@@ -579,11 +585,13 @@ impl Mesh {
                     addr: conn.addr.clone(),
                     outgoing: conn.dir == Direction::Outgoing,
                     conn: *c,
-                    rs2p: conn.peer_methods.contains(&u64::from(Compression::Identity.code())),
+                    rs2p: conn
+                        .peer_methods
+                        .contains(&u64::from(Compression::Identity.code())),
                 })
             })
             .collect();
-        v.sort_by(|a, b| a.conn.cmp(&b.conn));
+        v.sort_by_key(|a| a.conn);
         v
     }
 
@@ -614,7 +622,11 @@ impl Mesh {
     ///
     /// # Errors
     /// [`CommandError::OwnAddress`] when `addr` is our own outward address.
-    pub fn connect(&mut self, addr: PeerAddr, expected: Option<PeerId>) -> Result<DialId, CommandError> {
+    pub fn connect(
+        &mut self,
+        addr: PeerAddr,
+        expected: Option<PeerId>,
+    ) -> Result<DialId, CommandError> {
         if addr == self.cfg.out_addr {
             return Err(CommandError::OwnAddress(addr));
         }
@@ -624,7 +636,13 @@ impl Mesh {
     fn dial(&mut self, addr: PeerAddr, expected: Option<PeerId>) -> DialId {
         self.next_dial += 1;
         let dial = DialId(self.next_dial);
-        self.dials.insert(dial, PendingDial { addr: addr.clone(), expected });
+        self.dials.insert(
+            dial,
+            PendingDial {
+                addr: addr.clone(),
+                expected,
+            },
+        );
         self.out.push_back(Output::Dial { dial, addr });
         dial
     }
@@ -632,7 +650,13 @@ impl Mesh {
     /// Floods a message with `subflag` and `packets` to the whole network and
     /// returns its id. User broadcasts use [`subflag::BROADCAST`].
     pub fn broadcast(&mut self, now: Now, subflag: u64, packets: &[Value]) -> MsgId {
-        let frame = Frame::build(MsgType::Broadcast as u8, &self.cfg.id, now.unix, subflag, packets);
+        let frame = Frame::build(
+            MsgType::Broadcast as u8,
+            &self.cfg.id,
+            now.unix,
+            subflag,
+            packets,
+        );
         self.broadcast_frame(now, frame)
     }
 
@@ -653,12 +677,24 @@ impl Mesh {
     ///
     /// # Errors
     /// [`CommandError::NotConnected`] if `peer` is not in the routing table.
-    pub fn whisper(&mut self, now: Now, peer: &PeerId, subflag: u64, packets: &[Value]) -> Result<MsgId, CommandError> {
+    pub fn whisper(
+        &mut self,
+        now: Now,
+        peer: &PeerId,
+        subflag: u64,
+        packets: &[Value],
+    ) -> Result<MsgId, CommandError> {
         let conn = *self
             .routing
             .get(peer)
             .ok_or_else(|| CommandError::NotConnected(peer.clone()))?;
-        let frame = Frame::build(MsgType::Whisper as u8, &self.cfg.id, now.unix, subflag, packets);
+        let frame = Frame::build(
+            MsgType::Whisper as u8,
+            &self.cfg.id,
+            now.unix,
+            subflag,
+            packets,
+        );
         let id = frame.id();
         self.send_user(conn, frame);
         Ok(id)
@@ -672,7 +708,12 @@ impl Mesh {
     /// # Errors
     /// [`CommandError::TooManyPending`] when [`Config::max_pending_replies`]
     /// replies already wait for routes.
-    pub fn reply(&mut self, now: Now, to: &PeerId, packets: &[Value]) -> Result<ReplyRoute, CommandError> {
+    pub fn reply(
+        &mut self,
+        now: Now,
+        to: &PeerId,
+        packets: &[Value],
+    ) -> Result<ReplyRoute, CommandError> {
         if self.routing.contains_key(to) {
             self.whisper(now, to, subflag::WHISPER, packets)?;
             return Ok(ReplyRoute::Direct);
@@ -680,7 +721,13 @@ impl Mesh {
         if self.requests.len() >= self.cfg.max_pending_replies {
             return Err(CommandError::TooManyPending);
         }
-        let frame = Frame::build(MsgType::Whisper as u8, &self.cfg.id, now.unix, subflag::WHISPER, packets);
+        let frame = Frame::build(
+            MsgType::Whisper as u8,
+            &self.cfg.id,
+            now.unix,
+            subflag::WHISPER,
+            packets,
+        );
         let mut raw = [0u8; 24];
         self.rng.fill(&mut raw[..]);
         let request_id = crate::id::b58encode_int(&raw);
@@ -695,7 +742,10 @@ impl Mesh {
         self.broadcast(
             now,
             subflag::REQUEST,
-            &[Value::from(request_id), Value::Binary(to.as_bytes().to_vec())],
+            &[
+                Value::from(request_id),
+                Value::Binary(to.as_bytes().to_vec()),
+            ],
         );
         Ok(ReplyRoute::Routing)
     }
@@ -825,12 +875,18 @@ impl Mesh {
         if deficit == 0 {
             return;
         }
-        let dialing: HashSet<PeerId> = self.dials.values().filter_map(|d| d.expected.clone()).collect();
+        let dialing: HashSet<PeerId> = self
+            .dials
+            .values()
+            .filter_map(|d| d.expected.clone())
+            .collect();
         let mut candidates: Vec<PeerId> = self
             .known
             .iter()
             .filter(|(id, k)| {
-                k.next_try_ms <= now.mono_ms && !self.routing.contains_key(*id) && !dialing.contains(*id)
+                k.next_try_ms <= now.mono_ms
+                    && !self.routing.contains_key(*id)
+                    && !dialing.contains(*id)
             })
             .map(|(id, _)| id.clone())
             .collect();
@@ -840,7 +896,9 @@ impl Mesh {
             if deficit == 0 {
                 break;
             }
-            let Some(k) = self.known.get_mut(&id) else { continue };
+            let Some(k) = self.known.get_mut(&id) else {
+                continue;
+            };
             // Pessimistically schedule the next try; success removes the entry.
             k.next_try_ms = now.mono_ms + self.cfg.redial_backoff_ms;
             let addr = k.addr.clone();
@@ -904,10 +962,15 @@ impl Mesh {
             return self.close(conn, CloseReason::SelfConnection);
         }
         let addr = PeerAddr::from_value(&v[2]);
-        let Some(methods) = v[3].as_array().map(|a| a.iter().filter_map(Value::as_u64).collect::<Vec<u64>>()) else {
+        let Some(methods) = v[3]
+            .as_array()
+            .map(|a| a.iter().filter_map(Value::as_u64).collect::<Vec<u64>>())
+        else {
             return self.violation(conn, "handshake compression list");
         };
-        let Some(c) = self.conns.get_mut(&conn) else { return };
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
         c.claimed = Some(peer.clone());
         let new_outgoing = c.dir == Direction::Outgoing;
         if let Some(&existing) = self.routing.get(&peer) {
@@ -923,7 +986,9 @@ impl Mesh {
         }
         let first = self.routing.is_empty();
         let codec = self.codec_for(&methods);
-        let Some(c) = self.conns.get_mut(&conn) else { return };
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
         c.state = ConnState::Established(peer.clone());
         c.addr = addr.clone().or_else(|| c.target.clone());
         c.peer_methods = methods;
@@ -1020,7 +1085,9 @@ impl Mesh {
                     .filter(|m| methods.contains(&u64::from(m.code())))
                     .map(|m| Value::from(m.code()))
                     .collect();
-                let Some(c) = self.conns.get_mut(&conn) else { return };
+                let Some(c) = self.conns.get_mut(&conn) else {
+                    return;
+                };
                 // py2p answers only when the list changed; an unchanged list
                 // ends the exchange, so two nodes never ping-pong.
                 let respond = c.peer_methods != methods;
@@ -1050,14 +1117,17 @@ impl Mesh {
 
     fn on_peers(&mut self, _now: Now, packet: &Packet) {
         let Ok(v) = packet.values() else { return };
-        let Some(list) = v.first().and_then(Value::as_array) else { return };
+        let Some(list) = v.first().and_then(Value::as_array) else {
+            return;
+        };
         let mut entries: Vec<(PeerAddr, PeerId)> = Vec::new();
         for e in list.iter().take(self.cfg.max_peer_list) {
             let Some(pair) = e.as_array() else { continue };
             if pair.len() != 2 {
                 continue;
             }
-            let (Some(addr), Some(id)) = (PeerAddr::from_value(&pair[0]), bytes_of(&pair[1])) else {
+            let (Some(addr), Some(id)) = (PeerAddr::from_value(&pair[0]), bytes_of(&pair[1]))
+            else {
                 continue;
             };
             if id.is_empty() || id.len() > MAX_ID_LEN {
@@ -1073,7 +1143,10 @@ impl Mesh {
                 .dials
                 .values()
                 .any(|d| d.expected.as_ref() == Some(&id) || d.addr == addr)
-                || self.conns.values().any(|c| c.target.as_ref() == Some(&addr));
+                || self
+                    .conns
+                    .values()
+                    .any(|c| c.target.as_ref() == Some(&addr));
             if dialing {
                 continue;
             }
@@ -1100,7 +1173,9 @@ impl Mesh {
         if v.len() < 2 {
             return;
         }
-        let Some(wanted) = bytes_of(&v[1]) else { return };
+        let Some(wanted) = bytes_of(&v[1]) else {
+            return;
+        };
         let wanted = PeerId::from_bytes(Bytes::copy_from_slice(wanted));
         let Some(addr) = self
             .routing
@@ -1118,7 +1193,10 @@ impl Mesh {
             subflag::RESPONSE,
             &[
                 v[0].clone(),
-                Value::Array(vec![addr.to_value(), Value::Binary(wanted.as_bytes().to_vec())]),
+                Value::Array(vec![
+                    addr.to_value(),
+                    Value::Binary(wanted.as_bytes().to_vec()),
+                ]),
             ],
         );
         self.seen.insert(&frame.id(), now.mono_ms);
@@ -1130,10 +1208,16 @@ impl Mesh {
         if v.len() < 2 {
             return;
         }
-        let Some(request_id) = bytes_of(&v[0]) else { return };
-        let Some(pending) = self.requests.remove(request_id) else { return };
+        let Some(request_id) = bytes_of(&v[0]) else {
+            return;
+        };
+        let Some(pending) = self.requests.remove(request_id) else {
+            return;
+        };
         let route = v[1].as_array().filter(|a| a.len() == 2);
-        let Some((addr, id)) = route.and_then(|a| Some((PeerAddr::from_value(&a[0])?, bytes_of(&a[1])?))) else {
+        let Some((addr, id)) =
+            route.and_then(|a| Some((PeerAddr::from_value(&a[0])?, bytes_of(&a[1])?)))
+        else {
             return;
         };
         if id != pending.to.as_bytes() {
@@ -1146,7 +1230,10 @@ impl Mesh {
         let to = pending.to.clone();
         let queue = self.deferred.entry(to.clone()).or_default();
         queue.push(pending);
-        let already = self.dials.values().any(|d| d.expected.as_ref() == Some(&to));
+        let already = self
+            .dials
+            .values()
+            .any(|d| d.expected.as_ref() == Some(&to));
         if !already && addr != self.cfg.out_addr {
             self.dial(addr, Some(to));
         }
@@ -1154,7 +1241,14 @@ impl Mesh {
 
     // ----- helpers --------------------------------------------------------
 
-    fn open(&mut self, now: Now, conn: ConnId, dir: Direction, dial: Option<DialId>, target: Option<PeerAddr>) {
+    fn open(
+        &mut self,
+        now: Now,
+        conn: ConnId,
+        dir: Direction,
+        dial: Option<DialId>,
+        target: Option<PeerAddr>,
+    ) {
         self.conns.insert(
             conn,
             Conn {
@@ -1170,7 +1264,12 @@ impl Mesh {
                 claimed: None,
             },
         );
-        let methods: Vec<Value> = self.cfg.compression.iter().map(|m| Value::from(m.code())).collect();
+        let methods: Vec<Value> = self
+            .cfg
+            .compression
+            .iter()
+            .map(|m| Value::from(m.code()))
+            .collect();
         let frame = Frame::build(
             MsgType::Whisper as u8,
             &self.cfg.id,
@@ -1209,7 +1308,10 @@ impl Mesh {
             .iter()
             .filter_map(|(id, c)| {
                 let addr = self.conns.get(c)?.addr.as_ref()?;
-                Some(Value::Array(vec![addr.to_value(), Value::Binary(id.as_bytes().to_vec())]))
+                Some(Value::Array(vec![
+                    addr.to_value(),
+                    Value::Binary(id.as_bytes().to_vec()),
+                ]))
             })
             .collect();
         list.sort_by(|a, b| format!("{a}").cmp(&format!("{b}")));
@@ -1255,7 +1357,10 @@ impl Mesh {
     fn backoff(&mut self, id: &PeerId, now: Now) {
         if let Some(k) = self.known.get_mut(id) {
             k.failures = k.failures.saturating_add(1);
-            let exp = self.cfg.redial_backoff_ms.saturating_mul(1 << k.failures.min(5));
+            let exp = self
+                .cfg
+                .redial_backoff_ms
+                .saturating_mul(1 << k.failures.min(5));
             k.next_try_ms = now.mono_ms + exp.min(60_000);
         }
     }
@@ -1277,7 +1382,10 @@ impl Mesh {
                 if self.routing.get(&peer) == Some(&conn) {
                     self.routing.remove(&peer);
                     // Remember it as a redial candidate unless we chose to drop it.
-                    if let (Some(addr), false) = (c.addr.clone(), matches!(reason, CloseReason::Requested | CloseReason::Shutdown)) {
+                    if let (Some(addr), false) = (
+                        c.addr.clone(),
+                        matches!(reason, CloseReason::Requested | CloseReason::Shutdown),
+                    ) {
                         if self.known.len() < self.cfg.max_known_peers {
                             self.known.insert(
                                 peer.clone(),

@@ -169,7 +169,11 @@ mod tests {
             assert_eq!(decompress(m, &c, 1 << 20).unwrap(), data, "{m:?}");
             match m {
                 Compression::Identity | Compression::Snappy => {}
-                _ => assert_eq!(detect(&c).map(|d| d == m || matches!(d, Compression::Zlib | Compression::Gzip)), Some(true)),
+                _ => assert_eq!(
+                    detect(&c)
+                        .map(|d| d == m || matches!(d, Compression::Zlib | Compression::Gzip)),
+                    Some(true)
+                ),
             }
         }
     }
@@ -182,12 +186,20 @@ mod tests {
             decompress(Compression::Zlib, &bomb, 1 << 20),
             Err(DecodeError::DecompressedTooLarge { max: 1 << 20 })
         );
-        for m in [Compression::Bz2, Compression::Lzma, Compression::Snappy, Compression::Gzip] {
+        for m in [
+            Compression::Bz2,
+            Compression::Lzma,
+            Compression::Snappy,
+            Compression::Gzip,
+        ] {
             let bomb = compress(m, &vec![0u8; 4 << 20]);
-            assert!(matches!(
-                decompress(m, &bomb, 1 << 20),
-                Err(DecodeError::DecompressedTooLarge { .. })
-            ), "{m:?}");
+            assert!(
+                matches!(
+                    decompress(m, &bomb, 1 << 20),
+                    Err(DecodeError::DecompressedTooLarge { .. })
+                ),
+                "{m:?}"
+            );
         }
     }
 

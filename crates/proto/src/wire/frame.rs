@@ -26,7 +26,13 @@ impl std::fmt::Debug for Frame {
 
 impl Frame {
     /// Builds a frame for `[msg_type, sender, time, subflag, packets...]`.
-    pub fn build(msg_type: u8, sender: &PeerId, time: u64, subflag: u64, packets: &[Value]) -> Frame {
+    pub fn build(
+        msg_type: u8,
+        sender: &PeerId,
+        time: u64,
+        subflag: u64,
+        packets: &[Value],
+    ) -> Frame {
         let mut payload = Vec::with_capacity(96 + 32 * packets.len());
         rmp::encode::write_array_len(&mut payload, 4 + packets.len() as u32).expect("vec write");
         rmp::encode::write_uint(&mut payload, u64::from(msg_type)).expect("vec write");
@@ -308,23 +314,41 @@ mod tests {
     use super::*;
 
     fn id() -> PeerId {
-        PeerId::from_bytes(&b"4m7iSUJVN1yVcdVziYECsfcHMKvfx2dE6SGq9gP87UPnr8FsJBoJaNBuphV4f2N1ob"[..])
+        PeerId::from_bytes(
+            &b"4m7iSUJVN1yVcdVziYECsfcHMKvfx2dE6SGq9gP87UPnr8FsJBoJaNBuphV4f2N1ob"[..],
+        )
     }
 
     #[test]
     fn build_parse_round_trip() {
-        let f = Frame::build(0, &id(), 1_795_279_776, 0, &[Value::from("hello"), Value::Binary(vec![1])]);
+        let f = Frame::build(
+            0,
+            &id(),
+            1_795_279_776,
+            0,
+            &[Value::from("hello"), Value::Binary(vec![1])],
+        );
         let p = Packet::parse(f.clone(), &Limits::default()).unwrap();
         assert_eq!(p.header.msg_type, 0);
         assert_eq!(p.header.sender, id());
         assert_eq!(p.header.time, 1_795_279_776);
-        assert_eq!(p.values().unwrap(), vec![Value::from("hello"), Value::Binary(vec![1])]);
+        assert_eq!(
+            p.values().unwrap(),
+            vec![Value::from("hello"), Value::Binary(vec![1])]
+        );
     }
 
     #[test]
     fn decoder_handles_every_split_point_and_compression() {
         let f = Frame::build(2, &id(), 7, 2, &[Value::from("x".repeat(500))]);
-        for method in [None, Some(Compression::Zlib), Some(Compression::Gzip), Some(Compression::Bz2), Some(Compression::Lzma), Some(Compression::Snappy)] {
+        for method in [
+            None,
+            Some(Compression::Zlib),
+            Some(Compression::Gzip),
+            Some(Compression::Bz2),
+            Some(Compression::Lzma),
+            Some(Compression::Snappy),
+        ] {
             let wire = f.encode_for(method);
             let mut stream = wire.to_vec();
             stream.extend_from_slice(&wire);
@@ -347,9 +371,18 @@ mod tests {
 
     #[test]
     fn oversized_prefix_is_rejected_before_buffering() {
-        let mut d = FrameDecoder::new(Limits { max_frame_len: 1000, ..Limits::default() }, &[]);
+        let mut d = FrameDecoder::new(
+            Limits {
+                max_frame_len: 1000,
+                ..Limits::default()
+            },
+            &[],
+        );
         d.buffer().extend_from_slice(&[0xff, 0xff, 0xff, 0xff]);
-        assert!(matches!(d.next_packet(), Err(DecodeError::FrameTooLarge { .. })));
+        assert!(matches!(
+            d.next_packet(),
+            Err(DecodeError::FrameTooLarge { .. })
+        ));
     }
 
     #[test]

@@ -104,14 +104,22 @@ fn fixed(buf: &[u8], pos: &mut usize, n: usize) -> Result<u64, DecodeError> {
 
 fn skip_blob(buf: &[u8], pos: &mut usize, len_bytes: usize) -> Result<u64, DecodeError> {
     let len = be(buf, pos, len_bytes)?;
-    take(buf, pos, usize::try_from(len).map_err(|_| DecodeError::Msgpack("truncated"))?)?;
+    take(
+        buf,
+        pos,
+        usize::try_from(len).map_err(|_| DecodeError::Msgpack("truncated"))?,
+    )?;
     Ok(0)
 }
 
 fn skip_ext(buf: &[u8], pos: &mut usize, len_bytes: usize) -> Result<u64, DecodeError> {
     let len = be(buf, pos, len_bytes)?;
     take(buf, pos, 1)?;
-    take(buf, pos, usize::try_from(len).map_err(|_| DecodeError::Msgpack("truncated"))?)?;
+    take(
+        buf,
+        pos,
+        usize::try_from(len).map_err(|_| DecodeError::Msgpack("truncated"))?,
+    )?;
     Ok(0)
 }
 
@@ -177,7 +185,11 @@ pub(crate) fn read_bytes_range(
         _ => return Err(DecodeError::Malformed("expected bytes")),
     };
     let start = *pos;
-    take(buf, pos, usize::try_from(len).map_err(|_| DecodeError::Msgpack("truncated"))?)?;
+    take(
+        buf,
+        pos,
+        usize::try_from(len).map_err(|_| DecodeError::Msgpack("truncated"))?,
+    )?;
     Ok(start..*pos)
 }
 
@@ -191,7 +203,9 @@ pub fn decode_values(buf: &[u8], pos: usize, count: u64) -> Result<Vec<Value>, D
     // `count` was checked against the bytes present, so this is bounded.
     let mut out = Vec::with_capacity(usize::try_from(count).unwrap_or(0).min(rd.len()));
     for _ in 0..count {
-        out.push(rmpv::decode::read_value(&mut rd).map_err(|_| DecodeError::Msgpack("invalid value"))?);
+        out.push(
+            rmpv::decode::read_value(&mut rd).map_err(|_| DecodeError::Msgpack("invalid value"))?,
+        );
     }
     Ok(out)
 }
@@ -226,7 +240,10 @@ mod tests {
             Value::F64(-2.25),
             Value::from("text"),
             Value::Binary(vec![1, 2, 3]),
-            Value::Map(vec![(Value::from(1), Value::Binary(vec![])), (Value::Nil, Value::from("x"))]),
+            Value::Map(vec![
+                (Value::from(1), Value::Binary(vec![])),
+                (Value::Nil, Value::from("x")),
+            ]),
             Value::Ext(5, vec![9; 16]),
             Value::Ext(6, vec![9; 3]),
             Value::Binary(vec![7; 70_000]),
@@ -241,7 +258,10 @@ mod tests {
     fn rejects_huge_declared_containers_without_allocating() {
         // array32 claiming 4 billion items, followed by nothing.
         let bytes = [0xdd, 0xff, 0xff, 0xff, 0xff, 0x01];
-        assert_eq!(validate(&bytes, 8), Err(DecodeError::Msgpack("container larger than its frame")));
+        assert_eq!(
+            validate(&bytes, 8),
+            Err(DecodeError::Msgpack("container larger than its frame"))
+        );
         let bytes = [0xdf, 0xff, 0xff, 0xff, 0xff];
         assert!(validate(&bytes, 8).is_err());
         let bytes = [0xc6, 0xff, 0xff, 0xff, 0xff, 0x00];
@@ -269,7 +289,10 @@ mod tests {
     fn integers_use_umsgpack_encodings() {
         assert_eq!(enc(&Value::from(5)), [0x05]);
         assert_eq!(enc(&Value::from(200)), [0xcc, 200]);
-        assert_eq!(enc(&Value::from(1_795_279_776u64)), [0xce, 0x6b, 0x01, 0xcb, 0xa0]);
+        assert_eq!(
+            enc(&Value::from(1_795_279_776u64)),
+            [0xce, 0x6b, 0x01, 0xcb, 0xa0]
+        );
         assert_eq!(enc(&Value::from(-1)), [0xff]);
         assert_eq!(enc(&Value::from(-100)), [0xd0, 0x9c]);
         assert_eq!(enc(&Value::F64(2.5))[0], 0xcb);

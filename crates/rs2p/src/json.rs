@@ -1,4 +1,5 @@
-//! JSON ↔ msgpack value mapping of the JSON-lines contract.
+//! JSON ↔ msgpack value mapping, as used by `rs2p node --json` (feature
+//! `json`).
 //!
 //! | msgpack | JSON |
 //! |---|---|
@@ -10,9 +11,9 @@
 //! | other map | `{"$map": [[key, value], ...]}` |
 //! | ext | `{"$ext": [type, "<base64>"]}` |
 
+use crate::Value;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
-use rs2p::Value;
 use serde_json::{json, Map, Number, Value as Json};
 
 /// msgpack → JSON.
@@ -84,10 +85,14 @@ pub fn from_json(j: &Json) -> Result<Value, String> {
                 match k.as_str() {
                     "$bytes" => {
                         let s = v.as_str().ok_or("$bytes must be a base64 string")?;
-                        return Ok(Value::Binary(B64.decode(s).map_err(|e| format!("bad base64: {e}"))?));
+                        return Ok(Value::Binary(
+                            B64.decode(s).map_err(|e| format!("bad base64: {e}"))?,
+                        ));
                     }
                     "$map" => {
-                        let pairs = v.as_array().ok_or("$map must be an array of [key, value]")?;
+                        let pairs = v
+                            .as_array()
+                            .ok_or("$map must be an array of [key, value]")?;
                         let mut m = Vec::with_capacity(pairs.len());
                         for p in pairs {
                             match p.as_array().map(Vec::as_slice) {
@@ -102,7 +107,10 @@ pub fn from_json(j: &Json) -> Result<Value, String> {
                             Some([t, d]) => (t, d),
                             _ => return Err("$ext must be [type, base64]".into()),
                         };
-                        let t = t.as_i64().and_then(|t| i8::try_from(t).ok()).ok_or("$ext type must be -128..127")?;
+                        let t = t
+                            .as_i64()
+                            .and_then(|t| i8::try_from(t).ok())
+                            .ok_or("$ext type must be -128..127")?;
                         let d = B64
                             .decode(d.as_str().ok_or("$ext data must be base64")?)
                             .map_err(|e| format!("bad base64: {e}"))?;
@@ -156,8 +164,13 @@ mod tests {
 
     #[test]
     fn non_finite_floats_and_errors() {
-        assert!(matches!(from_json(&to_json(&Value::F64(f64::NAN))).unwrap(), Value::F64(f) if f.is_nan()));
-        assert_eq!(from_json(&to_json(&Value::F64(f64::INFINITY))).unwrap(), Value::F64(f64::INFINITY));
+        assert!(
+            matches!(from_json(&to_json(&Value::F64(f64::NAN))).unwrap(), Value::F64(f) if f.is_nan())
+        );
+        assert_eq!(
+            from_json(&to_json(&Value::F64(f64::INFINITY))).unwrap(),
+            Value::F64(f64::INFINITY)
+        );
         assert!(from_json(&json!({"$bytes": "@@@"})).is_err());
         assert!(from_json(&json!({"$map": [[1]]})).is_err());
     }

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The test command: installs the pinned py2p peer, then runs every test of
+# the workspace (unit, property, simulation, loopback and py2p interop).
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+./scripts/setup-py2p.sh
+export RS2P_PY2P_PYTHON="$root/.venv-py2p/bin/python"
+cargo test --workspace --release "$@"
