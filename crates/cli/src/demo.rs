@@ -37,9 +37,7 @@ struct NodeLog {
 
 /// A tiny deterministic generator for picking bootstrap peers.
 fn pick(seed: &mut u64, below: usize) -> usize {
-    *seed = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
+    *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
     ((*seed >> 33) as usize) % below
 }
 
@@ -56,11 +54,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     for _ in 0..args.nodes {
         nodes.push(MeshSocket::builder().bind("127.0.0.1:0").spawn().await?);
     }
-    let index: HashMap<PeerId, usize> = nodes
-        .iter()
-        .enumerate()
-        .map(|(i, n)| (n.id().clone(), i))
-        .collect();
+    let index: HashMap<PeerId, usize> = nodes.iter().enumerate().map(|(i, n)| (n.id().clone(), i)).collect();
 
     // 1. Formation: every node joins through one random earlier node, all at
     // the same moment; peer exchange must do the rest.
@@ -85,10 +79,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
             let peers = n.routing_table().await?;
             let out = peers.iter().filter(|p| p.outgoing).count();
             at_target &= out >= 4.min(nodes.len() - 1) || peers.len() == nodes.len() - 1;
-            adj[i] = peers
-                .iter()
-                .filter_map(|p| index.get(&p.id).copied())
-                .collect();
+            adj[i] = peers.iter().filter_map(|p| index.get(&p.id).copied()).collect();
             degrees.push(peers.len());
         }
         if at_target && connected(&adj) {
@@ -116,10 +107,8 @@ pub async fn run(args: DemoArgs) -> Result<()> {
             while let Some(m) = n.next_message().await {
                 let now_us = epoch.elapsed().as_micros() as u64;
                 let Ok(p) = m.packets() else { continue };
-                let (Some(seq), Some(sent)) = (
-                    p.first().and_then(Value::as_u64),
-                    p.get(1).and_then(Value::as_u64),
-                ) else {
+                let (Some(seq), Some(sent)) = (p.first().and_then(Value::as_u64), p.get(1).and_then(Value::as_u64))
+                else {
                     continue;
                 };
                 let from = index.get(m.sender()).copied().unwrap_or(usize::MAX);
@@ -132,8 +121,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
             }
         });
     }
-    let expected_per_node =
-        |i: usize| senders * args.messages - if i < senders { args.messages } else { 0 };
+    let expected_per_node = |i: usize| senders * args.messages - if i < senders { args.messages } else { 0 };
     let expected: usize = (0..nodes.len()).map(expected_per_node).sum();
     println!(
         "[2/3] flooding {} broadcasts from {} nodes ({} deliveries expected)...",
@@ -151,8 +139,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         tasks.push(tokio::spawn(async move {
             for seq in 0..count as u64 {
                 let sent = epoch.elapsed().as_micros() as u64;
-                n.broadcast(vec![Value::from(seq), Value::from(sent), payload.clone()])
-                    .await?;
+                n.broadcast(vec![Value::from(seq), Value::from(sent), payload.clone()]).await?;
             }
             Ok::<_, rs2p::Error>(())
         }));
@@ -162,12 +149,8 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     }
     let mut last_print = Instant::now();
     let delivered = loop {
-        let delivered: usize = logs
-            .iter()
-            .map(|l| l.lock().expect("log lock").seen.len())
-            .sum();
-        if delivered >= expected || Instant::now() > flood_start + Duration::from_secs(args.timeout)
-        {
+        let delivered: usize = logs.iter().map(|l| l.lock().expect("log lock").seen.len()).sum();
+        if delivered >= expected || Instant::now() > flood_start + Duration::from_secs(args.timeout) {
             break delivered;
         }
         if last_print.elapsed() > Duration::from_millis(500) {
@@ -189,21 +172,12 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         suppressed += n.status().await?.stats.duplicates;
         let l = logs[i].lock().expect("log lock");
         let id: String = n.id().to_string().chars().take(12).collect();
-        println!(
-            "      {i:>4}  {id:<12}  {peers:>5}  {:>8}  {:>8}",
-            l.seen.len(),
-            expected_per_node(i)
-        );
+        println!("      {i:>4}  {id:<12}  {peers:>5}  {:>8}  {:>8}", l.seen.len(), expected_per_node(i));
         all_lat.extend_from_slice(&l.latencies_us);
         repeats += l.repeats;
     }
     all_lat.sort_unstable();
-    let pct = |p: f64| {
-        all_lat
-            .get(((all_lat.len() as f64 - 1.0) * p) as usize)
-            .copied()
-            .unwrap_or(0)
-    };
+    let pct = |p: f64| all_lat.get(((all_lat.len() as f64 - 1.0) * p) as usize).copied().unwrap_or(0);
     println!(
         "      deliveries: {delivered}/{expected} ({:.1}%), delivered twice: {repeats}, duplicate copies suppressed by the mesh: {suppressed}",
         100.0 * delivered as f64 / expected as f64

@@ -36,17 +36,11 @@ const STDOUT_QUEUE_CAP: usize = 4096;
 pub async fn run(args: NodeArgs) -> Result<()> {
     let mut b = MeshSocket::builder()
         .bind(args.bind.clone())
-        .protocol(rs2p::Protocol::new(
-            args.subnet.clone(),
-            rs2p::Encryption::Plaintext,
-        ));
+        .protocol(rs2p::Protocol::new(args.subnet.clone(), rs2p::Encryption::Plaintext));
     if let Some(a) = args.out_addr.clone() {
         b = b.out_addr(a);
     }
-    let node = b
-        .spawn()
-        .await
-        .with_context(|| format!("starting node on {}", args.bind))?;
+    let node = b.spawn().await.with_context(|| format!("starting node on {}", args.bind))?;
     if args.json {
         run_json(node, args.connect).await
     } else {
@@ -116,18 +110,9 @@ fn spawn_forwarders(node: &MeshSocket, out: mpsc::Sender<String>, json: bool) {
             let line = if json {
                 message_json(&m).to_string()
             } else {
-                let packets: Vec<String> = m
-                    .packets()
-                    .unwrap_or_default()
-                    .iter()
-                    .map(|v| to_json(v).to_string())
-                    .collect();
-                format!(
-                    "[{} from {}] {}",
-                    m.kind().as_str(),
-                    short(m.sender()),
-                    packets.join(" ")
-                )
+                let packets: Vec<String> =
+                    m.packets().unwrap_or_default().iter().map(|v| to_json(v).to_string()).collect();
+                format!("[{} from {}] {}", m.kind().as_str(), short(m.sender()), packets.join(" "))
             };
             if o.send(line).await.is_err() {
                 return;
@@ -138,30 +123,15 @@ fn spawn_forwarders(node: &MeshSocket, out: mpsc::Sender<String>, json: bool) {
     tokio::spawn(async move {
         while let Some(e) = events.recv().await {
             let line = match (e, json) {
-                (
-                    Event::PeerUp {
-                        peer,
-                        addr,
-                        outgoing,
-                    },
-                    true,
-                ) => json!({
+                (Event::PeerUp { peer, addr, outgoing }, true) => json!({
                     "event": "peer_up", "id": peer.to_string(),
                     "addr": addr.map(|a| a.to_string()), "outgoing": outgoing,
                 })
                 .to_string(),
                 (Event::PeerDown { peer, reason }, true) => {
-                    json!({"event": "peer_down", "id": peer.to_string(), "reason": reason})
-                        .to_string()
+                    json!({"event": "peer_down", "id": peer.to_string(), "reason": reason}).to_string()
                 }
-                (
-                    Event::PeerUp {
-                        peer,
-                        addr,
-                        outgoing,
-                    },
-                    false,
-                ) => format!(
+                (Event::PeerUp { peer, addr, outgoing }, false) => format!(
                     "* peer up: {} at {} ({})",
                     short(&peer),
                     addr.map(|a| a.to_string()).unwrap_or_else(|| "?".into()),
@@ -170,10 +140,9 @@ fn spawn_forwarders(node: &MeshSocket, out: mpsc::Sender<String>, json: bool) {
                 (Event::PeerDown { peer, reason }, false) => {
                     format!("* peer down: {} ({reason})", short(&peer))
                 }
-                (Event::ConnectFailed { addr, reason }, false) => format!(
-                    "* connection {}failed: {reason}",
-                    addr.map(|a| format!("to {a} ")).unwrap_or_default()
-                ),
+                (Event::ConnectFailed { addr, reason }, false) => {
+                    format!("* connection {}failed: {reason}", addr.map(|a| format!("to {a} ")).unwrap_or_default())
+                }
                 (Event::Lagged(n), false) => format!("* missed {n} events"),
                 _ => continue,
             };
@@ -190,11 +159,8 @@ fn short(id: &PeerId) -> String {
 
 async fn run_json(node: MeshSocket, connect: Vec<PeerAddr>) -> Result<()> {
     let out = spawn_stdout();
-    out.send(
-        json!({"event": "ready", "id": node.id().to_string(), "addr": node.out_addr().to_string()})
-            .to_string(),
-    )
-    .await?;
+    out.send(json!({"event": "ready", "id": node.id().to_string(), "addr": node.out_addr().to_string()}).to_string())
+        .await?;
     spawn_forwarders(&node, out.clone(), true);
     for addr in connect {
         spawn_connect(&node, addr, out.clone());
@@ -207,21 +173,15 @@ async fn run_json(node: MeshSocket, connect: Vec<PeerAddr>) -> Result<()> {
         let cmd: Json = match serde_json::from_str(&line) {
             Ok(j @ Json::Object(_)) => j,
             Ok(_) => {
-                out.send(error_json("", "a command is a JSON object"))
-                    .await?;
+                out.send(error_json("", "a command is a JSON object")).await?;
                 continue;
             }
             Err(e) => {
-                out.send(error_json("", format!("invalid JSON: {e}")))
-                    .await?;
+                out.send(error_json("", format!("invalid JSON: {e}"))).await?;
                 continue;
             }
         };
-        let name = cmd
-            .get("cmd")
-            .and_then(Json::as_str)
-            .unwrap_or("")
-            .to_string();
+        let name = cmd.get("cmd").and_then(Json::as_str).unwrap_or("").to_string();
         match handle_json(&node, &cmd, &name, &out).await {
             Ok(true) => break,
             Ok(false) => {}
@@ -253,41 +213,24 @@ fn packets_of(cmd: &Json) -> Result<Vec<Value>, String> {
 }
 
 /// Runs one JSON command; `Ok(true)` means quit.
-async fn handle_json(
-    node: &MeshSocket,
-    cmd: &Json,
-    name: &str,
-    out: &mpsc::Sender<String>,
-) -> Result<bool, String> {
+async fn handle_json(node: &MeshSocket, cmd: &Json, name: &str, out: &mpsc::Sender<String>) -> Result<bool, String> {
     match name {
         "connect" => {
-            let addr = cmd
-                .get("addr")
-                .and_then(Json::as_str)
-                .ok_or("\"addr\" (HOST:PORT) is required")?;
+            let addr = cmd.get("addr").and_then(Json::as_str).ok_or("\"addr\" (HOST:PORT) is required")?;
             let addr: PeerAddr = addr.parse().map_err(|e| format!("{e}"))?;
             spawn_connect(node, addr, out.clone());
         }
         "broadcast" => {
-            node.broadcast(packets_of(cmd)?)
-                .await
-                .map_err(|e| e.to_string())?;
+            node.broadcast(packets_of(cmd)?).await.map_err(|e| e.to_string())?;
         }
         "whisper" => {
-            let to = cmd
-                .get("to")
-                .and_then(Json::as_str)
-                .ok_or("\"to\" (node id) is required")?;
+            let to = cmd.get("to").and_then(Json::as_str).ok_or("\"to\" (node id) is required")?;
             let to = PeerId::from_bytes(to.as_bytes().to_vec());
-            node.whisper(&to, packets_of(cmd)?)
-                .await
-                .map_err(|e| e.to_string())?;
+            node.whisper(&to, packets_of(cmd)?).await.map_err(|e| e.to_string())?;
         }
         "peers" => {
             let peers = node.routing_table().await.map_err(|e| e.to_string())?;
-            let _ = out
-                .send(json!({"event": "peers", "peers": peers_json(&peers)}).to_string())
-                .await;
+            let _ = out.send(json!({"event": "peers", "peers": peers_json(&peers)}).to_string()).await;
         }
         "quit" => return Ok(true),
         "" => return Err("missing \"cmd\"".into()),
@@ -339,10 +282,7 @@ async fn run_human(node: MeshSocket, connect: Vec<PeerAddr>) -> Result<()> {
             "whisper" => {
                 let (prefix, text) = rest.split_once(' ').unwrap_or((rest, ""));
                 let peers = node.routing_table().await.unwrap_or_default();
-                match peers
-                    .iter()
-                    .find(|p| p.id.to_string().starts_with(prefix) && !prefix.is_empty())
-                {
+                match peers.iter().find(|p| p.id.to_string().starts_with(prefix) && !prefix.is_empty()) {
                     Some(p) => match node.whisper(&p.id, vec![Value::from(text)]).await {
                         Ok(_) => continue,
                         Err(e) => format!("! {e}"),
@@ -361,10 +301,7 @@ async fn run_human(node: MeshSocket, connect: Vec<PeerAddr>) -> Result<()> {
                             format!(
                                 "  {}  {}  {}",
                                 p.id,
-                                p.addr
-                                    .as_ref()
-                                    .map(ToString::to_string)
-                                    .unwrap_or_else(|| "?".into()),
+                                p.addr.as_ref().map(ToString::to_string).unwrap_or_else(|| "?".into()),
                                 if p.outgoing { "outgoing" } else { "incoming" }
                             )
                         })
@@ -380,10 +317,7 @@ async fn run_human(node: MeshSocket, connect: Vec<PeerAddr>) -> Result<()> {
                     s.stats.delivered,
                     s.stats.relayed,
                     s.stats.duplicates,
-                    s.recent_errors
-                        .iter()
-                        .map(|e| format!("\n  {e}"))
-                        .collect::<String>()
+                    s.recent_errors.iter().map(|e| format!("\n  {e}")).collect::<String>()
                 ),
                 Err(e) => format!("! {e}"),
             },

@@ -28,14 +28,7 @@ impl Node {
             .expect("start rs2p node");
         let stdin = child.stdin.take().unwrap();
         let lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let mut n = Node {
-            child,
-            stdin,
-            lines,
-            backlog: Vec::new(),
-            id: String::new(),
-            addr: String::new(),
-        };
+        let mut n = Node { child, stdin, lines, backlog: Vec::new(), id: String::new(), addr: String::new() };
         let ready = n.expect(|j| j["event"] == "ready").await;
         n.id = ready["id"].as_str().unwrap().to_string();
         n.addr = ready["addr"].as_str().unwrap().to_string();
@@ -43,10 +36,7 @@ impl Node {
     }
 
     async fn send_line(&mut self, line: &str) {
-        self.stdin
-            .write_all(format!("{line}\n").as_bytes())
-            .await
-            .unwrap();
+        self.stdin.write_all(format!("{line}\n").as_bytes()).await.unwrap();
         self.stdin.flush().await.unwrap();
     }
 
@@ -65,8 +55,7 @@ impl Node {
                 .unwrap_or_else(|_| panic!("timed out; lines: {:?}", self.backlog))
                 .unwrap()
                 .expect("node exited");
-            let j: Json =
-                serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON: {line}: {e}"));
+            let j: Json = serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON: {line}: {e}"));
             if pred(&j) {
                 return j;
             }
@@ -76,18 +65,12 @@ impl Node {
 
     async fn peers(&mut self) -> Vec<Json> {
         self.cmd(json!({"cmd": "peers"})).await;
-        self.expect(|j| j["event"] == "peers").await["peers"]
-            .as_array()
-            .unwrap()
-            .clone()
+        self.expect(|j| j["event"] == "peers").await["peers"].as_array().unwrap().clone()
     }
 
     async fn quit(mut self) {
         self.cmd(json!({"cmd": "quit"})).await;
-        let status = tokio::time::timeout(Duration::from_secs(5), self.child.wait())
-            .await
-            .expect("exits")
-            .unwrap();
+        let status = tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await.expect("exits").unwrap();
         assert!(status.success());
     }
 }
@@ -112,13 +95,9 @@ async fn json_lines_contract() {
     assert!(m["time"].as_u64().unwrap() > 1_600_000_000);
     assert_eq!(m["packets"], packets);
 
-    b.cmd(json!({"cmd": "whisper", "to": a.id, "packets": ["psst"]}))
-        .await;
+    b.cmd(json!({"cmd": "whisper", "to": a.id, "packets": ["psst"]})).await;
     let m = a.expect(|j| j["event"] == "message").await;
-    assert_eq!(
-        (m["kind"].clone(), m["packets"].clone()),
-        (json!("whisper"), json!(["psst"]))
-    );
+    assert_eq!((m["kind"].clone(), m["packets"].clone()), (json!("whisper"), json!(["psst"])));
 
     let peers = a.peers().await;
     assert_eq!(peers.len(), 1);
@@ -136,34 +115,20 @@ async fn json_lines_contract() {
     ] {
         a.send_line(bad).await;
         let e = a.expect(|j| j["event"] == "error").await;
-        assert!(
-            e["message"].as_str().is_some_and(|m| !m.is_empty()),
-            "{bad}: {e}"
-        );
+        assert!(e["message"].as_str().is_some_and(|m| !m.is_empty()), "{bad}: {e}");
     }
     // Connecting to a closed port reports the failure.
-    a.cmd(json!({"cmd": "connect", "addr": "127.0.0.1:1"}))
-        .await;
-    let e = a
-        .expect(|j| j["event"] == "error" && j["cmd"] == "connect")
-        .await;
-    assert!(
-        e["message"].as_str().unwrap().contains("127.0.0.1:1"),
-        "{e}"
-    );
+    a.cmd(json!({"cmd": "connect", "addr": "127.0.0.1:1"})).await;
+    let e = a.expect(|j| j["event"] == "error" && j["cmd"] == "connect").await;
+    assert!(e["message"].as_str().unwrap().contains("127.0.0.1:1"), "{e}");
     // Still alive and serving.
     assert_eq!(a.peers().await.len(), 1);
 
     // A foreign subnet is refused with a reason.
     let mut c = Node::spawn(&["--subnet", "other"]).await;
     c.cmd(json!({"cmd": "connect", "addr": a.addr})).await;
-    let e = c
-        .expect(|j| j["event"] == "error" && j["cmd"] == "connect")
-        .await;
-    assert!(
-        e["message"].as_str().unwrap().contains("another network"),
-        "{e}"
-    );
+    let e = c.expect(|j| j["event"] == "error" && j["cmd"] == "connect").await;
+    assert!(e["message"].as_str().unwrap().contains("another network"), "{e}");
 
     let b_id = b.id.clone();
     b.quit().await;

@@ -139,10 +139,7 @@ pub struct Protocol {
 impl Protocol {
     /// A protocol with the given subnet and encryption.
     pub fn new(subnet: impl Into<String>, encryption: Encryption) -> Self {
-        Protocol {
-            subnet: subnet.into(),
-            encryption,
-        }
+        Protocol { subnet: subnet.into(), encryption }
     }
 
     /// The protocol id: `base58(int(sha256(subnet + encryption + "0.7")))`.
@@ -220,20 +217,11 @@ mod tests {
     fn protocol_ids_match_py2p_capture() {
         // Values from shared/py2p-frames/FRAMES.md, captured from py2p 0.7.878.
         let mesh = Protocol::new("mesh", Encryption::Plaintext).id();
-        assert_eq!(
-            mesh.as_bytes(),
-            b"EpAmyZWv9rZUKmjQgU3FTUD4GrJHvVEXizmghVBc8eGD"
-        );
+        assert_eq!(mesh.as_bytes(), b"EpAmyZWv9rZUKmjQgU3FTUD4GrJHvVEXizmghVBc8eGD");
         let sync1 = Protocol::new("sync1", Encryption::Plaintext).id();
-        assert_eq!(
-            sync1.as_bytes(),
-            b"p7sAnBsK3n5enFXH7vEGQjzS6t6RH1CeEoYekNjr5Jn"
-        );
+        assert_eq!(sync1.as_bytes(), b"p7sAnBsK3n5enFXH7vEGQjzS6t6RH1CeEoYekNjr5Jn");
         let sync0 = Protocol::new("sync0", Encryption::Plaintext).id();
-        assert_eq!(
-            sync0.as_bytes(),
-            b"EB8PreScNDAFMALGBs1uyocDXLXCxZKzWEP5oR6VVh2z"
-        );
+        assert_eq!(sync0.as_bytes(), b"EB8PreScNDAFMALGBs1uyocDXLXCxZKzWEP5oR6VVh2z");
     }
 
     #[test]

@@ -39,9 +39,6 @@ pub struct Now {
 impl Now {
     /// A time `ms` milliseconds later on both clocks.
     pub fn plus_ms(self, ms: u64) -> Now {
-        Now {
-            mono_ms: self.mono_ms + ms,
-            unix: self.unix + (self.mono_ms % 1000 + ms) / 1000,
-        }
+        Now { mono_ms: self.mono_ms + ms, unix: self.unix + (self.mono_ms % 1000 + ms) / 1000 }
     }
 }

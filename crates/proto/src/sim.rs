@@ -61,20 +61,13 @@ impl Sim {
     pub fn with_configs(cfgs: Vec<Config>) -> Self {
         let n = cfgs.len();
         Sim {
-            nodes: cfgs
-                .into_iter()
-                .enumerate()
-                .map(|(i, c)| Mesh::new(c, i as u64 + 1))
-                .collect(),
+            nodes: cfgs.into_iter().enumerate().map(|(i, c)| Mesh::new(c, i as u64 + 1)).collect(),
             events: vec![Vec::new(); n],
             links: BTreeMap::new(),
             decoders: HashMap::new(),
             in_flight: VecDeque::new(),
             next_conn: 0,
-            now: Now {
-                mono_ms: 1_000,
-                unix: 1_700_000_000,
-            },
+            now: Now { mono_ms: 1_000, unix: 1_700_000_000 },
             down: vec![false; n],
         }
     }
@@ -114,24 +107,8 @@ impl Sim {
                         let a = ConnId(self.next_conn);
                         self.next_conn += 1;
                         let b = ConnId(self.next_conn);
-                        self.links.insert(
-                            a,
-                            Link {
-                                node: i,
-                                peer_node: j,
-                                peer_conn: b,
-                                codec: LinkCodec::HANDSHAKE,
-                            },
-                        );
-                        self.links.insert(
-                            b,
-                            Link {
-                                node: j,
-                                peer_node: i,
-                                peer_conn: a,
-                                codec: LinkCodec::HANDSHAKE,
-                            },
-                        );
+                        self.links.insert(a, Link { node: i, peer_node: j, peer_conn: b, codec: LinkCodec::HANDSHAKE });
+                        self.links.insert(b, Link { node: j, peer_node: i, peer_conn: a, codec: LinkCodec::HANDSHAKE });
                         let now = self.now;
                         self.nodes[j].handle_incoming(now, b);
                         self.drain(j);
@@ -170,9 +147,10 @@ impl Sim {
         let Some(node) = self.links.get(&conn).map(|l| l.node) else {
             return true; // link closed meanwhile
         };
-        let dec = self.decoders.entry(conn).or_insert_with(|| {
-            FrameDecoder::new(Limits::default(), &Compression::DEFAULT_PREFERENCE)
-        });
+        let dec = self
+            .decoders
+            .entry(conn)
+            .or_insert_with(|| FrameDecoder::new(Limits::default(), &Compression::DEFAULT_PREFERENCE));
         dec.buffer().extend_from_slice(&bytes);
         let mut packets = Vec::new();
         while let Ok(Some(p)) = dec.next_packet() {
@@ -219,21 +197,12 @@ impl Sim {
     /// Takes node `i` down: all its connections drop, its dials fail.
     pub fn kill(&mut self, i: usize) {
         self.down[i] = true;
-        let conns: Vec<ConnId> = self
-            .links
-            .iter()
-            .filter(|(_, l)| l.node == i)
-            .map(|(c, _)| *c)
-            .collect();
+        let conns: Vec<ConnId> = self.links.iter().filter(|(_, l)| l.node == i).map(|(c, _)| *c).collect();
         for c in conns {
             if let Some(l) = self.links.remove(&c) {
                 self.links.remove(&l.peer_conn);
                 let now = self.now;
-                self.nodes[l.peer_node].handle_closed(
-                    now,
-                    l.peer_conn,
-                    CloseReason::Io("reset".into()),
-                );
+                self.nodes[l.peer_node].handle_closed(now, l.peer_conn, CloseReason::Io("reset".into()));
                 self.drain(l.peer_node);
             }
         }
@@ -247,12 +216,7 @@ impl Sim {
         let Some(&start) = live.first() else {
             return true;
         };
-        let index: HashMap<PeerId, usize> = self
-            .nodes
-            .iter()
-            .enumerate()
-            .map(|(i, n)| (n.id().clone(), i))
-            .collect();
+        let index: HashMap<PeerId, usize> = self.nodes.iter().enumerate().map(|(i, n)| (n.id().clone(), i)).collect();
         let mut seen = vec![false; self.nodes.len()];
         let mut stack = vec![start];
         seen[start] = true;

@@ -12,42 +12,23 @@ fn load(name: &str) -> Vec<u8> {
     let path = format!("{}/tests/vectors/{name}.hex", env!("CARGO_MANIFEST_DIR"));
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
     let text = text.trim();
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).expect("hex"))
-        .collect()
+    (0..text.len()).step_by(2).map(|i| u8::from_str_radix(&text[i..i + 2], 16).expect("hex")).collect()
 }
 
 fn decode(name: &str) -> Packet {
     let bytes = load(name);
     let mut d = FrameDecoder::new(Limits::default(), &Compression::DEFAULT_PREFERENCE);
     d.buffer().extend_from_slice(&bytes);
-    let p = d
-        .next_packet()
-        .expect("valid frame")
-        .expect("complete frame");
-    assert!(
-        d.next_packet().unwrap().is_none(),
-        "{name}: one frame per file"
-    );
+    let p = d.next_packet().expect("valid frame").expect("complete frame");
+    assert!(d.next_packet().unwrap().is_none(), "{name}: one frame per file");
     p
 }
 
 /// Re-encodes a packet from its decoded fields and checks the bytes match.
 fn reencodes_identically(name: &str, p: &Packet) {
     let h = &p.header;
-    let rebuilt = Frame::build(
-        h.msg_type as u8,
-        &h.sender,
-        h.time,
-        h.subflag,
-        &p.values().unwrap(),
-    );
-    assert_eq!(
-        rebuilt.payload(),
-        p.frame.payload(),
-        "{name}: payload bytes differ"
-    );
+    let rebuilt = Frame::build(h.msg_type as u8, &h.sender, h.time, h.subflag, &p.values().unwrap());
+    assert_eq!(rebuilt.payload(), p.frame.payload(), "{name}: payload bytes differ");
     assert_eq!(rebuilt.id(), p.frame.id(), "{name}: message id differs");
 }
 
@@ -89,18 +70,9 @@ fn handshake_fields() {
     assert_eq!(p.header.subflag, subflag::HANDSHAKE);
     let v = p.values().unwrap();
     assert_eq!(v[0], Value::Binary(PY2P_ID.to_vec()));
-    assert_eq!(
-        v[1],
-        Value::Binary(b"EpAmyZWv9rZUKmjQgU3FTUD4GrJHvVEXizmghVBc8eGD".to_vec())
-    );
-    assert_eq!(
-        v[2],
-        Value::Array(vec![Value::from("127.0.0.1"), Value::from(27000)])
-    );
-    assert_eq!(
-        v[3],
-        Value::Array(vec![19.into(), 17.into(), 16.into(), 18.into()])
-    );
+    assert_eq!(v[1], Value::Binary(b"EpAmyZWv9rZUKmjQgU3FTUD4GrJHvVEXizmghVBc8eGD".to_vec()));
+    assert_eq!(v[2], Value::Array(vec![Value::from("127.0.0.1"), Value::from(27000)]));
+    assert_eq!(v[3], Value::Array(vec![19.into(), 17.into(), 16.into(), 18.into()]));
 }
 
 #[test]
@@ -113,10 +85,7 @@ fn zlib_broadcast_and_peers() {
     let v = p.values().unwrap();
     let list = v[0].as_array().unwrap();
     assert_eq!(list.len(), 2);
-    assert_eq!(
-        list[0].as_array().unwrap()[0],
-        Value::Array(vec!["127.0.0.1".into(), 27005.into()])
-    );
+    assert_eq!(list[0].as_array().unwrap()[0], Value::Array(vec!["127.0.0.1".into(), 27005.into()]));
 }
 
 #[test]
@@ -126,10 +95,7 @@ fn request_and_renegotiation_shapes() {
     // py2p's own request sends '*' as a str (the quirk PROTOCOL.md describes).
     assert_eq!(p.values().unwrap(), vec![Value::from("*")]);
     let p = decode("renegotiate_compression");
-    assert_eq!(
-        (p.header.msg_type, p.header.subflag),
-        (1, subflag::COMPRESSION)
-    );
+    assert_eq!((p.header.msg_type, p.header.subflag), (1, subflag::COMPRESSION));
     assert_eq!(p.values().unwrap(), vec![Value::Array(vec![])]);
     let p = decode("renegotiate_resend");
     assert_eq!((p.header.msg_type, p.header.subflag), (1, subflag::RESEND));
@@ -145,16 +111,10 @@ fn sync_frames() {
     assert_eq!(v[1], Value::from("value0"));
     assert_eq!(v[3], Value::from(1_795_279_777u64));
     let p = decode("sync_delete_broadcast");
-    assert_eq!(
-        p.values().unwrap(),
-        vec![Value::Binary(b"delme".to_vec()), Value::Nil]
-    );
+    assert_eq!(p.values().unwrap(), vec![Value::Binary(b"delme".to_vec()), Value::Nil]);
     let p = decode("sync_delta_broadcast");
     assert_eq!(p.header.subflag, subflag::DELTA);
-    assert_eq!(
-        p.values().unwrap()[1],
-        Value::Map(vec![(Value::from("a"), Value::from(1))])
-    );
+    assert_eq!(p.values().unwrap()[1], Value::Map(vec![(Value::from("a"), Value::from(1))]));
 }
 
 #[test]
@@ -162,11 +122,7 @@ fn our_zlib_frames_decode_like_py2ps() {
     // A frame we compress with zlib decodes to the same payload.
     let p = decode("broadcast_uncompressed");
     let wire = p.frame.encode_for(Some(Compression::Zlib));
-    assert_eq!(
-        &wire[4..6],
-        &[0x78, 0x9c],
-        "zlib header as Python writes it"
-    );
+    assert_eq!(&wire[4..6], &[0x78, 0x9c], "zlib header as Python writes it");
     let mut d = FrameDecoder::new(Limits::default(), &[Compression::Zlib]);
     d.buffer().extend_from_slice(&wire);
     assert_eq!(d.next_packet().unwrap().unwrap().frame, p.frame);

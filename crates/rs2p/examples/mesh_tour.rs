@@ -8,11 +8,7 @@ use std::time::Duration;
 use rs2p::{Event, MeshSocket, Value};
 
 fn show(packets: &[Value]) -> String {
-    packets
-        .iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join(", ")
+    packets.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
 }
 
 #[tokio::main]
@@ -21,17 +17,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let alice = MeshSocket::builder().bind("127.0.0.1:0").spawn().await?;
     let bob = MeshSocket::builder().bind("127.0.0.1:0").spawn().await?;
     // Carol keeps to one connection so that a reply to her must be routed.
-    let carol = MeshSocket::builder()
-        .max_outgoing(1)
-        .maintain_outgoing(false)
-        .spawn()
-        .await?;
-    println!(
-        "alice {}\nbob   {}\ncarol {}",
-        alice.id(),
-        bob.id(),
-        carol.id()
-    );
+    let carol = MeshSocket::builder().max_outgoing(1).maintain_outgoing(false).spawn().await?;
+    println!("alice {}\nbob   {}\ncarol {}", alice.id(), bob.id(), carol.id());
 
     let mut events = alice.events();
     bob.connect(alice.out_addr().clone()).await?;
@@ -41,29 +28,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
 
     // A broadcast reaches everyone once, relayed where needed.
-    alice
-        .broadcast(vec![
-            Value::from("hello, mesh"),
-            Value::Binary(vec![1, 2, 3]),
-        ])
-        .await?;
+    alice.broadcast(vec![Value::from("hello, mesh"), Value::Binary(vec![1, 2, 3])]).await?;
     for (name, node) in [("bob", &bob), ("carol", &carol)] {
-        let msg = tokio::time::timeout(Duration::from_secs(5), node.next_message())
-            .await?
-            .ok_or("stopped")?;
-        println!(
-            "{name} got [{}] from {}",
-            show(&msg.packets()?),
-            msg.sender()
-        );
+        let msg = tokio::time::timeout(Duration::from_secs(5), node.next_message()).await?.ok_or("stopped")?;
+        println!("{name} got [{}] from {}", show(&msg.packets()?), msg.sender());
     }
 
     // A handler sees messages before the queue; returning true consumes them.
     bob.register_handler(|m| {
-        let ping = m
-            .packets()
-            .map(|p| p.first().and_then(|v| v.as_str()) == Some("ping"))
-            .unwrap_or(false);
+        let ping = m.packets().map(|p| p.first().and_then(|v| v.as_str()) == Some("ping")).unwrap_or(false);
         if ping {
             println!("bob's handler consumed a ping");
         }
@@ -75,13 +48,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Carol broadcasts; alice replies although she may not be connected to
     // carol: the reply finds its way through the network.
     carol.broadcast(vec![Value::from("who's there?")]).await?;
-    let msg = tokio::time::timeout(Duration::from_secs(5), alice.next_message())
-        .await?
-        .ok_or("stopped")?;
+    let msg = tokio::time::timeout(Duration::from_secs(5), alice.next_message()).await?.ok_or("stopped")?;
     let route = msg.reply(vec![Value::from("alice here")]).await?;
-    let answer = tokio::time::timeout(Duration::from_secs(5), carol.next_message())
-        .await?
-        .ok_or("stopped")?;
+    let answer = tokio::time::timeout(Duration::from_secs(5), carol.next_message()).await?.ok_or("stopped")?;
     println!("carol got [{}] ({route:?})", show(&answer.packets()?));
 
     println!("alice's routing table:");

@@ -11,9 +11,7 @@ use std::panic::AssertUnwindSafe;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rs2p_proto::id::{MsgId, PeerId};
-use rs2p_proto::mesh::{
-    self, CloseReason, ConnId, DialId, Mesh, Output, PeerAddr, PeerInfo, ReplyRoute,
-};
+use rs2p_proto::mesh::{self, CloseReason, ConnId, DialId, Mesh, Output, PeerAddr, PeerInfo, ReplyRoute};
 use rs2p_proto::wire::{subflag, Compression, Limits};
 use rs2p_proto::{Now, Value};
 use tokio::net::{TcpListener, TcpStream};
@@ -45,46 +43,16 @@ pub(crate) struct Settings {
 
 /// Requests from handles to the actor; each carries its reply channel.
 pub(crate) enum Command {
-    Connect {
-        addr: PeerAddr,
-        expected: Option<PeerId>,
-        reply: oneshot::Sender<Result<PeerId, Error>>,
-    },
-    Broadcast {
-        subflag: u64,
-        packets: Vec<Value>,
-        reply: oneshot::Sender<MsgId>,
-    },
-    Whisper {
-        peer: PeerId,
-        packets: Vec<Value>,
-        reply: oneshot::Sender<Result<MsgId, Error>>,
-    },
-    Reply {
-        to: PeerId,
-        packets: Vec<Value>,
-        reply: oneshot::Sender<Result<ReplyRoute, Error>>,
-    },
-    RequestPeers {
-        reply: oneshot::Sender<()>,
-    },
-    Disconnect {
-        peer: PeerId,
-        reply: oneshot::Sender<Result<(), Error>>,
-    },
-    Peers {
-        reply: oneshot::Sender<Vec<PeerInfo>>,
-    },
-    Status {
-        reply: oneshot::Sender<Status>,
-    },
-    RegisterHandler {
-        handler: Handler,
-        reply: oneshot::Sender<()>,
-    },
-    Shutdown {
-        reply: oneshot::Sender<()>,
-    },
+    Connect { addr: PeerAddr, expected: Option<PeerId>, reply: oneshot::Sender<Result<PeerId, Error>> },
+    Broadcast { subflag: u64, packets: Vec<Value>, reply: oneshot::Sender<MsgId> },
+    Whisper { peer: PeerId, packets: Vec<Value>, reply: oneshot::Sender<Result<MsgId, Error>> },
+    Reply { to: PeerId, packets: Vec<Value>, reply: oneshot::Sender<Result<ReplyRoute, Error>> },
+    RequestPeers { reply: oneshot::Sender<()> },
+    Disconnect { peer: PeerId, reply: oneshot::Sender<Result<(), Error>> },
+    Peers { reply: oneshot::Sender<Vec<PeerInfo>> },
+    Status { reply: oneshot::Sender<Status> },
+    RegisterHandler { handler: Handler, reply: oneshot::Sender<()> },
+    Shutdown { reply: oneshot::Sender<()> },
 }
 
 impl std::fmt::Debug for Command {
@@ -184,10 +152,7 @@ impl Actor {
     fn now(&self) -> Now {
         Now {
             mono_ms: self.start.elapsed().as_millis() as u64,
-            unix: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0),
+            unix: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
         }
     }
 
@@ -224,11 +189,7 @@ impl Actor {
     fn on_command(&mut self, cmd: Command) {
         let now = self.now();
         match cmd {
-            Command::Connect {
-                addr,
-                expected,
-                reply,
-            } => match self.mesh.connect(addr.clone(), expected) {
+            Command::Connect { addr, expected, reply } => match self.mesh.connect(addr.clone(), expected) {
                 Ok(dial) => {
                     self.pending_connects.insert(dial, (addr, reply));
                 }
@@ -236,18 +197,10 @@ impl Actor {
                     let _ = reply.send(Err(e.into()));
                 }
             },
-            Command::Broadcast {
-                subflag,
-                packets,
-                reply,
-            } => {
+            Command::Broadcast { subflag, packets, reply } => {
                 let _ = reply.send(self.mesh.broadcast(now, subflag, &packets));
             }
-            Command::Whisper {
-                peer,
-                packets,
-                reply,
-            } => {
+            Command::Whisper { peer, packets, reply } => {
                 let r = self.mesh.whisper(now, &peer, subflag::WHISPER, &packets);
                 let _ = reply.send(r.map_err(Into::into));
             }
@@ -288,8 +241,7 @@ impl Actor {
         match d.result {
             Ok(stream) => {
                 if self.conns.len() >= self.settings.max_connections {
-                    self.mesh
-                        .handle_dial_failed(now, d.dial, "connection limit reached".into());
+                    self.mesh.handle_dial_failed(now, d.dial, "connection limit reached".into());
                     return;
                 }
                 let conn = self.open(stream);
@@ -373,12 +325,8 @@ impl Actor {
     async fn flush(&mut self) {
         while let Some(o) = self.mesh.poll_output() {
             match o {
-                Output::Send { conn, frame } => {
-                    self.queue_for_writer(conn, WriterCmd::Frame(frame)).await
-                }
-                Output::Configure { conn, codec } => {
-                    self.queue_for_writer(conn, WriterCmd::Codec(codec)).await
-                }
+                Output::Send { conn, frame } => self.queue_for_writer(conn, WriterCmd::Frame(frame)).await,
+                Output::Configure { conn, codec } => self.queue_for_writer(conn, WriterCmd::Codec(codec)).await,
                 Output::Dial { dial, addr } => self.spawn_dial(dial, addr),
                 Output::Close { conn, reason } => {
                     if matches!(reason, CloseReason::ProtocolViolation(_)) {
@@ -403,11 +351,7 @@ impl Actor {
             Err(mpsc::error::TrySendError::Closed(_)) => {}
             Err(mpsc::error::TrySendError::Full(cmd)) => {
                 let tx = h.tx.clone();
-                if tx
-                    .send_timeout(cmd, self.settings.slow_peer_timeout)
-                    .await
-                    .is_err()
-                {
+                if tx.send_timeout(cmd, self.settings.slow_peer_timeout).await.is_err() {
                     self.slow_peers += 1;
                     tracing::warn!(conn = conn.0, "disconnecting slow peer");
                     self.close(conn);
@@ -434,55 +378,29 @@ impl Actor {
 
     fn on_event(&mut self, e: mesh::Event) {
         match e {
-            mesh::Event::PeerUp {
-                peer,
-                addr,
-                outgoing,
-                dial,
-                first,
-                ..
-            } => {
+            mesh::Event::PeerUp { peer, addr, outgoing, dial, first, .. } => {
                 if first {
                     let _ = self.events.send(Event::Connected { peer: peer.clone() });
                 }
                 if let Some((_, reply)) = dial.and_then(|d| self.pending_connects.remove(&d)) {
                     let _ = reply.send(Ok(peer.clone()));
                 }
-                let _ = self.events.send(Event::PeerUp {
-                    peer,
-                    addr,
-                    outgoing,
-                });
+                let _ = self.events.send(Event::PeerUp { peer, addr, outgoing });
             }
             mesh::Event::PeerDown { peer, reason, .. } => {
-                let _ = self.events.send(Event::PeerDown {
-                    peer,
-                    reason: reason.to_string(),
-                });
+                let _ = self.events.send(Event::PeerDown { peer, reason: reason.to_string() });
             }
-            mesh::Event::ConnectFailed {
-                dial,
-                addr,
-                reason,
-                peer,
-                ..
-            } => {
+            mesh::Event::ConnectFailed { dial, addr, reason, peer, .. } => {
                 if let Some((target, reply)) = dial.and_then(|d| self.pending_connects.remove(&d)) {
                     let r = match (&reason, peer) {
                         // Lost the conflict rule: connected through the other link.
                         (CloseReason::Duplicate, Some(p)) => Ok(p),
-                        _ => Err(Error::Connect {
-                            addr: target,
-                            reason: reason.to_string(),
-                        }),
+                        _ => Err(Error::Connect { addr: target, reason: reason.to_string() }),
                     };
                     let _ = reply.send(r);
                 }
                 if !matches!(reason, CloseReason::Duplicate) {
-                    let _ = self.events.send(Event::ConnectFailed {
-                        addr,
-                        reason: reason.to_string(),
-                    });
+                    let _ = self.events.send(Event::ConnectFailed { addr, reason: reason.to_string() });
                 }
             }
             mesh::Event::Message(d) => self.on_message(Message::new(d.packet, &self.weak_cmd)),
@@ -498,10 +416,7 @@ impl Actor {
             }
         }
         if !matches!(msg.subflag(), subflag::BROADCAST | subflag::WHISPER) {
-            tracing::debug!(
-                subflag = msg.subflag(),
-                "ignoring message with unknown sub-flag"
-            );
+            tracing::debug!(subflag = msg.subflag(), "ignoring message with unknown sub-flag");
             return;
         }
         match self.inbox.try_send(msg.clone()) {

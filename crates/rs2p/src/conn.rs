@@ -84,12 +84,7 @@ pub(crate) async fn read_loop<R: AsyncRead + Unpin>(
                 }
             }
         }
-        if !batch.is_empty()
-            && to_actor
-                .send(ConnEvent::Packets(conn, batch))
-                .await
-                .is_err()
-        {
+        if !batch.is_empty() && to_actor.send(ConnEvent::Packets(conn, batch)).await.is_err() {
             return;
         }
         if let Some(r) = failure {
@@ -130,9 +125,7 @@ pub(crate) async fn write_loop<W: AsyncWrite + Unpin>(
                     }
                     if !codec.coalesce {
                         if let Err(e) = wr.write_all(&buf).await {
-                            let _ = to_actor
-                                .send(ConnEvent::Closed(conn, CloseReason::Io(e.to_string())))
-                                .await;
+                            let _ = to_actor.send(ConnEvent::Closed(conn, CloseReason::Io(e.to_string()))).await;
                             return;
                         }
                         buf.clear();
@@ -145,9 +138,7 @@ pub(crate) async fn write_loop<W: AsyncWrite + Unpin>(
         }
         if !buf.is_empty() {
             if let Err(e) = wr.write_all(&buf).await {
-                let _ = to_actor
-                    .send(ConnEvent::Closed(conn, CloseReason::Io(e.to_string())))
-                    .await;
+                let _ = to_actor.send(ConnEvent::Closed(conn, CloseReason::Io(e.to_string()))).await;
                 return;
             }
             buf.clear();

@@ -37,6 +37,9 @@ pub enum Error {
     /// Too many routed replies are waiting for routes.
     #[error("too many replies waiting for a route")]
     TooManyPending,
+    /// A message's packets could not be decoded.
+    #[error(transparent)]
+    Decode(#[from] rs2p_proto::wire::DecodeError),
     /// The socket was shut down (or its last handle dropped).
     #[error("the socket is closed")]
     Closed,

@@ -85,14 +85,10 @@ pub fn from_json(j: &Json) -> Result<Value, String> {
                 match k.as_str() {
                     "$bytes" => {
                         let s = v.as_str().ok_or("$bytes must be a base64 string")?;
-                        return Ok(Value::Binary(
-                            B64.decode(s).map_err(|e| format!("bad base64: {e}"))?,
-                        ));
+                        return Ok(Value::Binary(B64.decode(s).map_err(|e| format!("bad base64: {e}"))?));
                     }
                     "$map" => {
-                        let pairs = v
-                            .as_array()
-                            .ok_or("$map must be an array of [key, value]")?;
+                        let pairs = v.as_array().ok_or("$map must be an array of [key, value]")?;
                         let mut m = Vec::with_capacity(pairs.len());
                         for p in pairs {
                             match p.as_array().map(Vec::as_slice) {
@@ -107,10 +103,7 @@ pub fn from_json(j: &Json) -> Result<Value, String> {
                             Some([t, d]) => (t, d),
                             _ => return Err("$ext must be [type, base64]".into()),
                         };
-                        let t = t
-                            .as_i64()
-                            .and_then(|t| i8::try_from(t).ok())
-                            .ok_or("$ext type must be -128..127")?;
+                        let t = t.as_i64().and_then(|t| i8::try_from(t).ok()).ok_or("$ext type must be -128..127")?;
                         let d = B64
                             .decode(d.as_str().ok_or("$ext data must be base64")?)
                             .map_err(|e| format!("bad base64: {e}"))?;
@@ -128,9 +121,7 @@ pub fn from_json(j: &Json) -> Result<Value, String> {
                 }
             }
             Value::Map(
-                o.iter()
-                    .map(|(k, v)| Ok((Value::from(k.as_str()), from_json(v)?)))
-                    .collect::<Result<_, String>>()?,
+                o.iter().map(|(k, v)| Ok((Value::from(k.as_str()), from_json(v)?))).collect::<Result<_, String>>()?,
             )
         }
     })
@@ -164,13 +155,8 @@ mod tests {
 
     #[test]
     fn non_finite_floats_and_errors() {
-        assert!(
-            matches!(from_json(&to_json(&Value::F64(f64::NAN))).unwrap(), Value::F64(f) if f.is_nan())
-        );
-        assert_eq!(
-            from_json(&to_json(&Value::F64(f64::INFINITY))).unwrap(),
-            Value::F64(f64::INFINITY)
-        );
+        assert!(matches!(from_json(&to_json(&Value::F64(f64::NAN))).unwrap(), Value::F64(f) if f.is_nan()));
+        assert_eq!(from_json(&to_json(&Value::F64(f64::INFINITY))).unwrap(), Value::F64(f64::INFINITY));
         assert!(from_json(&json!({"$bytes": "@@@"})).is_err());
         assert!(from_json(&json!({"$map": [[1]]})).is_err());
     }

@@ -51,8 +51,7 @@ pub use rs2p_proto::mesh::{AddrParseError, PeerAddr, PeerInfo, ReplyRoute, Stats
 pub use rs2p_proto::wire::{Compression, Limits};
 pub use rs2p_proto::Value;
 pub use socket::{
-    Builder, Event, EventStream, Handler, MeshSocket, Message, MessageKind, Status,
-    COMMAND_CHANNEL_CAP, DEFAULT_DIAL_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_RECV_QUEUE_CAP,
-    DEFAULT_SEND_QUEUE_CAP, DEFAULT_SLOW_PEER_TIMEOUT, DEFAULT_STALL_TIMEOUT, EVENT_CHANNEL_CAP,
-    INBOUND_CHANNEL_CAP,
+    Builder, Event, EventStream, Handler, MeshSocket, Message, MessageKind, Status, COMMAND_CHANNEL_CAP,
+    DEFAULT_DIAL_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_RECV_QUEUE_CAP, DEFAULT_SEND_QUEUE_CAP,
+    DEFAULT_SLOW_PEER_TIMEOUT, DEFAULT_STALL_TIMEOUT, EVENT_CHANNEL_CAP, INBOUND_CHANNEL_CAP,
 };

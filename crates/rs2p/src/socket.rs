@@ -202,26 +202,14 @@ impl Builder {
             return Err(Error::Config("capacities must be at least 1".into()));
         }
         if self.compression.is_empty() {
-            return Err(Error::Config(
-                "at least one compression method (Identity means none)".into(),
-            ));
+            return Err(Error::Config("at least one compression method (Identity means none)".into()));
         }
-        let listener = TcpListener::bind(&self.bind)
-            .await
-            .map_err(|source| Error::Bind {
-                addr: self.bind.clone(),
-                source,
-            })?;
-        let local_addr = listener.local_addr().map_err(|source| Error::Bind {
-            addr: self.bind.clone(),
-            source,
-        })?;
+        let listener =
+            TcpListener::bind(&self.bind).await.map_err(|source| Error::Bind { addr: self.bind.clone(), source })?;
+        let local_addr = listener.local_addr().map_err(|source| Error::Bind { addr: self.bind.clone(), source })?;
         let out_addr = self.out_addr.clone().unwrap_or_else(|| {
-            let ip = if local_addr.ip().is_unspecified() {
-                "127.0.0.1".to_string()
-            } else {
-                local_addr.ip().to_string()
-            };
+            let ip =
+                if local_addr.ip().is_unspecified() { "127.0.0.1".to_string() } else { local_addr.ip().to_string() };
             PeerAddr::new(ip, local_addr.port())
         });
         let salt: [u8; 16] = rand::random();
@@ -363,17 +351,8 @@ impl MeshSocket {
     ///
     /// # Errors
     /// As [`MeshSocket::connect`].
-    pub async fn connect_expecting(
-        &self,
-        addr: PeerAddr,
-        expected: Option<PeerId>,
-    ) -> Result<PeerId, Error> {
-        self.call(|reply| Command::Connect {
-            addr,
-            expected,
-            reply,
-        })
-        .await?
+    pub async fn connect_expecting(&self, addr: PeerAddr, expected: Option<PeerId>) -> Result<PeerId, Error> {
+        self.call(|reply| Command::Connect { addr, expected, reply }).await?
     }
 
     /// Floods `packets` to every node of the network (py2p's `send`).
@@ -391,12 +370,7 @@ impl MeshSocket {
     /// # Errors
     /// [`Error::Closed`] if the node has stopped.
     pub async fn send_flagged(&self, subflag: u64, packets: Vec<Value>) -> Result<MsgId, Error> {
-        self.call(|reply| Command::Broadcast {
-            subflag,
-            packets,
-            reply,
-        })
-        .await
+        self.call(|reply| Command::Broadcast { subflag, packets, reply }).await
     }
 
     /// Sends `packets` to a directly connected peer only.
@@ -405,12 +379,7 @@ impl MeshSocket {
     /// [`Error::NotConnected`] if `peer` is not directly connected.
     pub async fn whisper(&self, peer: &PeerId, packets: Vec<Value>) -> Result<MsgId, Error> {
         let peer = peer.clone();
-        self.call(|reply| Command::Whisper {
-            peer,
-            packets,
-            reply,
-        })
-        .await?
+        self.call(|reply| Command::Whisper { peer, packets, reply }).await?
     }
 
     /// Whispers `packets` to `peer`, routing through the network when not
@@ -420,8 +389,7 @@ impl MeshSocket {
     /// [`Error::TooManyPending`], [`Error::Closed`].
     pub async fn send_to(&self, peer: &PeerId, packets: Vec<Value>) -> Result<ReplyRoute, Error> {
         let to = peer.clone();
-        self.call(|reply| Command::Reply { to, packets, reply })
-            .await?
+        self.call(|reply| Command::Reply { to, packets, reply }).await?
     }
 
     /// Asks every peer for its peer list (py2p's `request_peers`).
@@ -438,8 +406,7 @@ impl MeshSocket {
     /// [`Error::NotConnected`], [`Error::Closed`].
     pub async fn disconnect(&self, peer: &PeerId) -> Result<(), Error> {
         let peer = peer.clone();
-        self.call(|reply| Command::Disconnect { peer, reply })
-            .await?
+        self.call(|reply| Command::Disconnect { peer, reply }).await?
     }
 
     /// The routing table: every connected peer (py2p's `routing_table`).
@@ -455,13 +422,7 @@ impl MeshSocket {
     /// # Errors
     /// [`Error::Closed`].
     pub async fn outgoing(&self) -> Result<Vec<PeerId>, Error> {
-        Ok(self
-            .routing_table()
-            .await?
-            .into_iter()
-            .filter(|p| p.outgoing)
-            .map(|p| p.id)
-            .collect())
+        Ok(self.routing_table().await?.into_iter().filter(|p| p.outgoing).map(|p| p.id).collect())
     }
 
     /// Ids of the peers that dialed us (py2p's `incoming`).
@@ -469,13 +430,7 @@ impl MeshSocket {
     /// # Errors
     /// [`Error::Closed`].
     pub async fn incoming(&self) -> Result<Vec<PeerId>, Error> {
-        Ok(self
-            .routing_table()
-            .await?
-            .into_iter()
-            .filter(|p| !p.outgoing)
-            .map(|p| p.id)
-            .collect())
+        Ok(self.routing_table().await?.into_iter().filter(|p| !p.outgoing).map(|p| p.id).collect())
     }
 
     /// Health and counters (py2p's `status`).
@@ -499,8 +454,7 @@ impl MeshSocket {
         F: Fn(&Message) -> bool + Send + Sync + 'static,
     {
         let handler: Handler = Arc::new(handler);
-        self.call(|reply| Command::RegisterHandler { handler, reply })
-            .await
+        self.call(|reply| Command::RegisterHandler { handler, reply }).await
     }
 
     /// Takes up to `quantity` queued messages without waiting (py2p's
@@ -634,12 +588,7 @@ impl Message {
     pub async fn reply(&self, packets: Vec<Value>) -> Result<ReplyRoute, Error> {
         let cmd = self.socket.upgrade().ok_or(Error::Closed)?;
         let (tx, rx) = oneshot::channel();
-        cmd.send(Command::Reply {
-            to: self.sender().clone(),
-            packets,
-            reply: tx,
-        })
-        .await?;
+        cmd.send(Command::Reply { to: self.sender().clone(), packets, reply: tx }).await?;
         rx.await?
     }
 }
@@ -733,9 +682,6 @@ pub struct Status {
 
 impl Message {
     pub(crate) fn new(packet: Packet, socket: &mpsc::WeakSender<Command>) -> Self {
-        Message {
-            packet,
-            socket: socket.clone(),
-        }
+        Message { packet, socket: socket.clone() }
     }
 }

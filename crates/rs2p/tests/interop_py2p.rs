@@ -12,10 +12,7 @@ use rs2p::{Encryption, Event, MeshSocket, MessageKind, PeerId, Protocol, Value};
 use serde_json::{json, Value as Json};
 
 async fn rs_node() -> MeshSocket {
-    MeshSocket::builder()
-        .spawn()
-        .await
-        .expect("spawn rs2p node")
+    MeshSocket::builder().spawn().await.expect("spawn rs2p node")
 }
 
 /// Values of every msgpack kind py2p produces, as JSON (the driver's
@@ -36,28 +33,20 @@ fn fidelity_packets() -> Json {
 }
 
 fn msgpack_of(j: &Json) -> Vec<Value> {
-    j.as_array()
-        .unwrap()
-        .iter()
-        .map(|v| from_json(v).unwrap())
-        .collect()
+    j.as_array().unwrap().iter().map(|v| from_json(v).unwrap()).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broadcast_and_whisper_both_ways_with_full_fidelity() {
     let mut py = Py2p::spawn(&[]).await;
     let rs = rs_node().await;
-    let py_id = rs
-        .connect(py.addr.clone())
-        .await
-        .expect("rs2p connects to py2p");
+    let py_id = rs.connect(py.addr.clone()).await.expect("rs2p connects to py2p");
     assert_eq!(py_id.to_string(), py.id);
     py.wait_peers(10, "py2p sees rs2p", |p| p.len() == 1).await;
 
     // py2p -> rs2p broadcast.
     let packets = fidelity_packets();
-    py.run(json!({"cmd": "broadcast", "packets": packets}))
-        .await;
+    py.run(json!({"cmd": "broadcast", "packets": packets})).await;
     let m = next_msg(&rs).await;
     assert_eq!(m.kind(), MessageKind::Broadcast);
     assert_eq!(m.sender().to_string(), py.id);
@@ -73,34 +62,21 @@ async fn broadcast_and_whisper_both_ways_with_full_fidelity() {
 
     // Whispers both ways.
     tokio::time::sleep(Duration::from_millis(30)).await;
-    rs.whisper(
-        &py_id,
-        vec![Value::from("to py"), Value::Binary(b"raw".to_vec())],
-    )
-    .await
-    .unwrap();
+    rs.whisper(&py_id, vec![Value::from("to py"), Value::Binary(b"raw".to_vec())]).await.unwrap();
     let got = py.expect(10, |j| j["event"] == "message").await;
     assert_eq!(got["kind"], "whisper");
     assert_eq!(got["packets"], json!(["to py", {"$bytes": "cmF3"}]));
-    py.run(json!({"cmd": "whisper", "to": rs.id().to_string(), "packets": ["to rs", 42]}))
-        .await;
+    py.run(json!({"cmd": "whisper", "to": rs.id().to_string(), "packets": ["to rs", 42]})).await;
     let m = next_msg(&rs).await;
     assert_eq!(m.kind(), MessageKind::Whisper);
-    assert_eq!(
-        m.packets().unwrap(),
-        vec![Value::from("to rs"), Value::from(42)]
-    );
+    assert_eq!(m.packets().unwrap(), vec![Value::from("to rs"), Value::from(42)]);
 
     // Replies both ways (direct connection).
     m.reply(vec![Value::from("reply from rs")]).await.unwrap();
     let got = py.expect(10, |j| j["event"] == "message").await;
     assert_eq!(got["packets"], json!(["reply from rs"]));
-    py.run(json!({"cmd": "reply_last", "packets": ["reply from py"]}))
-        .await;
-    assert_eq!(
-        next_msg(&rs).await.packets().unwrap(),
-        vec![Value::from("reply from py")]
-    );
+    py.run(json!({"cmd": "reply_last", "packets": ["reply from py"]})).await;
+    assert_eq!(next_msg(&rs).await.packets().unwrap(), vec![Value::from("reply from py")]);
 
     assert_eq!(py.status().await, json!("Nominal"));
     assert!(rs.status().await.unwrap().nominal);
@@ -112,38 +88,21 @@ async fn broadcast_and_whisper_both_ways_with_full_fidelity() {
 async fn py2p_dials_rs2p_and_a_compressed_20kb_message_crosses_both_ways() {
     let mut py = Py2p::spawn(&[]).await;
     let rs = rs_node().await;
-    py.run(json!({"cmd": "connect", "addr": rs.out_addr().to_string()}))
-        .await;
-    wait_for(10, "rs2p sees py2p", || async {
-        rs.routing_table().await.unwrap().len() == 1
-    })
-    .await;
+    py.run(json!({"cmd": "connect", "addr": rs.out_addr().to_string()})).await;
+    wait_for(10, "rs2p sees py2p", || async { rs.routing_table().await.unwrap().len() == 1 }).await;
     let peer = &rs.routing_table().await.unwrap()[0];
     assert_eq!(peer.id.to_string(), py.id);
     assert!(!peer.outgoing);
     assert!(!peer.rs2p, "py2p does not advertise rs2p's identity method");
+    py.wait_peers(10, "py2p sees rs2p", |p| p.len() == 1).await;
 
-    let big: String = (0..20_000)
-        .map(|i| char::from(b'a' + (i % 26) as u8))
-        .collect();
-    py.run(json!({"cmd": "broadcast", "packets": [big.clone()]}))
-        .await;
-    assert_eq!(
-        next_msg(&rs).await.packets().unwrap(),
-        vec![Value::from(big.as_str())]
-    );
+    let big: String = (0..20_000).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
+    py.run(json!({"cmd": "broadcast", "packets": [big.clone()]})).await;
+    assert_eq!(next_msg(&rs).await.packets().unwrap(), vec![Value::from(big.as_str())]);
     let big_bytes: Vec<u8> = (0..20_000u32).map(|i| (i % 7) as u8).collect();
-    rs.broadcast(vec![
-        Value::Binary(big_bytes.clone()),
-        Value::from(big.as_str()),
-    ])
-    .await
-    .unwrap();
+    rs.broadcast(vec![Value::Binary(big_bytes.clone()), Value::from(big.as_str())]).await.unwrap();
     let got = py.expect(10, |j| j["event"] == "message").await;
-    assert_eq!(
-        from_json(&got["packets"][0]).unwrap(),
-        Value::Binary(big_bytes)
-    );
+    assert_eq!(from_json(&got["packets"][0]).unwrap(), Value::Binary(big_bytes));
     assert_eq!(got["packets"][1], json!(big));
     assert_eq!(py.status().await, json!("Nominal"));
     rs.close().await.unwrap();
@@ -156,20 +115,14 @@ async fn rs2p_relays_between_py2p_nodes() {
     let mut p1 = Py2p::spawn(&["--max-outgoing", "0"]).await;
     let mut p2 = Py2p::spawn(&["--max-outgoing", "0"]).await;
     let rs = rs_node().await;
-    p1.run(json!({"cmd": "connect", "addr": rs.out_addr().to_string()}))
-        .await;
-    p2.run(json!({"cmd": "connect", "addr": rs.out_addr().to_string()}))
-        .await;
-    wait_for(10, "rs2p sees both", || async {
-        rs.routing_table().await.unwrap().len() == 2
-    })
-    .await;
+    p1.run(json!({"cmd": "connect", "addr": rs.out_addr().to_string()})).await;
+    p2.run(json!({"cmd": "connect", "addr": rs.out_addr().to_string()})).await;
+    wait_for(10, "rs2p sees both", || async { rs.routing_table().await.unwrap().len() == 2 }).await;
     p1.wait_peers(5, "p1 only knows rs", |p| p.len() == 1).await;
     p2.wait_peers(5, "p2 only knows rs", |p| p.len() == 1).await;
 
     for i in 0..5 {
-        p1.run(json!({"cmd": "broadcast", "packets": ["via rs2p", i]}))
-            .await;
+        p1.run(json!({"cmd": "broadcast", "packets": ["via rs2p", i]})).await;
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     for i in 0..5 {
@@ -177,10 +130,7 @@ async fn rs2p_relays_between_py2p_nodes() {
         assert_eq!(got["sender"], json!(p1.id), "original sender kept");
         assert_eq!(got["packets"], json!(["via rs2p", i]));
         // rs2p delivered it too, once.
-        assert_eq!(
-            next_msg(&rs).await.packets().unwrap(),
-            vec![Value::from("via rs2p"), Value::from(i)]
-        );
+        assert_eq!(next_msg(&rs).await.packets().unwrap(), vec![Value::from("via rs2p"), Value::from(i)]);
     }
     // No copy comes back to p1.
     assert!(p1.messages(300).await.is_empty());
@@ -205,18 +155,13 @@ async fn py2p_relays_between_rs2p_nodes() {
     assert_eq!(r2.routing_table().await.unwrap().len(), 1);
 
     for i in 0..5 {
-        r1.broadcast(vec![Value::from("via py2p"), Value::from(i)])
-            .await
-            .unwrap();
+        r1.broadcast(vec![Value::from("via py2p"), Value::from(i)]).await.unwrap();
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     for i in 0..5 {
         let m = next_msg(&r2).await;
         assert_eq!(m.sender(), r1.id(), "original sender kept");
-        assert_eq!(
-            m.packets().unwrap(),
-            vec![Value::from("via py2p"), Value::from(i)]
-        );
+        assert_eq!(m.packets().unwrap(), vec![Value::from("via py2p"), Value::from(i)]);
     }
     let relayed = py.messages(300).await;
     assert_eq!(relayed.len(), 5, "py2p delivered each once too");
@@ -238,8 +183,7 @@ async fn foreign_subnet_is_refused_both_ways() {
 
     // py2p dials rs2p: py2p is silent, rs2p reports why it closed.
     let mut events = rs.events();
-    py.run(json!({"cmd": "connect", "addr": rs.out_addr().to_string()}))
-        .await;
+    py.run(json!({"cmd": "connect", "addr": rs.out_addr().to_string()})).await;
     let reason = tokio::time::timeout(Duration::from_secs(10), async {
         loop {
             if let Some(Event::ConnectFailed { reason, .. }) = events.recv().await {
@@ -252,14 +196,11 @@ async fn foreign_subnet_is_refused_both_ways() {
     assert!(reason.contains("another network"), "{reason}");
     assert!(rs.routing_table().await.unwrap().is_empty());
     tokio::time::sleep(Duration::from_millis(200)).await;
-    py.wait_peers(5, "py2p dropped the refused link", |p| p.is_empty())
-        .await;
+    py.wait_peers(5, "py2p dropped the refused link", |p| p.is_empty()).await;
     // Same subnet name but a py2p node on it works (control).
     let py_ok = Protocol::new("elsewhere", Encryption::Plaintext);
     let rs2 = MeshSocket::builder().protocol(py_ok).spawn().await.unwrap();
-    rs2.connect(py.addr.clone())
-        .await
-        .expect("same subnet connects");
+    rs2.connect(py.addr.clone()).await.expect("same subnet connects");
     rs.close().await.unwrap();
     rs2.close().await.unwrap();
     py.quit().await;
@@ -274,34 +215,20 @@ async fn peer_exchange_across_implementations() {
     rs.connect(p1.addr.clone()).await.unwrap();
 
     let mut p2 = Py2p::spawn(&[]).await;
-    p2.run(json!({"cmd": "connect", "addr": rs.out_addr().to_string()}))
-        .await;
+    p2.run(json!({"cmd": "connect", "addr": rs.out_addr().to_string()})).await;
     let p1_id = p1.id.clone();
-    p2.wait_peers(10, "p2 learned p1 from rs2p", |p| {
-        p.iter().any(|x| x["id"] == json!(p1_id))
-    })
-    .await;
+    p2.wait_peers(10, "p2 learned p1 from rs2p", |p| p.iter().any(|x| x["id"] == json!(p1_id))).await;
 
     let r2 = rs_node().await;
     r2.connect(p1.addr.clone()).await.unwrap();
     let rs_id = rs.id().clone();
     wait_for(10, "r2 learned rs from py2p", || async {
-        r2.routing_table()
-            .await
-            .unwrap()
-            .iter()
-            .any(|p| p.id == rs_id)
+        r2.routing_table().await.unwrap().iter().any(|p| p.id == rs_id)
     })
     .await;
     let p2_id = PeerId::from_bytes(p2.id.clone().into_bytes());
-    wait_for(10, "r2 learned p2 too", || async {
-        r2.routing_table()
-            .await
-            .unwrap()
-            .iter()
-            .any(|p| p.id == p2_id)
-    })
-    .await;
+    wait_for(10, "r2 learned p2 too", || async { r2.routing_table().await.unwrap().iter().any(|p| p.id == p2_id) })
+        .await;
 
     // And the four of them flood as one network.
     r2.broadcast(vec![Value::from("all of us")]).await.unwrap();
@@ -309,10 +236,7 @@ async fn peer_exchange_across_implementations() {
         let got = p.expect(10, |j| j["event"] == "message").await;
         assert_eq!(got["packets"], json!(["all of us"]));
     }
-    assert_eq!(
-        next_msg(&rs).await.packets().unwrap(),
-        vec![Value::from("all of us")]
-    );
+    assert_eq!(next_msg(&rs).await.packets().unwrap(), vec![Value::from("all of us")]);
     for p in [&mut p1, &mut p2] {
         assert!(p.messages(200).await.is_empty(), "delivered once");
         assert_eq!(p.status().await, json!("Nominal"));
@@ -330,29 +254,21 @@ async fn peer_requests_are_answered_both_ways() {
     // answers; neither breaks the link.
     let mut py = Py2p::spawn(&["--max-outgoing", "0"]).await;
     let rs = rs_node().await;
-    py.run(json!({"cmd": "connect", "addr": rs.out_addr().to_string()}))
-        .await;
+    py.run(json!({"cmd": "connect", "addr": rs.out_addr().to_string()})).await;
+    py.wait_peers(10, "py2p sees rs2p", |p| p.len() == 1).await;
     let r2 = MeshSocket::builder().max_outgoing(0).spawn().await.unwrap();
     r2.connect(rs.out_addr().clone()).await.unwrap();
-    wait_for(10, "rs has both", || async {
-        rs.routing_table().await.unwrap().len() == 2
-    })
-    .await;
+    wait_for(10, "rs has both", || async { rs.routing_table().await.unwrap().len() == 2 }).await;
     let r2_id = r2.id().to_string();
     assert!(py.peers().await.iter().all(|p| p["id"] != json!(r2_id)));
     // py2p can only learn r2 from rs2p's answer to its str '*' request.
     py.run(json!({"cmd": "set_max_outgoing", "n": 4})).await;
     py.run(json!({"cmd": "request_peers"})).await;
-    py.wait_peers(10, "py2p dialed the peer rs2p told it about", |p| {
-        p.iter().any(|x| x["id"] == json!(r2_id))
-    })
-    .await;
+    py.wait_peers(10, "py2p dialed the peer rs2p told it about", |p| p.iter().any(|x| x["id"] == json!(r2_id))).await;
 
     rs.request_peers().await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    rs.broadcast(vec![Value::from("still linked")])
-        .await
-        .unwrap();
+    rs.broadcast(vec![Value::from("still linked")]).await.unwrap();
     let got = py.expect(10, |j| j["event"] == "message").await;
     assert_eq!(got["packets"], json!(["still linked"]));
     assert_eq!(py.status().await, json!("Nominal"));

@@ -6,16 +6,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rs2p::{
-    Encryption, Error, Event, MeshSocket, MessageKind, PeerId, Protocol, ReplyRoute, Value,
-};
+use rs2p::{Encryption, Error, Event, MeshSocket, MessageKind, PeerId, Protocol, ReplyRoute, Value};
 
 async fn node() -> MeshSocket {
-    MeshSocket::builder()
-        .bind("127.0.0.1:0")
-        .spawn()
-        .await
-        .expect("bind")
+    MeshSocket::builder().bind("127.0.0.1:0").spawn().await.expect("bind")
 }
 
 /// Polls `cond` every 20 ms for up to `secs` seconds.
@@ -47,10 +41,7 @@ async fn broadcast_whisper_and_reply_between_two_nodes() {
     let b = node().await;
     let peer = b.connect(a.out_addr().clone()).await.unwrap();
     assert_eq!(&peer, a.id());
-    wait_for(5, "a sees b", || async {
-        a.routing_table().await.unwrap().len() == 1
-    })
-    .await;
+    wait_for(5, "a sees b", || async { a.routing_table().await.unwrap().len() == 1 }).await;
 
     let packets = vec![
         Value::from("str"),
@@ -71,19 +62,11 @@ async fn broadcast_whisper_and_reply_between_two_nodes() {
     assert_eq!(r.kind(), MessageKind::Whisper);
     assert_eq!(r.packets().unwrap(), vec![Value::from("pong")]);
 
-    a.whisper(b.id(), vec![Value::from("direct")])
-        .await
-        .unwrap();
-    assert_eq!(
-        next_msg(&b).await.packets().unwrap(),
-        vec![Value::from("direct")]
-    );
+    a.whisper(b.id(), vec![Value::from("direct")]).await.unwrap();
+    assert_eq!(next_msg(&b).await.packets().unwrap(), vec![Value::from("direct")]);
 
     let stranger = PeerId::random(b"nobody");
-    assert!(matches!(
-        a.whisper(&stranger, vec![]).await,
-        Err(Error::NotConnected(_))
-    ));
+    assert!(matches!(a.whisper(&stranger, vec![]).await, Err(Error::NotConnected(_))));
     assert_eq!(a.outgoing().await.unwrap(), Vec::<PeerId>::new());
     assert_eq!(a.incoming().await.unwrap(), vec![b.id().clone()]);
     assert_eq!(b.outgoing().await.unwrap(), vec![a.id().clone()]);
@@ -125,10 +108,7 @@ async fn twelve_nodes_each_broadcast_arrives_exactly_once() {
     let senders = [0usize, 5, 11];
     for (k, &s) in senders.iter().enumerate() {
         for j in 0..10 {
-            nodes[s]
-                .broadcast(vec![Value::from(format!("m{k}-{j}"))])
-                .await
-                .unwrap();
+            nodes[s].broadcast(vec![Value::from(format!("m{k}-{j}"))]).await.unwrap();
         }
     }
     let mut dups_total = 0;
@@ -174,21 +154,10 @@ async fn mesh_heals_when_a_node_leaves() {
     }
     let gone = nodes[best].id().clone();
     nodes[best].close().await.unwrap();
-    let rest: Vec<&MeshSocket> = nodes
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| *i != best)
-        .map(|(_, n)| n)
-        .collect();
+    let rest: Vec<&MeshSocket> = nodes.iter().enumerate().filter(|(i, _)| *i != best).map(|(_, n)| n).collect();
     for n in &rest {
-        wait_for(10, "dead peer removed", || async {
-            n.routing_table()
-                .await
-                .unwrap()
-                .iter()
-                .all(|p| p.id != gone)
-        })
-        .await;
+        wait_for(10, "dead peer removed", || async { n.routing_table().await.unwrap().iter().all(|p| p.id != gone) })
+            .await;
     }
     // Everyone is reachable again and back at its target (or knows everyone).
     for n in &rest {
@@ -211,18 +180,11 @@ async fn mesh_heals_when_a_node_leaves() {
 #[tokio::test]
 async fn foreign_subnet_is_refused_with_a_reason() {
     let a = node().await;
-    let b = MeshSocket::builder()
-        .protocol(Protocol::new("elsewhere", Encryption::Plaintext))
-        .spawn()
-        .await
-        .unwrap();
+    let b = MeshSocket::builder().protocol(Protocol::new("elsewhere", Encryption::Plaintext)).spawn().await.unwrap();
     let mut events = a.events();
     let err = b.connect(a.out_addr().clone()).await.unwrap_err();
     let text = err.to_string();
-    assert!(
-        text.contains("another network") || text.contains("closed by peer"),
-        "{text}"
-    );
+    assert!(text.contains("another network") || text.contains("closed by peer"), "{text}");
     let ev = tokio::time::timeout(Duration::from_secs(5), async {
         loop {
             if let Some(Event::ConnectFailed { reason, .. }) = events.recv().await {
@@ -258,10 +220,7 @@ async fn handler_chain_stops_at_first_true() {
     })
     .await
     .unwrap();
-    wait_for(5, "handshake", || async {
-        a.routing_table().await.unwrap().len() == 1
-    })
-    .await;
+    wait_for(5, "handshake", || async { a.routing_table().await.unwrap().len() == 1 }).await;
     a.broadcast(vec![Value::from("eat")]).await.unwrap();
     a.broadcast(vec![Value::from("keep")]).await.unwrap();
     let m = next_msg(&b).await;
@@ -275,34 +234,18 @@ async fn handler_chain_stops_at_first_true() {
 #[tokio::test]
 async fn reply_reaches_a_node_we_are_not_connected_to() {
     // a - b - c, with no peer exchange dials beyond: max_outgoing 1.
-    let mk = || {
-        MeshSocket::builder()
-            .max_outgoing(1)
-            .maintain_outgoing(false)
-            .spawn()
-    };
+    let mk = || MeshSocket::builder().max_outgoing(1).maintain_outgoing(false).spawn();
     let a = mk().await.unwrap();
     let b = mk().await.unwrap();
     let c = mk().await.unwrap();
     a.connect(b.out_addr().clone()).await.unwrap();
     c.connect(b.out_addr().clone()).await.unwrap();
-    wait_for(5, "b has two peers", || async {
-        b.routing_table().await.unwrap().len() == 2
-    })
-    .await;
-    assert!(a
-        .routing_table()
-        .await
-        .unwrap()
-        .iter()
-        .all(|p| &p.id != c.id()));
+    wait_for(5, "b has two peers", || async { b.routing_table().await.unwrap().len() == 2 }).await;
+    assert!(a.routing_table().await.unwrap().iter().all(|p| &p.id != c.id()));
     c.broadcast(vec![Value::from("from c")]).await.unwrap();
     let m = next_msg(&a).await;
     assert_eq!(m.sender(), c.id());
-    assert_eq!(
-        m.reply(vec![Value::from("routed reply")]).await.unwrap(),
-        ReplyRoute::Routing
-    );
+    assert_eq!(m.reply(vec![Value::from("routed reply")]).await.unwrap(), ReplyRoute::Routing);
     // b also got c's broadcast; drain it.
     let _ = next_msg(&b).await;
     let r = next_msg(&c).await;

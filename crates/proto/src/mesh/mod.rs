@@ -67,17 +67,11 @@ pub struct PeerAddr {
 impl PeerAddr {
     /// An address from a host and a port.
     pub fn new(host: impl Into<String>, port: u16) -> Self {
-        PeerAddr {
-            host: host.into(),
-            port,
-        }
+        PeerAddr { host: host.into(), port }
     }
 
     fn to_value(&self) -> Value {
-        Value::Array(vec![
-            Value::from(self.host.as_str()),
-            Value::from(self.port),
-        ])
+        Value::Array(vec![Value::from(self.host.as_str()), Value::from(self.port)])
     }
 
     fn from_value(v: &Value) -> Option<Self> {
@@ -108,10 +102,7 @@ impl std::str::FromStr for PeerAddr {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let bad = || AddrParseError(s.to_string());
         let (host, port) = s.rsplit_once(':').ok_or_else(bad)?;
-        let host = host
-            .strip_prefix('[')
-            .and_then(|h| h.strip_suffix(']'))
-            .unwrap_or(host);
+        let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
         if host.is_empty() || (host.contains(':') && !s.starts_with('[')) {
             return Err(bad());
         }
@@ -226,10 +217,7 @@ pub struct LinkCodec {
 impl LinkCodec {
     /// The codec of a link before its handshake: uncompressed, one frame per
     /// write.
-    pub const HANDSHAKE: LinkCodec = LinkCodec {
-        compression: None,
-        coalesce: false,
-    };
+    pub const HANDSHAKE: LinkCodec = LinkCodec { compression: None, coalesce: false };
 }
 
 /// Why a connection was closed.
@@ -585,9 +573,7 @@ impl Mesh {
                     addr: conn.addr.clone(),
                     outgoing: conn.dir == Direction::Outgoing,
                     conn: *c,
-                    rs2p: conn
-                        .peer_methods
-                        .contains(&u64::from(Compression::Identity.code())),
+                    rs2p: conn.peer_methods.contains(&u64::from(Compression::Identity.code())),
                 })
             })
             .collect();
@@ -603,12 +589,7 @@ impl Mesh {
     /// Number of outgoing connections, counting dials and handshakes in
     /// progress (so peer exchange never overshoots the target).
     pub fn outgoing_count(&self) -> usize {
-        self.dials.len()
-            + self
-                .conns
-                .values()
-                .filter(|c| c.dir == Direction::Outgoing)
-                .count()
+        self.dials.len() + self.conns.values().filter(|c| c.dir == Direction::Outgoing).count()
     }
 
     /// Number of open connections, handshaken or not.
@@ -622,11 +603,7 @@ impl Mesh {
     ///
     /// # Errors
     /// [`CommandError::OwnAddress`] when `addr` is our own outward address.
-    pub fn connect(
-        &mut self,
-        addr: PeerAddr,
-        expected: Option<PeerId>,
-    ) -> Result<DialId, CommandError> {
+    pub fn connect(&mut self, addr: PeerAddr, expected: Option<PeerId>) -> Result<DialId, CommandError> {
         if addr == self.cfg.out_addr {
             return Err(CommandError::OwnAddress(addr));
         }
@@ -636,13 +613,7 @@ impl Mesh {
     fn dial(&mut self, addr: PeerAddr, expected: Option<PeerId>) -> DialId {
         self.next_dial += 1;
         let dial = DialId(self.next_dial);
-        self.dials.insert(
-            dial,
-            PendingDial {
-                addr: addr.clone(),
-                expected,
-            },
-        );
+        self.dials.insert(dial, PendingDial { addr: addr.clone(), expected });
         self.out.push_back(Output::Dial { dial, addr });
         dial
     }
@@ -650,13 +621,7 @@ impl Mesh {
     /// Floods a message with `subflag` and `packets` to the whole network and
     /// returns its id. User broadcasts use [`subflag::BROADCAST`].
     pub fn broadcast(&mut self, now: Now, subflag: u64, packets: &[Value]) -> MsgId {
-        let frame = Frame::build(
-            MsgType::Broadcast as u8,
-            &self.cfg.id,
-            now.unix,
-            subflag,
-            packets,
-        );
+        let frame = Frame::build(MsgType::Broadcast as u8, &self.cfg.id, now.unix, subflag, packets);
         self.broadcast_frame(now, frame)
     }
 
@@ -677,24 +642,9 @@ impl Mesh {
     ///
     /// # Errors
     /// [`CommandError::NotConnected`] if `peer` is not in the routing table.
-    pub fn whisper(
-        &mut self,
-        now: Now,
-        peer: &PeerId,
-        subflag: u64,
-        packets: &[Value],
-    ) -> Result<MsgId, CommandError> {
-        let conn = *self
-            .routing
-            .get(peer)
-            .ok_or_else(|| CommandError::NotConnected(peer.clone()))?;
-        let frame = Frame::build(
-            MsgType::Whisper as u8,
-            &self.cfg.id,
-            now.unix,
-            subflag,
-            packets,
-        );
+    pub fn whisper(&mut self, now: Now, peer: &PeerId, subflag: u64, packets: &[Value]) -> Result<MsgId, CommandError> {
+        let conn = *self.routing.get(peer).ok_or_else(|| CommandError::NotConnected(peer.clone()))?;
+        let frame = Frame::build(MsgType::Whisper as u8, &self.cfg.id, now.unix, subflag, packets);
         let id = frame.id();
         self.send_user(conn, frame);
         Ok(id)
@@ -708,12 +658,7 @@ impl Mesh {
     /// # Errors
     /// [`CommandError::TooManyPending`] when [`Config::max_pending_replies`]
     /// replies already wait for routes.
-    pub fn reply(
-        &mut self,
-        now: Now,
-        to: &PeerId,
-        packets: &[Value],
-    ) -> Result<ReplyRoute, CommandError> {
+    pub fn reply(&mut self, now: Now, to: &PeerId, packets: &[Value]) -> Result<ReplyRoute, CommandError> {
         if self.routing.contains_key(to) {
             self.whisper(now, to, subflag::WHISPER, packets)?;
             return Ok(ReplyRoute::Direct);
@@ -721,32 +666,15 @@ impl Mesh {
         if self.requests.len() >= self.cfg.max_pending_replies {
             return Err(CommandError::TooManyPending);
         }
-        let frame = Frame::build(
-            MsgType::Whisper as u8,
-            &self.cfg.id,
-            now.unix,
-            subflag::WHISPER,
-            packets,
-        );
+        let frame = Frame::build(MsgType::Whisper as u8, &self.cfg.id, now.unix, subflag::WHISPER, packets);
         let mut raw = [0u8; 24];
         self.rng.fill(&mut raw[..]);
         let request_id = crate::id::b58encode_int(&raw);
         self.requests.insert(
             request_id.clone().into_bytes(),
-            PendingReply {
-                to: to.clone(),
-                frame,
-                deadline_ms: now.mono_ms + self.cfg.reply_timeout_ms,
-            },
+            PendingReply { to: to.clone(), frame, deadline_ms: now.mono_ms + self.cfg.reply_timeout_ms },
         );
-        self.broadcast(
-            now,
-            subflag::REQUEST,
-            &[
-                Value::from(request_id),
-                Value::Binary(to.as_bytes().to_vec()),
-            ],
-        );
+        self.broadcast(now, subflag::REQUEST, &[Value::from(request_id), Value::Binary(to.as_bytes().to_vec())]);
         Ok(ReplyRoute::Routing)
     }
 
@@ -775,10 +703,7 @@ impl Mesh {
     /// # Errors
     /// [`CommandError::NotConnected`] if `peer` is not in the routing table.
     pub fn disconnect(&mut self, peer: &PeerId) -> Result<(), CommandError> {
-        let conn = *self
-            .routing
-            .get(peer)
-            .ok_or_else(|| CommandError::NotConnected(peer.clone()))?;
+        let conn = *self.routing.get(peer).ok_or_else(|| CommandError::NotConnected(peer.clone()))?;
         // Forget it as a redial candidate too: the user wants it gone.
         self.known.remove(peer);
         self.close(conn, CloseReason::Requested);
@@ -808,10 +733,7 @@ impl Mesh {
         match self.dials.remove(&dial) {
             Some(d) => self.open(now, conn, Direction::Outgoing, Some(dial), Some(d.addr)),
             // A dial we no longer care about (shutdown): drop the connection.
-            None => self.out.push_back(Output::Close {
-                conn,
-                reason: CloseReason::Shutdown,
-            }),
+            None => self.out.push_back(Output::Close { conn, reason: CloseReason::Shutdown }),
         }
     }
 
@@ -852,8 +774,7 @@ impl Mesh {
             .conns
             .iter()
             .filter(|(_, c)| {
-                matches!(c.state, ConnState::Handshaking)
-                    && c.opened_ms + self.cfg.handshake_timeout_ms <= now.mono_ms
+                matches!(c.state, ConnState::Handshaking) && c.opened_ms + self.cfg.handshake_timeout_ms <= now.mono_ms
             })
             .map(|(id, _)| *id)
             .collect();
@@ -875,19 +796,11 @@ impl Mesh {
         if deficit == 0 {
             return;
         }
-        let dialing: HashSet<PeerId> = self
-            .dials
-            .values()
-            .filter_map(|d| d.expected.clone())
-            .collect();
+        let dialing: HashSet<PeerId> = self.dials.values().filter_map(|d| d.expected.clone()).collect();
         let mut candidates: Vec<PeerId> = self
             .known
             .iter()
-            .filter(|(id, k)| {
-                k.next_try_ms <= now.mono_ms
-                    && !self.routing.contains_key(*id)
-                    && !dialing.contains(*id)
-            })
+            .filter(|(id, k)| k.next_try_ms <= now.mono_ms && !self.routing.contains_key(*id) && !dialing.contains(*id))
             .map(|(id, _)| id.clone())
             .collect();
         candidates.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
@@ -962,10 +875,7 @@ impl Mesh {
             return self.close(conn, CloseReason::SelfConnection);
         }
         let addr = PeerAddr::from_value(&v[2]);
-        let Some(methods) = v[3]
-            .as_array()
-            .map(|a| a.iter().filter_map(Value::as_u64).collect::<Vec<u64>>())
-        else {
+        let Some(methods) = v[3].as_array().map(|a| a.iter().filter_map(Value::as_u64).collect::<Vec<u64>>()) else {
             return self.violation(conn, "handshake compression list");
         };
         let Some(c) = self.conns.get_mut(&conn) else {
@@ -1029,12 +939,8 @@ impl Mesh {
         // Relay the original frame to every peer but the one it came from and
         // its original sender.
         let sender_conn = self.routing.get(&h.sender).copied();
-        let targets: Vec<ConnId> = self
-            .routing
-            .values()
-            .copied()
-            .filter(|&c| c != conn && Some(c) != sender_conn)
-            .collect();
+        let targets: Vec<ConnId> =
+            self.routing.values().copied().filter(|&c| c != conn && Some(c) != sender_conn).collect();
         for c in targets {
             self.stats.relayed += 1;
             self.send_user(c, packet.frame.clone());
@@ -1053,11 +959,8 @@ impl Mesh {
             subflag::REQUEST => {
                 // py2p's own request sends a str '*', which py2p itself fails
                 // to match; answer both forms.
-                let is_star = packet
-                    .values()
-                    .ok()
-                    .and_then(|v| v.first().and_then(bytes_of).map(|b| b == b"*"))
-                    .unwrap_or(false);
+                let is_star =
+                    packet.values().ok().and_then(|v| v.first().and_then(bytes_of).map(|b| b == b"*")).unwrap_or(false);
                 if is_star {
                     self.send_peers(now, conn);
                 }
@@ -1126,8 +1029,7 @@ impl Mesh {
             if pair.len() != 2 {
                 continue;
             }
-            let (Some(addr), Some(id)) = (PeerAddr::from_value(&pair[0]), bytes_of(&pair[1]))
-            else {
+            let (Some(addr), Some(id)) = (PeerAddr::from_value(&pair[0]), bytes_of(&pair[1])) else {
                 continue;
             };
             if id.is_empty() || id.len() > MAX_ID_LEN {
@@ -1139,14 +1041,8 @@ impl Mesh {
             if id == self.cfg.id || addr == self.cfg.out_addr || self.routing.contains_key(&id) {
                 continue;
             }
-            let dialing = self
-                .dials
-                .values()
-                .any(|d| d.expected.as_ref() == Some(&id) || d.addr == addr)
-                || self
-                    .conns
-                    .values()
-                    .any(|c| c.target.as_ref() == Some(&addr));
+            let dialing = self.dials.values().any(|d| d.expected.as_ref() == Some(&id) || d.addr == addr)
+                || self.conns.values().any(|c| c.target.as_ref() == Some(&addr));
             if dialing {
                 continue;
             }
@@ -1156,11 +1052,8 @@ impl Mesh {
                     self.known.remove(&victim);
                 }
             }
-            let k = self.known.entry(id.clone()).or_insert(KnownPeer {
-                addr: addr.clone(),
-                next_try_ms: 0,
-                failures: 0,
-            });
+            let k =
+                self.known.entry(id.clone()).or_insert(KnownPeer { addr: addr.clone(), next_try_ms: 0, failures: 0 });
             k.addr = addr.clone();
             if self.outgoing_count() < self.cfg.max_outgoing {
                 self.dial(addr, Some(id));
@@ -1177,12 +1070,7 @@ impl Mesh {
             return;
         };
         let wanted = PeerId::from_bytes(Bytes::copy_from_slice(wanted));
-        let Some(addr) = self
-            .routing
-            .get(&wanted)
-            .and_then(|c| self.conns.get(c))
-            .and_then(|c| c.addr.clone())
-        else {
+        let Some(addr) = self.routing.get(&wanted).and_then(|c| self.conns.get(c)).and_then(|c| c.addr.clone()) else {
             return;
         };
         // A response is a broadcast: it floods back to the asker.
@@ -1191,13 +1079,7 @@ impl Mesh {
             &self.cfg.id,
             now.unix,
             subflag::RESPONSE,
-            &[
-                v[0].clone(),
-                Value::Array(vec![
-                    addr.to_value(),
-                    Value::Binary(wanted.as_bytes().to_vec()),
-                ]),
-            ],
+            &[v[0].clone(), Value::Array(vec![addr.to_value(), Value::Binary(wanted.as_bytes().to_vec())])],
         );
         self.seen.insert(&frame.id(), now.mono_ms);
         self.send(conn, frame);
@@ -1215,9 +1097,7 @@ impl Mesh {
             return;
         };
         let route = v[1].as_array().filter(|a| a.len() == 2);
-        let Some((addr, id)) =
-            route.and_then(|a| Some((PeerAddr::from_value(&a[0])?, bytes_of(&a[1])?)))
-        else {
+        let Some((addr, id)) = route.and_then(|a| Some((PeerAddr::from_value(&a[0])?, bytes_of(&a[1])?))) else {
             return;
         };
         if id != pending.to.as_bytes() {
@@ -1230,10 +1110,7 @@ impl Mesh {
         let to = pending.to.clone();
         let queue = self.deferred.entry(to.clone()).or_default();
         queue.push(pending);
-        let already = self
-            .dials
-            .values()
-            .any(|d| d.expected.as_ref() == Some(&to));
+        let already = self.dials.values().any(|d| d.expected.as_ref() == Some(&to));
         if !already && addr != self.cfg.out_addr {
             self.dial(addr, Some(to));
         }
@@ -1241,14 +1118,7 @@ impl Mesh {
 
     // ----- helpers --------------------------------------------------------
 
-    fn open(
-        &mut self,
-        now: Now,
-        conn: ConnId,
-        dir: Direction,
-        dial: Option<DialId>,
-        target: Option<PeerAddr>,
-    ) {
+    fn open(&mut self, now: Now, conn: ConnId, dir: Direction, dial: Option<DialId>, target: Option<PeerAddr>) {
         self.conns.insert(
             conn,
             Conn {
@@ -1264,12 +1134,7 @@ impl Mesh {
                 claimed: None,
             },
         );
-        let methods: Vec<Value> = self
-            .cfg
-            .compression
-            .iter()
-            .map(|m| Value::from(m.code()))
-            .collect();
+        let methods: Vec<Value> = self.cfg.compression.iter().map(|m| Value::from(m.code())).collect();
         let frame = Frame::build(
             MsgType::Whisper as u8,
             &self.cfg.id,
@@ -1282,20 +1147,12 @@ impl Mesh {
                 Value::Array(methods),
             ],
         );
-        self.out.push_back(Output::Configure {
-            conn,
-            codec: LinkCodec::HANDSHAKE,
-        });
+        self.out.push_back(Output::Configure { conn, codec: LinkCodec::HANDSHAKE });
         self.send(conn, frame);
     }
 
     fn codec_for(&self, peer_methods: &[u64]) -> LinkCodec {
-        let compression = self
-            .cfg
-            .compression
-            .iter()
-            .copied()
-            .find(|m| peer_methods.contains(&u64::from(m.code())));
+        let compression = self.cfg.compression.iter().copied().find(|m| peer_methods.contains(&u64::from(m.code())));
         LinkCodec {
             compression: compression.filter(|m| *m != Compression::Identity),
             coalesce: peer_methods.contains(&u64::from(Compression::Identity.code())),
@@ -1308,22 +1165,13 @@ impl Mesh {
             .iter()
             .filter_map(|(id, c)| {
                 let addr = self.conns.get(c)?.addr.as_ref()?;
-                Some(Value::Array(vec![
-                    addr.to_value(),
-                    Value::Binary(id.as_bytes().to_vec()),
-                ]))
+                Some(Value::Array(vec![addr.to_value(), Value::Binary(id.as_bytes().to_vec())]))
             })
             .collect();
         list.sort_by(|a, b| format!("{a}").cmp(&format!("{b}")));
         list.shuffle(&mut self.rng);
         list.truncate(self.cfg.max_peer_list);
-        let frame = Frame::build(
-            MsgType::Whisper as u8,
-            &self.cfg.id,
-            now.unix,
-            subflag::PEERS,
-            &[Value::Array(list)],
-        );
+        let frame = Frame::build(MsgType::Whisper as u8, &self.cfg.id, now.unix, subflag::PEERS, &[Value::Array(list)]);
         self.send(conn, frame);
     }
 
@@ -1357,10 +1205,7 @@ impl Mesh {
     fn backoff(&mut self, id: &PeerId, now: Now) {
         if let Some(k) = self.known.get_mut(id) {
             k.failures = k.failures.saturating_add(1);
-            let exp = self
-                .cfg
-                .redial_backoff_ms
-                .saturating_mul(1 << k.failures.min(5));
+            let exp = self.cfg.redial_backoff_ms.saturating_mul(1 << k.failures.min(5));
             k.next_try_ms = now.mono_ms + exp.min(60_000);
         }
     }
@@ -1368,10 +1213,7 @@ impl Mesh {
     /// Closes `conn` now: the machine forgets it and tells the driver.
     fn close(&mut self, conn: ConnId, reason: CloseReason) {
         if let Some(c) = self.conns.remove(&conn) {
-            self.out.push_back(Output::Close {
-                conn,
-                reason: reason.clone(),
-            });
+            self.out.push_back(Output::Close { conn, reason: reason.clone() });
             self.forget(self.clock, conn, c, reason);
         }
     }
@@ -1382,18 +1224,13 @@ impl Mesh {
                 if self.routing.get(&peer) == Some(&conn) {
                     self.routing.remove(&peer);
                     // Remember it as a redial candidate unless we chose to drop it.
-                    if let (Some(addr), false) = (
-                        c.addr.clone(),
-                        matches!(reason, CloseReason::Requested | CloseReason::Shutdown),
-                    ) {
+                    if let (Some(addr), false) =
+                        (c.addr.clone(), matches!(reason, CloseReason::Requested | CloseReason::Shutdown))
+                    {
                         if self.known.len() < self.cfg.max_known_peers {
                             self.known.insert(
                                 peer.clone(),
-                                KnownPeer {
-                                    addr,
-                                    next_try_ms: now.mono_ms + self.cfg.redial_backoff_ms,
-                                    failures: 0,
-                                },
+                                KnownPeer { addr, next_try_ms: now.mono_ms + self.cfg.redial_backoff_ms, failures: 0 },
                             );
                         }
                     }

@@ -36,9 +36,7 @@ impl Hasher for IdHasher {
         self.write_u64(v as u64 ^ (v >> 64) as u64);
     }
     fn write_u64(&mut self, v: u64) {
-        self.0 = (self.0 ^ v)
-            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
-            .rotate_left(29);
+        self.0 = (self.0 ^ v).wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(29);
     }
 }
 

@@ -29,10 +29,7 @@ fn conflict_rule_exhaustive() {
                 Keep::Existing => b_existing_is_x,
                 Keep::New => b_new_is_x,
             };
-            assert!(
-                !a_keep_x && !b_keep_x,
-                "{a_existing_is_x} {b_existing_is_x}"
-            );
+            assert!(!a_keep_x && !b_keep_x, "{a_existing_is_x} {b_existing_is_x}");
         }
     }
     // The table itself, every branch.
@@ -58,15 +55,8 @@ fn simultaneous_dials_leave_one_connection_on_both_sides() {
     assert_ne!(p0[0].outgoing, p1[0].outgoing);
     assert_eq!(sim.nodes[0].connection_count(), 1);
     assert_eq!(sim.nodes[1].connection_count(), 1);
-    let greater = if sim.nodes[0].id().numeric_cmp(sim.nodes[1].id()).is_gt() {
-        0
-    } else {
-        1
-    };
-    assert!(
-        sim.nodes[greater].peers()[0].outgoing,
-        "kept the link dialed by the greater id"
-    );
+    let greater = if sim.nodes[0].id().numeric_cmp(sim.nodes[1].id()).is_gt() { 0 } else { 1 };
+    assert!(sim.nodes[greater].peers()[0].outgoing, "kept the link dialed by the greater id");
 }
 
 #[test]
@@ -78,9 +68,7 @@ fn handshake_from_both_ends_emits_peer_up_and_connect() {
         let ups: Vec<_> = sim.events[i]
             .iter()
             .filter_map(|e| match e {
-                Event::PeerUp {
-                    first, outgoing, ..
-                } => Some((*first, *outgoing)),
+                Event::PeerUp { first, outgoing, .. } => Some((*first, *outgoing)),
                 _ => None,
             })
             .collect();
@@ -101,80 +89,42 @@ fn foreign_subnet_is_refused_with_a_reason() {
     for i in 0..2 {
         assert!(sim.nodes[i].peers().is_empty());
         let refused = sim.events[i].iter().any(|e| {
-            matches!(
-                e,
-                Event::ConnectFailed {
-                    reason: CloseReason::ProtocolMismatch { .. },
-                    ..
-                }
-            ) || matches!(
-                e,
-                Event::ConnectFailed {
-                    reason: CloseReason::Io(_),
-                    ..
-                }
-            )
+            matches!(e, Event::ConnectFailed { reason: CloseReason::ProtocolMismatch { .. }, .. })
+                || matches!(e, Event::ConnectFailed { reason: CloseReason::Io(_), .. })
         });
         assert!(refused, "node {i}: {:?}", sim.events[i]);
     }
     assert!(sim.events[0]
         .iter()
         .chain(sim.events[1].iter())
-        .any(|e| matches!(
-            e,
-            Event::ConnectFailed {
-                reason: CloseReason::ProtocolMismatch { .. },
-                ..
-            }
-        )));
+        .any(|e| matches!(e, Event::ConnectFailed { reason: CloseReason::ProtocolMismatch { .. }, .. })));
 }
 
 #[test]
 fn message_before_handshake_closes() {
     let cfg = config_for(0, &Protocol::default());
     let mut m = Mesh::new(cfg, 1);
-    let now = Now {
-        mono_ms: 0,
-        unix: 100,
-    };
+    let now = Now { mono_ms: 0, unix: 100 };
     m.handle_incoming(now, ConnId(1));
     while m.poll_output().is_some() {}
     let f = Frame::build(0, &pid(5), 100, 0, &[Value::from("x")]);
-    m.handle_packet(
-        now,
-        ConnId(1),
-        Packet::parse(f, &Limits::default()).unwrap(),
-    );
+    m.handle_packet(now, ConnId(1), Packet::parse(f, &Limits::default()).unwrap());
     let outs: Vec<Output> = std::iter::from_fn(|| m.poll_output()).collect();
-    assert!(outs.iter().any(|o| matches!(
-        o,
-        Output::Close {
-            reason: CloseReason::ProtocolViolation(_),
-            ..
-        }
-    )));
+    assert!(outs.iter().any(|o| matches!(o, Output::Close { reason: CloseReason::ProtocolViolation(_), .. })));
     assert_eq!(m.stats().protocol_errors, 1);
 }
 
 #[test]
 fn handshake_timeout_closes() {
     let mut m = Mesh::new(config_for(0, &Protocol::default()), 1);
-    let now = Now {
-        mono_ms: 0,
-        unix: 100,
-    };
+    let now = Now { mono_ms: 0, unix: 100 };
     m.handle_incoming(now, ConnId(1));
     while m.poll_output().is_some() {}
     m.handle_tick(now.plus_ms(9_999));
     assert!(std::iter::from_fn(|| m.poll_output()).all(|o| !matches!(o, Output::Close { .. })));
     m.handle_tick(now.plus_ms(10_000));
-    assert!(std::iter::from_fn(|| m.poll_output()).any(|o| matches!(
-        o,
-        Output::Close {
-            reason: CloseReason::HandshakeTimeout,
-            ..
-        }
-    )));
+    assert!(std::iter::from_fn(|| m.poll_output())
+        .any(|o| matches!(o, Output::Close { reason: CloseReason::HandshakeTimeout, .. })));
 }
 
 #[test]
@@ -201,26 +151,14 @@ fn dedup_window_and_stale_broadcasts() {
     assert_eq!(sim.received(1, "hello"), 1);
     assert_eq!(sim.received(2, "hello"), 1);
     // A broadcast 61 s old is ignored.
-    let old = Frame::build(
-        0,
-        sim.nodes[0].id(),
-        now.unix - 61,
-        0,
-        &[Value::from("old")],
-    );
+    let old = Frame::build(0, sim.nodes[0].id(), now.unix - 61, 0, &[Value::from("old")]);
     sim.nodes[1].handle_packet(now, conn, Packet::parse(old, &Limits::default()).unwrap());
     sim.drain(1);
     sim.run();
     assert_eq!(sim.received(1, "old"), 0);
     assert_eq!(sim.nodes[1].stats().stale, 1);
     // Exactly 60 s old is still inside the window.
-    let edge = Frame::build(
-        0,
-        sim.nodes[0].id(),
-        now.unix - 60,
-        0,
-        &[Value::from("edge")],
-    );
+    let edge = Frame::build(0, sim.nodes[0].id(), now.unix - 60, 0, &[Value::from("edge")]);
     sim.nodes[1].handle_packet(now, conn, Packet::parse(edge, &Limits::default()).unwrap());
     sim.drain(1);
     sim.run();
@@ -248,11 +186,7 @@ fn peer_exchange_fills_outgoing_target() {
         let peers = sim.nodes[i].peers();
         let out = peers.iter().filter(|p| p.outgoing).count();
         // The target is met, or the node already knows everyone.
-        assert!(
-            out == 4 || peers.len() == n - 1,
-            "node {i}: {out} outgoing of {}",
-            peers.len()
-        );
+        assert!(out == 4 || peers.len() == n - 1, "node {i}: {out} outgoing of {}", peers.len());
         assert!(sim.nodes[i].outgoing_count() <= 4);
     }
     // Peer exchange, not the initial star, made most links.
@@ -299,10 +233,7 @@ fn routes_around_a_node_that_leaves() {
     assert!(sim.connected(), "mesh healed");
     for i in (0..n).filter(|&i| i != 4) {
         let out = sim.nodes[i].peers().iter().filter(|p| p.outgoing).count();
-        assert!(
-            out >= 3 || sim.nodes[i].peers().len() >= 4,
-            "node {i} has {out} outgoing"
-        );
+        assert!(out >= 3 || sim.nodes[i].peers().len() >= 4, "node {i} has {out} outgoing");
     }
     let now = sim.now;
     let f = crate::sim::text_frame(&sim.nodes[0], now, "after");
@@ -333,9 +264,7 @@ fn reply_routes_to_an_unconnected_node() {
     let to = sim.nodes[2].id().clone();
     assert!(sim.nodes[0].conn_of(&to).is_none());
     let now = sim.now;
-    let r = sim.nodes[0]
-        .reply(now, &to, &[Value::from("routed")])
-        .unwrap();
+    let r = sim.nodes[0].reply(now, &to, &[Value::from("routed")]).unwrap();
     assert_eq!(r, ReplyRoute::Routing);
     sim.drain(0);
     sim.run();
@@ -350,32 +279,16 @@ fn renegotiation_is_answered_once_and_resend_resends() {
     sim.run();
     let now = sim.now;
     let peer1 = sim.nodes[1].id().clone();
-    sim.nodes[0]
-        .whisper(now, &peer1, subflag::WHISPER, &[Value::from("w")])
-        .unwrap();
+    sim.nodes[0].whisper(now, &peer1, subflag::WHISPER, &[Value::from("w")]).unwrap();
     sim.drain(0);
     sim.run();
     assert_eq!(sim.received(1, "w"), 1);
     // Node 1 asks node 0 to stop compressing and resend, as py2p does.
     let conn = sim.nodes[0].conn_of(&peer1).unwrap();
-    let reneg = Frame::build(
-        1,
-        &peer1,
-        now.unix,
-        subflag::COMPRESSION,
-        &[Value::Array(vec![])],
-    );
+    let reneg = Frame::build(1, &peer1, now.unix, subflag::COMPRESSION, &[Value::Array(vec![])]);
     let resend = Frame::build(1, &peer1, now.unix, subflag::RESEND, &[]);
-    sim.nodes[0].handle_packet(
-        now,
-        conn,
-        Packet::parse(reneg.clone(), &Limits::default()).unwrap(),
-    );
-    sim.nodes[0].handle_packet(
-        now,
-        conn,
-        Packet::parse(resend, &Limits::default()).unwrap(),
-    );
+    sim.nodes[0].handle_packet(now, conn, Packet::parse(reneg.clone(), &Limits::default()).unwrap());
+    sim.nodes[0].handle_packet(now, conn, Packet::parse(resend, &Limits::default()).unwrap());
     let outs: Vec<Output> = std::iter::from_fn(|| sim.nodes[0].poll_output()).collect();
     let sends: Vec<&Frame> = outs
         .iter()
@@ -384,21 +297,10 @@ fn renegotiation_is_answered_once_and_resend_resends() {
             _ => None,
         })
         .collect();
-    assert_eq!(
-        sends.len(),
-        2,
-        "one answer to the renegotiation, one resend"
-    );
-    assert!(outs.iter().any(|o| matches!(
-        o,
-        Output::Configure {
-            codec: LinkCodec {
-                compression: None,
-                coalesce: false
-            },
-            ..
-        }
-    )));
+    assert_eq!(sends.len(), 2, "one answer to the renegotiation, one resend");
+    assert!(outs
+        .iter()
+        .any(|o| matches!(o, Output::Configure { codec: LinkCodec { compression: None, coalesce: false }, .. })));
     // The same (unchanged) list again gets no answer: no loop.
     sim.nodes[0].handle_packet(now, conn, Packet::parse(reneg, &Limits::default()).unwrap());
     let outs: Vec<Output> = std::iter::from_fn(|| sim.nodes[0].poll_output()).collect();
@@ -419,11 +321,7 @@ fn peers_request_answers_str_and_bin_star() {
         let outs: Vec<Output> = std::iter::from_fn(|| sim.nodes[0].poll_output()).collect();
         let peers_sent = outs.iter().any(|o| match o {
             Output::Send { frame, .. } => {
-                Packet::parse(frame.clone(), &Limits::default())
-                    .unwrap()
-                    .header
-                    .subflag
-                    == subflag::PEERS
+                Packet::parse(frame.clone(), &Limits::default()).unwrap().header.subflag == subflag::PEERS
             }
             _ => false,
         });
@@ -442,14 +340,8 @@ fn disconnect_and_shutdown() {
     sim.drain(0);
     sim.run();
     assert!(sim.nodes[0].conn_of(&p1).is_none());
-    assert!(sim.nodes[1]
-        .peers()
-        .iter()
-        .all(|p| &p.id != sim.nodes[0].id()));
-    assert!(matches!(
-        sim.nodes[0].disconnect(&p1),
-        Err(CommandError::NotConnected(_))
-    ));
+    assert!(sim.nodes[1].peers().iter().all(|p| &p.id != sim.nodes[0].id()));
+    assert!(matches!(sim.nodes[0].disconnect(&p1), Err(CommandError::NotConnected(_))));
     sim.nodes[0].shutdown();
     sim.drain(0);
     sim.run();

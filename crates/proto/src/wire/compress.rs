@@ -84,9 +84,9 @@ pub fn compress(method: Compression, data: &[u8]) -> Vec<u8> {
             let w = liblzma::write::XzEncoder::new(Vec::new(), 6);
             finish(w, data).finish().expect("in-memory xz")
         }
-        Compression::Snappy => snap::raw::Encoder::new()
-            .compress_vec(data)
-            .expect("snappy input within its size limit"),
+        Compression::Snappy => {
+            snap::raw::Encoder::new().compress_vec(data).expect("snappy input within its size limit")
+        }
     }
 }
 
@@ -96,9 +96,7 @@ pub fn compress(method: Compression, data: &[u8]) -> Vec<u8> {
 pub fn detect(data: &[u8]) -> Option<Compression> {
     match data {
         [0x1f, 0x8b, ..] => Some(Compression::Gzip),
-        [0x78, b, ..] if (u16::from(0x78u8) << 8 | u16::from(*b)) % 31 == 0 => {
-            Some(Compression::Zlib)
-        }
+        [0x78, b, ..] if (u16::from(0x78u8) << 8 | u16::from(*b)) % 31 == 0 => Some(Compression::Zlib),
         [0xfd, b'7', b'z', b'X', b'Z', 0x00, ..] => Some(Compression::Lzma),
         [b'B', b'Z', b'h', ..] => Some(Compression::Bz2),
         _ => None,
@@ -115,9 +113,7 @@ pub fn decompress(method: Compression, data: &[u8], cap: usize) -> Result<Vec<u8
     fn capped<R: Read>(r: R, cap: usize) -> Result<Vec<u8>, DecodeError> {
         let mut out = Vec::new();
         let limit = u64::try_from(cap).unwrap_or(u64::MAX).saturating_add(1);
-        r.take(limit)
-            .read_to_end(&mut out)
-            .map_err(|_| DecodeError::BadChecksum)?;
+        r.take(limit).read_to_end(&mut out).map_err(|_| DecodeError::BadChecksum)?;
         if out.len() > cap {
             return Err(DecodeError::DecompressedTooLarge { max: cap });
         }
@@ -141,8 +137,8 @@ pub fn decompress(method: Compression, data: &[u8], cap: usize) -> Result<Vec<u8
         }
         Compression::Bz2 => capped(bzip2::read::BzDecoder::new(data), cap),
         Compression::Lzma => {
-            let stream = liblzma::stream::Stream::new_auto_decoder(u64::MAX, 0)
-                .map_err(|_| DecodeError::BadChecksum)?;
+            let stream =
+                liblzma::stream::Stream::new_auto_decoder(u64::MAX, 0).map_err(|_| DecodeError::BadChecksum)?;
             capped(liblzma::read::XzDecoder::new_stream(data, stream), cap)
         }
         Compression::Snappy => {
@@ -150,9 +146,7 @@ pub fn decompress(method: Compression, data: &[u8], cap: usize) -> Result<Vec<u8
             if len > cap {
                 return Err(DecodeError::DecompressedTooLarge { max: cap });
             }
-            snap::raw::Decoder::new()
-                .decompress_vec(data)
-                .map_err(|_| DecodeError::BadChecksum)
+            snap::raw::Decoder::new().decompress_vec(data).map_err(|_| DecodeError::BadChecksum)
         }
     }
 }
@@ -170,8 +164,7 @@ mod tests {
             match m {
                 Compression::Identity | Compression::Snappy => {}
                 _ => assert_eq!(
-                    detect(&c)
-                        .map(|d| d == m || matches!(d, Compression::Zlib | Compression::Gzip)),
+                    detect(&c).map(|d| d == m || matches!(d, Compression::Zlib | Compression::Gzip)),
                     Some(true)
                 ),
             }
@@ -186,20 +179,9 @@ mod tests {
             decompress(Compression::Zlib, &bomb, 1 << 20),
             Err(DecodeError::DecompressedTooLarge { max: 1 << 20 })
         );
-        for m in [
-            Compression::Bz2,
-            Compression::Lzma,
-            Compression::Snappy,
-            Compression::Gzip,
-        ] {
+        for m in [Compression::Bz2, Compression::Lzma, Compression::Snappy, Compression::Gzip] {
             let bomb = compress(m, &vec![0u8; 4 << 20]);
-            assert!(
-                matches!(
-                    decompress(m, &bomb, 1 << 20),
-                    Err(DecodeError::DecompressedTooLarge { .. })
-                ),
-                "{m:?}"
-            );
+            assert!(matches!(decompress(m, &bomb, 1 << 20), Err(DecodeError::DecompressedTooLarge { .. })), "{m:?}");
         }
     }
 

@@ -26,13 +26,7 @@ impl std::fmt::Debug for Frame {
 
 impl Frame {
     /// Builds a frame for `[msg_type, sender, time, subflag, packets...]`.
-    pub fn build(
-        msg_type: u8,
-        sender: &PeerId,
-        time: u64,
-        subflag: u64,
-        packets: &[Value],
-    ) -> Frame {
+    pub fn build(msg_type: u8, sender: &PeerId, time: u64, subflag: u64, packets: &[Value]) -> Frame {
         let mut payload = Vec::with_capacity(96 + 32 * packets.len());
         rmp::encode::write_array_len(&mut payload, 4 + packets.len() as u32).expect("vec write");
         rmp::encode::write_uint(&mut payload, u64::from(msg_type)).expect("vec write");
@@ -122,10 +116,7 @@ pub struct Packet {
 
 impl std::fmt::Debug for Packet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Packet")
-            .field("header", &self.header)
-            .field("rest_count", &self.rest_count)
-            .finish()
+        f.debug_struct("Packet").field("header", &self.header).field("rest_count", &self.rest_count).finish()
     }
 }
 
@@ -155,17 +146,7 @@ impl Packet {
             return Err(DecodeError::Msgpack("trailing bytes"));
         }
         let sender = PeerId::from_bytes(frame.0.slice(36 + sender.start..36 + sender.end));
-        Ok(Packet {
-            frame,
-            header: Header {
-                msg_type,
-                sender,
-                time,
-                subflag,
-            },
-            rest_offset,
-            rest_count: n - 4,
-        })
+        Ok(Packet { frame, header: Header { msg_type, sender, time, subflag }, rest_offset, rest_count: n - 4 })
     }
 
     /// Number of packets after the sub-flag.
@@ -210,11 +191,7 @@ impl FrameDecoder {
     /// A decoder accepting the given compression methods (uncompressed frames
     /// are always accepted, as py2p does).
     pub fn new(limits: Limits, enabled: &[Compression]) -> Self {
-        FrameDecoder {
-            buf: BytesMut::with_capacity(8 * 1024),
-            limits,
-            enabled: enabled.to_vec(),
-        }
+        FrameDecoder { buf: BytesMut::with_capacity(8 * 1024), limits, enabled: enabled.to_vec() }
     }
 
     /// The read buffer, to append received bytes to.
@@ -237,10 +214,7 @@ impl FrameDecoder {
         }
         let len = u32::from_be_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]]) as usize;
         if len > self.limits.max_frame_len {
-            return Err(DecodeError::FrameTooLarge {
-                len: len as u64,
-                max: self.limits.max_frame_len,
-            });
+            return Err(DecodeError::FrameTooLarge { len: len as u64, max: self.limits.max_frame_len });
         }
         if self.buf.len() < 4 + len {
             self.buf.reserve(4 + len - self.buf.len());
@@ -269,9 +243,7 @@ fn decode_body(raw: Bytes, limits: &Limits, enabled: &[Compression]) -> Result<F
     let looks_raw = matches!(body.get(32), Some(0x90..=0x9f | 0xdc | 0xdd));
     if looks_raw && checksum_ok(body) {
         if body.len() > limits.max_decompressed_len {
-            return Err(DecodeError::DecompressedTooLarge {
-                max: limits.max_decompressed_len,
-            });
+            return Err(DecodeError::DecompressedTooLarge { max: limits.max_decompressed_len });
         }
         return Ok(Frame(raw));
     }
@@ -314,28 +286,17 @@ mod tests {
     use super::*;
 
     fn id() -> PeerId {
-        PeerId::from_bytes(
-            &b"4m7iSUJVN1yVcdVziYECsfcHMKvfx2dE6SGq9gP87UPnr8FsJBoJaNBuphV4f2N1ob"[..],
-        )
+        PeerId::from_bytes(&b"4m7iSUJVN1yVcdVziYECsfcHMKvfx2dE6SGq9gP87UPnr8FsJBoJaNBuphV4f2N1ob"[..])
     }
 
     #[test]
     fn build_parse_round_trip() {
-        let f = Frame::build(
-            0,
-            &id(),
-            1_795_279_776,
-            0,
-            &[Value::from("hello"), Value::Binary(vec![1])],
-        );
+        let f = Frame::build(0, &id(), 1_795_279_776, 0, &[Value::from("hello"), Value::Binary(vec![1])]);
         let p = Packet::parse(f.clone(), &Limits::default()).unwrap();
         assert_eq!(p.header.msg_type, 0);
         assert_eq!(p.header.sender, id());
         assert_eq!(p.header.time, 1_795_279_776);
-        assert_eq!(
-            p.values().unwrap(),
-            vec![Value::from("hello"), Value::Binary(vec![1])]
-        );
+        assert_eq!(p.values().unwrap(), vec![Value::from("hello"), Value::Binary(vec![1])]);
     }
 
     #[test]
@@ -371,18 +332,9 @@ mod tests {
 
     #[test]
     fn oversized_prefix_is_rejected_before_buffering() {
-        let mut d = FrameDecoder::new(
-            Limits {
-                max_frame_len: 1000,
-                ..Limits::default()
-            },
-            &[],
-        );
+        let mut d = FrameDecoder::new(Limits { max_frame_len: 1000, ..Limits::default() }, &[]);
         d.buffer().extend_from_slice(&[0xff, 0xff, 0xff, 0xff]);
-        assert!(matches!(
-            d.next_packet(),
-            Err(DecodeError::FrameTooLarge { .. })
-        ));
+        assert!(matches!(d.next_packet(), Err(DecodeError::FrameTooLarge { .. })));
     }
 
     #[test]

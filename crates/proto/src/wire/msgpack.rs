@@ -12,19 +12,14 @@ use rmpv::Value;
 use super::DecodeError;
 
 fn take<'a>(buf: &'a [u8], pos: &mut usize, n: usize) -> Result<&'a [u8], DecodeError> {
-    let end = pos
-        .checked_add(n)
-        .filter(|&e| e <= buf.len())
-        .ok_or(DecodeError::Msgpack("truncated"))?;
+    let end = pos.checked_add(n).filter(|&e| e <= buf.len()).ok_or(DecodeError::Msgpack("truncated"))?;
     let s = &buf[*pos..end];
     *pos = end;
     Ok(s)
 }
 
 fn be(buf: &[u8], pos: &mut usize, n: usize) -> Result<u64, DecodeError> {
-    Ok(take(buf, pos, n)?
-        .iter()
-        .fold(0u64, |acc, &b| acc << 8 | u64::from(b)))
+    Ok(take(buf, pos, n)?.iter().fold(0u64, |acc, &b| acc << 8 | u64::from(b)))
 }
 
 /// Walks `count` consecutive msgpack values starting at `pos` and returns the
@@ -34,12 +29,7 @@ fn be(buf: &[u8], pos: &mut usize, n: usize) -> Result<u64, DecodeError> {
 /// [`DecodeError::Msgpack`] for truncated or invalid encodings (including a
 /// container that declares more items than bytes remain),
 /// [`DecodeError::TooDeep`] past `max_depth` levels of nesting.
-pub fn skip_values(
-    buf: &[u8],
-    mut pos: usize,
-    count: u64,
-    max_depth: usize,
-) -> Result<usize, DecodeError> {
+pub fn skip_values(buf: &[u8], mut pos: usize, count: u64, max_depth: usize) -> Result<usize, DecodeError> {
     // Remaining item counts of the open containers; the bottom entry is the
     // caller's `count`. Its length is bounded by `max_depth + 1`.
     let mut stack: Vec<u64> = vec![count];
@@ -104,22 +94,14 @@ fn fixed(buf: &[u8], pos: &mut usize, n: usize) -> Result<u64, DecodeError> {
 
 fn skip_blob(buf: &[u8], pos: &mut usize, len_bytes: usize) -> Result<u64, DecodeError> {
     let len = be(buf, pos, len_bytes)?;
-    take(
-        buf,
-        pos,
-        usize::try_from(len).map_err(|_| DecodeError::Msgpack("truncated"))?,
-    )?;
+    take(buf, pos, usize::try_from(len).map_err(|_| DecodeError::Msgpack("truncated"))?)?;
     Ok(0)
 }
 
 fn skip_ext(buf: &[u8], pos: &mut usize, len_bytes: usize) -> Result<u64, DecodeError> {
     let len = be(buf, pos, len_bytes)?;
     take(buf, pos, 1)?;
-    take(
-        buf,
-        pos,
-        usize::try_from(len).map_err(|_| DecodeError::Msgpack("truncated"))?,
-    )?;
+    take(buf, pos, usize::try_from(len).map_err(|_| DecodeError::Msgpack("truncated"))?)?;
     Ok(0)
 }
 
@@ -171,10 +153,7 @@ pub(crate) fn read_uint(buf: &[u8], pos: &mut usize) -> Result<u64, DecodeError>
 }
 
 /// Reads a bin or str at `pos`, returning its byte range.
-pub(crate) fn read_bytes_range(
-    buf: &[u8],
-    pos: &mut usize,
-) -> Result<std::ops::Range<usize>, DecodeError> {
+pub(crate) fn read_bytes_range(buf: &[u8], pos: &mut usize) -> Result<std::ops::Range<usize>, DecodeError> {
     let marker = *buf.get(*pos).ok_or(DecodeError::Msgpack("truncated"))?;
     *pos += 1;
     let len = match marker {
@@ -185,11 +164,7 @@ pub(crate) fn read_bytes_range(
         _ => return Err(DecodeError::Malformed("expected bytes")),
     };
     let start = *pos;
-    take(
-        buf,
-        pos,
-        usize::try_from(len).map_err(|_| DecodeError::Msgpack("truncated"))?,
-    )?;
+    take(buf, pos, usize::try_from(len).map_err(|_| DecodeError::Msgpack("truncated"))?)?;
     Ok(start..*pos)
 }
 
@@ -203,9 +178,7 @@ pub fn decode_values(buf: &[u8], pos: usize, count: u64) -> Result<Vec<Value>, D
     // `count` was checked against the bytes present, so this is bounded.
     let mut out = Vec::with_capacity(usize::try_from(count).unwrap_or(0).min(rd.len()));
     for _ in 0..count {
-        out.push(
-            rmpv::decode::read_value(&mut rd).map_err(|_| DecodeError::Msgpack("invalid value"))?,
-        );
+        out.push(rmpv::decode::read_value(&mut rd).map_err(|_| DecodeError::Msgpack("invalid value"))?);
     }
     Ok(out)
 }
@@ -240,10 +213,7 @@ mod tests {
             Value::F64(-2.25),
             Value::from("text"),
             Value::Binary(vec![1, 2, 3]),
-            Value::Map(vec![
-                (Value::from(1), Value::Binary(vec![])),
-                (Value::Nil, Value::from("x")),
-            ]),
+            Value::Map(vec![(Value::from(1), Value::Binary(vec![])), (Value::Nil, Value::from("x"))]),
             Value::Ext(5, vec![9; 16]),
             Value::Ext(6, vec![9; 3]),
             Value::Binary(vec![7; 70_000]),
@@ -258,10 +228,7 @@ mod tests {
     fn rejects_huge_declared_containers_without_allocating() {
         // array32 claiming 4 billion items, followed by nothing.
         let bytes = [0xdd, 0xff, 0xff, 0xff, 0xff, 0x01];
-        assert_eq!(
-            validate(&bytes, 8),
-            Err(DecodeError::Msgpack("container larger than its frame"))
-        );
+        assert_eq!(validate(&bytes, 8), Err(DecodeError::Msgpack("container larger than its frame")));
         let bytes = [0xdf, 0xff, 0xff, 0xff, 0xff];
         assert!(validate(&bytes, 8).is_err());
         let bytes = [0xc6, 0xff, 0xff, 0xff, 0xff, 0x00];
@@ -289,10 +256,7 @@ mod tests {
     fn integers_use_umsgpack_encodings() {
         assert_eq!(enc(&Value::from(5)), [0x05]);
         assert_eq!(enc(&Value::from(200)), [0xcc, 200]);
-        assert_eq!(
-            enc(&Value::from(1_795_279_776u64)),
-            [0xce, 0x6b, 0x01, 0xcb, 0xa0]
-        );
+        assert_eq!(enc(&Value::from(1_795_279_776u64)), [0xce, 0x6b, 0x01, 0xcb, 0xa0]);
         assert_eq!(enc(&Value::from(-1)), [0xff]);
         assert_eq!(enc(&Value::from(-100)), [0xd0, 0x9c]);
         assert_eq!(enc(&Value::F64(2.5))[0], 0xcb);

@@ -18,12 +18,7 @@ use tokio::sync::mpsc;
 pub fn py2p_python() -> PathBuf {
     let path = std::env::var_os("RS2P_PY2P_PYTHON")
         .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/../../.venv-py2p/bin/python"
-            ))
-        });
+        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../.venv-py2p/bin/python")));
     assert!(
         path.exists(),
         "py2p interop tests need the pinned py2p virtualenv at {}: run ./scripts/setup-py2p.sh \
@@ -87,11 +82,7 @@ impl Py2p {
         };
         let ready = p.expect(15, |j| j["event"] == "ready").await;
         p.id = ready["id"].as_str().expect("id").to_string();
-        p.addr = ready["addr"]
-            .as_str()
-            .expect("addr")
-            .parse()
-            .expect("HOST:PORT");
+        p.addr = ready["addr"].as_str().expect("addr").parse().expect("HOST:PORT");
         p
     }
 
@@ -99,10 +90,7 @@ impl Py2p {
     pub async fn cmd(&mut self, cmd: Json) {
         let mut line = cmd.to_string();
         line.push('\n');
-        self.stdin
-            .write_all(line.as_bytes())
-            .await
-            .expect("write to py2p peer");
+        self.stdin.write_all(line.as_bytes()).await.expect("write to py2p peer");
         self.stdin.flush().await.expect("flush to py2p peer");
     }
 
@@ -110,11 +98,7 @@ impl Py2p {
     pub async fn run(&mut self, cmd: Json) {
         let name = cmd["cmd"].clone();
         self.cmd(cmd).await;
-        let r = self
-            .expect(10, |j| {
-                (j["event"] == "ok" || j["event"] == "error") && j["cmd"] == name
-            })
-            .await;
+        let r = self.expect(10, |j| (j["event"] == "ok" || j["event"] == "error") && j["cmd"] == name).await;
         assert_eq!(r["event"], "ok", "py2p command failed: {r}");
     }
 
@@ -133,10 +117,7 @@ impl Py2p {
                     self.backlog.push_back(j);
                 }
                 Ok(None) => panic!("py2p peer exited; unmatched lines: {:?}", self.backlog),
-                Err(_) => panic!(
-                    "timed out after {secs} s waiting on py2p; lines so far: {:?}",
-                    self.backlog
-                ),
+                Err(_) => panic!("timed out after {secs} s waiting on py2p; lines so far: {:?}", self.backlog),
             }
         }
     }
@@ -147,10 +128,7 @@ impl Py2p {
         while let Ok(j) = self.lines.try_recv() {
             self.backlog.push_back(j);
         }
-        let (msgs, rest): (Vec<Json>, Vec<Json>) = self
-            .backlog
-            .drain(..)
-            .partition(|j| j["event"] == "message");
+        let (msgs, rest): (Vec<Json>, Vec<Json>) = self.backlog.drain(..).partition(|j| j["event"] == "message");
         self.backlog = rest.into();
         msgs
     }
@@ -176,10 +154,7 @@ impl Py2p {
             if pred(&peers) {
                 return;
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "timed out waiting for py2p: {what}; peers {peers:?}"
-            );
+            assert!(tokio::time::Instant::now() < deadline, "timed out waiting for py2p: {what}; peers {peers:?}");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -187,10 +162,7 @@ impl Py2p {
     /// Asks the peer to quit and waits for it to exit (killed after 5 s).
     pub async fn quit(mut self) {
         self.cmd(json!({"cmd": "quit"})).await;
-        if tokio::time::timeout(Duration::from_secs(5), self.child.wait())
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await.is_err() {
             let _ = self.child.kill().await;
         }
     }
