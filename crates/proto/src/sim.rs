@@ -1,13 +1,22 @@
-//! A deterministic in-memory network of [`Mesh`] nodes, for tests.
+//! A deterministic in-memory network of [`Node`]s, for tests.
 //!
 //! Frames travel through real encoding and [`FrameDecoder`]s (so the codec
-//! is exercised), in FIFO order per link, one step at a time on a virtual
-//! clock. Node `i` listens on `127.0.0.1:(10000 + i)`.
+//! is exercised), in order on each link (as TCP guarantees), on a virtual
+//! clock. With a seeded RNG ([`Sim::shuffle`]) frames of different links are
+//! interleaved randomly. Links can be broken (dropping what is in flight,
+//! as a connection loss does) and the network partitioned and healed. Node
+//! `i` listens on `127.0.0.1:(10000 + i)`.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+
+use bytes::Bytes;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 
 use crate::id::{PeerId, Protocol};
 use crate::mesh::{CloseReason, Config, ConnId, Event, LinkCodec, Mesh, Output, PeerAddr};
+use crate::node::{self, Node};
+use crate::sync::{self, Replica};
 use crate::wire::{Compression, Frame, FrameDecoder, Limits};
 use crate::Now;
 
@@ -26,17 +35,23 @@ struct Link {
 #[derive(Debug)]
 pub struct Sim {
     /// The nodes.
-    pub nodes: Vec<Mesh>,
-    /// Events each node emitted, in order.
+    pub nodes: Vec<Node>,
+    /// Mesh events each node emitted, in order.
     pub events: Vec<Vec<Event>>,
+    /// Sync events each node emitted, in order.
+    pub sync_events: Vec<Vec<sync::Event>>,
     links: BTreeMap<ConnId, Link>,
     decoders: HashMap<ConnId, FrameDecoder>,
-    in_flight: VecDeque<(ConnId, bytes::Bytes)>,
+    queues: HashMap<ConnId, VecDeque<Bytes>>,
+    order: VecDeque<ConnId>,
     next_conn: u64,
     /// The virtual clock.
     pub now: Now,
     /// Nodes that are down (their dials fail).
     pub down: Vec<bool>,
+    /// Which side of a partition each node is on (equal = can talk).
+    pub side: Vec<u8>,
+    rng: Option<StdRng>,
 }
 
 /// The address of node `i`.
@@ -51,49 +66,89 @@ pub fn config_for(i: usize, protocol: &Protocol) -> Config {
 }
 
 impl Sim {
-    /// `n` nodes with default configs on the default protocol.
+    /// `n` mesh nodes with default configs on the default protocol.
     pub fn new(n: usize) -> Self {
         let p = Protocol::default();
         Sim::with_configs((0..n).map(|i| config_for(i, &p)).collect())
     }
 
-    /// Nodes with the given configs (node `i` must use [`addr_of`]`(i)`).
+    /// Mesh nodes with the given configs (node `i` must use [`addr_of`]`(i)`).
     pub fn with_configs(cfgs: Vec<Config>) -> Self {
-        let n = cfgs.len();
+        let nodes = cfgs.into_iter().enumerate().map(|(i, c)| Node::new(Mesh::new(c, i as u64 + 1), None)).collect();
+        Sim::with_nodes(nodes)
+    }
+
+    /// `n` sync nodes (subnet `sync1`/`sync0` by `cfg.leasing`).
+    pub fn with_sync(n: usize, cfg: sync::Config) -> Self {
+        let p = Protocol::new(if cfg.leasing { "sync1" } else { "sync0" }, crate::id::Encryption::Plaintext);
+        let nodes = (0..n)
+            .map(|i| {
+                let c = config_for(i, &p);
+                let id = c.id.clone();
+                Node::new(Mesh::new(c, i as u64 + 1), Some(Replica::new(id, cfg.clone(), i as u64 + 101)))
+            })
+            .collect();
+        Sim::with_nodes(nodes)
+    }
+
+    fn with_nodes(nodes: Vec<Node>) -> Self {
+        let n = nodes.len();
         Sim {
-            nodes: cfgs.into_iter().enumerate().map(|(i, c)| Mesh::new(c, i as u64 + 1)).collect(),
+            nodes,
             events: vec![Vec::new(); n],
+            sync_events: vec![Vec::new(); n],
             links: BTreeMap::new(),
             decoders: HashMap::new(),
-            in_flight: VecDeque::new(),
+            queues: HashMap::new(),
+            order: VecDeque::new(),
             next_conn: 0,
-            now: Now { mono_ms: 1_000, unix: 1_700_000_000 },
+            now: Now { mono_ms: 1_000, unix_ms: 1_700_000_000_000 },
             down: vec![false; n],
+            side: vec![0; n],
+            rng: None,
         }
+    }
+
+    /// Interleaves frames of different links at random, from `seed`.
+    pub fn shuffle(&mut self, seed: u64) {
+        self.rng = Some(StdRng::seed_from_u64(seed));
+    }
+
+    /// The mesh of node `i`.
+    pub fn mesh(&mut self, i: usize) -> &mut Mesh {
+        &mut self.nodes[i].mesh
     }
 
     /// Node `i` dials node `j`.
     pub fn connect(&mut self, i: usize, j: usize) {
-        let _ = self.nodes[i].connect(addr_of(j), None);
+        let _ = self.nodes[i].mesh.connect(addr_of(j), None);
         self.drain(i);
     }
 
-    fn node_at(&self, addr: &PeerAddr) -> Option<usize> {
+    fn node_at(&self, addr: &PeerAddr, from: usize) -> Option<usize> {
         if addr.host != "127.0.0.1" || addr.port < BASE_PORT {
             return None;
         }
         let i = usize::from(addr.port - BASE_PORT);
-        (i < self.nodes.len() && !self.down[i]).then_some(i)
+        (i < self.nodes.len() && !self.down[i] && self.side[i] == self.side[from]).then_some(i)
     }
 
     /// Drains node `i`'s outputs into the network.
     pub fn drain(&mut self, i: usize) {
         while let Some(o) = self.nodes[i].poll_output() {
+            let o = match o {
+                node::Output::Sync(e) => {
+                    self.sync_events[i].push(e);
+                    continue;
+                }
+                node::Output::Mesh(o) => o,
+            };
             match o {
                 Output::Send { conn, frame } => {
                     if let Some(l) = self.links.get(&conn) {
                         let bytes = frame.encode_for(l.codec.compression);
-                        self.in_flight.push_back((l.peer_conn, bytes));
+                        self.queues.entry(l.peer_conn).or_default().push_back(bytes);
+                        self.order.push_back(l.peer_conn);
                     }
                 }
                 Output::Configure { conn, codec } => {
@@ -101,7 +156,7 @@ impl Sim {
                         l.codec = codec;
                     }
                 }
-                Output::Dial { dial, addr } => match self.node_at(&addr) {
+                Output::Dial { dial, addr } => match self.node_at(&addr, i) {
                     Some(j) => {
                         self.next_conn += 1;
                         let a = ConnId(self.next_conn);
@@ -119,34 +174,75 @@ impl Sim {
                         self.nodes[i].handle_dial_failed(now, dial, "connection refused".into());
                     }
                 },
-                Output::Close { conn, .. } => {
-                    if let Some(l) = self.links.remove(&conn) {
-                        self.decoders.remove(&conn);
-                        if self.links.remove(&l.peer_conn).is_some() {
-                            self.decoders.remove(&l.peer_conn);
-                            let now = self.now;
-                            self.nodes[l.peer_node].handle_closed(
-                                now,
-                                l.peer_conn,
-                                CloseReason::Io("closed by peer".into()),
-                            );
-                            self.drain(l.peer_node);
-                        }
-                    }
-                }
+                Output::Close { conn, .. } => self.cut(conn, false),
                 Output::Event(e) => self.events[i].push(e),
             }
         }
     }
 
+    /// Removes a link; the far end (and with `both`, the near end too) is
+    /// told the connection broke. Frames in flight on it are lost.
+    fn cut(&mut self, conn: ConnId, both: bool) {
+        let Some(l) = self.links.remove(&conn) else { return };
+        self.decoders.remove(&conn);
+        self.queues.remove(&conn);
+        let now = self.now;
+        if both {
+            self.nodes[l.node].handle_closed(now, conn, CloseReason::Io("reset".into()));
+            self.drain(l.node);
+        }
+        if self.links.remove(&l.peer_conn).is_some() {
+            self.decoders.remove(&l.peer_conn);
+            self.queues.remove(&l.peer_conn);
+            self.nodes[l.peer_node].handle_closed(now, l.peer_conn, CloseReason::Io("closed by peer".into()));
+            self.drain(l.peer_node);
+        }
+    }
+
+    /// Breaks the connection `conn` (both ends see a reset).
+    pub fn break_link(&mut self, conn: ConnId) {
+        self.cut(conn, true);
+    }
+
+    /// All live connection ids (one per end).
+    pub fn link_ids(&self) -> Vec<ConnId> {
+        self.links.keys().copied().collect()
+    }
+
+    /// Splits the network: nodes get the given sides; links across sides
+    /// break and dials across fail until [`Sim::heal`].
+    pub fn partition(&mut self, side: Vec<u8>) {
+        self.side = side;
+        let crossing: Vec<ConnId> =
+            self.links.iter().filter(|(_, l)| self.side[l.node] != self.side[l.peer_node]).map(|(c, _)| *c).collect();
+        for c in crossing {
+            self.cut(c, true);
+        }
+    }
+
+    /// Ends a partition.
+    pub fn heal(&mut self) {
+        self.side = vec![0; self.nodes.len()];
+    }
+
     /// Delivers one frame in flight; returns `false` when none is left.
     pub fn step(&mut self) -> bool {
-        let Some((conn, bytes)) = self.in_flight.pop_front() else {
-            return false;
+        let conn = loop {
+            let pick = match &mut self.rng {
+                Some(rng) if !self.order.is_empty() => {
+                    let i = rng.random_range(0..self.order.len());
+                    self.order.remove(i)
+                }
+                _ => self.order.pop_front(),
+            };
+            match pick {
+                None => return false,
+                Some(c) if self.links.contains_key(&c) => break c,
+                Some(_) => continue, // link gone; its frames were dropped
+            }
         };
-        let Some(node) = self.links.get(&conn).map(|l| l.node) else {
-            return true; // link closed meanwhile
-        };
+        let Some(bytes) = self.queues.get_mut(&conn).and_then(VecDeque::pop_front) else { return true };
+        let node = self.links[&conn].node;
         let dec = self
             .decoders
             .entry(conn)
@@ -166,7 +262,7 @@ impl Sim {
 
     /// Runs until no frame is in flight (bounded).
     pub fn run(&mut self) {
-        for _ in 0..10_000_000 {
+        for _ in 0..50_000_000 {
             if !self.step() {
                 return;
             }
@@ -174,23 +270,37 @@ impl Sim {
         panic!("simulation did not settle");
     }
 
-    /// Advances the clock by `ms`, ticking every node each simulated second,
-    /// and settles the network after each tick.
+    /// Delivers up to `n` frames.
+    pub fn run_steps(&mut self, n: usize) {
+        for _ in 0..n {
+            if !self.step() {
+                return;
+            }
+        }
+    }
+
+    /// Advances the clock by `ms`, ticking every live node each simulated
+    /// second and settling the network after each tick.
     pub fn advance(&mut self, ms: u64) {
         let mut left = ms;
         while left > 0 {
             let d = left.min(1000);
             self.now = self.now.plus_ms(d);
             left -= d;
-            for i in 0..self.nodes.len() {
-                if self.down[i] {
-                    continue;
-                }
-                let now = self.now;
-                self.nodes[i].handle_tick(now);
-                self.drain(i);
-            }
+            self.tick_all();
             self.run();
+        }
+    }
+
+    /// Ticks every live node once (without settling).
+    pub fn tick_all(&mut self) {
+        for i in 0..self.nodes.len() {
+            if self.down[i] {
+                continue;
+            }
+            let now = self.now;
+            self.nodes[i].handle_tick(now);
+            self.drain(i);
         }
     }
 
@@ -199,38 +309,31 @@ impl Sim {
         self.down[i] = true;
         let conns: Vec<ConnId> = self.links.iter().filter(|(_, l)| l.node == i).map(|(c, _)| *c).collect();
         for c in conns {
-            if let Some(l) = self.links.remove(&c) {
-                self.links.remove(&l.peer_conn);
-                let now = self.now;
-                self.nodes[l.peer_node].handle_closed(now, l.peer_conn, CloseReason::Io("reset".into()));
-                self.drain(l.peer_node);
-            }
+            self.cut(c, false);
         }
-        self.nodes[i].shutdown();
+        self.nodes[i].mesh.shutdown();
         while self.nodes[i].poll_output().is_some() {}
     }
 
     /// Whether the live nodes' routing tables form one connected graph.
     pub fn connected(&self) -> bool {
         let live: Vec<usize> = (0..self.nodes.len()).filter(|&i| !self.down[i]).collect();
-        let Some(&start) = live.first() else {
-            return true;
-        };
-        let index: HashMap<PeerId, usize> = self.nodes.iter().enumerate().map(|(i, n)| (n.id().clone(), i)).collect();
-        let mut seen = vec![false; self.nodes.len()];
+        let Some(&start) = live.first() else { return true };
+        let index: HashMap<PeerId, usize> =
+            self.nodes.iter().enumerate().map(|(i, n)| (n.mesh.id().clone(), i)).collect();
+        let mut seen = BTreeSet::new();
         let mut stack = vec![start];
-        seen[start] = true;
+        seen.insert(start);
         while let Some(i) = stack.pop() {
-            for p in self.nodes[i].peers() {
+            for p in self.nodes[i].mesh.peers() {
                 if let Some(&j) = index.get(&p.id) {
-                    if !seen[j] && !self.down[j] {
-                        seen[j] = true;
+                    if !self.down[j] && seen.insert(j) {
                         stack.push(j);
                     }
                 }
             }
         }
-        live.iter().all(|&i| seen[i])
+        live.iter().all(|i| seen.contains(i))
     }
 
     /// Number of user broadcasts node `i` received with `payload` as first
@@ -253,5 +356,5 @@ impl Sim {
 
 /// The frame every test broadcast uses.
 pub fn text_frame(mesh: &Mesh, now: Now, text: &str) -> Frame {
-    Frame::build(0, mesh.id(), now.unix, 0, &[rmpv::Value::from(text)])
+    Frame::build(0, mesh.id(), now.unix(), 0, &[rmpv::Value::from(text)])
 }

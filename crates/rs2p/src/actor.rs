@@ -152,7 +152,7 @@ impl Actor {
     fn now(&self) -> Now {
         Now {
             mono_ms: self.start.elapsed().as_millis() as u64,
-            unix: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+            unix_ms: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0),
         }
     }
 

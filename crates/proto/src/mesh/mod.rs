@@ -301,6 +301,8 @@ pub enum Event {
         dial: Option<DialId>,
         /// Whether this is our first peer (py2p's `connect` event).
         first: bool,
+        /// Whether the peer advertised rs2p's identity method (it is rs2p).
+        rs2p: bool,
     },
     /// A peer left the routing table.
     PeerDown {
@@ -550,6 +552,19 @@ impl Mesh {
         &self.protocol_id
     }
 
+    /// The latest time an input brought.
+    pub fn clock(&self) -> Now {
+        self.clock
+    }
+
+    /// Sends an already built frame on a handshaken connection (for layers
+    /// above the mesh); ignored if the connection is gone.
+    pub fn send_frame(&mut self, conn: ConnId, frame: Frame) {
+        if matches!(self.conns.get(&conn), Some(Conn { state: ConnState::Established(_), .. })) {
+            self.send(conn, frame);
+        }
+    }
+
     /// The counters.
     pub fn stats(&self) -> Stats {
         self.stats
@@ -621,7 +636,7 @@ impl Mesh {
     /// Floods a message with `subflag` and `packets` to the whole network and
     /// returns its id. User broadcasts use [`subflag::BROADCAST`].
     pub fn broadcast(&mut self, now: Now, subflag: u64, packets: &[Value]) -> MsgId {
-        let frame = Frame::build(MsgType::Broadcast as u8, &self.cfg.id, now.unix, subflag, packets);
+        let frame = Frame::build(MsgType::Broadcast as u8, &self.cfg.id, now.unix(), subflag, packets);
         self.broadcast_frame(now, frame)
     }
 
@@ -644,7 +659,7 @@ impl Mesh {
     /// [`CommandError::NotConnected`] if `peer` is not in the routing table.
     pub fn whisper(&mut self, now: Now, peer: &PeerId, subflag: u64, packets: &[Value]) -> Result<MsgId, CommandError> {
         let conn = *self.routing.get(peer).ok_or_else(|| CommandError::NotConnected(peer.clone()))?;
-        let frame = Frame::build(MsgType::Whisper as u8, &self.cfg.id, now.unix, subflag, packets);
+        let frame = Frame::build(MsgType::Whisper as u8, &self.cfg.id, now.unix(), subflag, packets);
         let id = frame.id();
         self.send_user(conn, frame);
         Ok(id)
@@ -666,7 +681,7 @@ impl Mesh {
         if self.requests.len() >= self.cfg.max_pending_replies {
             return Err(CommandError::TooManyPending);
         }
-        let frame = Frame::build(MsgType::Whisper as u8, &self.cfg.id, now.unix, subflag::WHISPER, packets);
+        let frame = Frame::build(MsgType::Whisper as u8, &self.cfg.id, now.unix(), subflag::WHISPER, packets);
         let mut raw = [0u8; 24];
         self.rng.fill(&mut raw[..]);
         let request_id = crate::id::b58encode_int(&raw);
@@ -687,7 +702,7 @@ impl Mesh {
         let frame = Frame::build(
             MsgType::Whisper as u8,
             &self.cfg.id,
-            now.unix,
+            now.unix(),
             subflag::REQUEST,
             &[Value::Binary(b"*".to_vec())],
         );
@@ -905,6 +920,7 @@ impl Mesh {
         c.codec = codec;
         let dial = c.dial;
         let outgoing = c.dir == Direction::Outgoing;
+        let rs2p = c.peer_methods.contains(&u64::from(Compression::Identity.code()));
         self.routing.insert(peer.clone(), conn);
         self.known.remove(&peer);
         self.out.push_back(Output::Configure { conn, codec });
@@ -915,6 +931,7 @@ impl Mesh {
             outgoing,
             dial,
             first: first && !self.routing.is_empty(),
+            rs2p,
         });
         self.send_peers(now, conn);
         if let Some(replies) = self.deferred.remove(&peer) {
@@ -926,8 +943,8 @@ impl Mesh {
 
     fn on_broadcast(&mut self, now: Now, conn: ConnId, packet: Packet) {
         let h = &packet.header;
-        if h.time.saturating_add(self.cfg.broadcast_window_secs) < now.unix
-            || h.time > now.unix.saturating_add(self.cfg.max_clock_skew_secs)
+        if h.time.saturating_add(self.cfg.broadcast_window_secs) < now.unix()
+            || h.time > now.unix().saturating_add(self.cfg.max_clock_skew_secs)
         {
             self.stats.stale += 1;
             return;
@@ -1001,7 +1018,7 @@ impl Mesh {
                     let frame = Frame::build(
                         MsgType::Renegotiate as u8,
                         &self.cfg.id,
-                        now.unix,
+                        now.unix(),
                         subflag::COMPRESSION,
                         &[Value::Array(ours)],
                     );
@@ -1077,7 +1094,7 @@ impl Mesh {
         let frame = Frame::build(
             MsgType::Broadcast as u8,
             &self.cfg.id,
-            now.unix,
+            now.unix(),
             subflag::RESPONSE,
             &[v[0].clone(), Value::Array(vec![addr.to_value(), Value::Binary(wanted.as_bytes().to_vec())])],
         );
@@ -1138,7 +1155,7 @@ impl Mesh {
         let frame = Frame::build(
             MsgType::Whisper as u8,
             &self.cfg.id,
-            now.unix,
+            now.unix(),
             subflag::HANDSHAKE,
             &[
                 Value::Binary(self.cfg.id.as_bytes().to_vec()),
@@ -1171,7 +1188,8 @@ impl Mesh {
         list.sort_by(|a, b| format!("{a}").cmp(&format!("{b}")));
         list.shuffle(&mut self.rng);
         list.truncate(self.cfg.max_peer_list);
-        let frame = Frame::build(MsgType::Whisper as u8, &self.cfg.id, now.unix, subflag::PEERS, &[Value::Array(list)]);
+        let frame =
+            Frame::build(MsgType::Whisper as u8, &self.cfg.id, now.unix(), subflag::PEERS, &[Value::Array(list)]);
         self.send(conn, frame);
     }
 

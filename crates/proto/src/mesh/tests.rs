@@ -42,21 +42,21 @@ fn conflict_rule_exhaustive() {
 #[test]
 fn simultaneous_dials_leave_one_connection_on_both_sides() {
     let mut sim = Sim::new(2);
-    let _ = sim.nodes[0].connect(addr_of(1), None);
-    let _ = sim.nodes[1].connect(addr_of(0), None);
+    let _ = sim.nodes[0].mesh.connect(addr_of(1), None);
+    let _ = sim.nodes[1].mesh.connect(addr_of(0), None);
     sim.drain(0);
     sim.drain(1);
     sim.run();
-    let p0 = sim.nodes[0].peers();
-    let p1 = sim.nodes[1].peers();
+    let p0 = sim.nodes[0].mesh.peers();
+    let p1 = sim.nodes[1].mesh.peers();
     assert_eq!(p0.len(), 1);
     assert_eq!(p1.len(), 1);
     // Both kept the same TCP connection: one side outgoing, the other not.
     assert_ne!(p0[0].outgoing, p1[0].outgoing);
-    assert_eq!(sim.nodes[0].connection_count(), 1);
-    assert_eq!(sim.nodes[1].connection_count(), 1);
-    let greater = if sim.nodes[0].id().numeric_cmp(sim.nodes[1].id()).is_gt() { 0 } else { 1 };
-    assert!(sim.nodes[greater].peers()[0].outgoing, "kept the link dialed by the greater id");
+    assert_eq!(sim.nodes[0].mesh.connection_count(), 1);
+    assert_eq!(sim.nodes[1].mesh.connection_count(), 1);
+    let greater = if sim.nodes[0].mesh.id().numeric_cmp(sim.nodes[1].mesh.id()).is_gt() { 0 } else { 1 };
+    assert!(sim.nodes[greater].mesh.peers()[0].outgoing, "kept the link dialed by the greater id");
 }
 
 #[test]
@@ -74,9 +74,9 @@ fn handshake_from_both_ends_emits_peer_up_and_connect() {
             .collect();
         assert_eq!(ups, vec![(true, i == 0)]);
     }
-    assert_eq!(sim.nodes[0].peers()[0].id, *sim.nodes[1].id());
-    assert!(sim.nodes[0].peers()[0].rs2p);
-    assert_eq!(sim.nodes[1].peers()[0].addr, Some(addr_of(0)));
+    assert_eq!(sim.nodes[0].mesh.peers()[0].id, *sim.nodes[1].mesh.id());
+    assert!(sim.nodes[0].mesh.peers()[0].rs2p);
+    assert_eq!(sim.nodes[1].mesh.peers()[0].addr, Some(addr_of(0)));
 }
 
 #[test]
@@ -87,7 +87,7 @@ fn foreign_subnet_is_refused_with_a_reason() {
     sim.connect(0, 1);
     sim.run();
     for i in 0..2 {
-        assert!(sim.nodes[i].peers().is_empty());
+        assert!(sim.nodes[i].mesh.peers().is_empty());
         let refused = sim.events[i].iter().any(|e| {
             matches!(e, Event::ConnectFailed { reason: CloseReason::ProtocolMismatch { .. }, .. })
                 || matches!(e, Event::ConnectFailed { reason: CloseReason::Io(_), .. })
@@ -104,7 +104,7 @@ fn foreign_subnet_is_refused_with_a_reason() {
 fn message_before_handshake_closes() {
     let cfg = config_for(0, &Protocol::default());
     let mut m = Mesh::new(cfg, 1);
-    let now = Now { mono_ms: 0, unix: 100 };
+    let now = Now { mono_ms: 0, unix_ms: 100_000 };
     m.handle_incoming(now, ConnId(1));
     while m.poll_output().is_some() {}
     let f = Frame::build(0, &pid(5), 100, 0, &[Value::from("x")]);
@@ -117,7 +117,7 @@ fn message_before_handshake_closes() {
 #[test]
 fn handshake_timeout_closes() {
     let mut m = Mesh::new(config_for(0, &Protocol::default()), 1);
-    let now = Now { mono_ms: 0, unix: 100 };
+    let now = Now { mono_ms: 0, unix_ms: 100_000 };
     m.handle_incoming(now, ConnId(1));
     while m.poll_output().is_some() {}
     m.handle_tick(now.plus_ms(9_999));
@@ -134,32 +134,32 @@ fn dedup_window_and_stale_broadcasts() {
     sim.connect(1, 2);
     sim.run();
     let now = sim.now;
-    let f = crate::sim::text_frame(&sim.nodes[0], now, "hello");
-    sim.nodes[0].broadcast_frame(now, f.clone());
+    let f = crate::sim::text_frame(&sim.nodes[0].mesh, now, "hello");
+    sim.nodes[0].mesh.broadcast_frame(now, f.clone());
     sim.drain(0);
     sim.run();
     assert_eq!(sim.received(1, "hello"), 1);
     assert_eq!(sim.received(2, "hello"), 1);
     // The same frame again: suppressed everywhere.
-    let conn = sim.nodes[1].conn_of(sim.nodes[0].id()).unwrap();
+    let conn = sim.nodes[1].mesh.conn_of(sim.nodes[0].mesh.id()).unwrap();
     let p = Packet::parse(f.clone(), &Limits::default()).unwrap();
-    let dups = sim.nodes[1].stats().duplicates;
-    sim.nodes[1].handle_packet(now, conn, p.clone());
-    assert_eq!(sim.nodes[1].stats().duplicates, dups + 1);
+    let dups = sim.nodes[1].mesh.stats().duplicates;
+    sim.nodes[1].mesh.handle_packet(now, conn, p.clone());
+    assert_eq!(sim.nodes[1].mesh.stats().duplicates, dups + 1);
     sim.drain(1);
     sim.run();
     assert_eq!(sim.received(1, "hello"), 1);
     assert_eq!(sim.received(2, "hello"), 1);
     // A broadcast 61 s old is ignored.
-    let old = Frame::build(0, sim.nodes[0].id(), now.unix - 61, 0, &[Value::from("old")]);
-    sim.nodes[1].handle_packet(now, conn, Packet::parse(old, &Limits::default()).unwrap());
+    let old = Frame::build(0, sim.nodes[0].mesh.id(), now.unix() - 61, 0, &[Value::from("old")]);
+    sim.nodes[1].mesh.handle_packet(now, conn, Packet::parse(old, &Limits::default()).unwrap());
     sim.drain(1);
     sim.run();
     assert_eq!(sim.received(1, "old"), 0);
-    assert_eq!(sim.nodes[1].stats().stale, 1);
+    assert_eq!(sim.nodes[1].mesh.stats().stale, 1);
     // Exactly 60 s old is still inside the window.
-    let edge = Frame::build(0, sim.nodes[0].id(), now.unix - 60, 0, &[Value::from("edge")]);
-    sim.nodes[1].handle_packet(now, conn, Packet::parse(edge, &Limits::default()).unwrap());
+    let edge = Frame::build(0, sim.nodes[0].mesh.id(), now.unix() - 60, 0, &[Value::from("edge")]);
+    sim.nodes[1].mesh.handle_packet(now, conn, Packet::parse(edge, &Limits::default()).unwrap());
     sim.drain(1);
     sim.run();
     assert_eq!(sim.received(1, "edge"), 1);
@@ -167,7 +167,7 @@ fn dedup_window_and_stale_broadcasts() {
     // After the cache forgets (window + skew), an old copy is still refused
     // by the window check.
     sim.advance(400_000);
-    sim.nodes[1].handle_packet(sim.now, conn, p);
+    sim.nodes[1].mesh.handle_packet(sim.now, conn, p);
     assert_eq!(sim.received(1, "hello"), 1);
 }
 
@@ -183,14 +183,14 @@ fn peer_exchange_fills_outgoing_target() {
     sim.advance(10_000);
     assert!(sim.connected());
     for i in 0..n {
-        let peers = sim.nodes[i].peers();
+        let peers = sim.nodes[i].mesh.peers();
         let out = peers.iter().filter(|p| p.outgoing).count();
         // The target is met, or the node already knows everyone.
         assert!(out == 4 || peers.len() == n - 1, "node {i}: {out} outgoing of {}", peers.len());
-        assert!(sim.nodes[i].outgoing_count() <= 4);
+        assert!(sim.nodes[i].mesh.outgoing_count() <= 4);
     }
     // Peer exchange, not the initial star, made most links.
-    let links: usize = (0..n).map(|i| sim.nodes[i].peers().len()).sum::<usize>() / 2;
+    let links: usize = (0..n).map(|i| sim.nodes[i].mesh.peers().len()).sum::<usize>() / 2;
     assert!(links >= 4 * (n - 1) - n, "only {links} links");
 }
 
@@ -206,8 +206,8 @@ fn flood_reaches_every_node_exactly_once() {
     for (k, src) in [0usize, 5, 11].into_iter().enumerate() {
         let now = sim.now;
         let text = format!("msg-{k}");
-        let f = crate::sim::text_frame(&sim.nodes[src], now, &text);
-        sim.nodes[src].broadcast_frame(now, f);
+        let f = crate::sim::text_frame(&sim.nodes[src].mesh, now, &text);
+        sim.nodes[src].mesh.broadcast_frame(now, f);
         sim.drain(src);
         sim.run();
         for i in 0..n {
@@ -215,7 +215,7 @@ fn flood_reaches_every_node_exactly_once() {
             assert_eq!(sim.received(i, &text), expect, "node {i} msg {k}");
         }
     }
-    let dups: u64 = sim.nodes.iter().map(|m| m.stats().duplicates).sum();
+    let dups: u64 = sim.nodes.iter().map(|m| m.mesh.stats().duplicates).sum();
     assert!(dups > 0, "a meshed graph has redundant paths");
 }
 
@@ -232,12 +232,12 @@ fn routes_around_a_node_that_leaves() {
     sim.advance(20_000);
     assert!(sim.connected(), "mesh healed");
     for i in (0..n).filter(|&i| i != 4) {
-        let out = sim.nodes[i].peers().iter().filter(|p| p.outgoing).count();
-        assert!(out >= 3 || sim.nodes[i].peers().len() >= 4, "node {i} has {out} outgoing");
+        let out = sim.nodes[i].mesh.peers().iter().filter(|p| p.outgoing).count();
+        assert!(out >= 3 || sim.nodes[i].mesh.peers().len() >= 4, "node {i} has {out} outgoing");
     }
     let now = sim.now;
-    let f = crate::sim::text_frame(&sim.nodes[0], now, "after");
-    sim.nodes[0].broadcast_frame(now, f);
+    let f = crate::sim::text_frame(&sim.nodes[0].mesh, now, "after");
+    sim.nodes[0].mesh.broadcast_frame(now, f);
     sim.drain(0);
     sim.run();
     for i in 1..n {
@@ -261,15 +261,15 @@ fn reply_routes_to_an_unconnected_node() {
     sim.connect(0, 1);
     sim.connect(2, 1);
     sim.run();
-    let to = sim.nodes[2].id().clone();
-    assert!(sim.nodes[0].conn_of(&to).is_none());
+    let to = sim.nodes[2].mesh.id().clone();
+    assert!(sim.nodes[0].mesh.conn_of(&to).is_none());
     let now = sim.now;
-    let r = sim.nodes[0].reply(now, &to, &[Value::from("routed")]).unwrap();
+    let r = sim.nodes[0].mesh.reply(now, &to, &[Value::from("routed")]).unwrap();
     assert_eq!(r, ReplyRoute::Routing);
     sim.drain(0);
     sim.run();
     assert_eq!(sim.received(2, "routed"), 1);
-    assert!(sim.nodes[0].conn_of(&to).is_some());
+    assert!(sim.nodes[0].mesh.conn_of(&to).is_some());
 }
 
 #[test]
@@ -278,18 +278,18 @@ fn renegotiation_is_answered_once_and_resend_resends() {
     sim.connect(0, 1);
     sim.run();
     let now = sim.now;
-    let peer1 = sim.nodes[1].id().clone();
-    sim.nodes[0].whisper(now, &peer1, subflag::WHISPER, &[Value::from("w")]).unwrap();
+    let peer1 = sim.nodes[1].mesh.id().clone();
+    sim.nodes[0].mesh.whisper(now, &peer1, subflag::WHISPER, &[Value::from("w")]).unwrap();
     sim.drain(0);
     sim.run();
     assert_eq!(sim.received(1, "w"), 1);
     // Node 1 asks node 0 to stop compressing and resend, as py2p does.
-    let conn = sim.nodes[0].conn_of(&peer1).unwrap();
-    let reneg = Frame::build(1, &peer1, now.unix, subflag::COMPRESSION, &[Value::Array(vec![])]);
-    let resend = Frame::build(1, &peer1, now.unix, subflag::RESEND, &[]);
-    sim.nodes[0].handle_packet(now, conn, Packet::parse(reneg.clone(), &Limits::default()).unwrap());
-    sim.nodes[0].handle_packet(now, conn, Packet::parse(resend, &Limits::default()).unwrap());
-    let outs: Vec<Output> = std::iter::from_fn(|| sim.nodes[0].poll_output()).collect();
+    let conn = sim.nodes[0].mesh.conn_of(&peer1).unwrap();
+    let reneg = Frame::build(1, &peer1, now.unix(), subflag::COMPRESSION, &[Value::Array(vec![])]);
+    let resend = Frame::build(1, &peer1, now.unix(), subflag::RESEND, &[]);
+    sim.nodes[0].mesh.handle_packet(now, conn, Packet::parse(reneg.clone(), &Limits::default()).unwrap());
+    sim.nodes[0].mesh.handle_packet(now, conn, Packet::parse(resend, &Limits::default()).unwrap());
+    let outs: Vec<Output> = std::iter::from_fn(|| sim.nodes[0].mesh.poll_output()).collect();
     let sends: Vec<&Frame> = outs
         .iter()
         .filter_map(|o| match o {
@@ -302,8 +302,8 @@ fn renegotiation_is_answered_once_and_resend_resends() {
         .iter()
         .any(|o| matches!(o, Output::Configure { codec: LinkCodec { compression: None, coalesce: false }, .. })));
     // The same (unchanged) list again gets no answer: no loop.
-    sim.nodes[0].handle_packet(now, conn, Packet::parse(reneg, &Limits::default()).unwrap());
-    let outs: Vec<Output> = std::iter::from_fn(|| sim.nodes[0].poll_output()).collect();
+    sim.nodes[0].mesh.handle_packet(now, conn, Packet::parse(reneg, &Limits::default()).unwrap());
+    let outs: Vec<Output> = std::iter::from_fn(|| sim.nodes[0].mesh.poll_output()).collect();
     assert!(outs.iter().all(|o| !matches!(o, Output::Send { .. })));
 }
 
@@ -313,12 +313,12 @@ fn peers_request_answers_str_and_bin_star() {
     sim.connect(0, 1);
     sim.run();
     let now = sim.now;
-    let peer1 = sim.nodes[1].id().clone();
-    let conn = sim.nodes[0].conn_of(&peer1).unwrap();
+    let peer1 = sim.nodes[1].mesh.id().clone();
+    let conn = sim.nodes[0].mesh.conn_of(&peer1).unwrap();
     for star in [Value::from("*"), Value::Binary(b"*".to_vec())] {
-        let f = Frame::build(2, &peer1, now.unix, subflag::REQUEST, &[star]);
-        sim.nodes[0].handle_packet(now, conn, Packet::parse(f, &Limits::default()).unwrap());
-        let outs: Vec<Output> = std::iter::from_fn(|| sim.nodes[0].poll_output()).collect();
+        let f = Frame::build(2, &peer1, now.unix(), subflag::REQUEST, &[star]);
+        sim.nodes[0].mesh.handle_packet(now, conn, Packet::parse(f, &Limits::default()).unwrap());
+        let outs: Vec<Output> = std::iter::from_fn(|| sim.nodes[0].mesh.poll_output()).collect();
         let peers_sent = outs.iter().any(|o| match o {
             Output::Send { frame, .. } => {
                 Packet::parse(frame.clone(), &Limits::default()).unwrap().header.subflag == subflag::PEERS
@@ -335,16 +335,16 @@ fn disconnect_and_shutdown() {
     sim.connect(0, 1);
     sim.connect(0, 2);
     sim.run();
-    let p1 = sim.nodes[1].id().clone();
-    sim.nodes[0].disconnect(&p1).unwrap();
+    let p1 = sim.nodes[1].mesh.id().clone();
+    sim.nodes[0].mesh.disconnect(&p1).unwrap();
     sim.drain(0);
     sim.run();
-    assert!(sim.nodes[0].conn_of(&p1).is_none());
-    assert!(sim.nodes[1].peers().iter().all(|p| &p.id != sim.nodes[0].id()));
-    assert!(matches!(sim.nodes[0].disconnect(&p1), Err(CommandError::NotConnected(_))));
-    sim.nodes[0].shutdown();
+    assert!(sim.nodes[0].mesh.conn_of(&p1).is_none());
+    assert!(sim.nodes[1].mesh.peers().iter().all(|p| &p.id != sim.nodes[0].mesh.id()));
+    assert!(matches!(sim.nodes[0].mesh.disconnect(&p1), Err(CommandError::NotConnected(_))));
+    sim.nodes[0].mesh.shutdown();
     sim.drain(0);
     sim.run();
-    assert!(sim.nodes[0].peers().is_empty());
-    assert_eq!(sim.nodes[0].connection_count(), 0);
+    assert!(sim.nodes[0].mesh.peers().is_empty());
+    assert_eq!(sim.nodes[0].mesh.connection_count(), 0);
 }

@@ -1,0 +1,318 @@
+//! One key's replicated state, and the rules that order and merge writes.
+
+use std::cmp::Ordering;
+
+use bytes::Bytes;
+use rmpv::Value;
+use sha2::{Digest, Sha256};
+
+use crate::id::PeerId;
+use crate::wire::msgpack::write_value;
+
+/// When and by whom a write was made. Versions are totally ordered
+/// ([`Version::cmp`]), so every replica picks the same winner among
+/// concurrent writes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Version {
+    /// Milliseconds since the UNIX epoch (a hybrid clock: never behind the
+    /// versions its writer had seen for the key). py2p writes have second
+    /// resolution: their `timestamp * 1000`.
+    pub ts_ms: u64,
+    /// The writer.
+    pub owner: PeerId,
+}
+
+impl Version {
+    /// A version.
+    pub fn new(ts_ms: u64, owner: PeerId) -> Self {
+        Version { ts_ms, owner }
+    }
+
+    /// py2p's second-resolution timestamp.
+    pub fn secs(&self) -> u64 {
+        self.ts_ms / 1000
+    }
+}
+
+impl Ord for Version {
+    /// Later timestamps win; on equal timestamps the *smaller* owner id
+    /// (bytes compared as py2p compares them) wins, which is py2p's own
+    /// tie rule (`meta.timestamp == new.timestamp and meta.owner >
+    /// new.owner` lets the new write in).
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.ts_ms.cmp(&other.ts_ms).then_with(|| other.owner.as_bytes().cmp(self.owner.as_bytes()))
+    }
+}
+
+impl PartialOrd for Version {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+/// Orders two (version, value) writes: by version, and for the same
+/// version (two writes of one py2p node within a second) by the bytes of the
+/// value, so the order is total.
+pub fn write_order(a: (&Version, &Value), b: (&Version, &Value)) -> Ordering {
+    a.0.cmp(b.0).then_with(|| encode(a.1).cmp(&encode(b.1)))
+}
+
+fn encode(v: &Value) -> Vec<u8> {
+    let mut out = Vec::new();
+    write_value(&mut out, v);
+    out
+}
+
+/// One field set by a delta, with its own version.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Field {
+    /// The field's key within the map.
+    pub key: Value,
+    /// The delta that set it.
+    pub version: Version,
+    /// Its value.
+    pub value: Value,
+}
+
+/// The replicated state of one key: a last-writer-wins register for whole
+/// values (sets and deletes), with per-field last-writer-wins entries on top
+/// for deltas. Merging two entries is commutative, associative and
+/// idempotent, so replicas that saw the same writes in any order agree.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entry {
+    /// The latest set or delete.
+    pub base_version: Version,
+    /// Its value; `Nil` is a delete (a tombstone).
+    pub base: Value,
+    /// Fields set by deltas newer than the base, sorted by encoded key.
+    pub fields: Vec<Field>,
+}
+
+impl Entry {
+    /// An entry holding one set (or delete, if `value` is nil).
+    pub fn new(version: Version, value: Value) -> Self {
+        Entry { base_version: version, base: value, fields: Vec::new() }
+    }
+
+    /// Whether the entry is a tombstone (deleted, no newer delta).
+    pub fn is_tombstone(&self) -> bool {
+        self.base.is_nil() && self.fields.is_empty()
+    }
+
+    /// The newest version anywhere in the entry: the key's owner and
+    /// timestamp, as py2p's metadata reports them.
+    pub fn latest(&self) -> &Version {
+        self.fields.iter().map(|f| &f.version).fold(&self.base_version, |a, b| if b > a { b } else { a })
+    }
+
+    /// The value a reader sees: `None` for a tombstone; the base overlaid
+    /// with the delta fields otherwise. A delta over a value that is not a
+    /// map replaces it with a map of the delta fields.
+    pub fn value(&self) -> Option<Value> {
+        if self.fields.is_empty() {
+            return (!self.base.is_nil()).then(|| self.base.clone());
+        }
+        let mut map: Vec<(Value, Value)> = match &self.base {
+            Value::Map(m) => m.clone(),
+            _ => Vec::new(),
+        };
+        for f in &self.fields {
+            match map.iter_mut().find(|(k, _)| *k == f.key) {
+                Some(slot) => slot.1 = f.value.clone(),
+                None => map.push((f.key.clone(), f.value.clone())),
+            }
+        }
+        Some(Value::Map(map))
+    }
+
+    /// Applies a set (or a delete, `Nil`) with `version`. Returns whether
+    /// the entry changed.
+    pub fn apply_set(&mut self, version: &Version, value: &Value) -> bool {
+        if write_order((version, value), (&self.base_version, &self.base)) != Ordering::Greater {
+            return false;
+        }
+        self.base_version = version.clone();
+        self.base = value.clone();
+        let base = &self.base_version;
+        self.fields.retain(|f| f.version > *base);
+        true
+    }
+
+    /// Applies a delta's fields with `version`. Fields older than the base
+    /// (a later set replaced the whole value) or than the field's current
+    /// version are ignored. Returns whether anything changed.
+    pub fn apply_delta(&mut self, version: &Version, delta: &[(Value, Value)]) -> bool {
+        if *version <= self.base_version {
+            return false;
+        }
+        let mut changed = false;
+        for (k, v) in delta {
+            let ek = encode(k);
+            match self.fields.binary_search_by(|f| encode(&f.key).cmp(&ek)) {
+                Ok(i) => {
+                    let f = &mut self.fields[i];
+                    if write_order((version, v), (&f.version, &f.value)) == Ordering::Greater {
+                        f.version = version.clone();
+                        f.value = v.clone();
+                        changed = true;
+                    }
+                }
+                Err(i) => {
+                    self.fields.insert(i, Field { key: k.clone(), version: version.clone(), value: v.clone() });
+                    changed = true;
+                }
+            }
+        }
+        changed
+    }
+
+    /// Merges another replica's entry for the same key into this one.
+    pub fn merge(&mut self, other: &Entry) -> bool {
+        let mut changed = self.apply_set(&other.base_version, &other.base);
+        for f in &other.fields {
+            changed |= self.apply_delta(&f.version, &[(f.key.clone(), f.value.clone())]);
+        }
+        changed
+    }
+
+    /// A digest of the entry's versions (and values), for anti-entropy.
+    pub fn digest(&self, key: &[u8]) -> u64 {
+        let mut h = Sha256::new();
+        h.update((key.len() as u64).to_be_bytes());
+        h.update(key);
+        let mut put = |v: &Version, val: &Value| {
+            h.update(v.ts_ms.to_be_bytes());
+            h.update((v.owner.as_bytes().len() as u64).to_be_bytes());
+            h.update(v.owner.as_bytes());
+            h.update(encode(val));
+        };
+        put(&self.base_version, &self.base);
+        for f in &self.fields {
+            put(&f.version, &f.value);
+        }
+        let d = h.finalize();
+        u64::from_be_bytes([d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]])
+    }
+
+    /// The entry on the wire (rs2p anti-entropy):
+    /// `[key, [ts_ms, owner], base, [[field, ts_ms, owner, value], ...]]`.
+    pub fn to_wire(&self, key: &Bytes) -> Value {
+        Value::Array(vec![
+            Value::Binary(key.to_vec()),
+            Value::Array(vec![
+                Value::from(self.base_version.ts_ms),
+                Value::Binary(self.base_version.owner.as_bytes().to_vec()),
+            ]),
+            self.base.clone(),
+            Value::Array(
+                self.fields
+                    .iter()
+                    .map(|f| {
+                        Value::Array(vec![
+                            f.key.clone(),
+                            Value::from(f.version.ts_ms),
+                            Value::Binary(f.version.owner.as_bytes().to_vec()),
+                            f.value.clone(),
+                        ])
+                    })
+                    .collect(),
+            ),
+        ])
+    }
+
+    /// Parses [`Entry::to_wire`]; `None` if malformed.
+    pub fn from_wire(v: &Value) -> Option<(Bytes, Entry)> {
+        let a = v.as_array()?;
+        if a.len() != 4 {
+            return None;
+        }
+        let key = super::key_bytes(&a[0])?;
+        let bv = a[1].as_array()?;
+        if bv.len() != 2 {
+            return None;
+        }
+        // The base of an entry created by a delta is the zero version with
+        // an empty owner.
+        let base_owner = super::key_bytes(&bv[1]).filter(|b| b.len() <= crate::id::MAX_ID_LEN)?;
+        let base_version = Version::new(bv[0].as_u64()?, PeerId::from_bytes(base_owner));
+        let mut e = Entry::new(base_version, a[2].clone());
+        for f in a[3].as_array()? {
+            let f = f.as_array()?;
+            if f.len() != 4 {
+                return None;
+            }
+            let version = Version::new(f[1].as_u64()?, super::owner_of(&f[2])?);
+            // Through apply_delta so the invariants (sorted, newer than
+            // base) hold whatever the sender sent.
+            e.apply_delta(&version, &[(f[0].clone(), f[3].clone())]);
+        }
+        Some((key, e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(ts: u64, owner: &str) -> Version {
+        Version::new(ts, PeerId::from_bytes(owner.as_bytes().to_vec()))
+    }
+
+    #[test]
+    fn version_order_table() {
+        // (a, b, a > b)
+        let cases = [
+            (v(2000, "B"), v(1000, "A"), true),  // later wins
+            (v(1000, "A"), v(2000, "B"), false), // earlier loses
+            (v(1000, "A"), v(1000, "B"), true),  // tie: smaller owner wins (py2p)
+            (v(1000, "B"), v(1000, "A"), false),
+            (v(1000, "A"), v(1000, "A"), false), // equal
+            (v(1001, "Z"), v(1000, "A"), true),  // a millisecond beats any owner
+        ];
+        for (a, b, gt) in cases {
+            assert_eq!(a > b, gt, "{a:?} vs {b:?}");
+        }
+        // Same version, different values: ordered by value bytes.
+        let x = Value::from("x");
+        let y = Value::from("y");
+        assert_eq!(write_order((&v(1, "A"), &y), (&v(1, "A"), &x)), Ordering::Greater);
+        assert_eq!(write_order((&v(1, "A"), &x), (&v(1, "A"), &x)), Ordering::Equal);
+    }
+
+    #[test]
+    fn set_delete_and_delta_rules() {
+        let mut e = Entry::new(v(1000, "A"), Value::from("one"));
+        assert!(!e.apply_set(&v(900, "B"), &Value::from("older")), "older set ignored");
+        assert!(e.apply_set(&v(2000, "B"), &Value::Nil), "newer delete applies");
+        assert!(e.is_tombstone());
+        assert_eq!(e.value(), None);
+        assert!(!e.apply_set(&v(1500, "A"), &Value::from("resurrect")), "tombstone blocks older writes");
+        // A delta newer than the delete creates a map.
+        assert!(e.apply_delta(&v(3000, "C"), &[(Value::from("a"), Value::from(1))]));
+        assert_eq!(e.value(), Some(Value::Map(vec![(Value::from("a"), Value::from(1))])));
+        // An older delta on the same field loses; a newer one wins.
+        assert!(!e.apply_delta(&v(2500, "D"), &[(Value::from("a"), Value::from(9))]));
+        assert!(e.apply_delta(&v(3500, "D"), &[(Value::from("a"), Value::from(2)), (Value::from("b"), Value::from(3))]));
+        assert_eq!(e.latest(), &v(3500, "D"));
+        // A set newer than the deltas replaces everything.
+        assert!(e.apply_set(&v(4000, "A"), &Value::Map(vec![(Value::from("z"), Value::Nil)])));
+        assert!(e.fields.is_empty());
+        // A delta over a non-map replaces it with a map.
+        let mut s = Entry::new(v(1, "A"), Value::from("text"));
+        s.apply_delta(&v(2, "A"), &[(Value::from("k"), Value::from(true))]);
+        assert_eq!(s.value(), Some(Value::Map(vec![(Value::from("k"), Value::Boolean(true))])));
+        // A delta older than the base is ignored.
+        assert!(!s.apply_delta(&v(1, "B"), &[(Value::from("q"), Value::Nil)]));
+    }
+
+    #[test]
+    fn wire_round_trip() {
+        let mut e = Entry::new(v(1000, "A"), Value::Map(vec![(Value::from("x"), Value::from(1))]));
+        e.apply_delta(&v(2000, "B"), &[(Value::from("y"), Value::Binary(vec![1]))]);
+        let key = Bytes::from_static(b"k");
+        let (k, back) = Entry::from_wire(&e.to_wire(&key)).unwrap();
+        assert_eq!(k, key);
+        assert_eq!(back, e);
+        assert_eq!(back.digest(&k), e.digest(&k));
+    }
+}
