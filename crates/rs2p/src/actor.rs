@@ -10,8 +10,11 @@ use std::collections::{HashMap, VecDeque};
 use std::panic::AssertUnwindSafe;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
 use rs2p_proto::id::{MsgId, PeerId};
 use rs2p_proto::mesh::{self, CloseReason, ConnId, DialId, Mesh, Output, PeerAddr, PeerInfo, ReplyRoute};
+use rs2p_proto::node::{self, Node};
+use rs2p_proto::sync::{self, Replica, WriteError};
 use rs2p_proto::wire::{subflag, Compression, Limits};
 use rs2p_proto::{Now, Value};
 use tokio::net::{TcpListener, TcpStream};
@@ -53,6 +56,18 @@ pub(crate) enum Command {
     Status { reply: oneshot::Sender<Status> },
     RegisterHandler { handler: Handler, reply: oneshot::Sender<()> },
     Shutdown { reply: oneshot::Sender<()> },
+    Sync(SyncCommand),
+}
+
+/// Requests on the replicated dictionary.
+pub(crate) enum SyncCommand {
+    Set { pairs: Vec<(Bytes, Value)>, reply: oneshot::Sender<Result<(), Error>> },
+    Delete { key: Bytes, reply: oneshot::Sender<Result<(), Error>> },
+    Delta { key: Bytes, delta: Vec<(Value, Value)>, reply: oneshot::Sender<Result<(), Error>> },
+    Get { key: Bytes, reply: oneshot::Sender<Option<(Value, PeerId, u64)>> },
+    Pop { key: Option<Bytes>, reply: oneshot::Sender<Result<(Bytes, Value), Error>> },
+    Items { reply: oneshot::Sender<Vec<(Bytes, Value, PeerId, u64)>> },
+    Len { reply: oneshot::Sender<usize> },
 }
 
 impl std::fmt::Debug for Command {
@@ -68,6 +83,7 @@ impl std::fmt::Debug for Command {
             Command::Status { .. } => "Status",
             Command::RegisterHandler { .. } => "RegisterHandler",
             Command::Shutdown { .. } => "Shutdown",
+            Command::Sync(_) => "Sync",
         })
     }
 }
@@ -91,7 +107,7 @@ impl Drop for ConnHandle {
 }
 
 pub(crate) struct Actor {
-    mesh: Mesh,
+    node: Node,
     settings: Settings,
     listener: TcpListener,
     cmd_rx: mpsc::Receiver<Command>,
@@ -116,6 +132,7 @@ impl Actor {
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         cfg: mesh::Config,
+        sync_cfg: Option<sync::Config>,
         seed: u64,
         listener: TcpListener,
         settings: Settings,
@@ -127,7 +144,11 @@ impl Actor {
         let (conn_tx, conn_rx) = mpsc::channel(crate::socket::INBOUND_CHANNEL_CAP);
         let (dial_tx, dial_rx) = mpsc::channel(DIAL_CHANNEL_CAP);
         Actor {
-            mesh: Mesh::new(cfg, seed),
+            node: {
+                let me = cfg.id.clone();
+                let replica = sync_cfg.map(|c| Replica::new(me, c, seed ^ 0x5157));
+                Node::new(Mesh::new(cfg, seed), replica)
+            },
             settings,
             listener,
             cmd_rx,
@@ -176,7 +197,7 @@ impl Actor {
                 },
                 _ = tick.tick() => {
                     let now = self.now();
-                    self.mesh.handle_tick(now);
+                    self.node.handle_tick(now);
                 }
                 Some(d) = self.dial_rx.recv() => self.on_dial(d),
                 Some(ev) = self.conn_rx.recv() => self.on_conn_event(ev),
@@ -189,7 +210,7 @@ impl Actor {
     fn on_command(&mut self, cmd: Command) {
         let now = self.now();
         match cmd {
-            Command::Connect { addr, expected, reply } => match self.mesh.connect(addr.clone(), expected) {
+            Command::Connect { addr, expected, reply } => match self.node.mesh.connect(addr.clone(), expected) {
                 Ok(dial) => {
                     self.pending_connects.insert(dial, (addr, reply));
                 }
@@ -198,32 +219,32 @@ impl Actor {
                 }
             },
             Command::Broadcast { subflag, packets, reply } => {
-                let _ = reply.send(self.mesh.broadcast(now, subflag, &packets));
+                let _ = reply.send(self.node.mesh.broadcast(now, subflag, &packets));
             }
             Command::Whisper { peer, packets, reply } => {
-                let r = self.mesh.whisper(now, &peer, subflag::WHISPER, &packets);
+                let r = self.node.mesh.whisper(now, &peer, subflag::WHISPER, &packets);
                 let _ = reply.send(r.map_err(Into::into));
             }
             Command::Reply { to, packets, reply } => {
-                let _ = reply.send(self.mesh.reply(now, &to, &packets).map_err(Into::into));
+                let _ = reply.send(self.node.mesh.reply(now, &to, &packets).map_err(Into::into));
             }
             Command::RequestPeers { reply } => {
-                self.mesh.request_peers(now);
+                self.node.mesh.request_peers(now);
                 let _ = reply.send(());
             }
             Command::Disconnect { peer, reply } => {
-                let _ = reply.send(self.mesh.disconnect(&peer).map_err(Into::into));
+                let _ = reply.send(self.node.mesh.disconnect(&peer).map_err(Into::into));
             }
             Command::Peers { reply } => {
-                let _ = reply.send(self.mesh.peers());
+                let _ = reply.send(self.node.mesh.peers());
             }
             Command::Status { reply } => {
                 let _ = reply.send(Status {
                     nominal: self.recent_errors.is_empty(),
                     recent_errors: self.recent_errors.iter().cloned().collect(),
-                    stats: self.mesh.stats(),
-                    peers: self.mesh.peers().len(),
-                    connections: self.mesh.connection_count(),
+                    stats: self.node.mesh.stats(),
+                    peers: self.node.mesh.peers().len(),
+                    connections: self.node.mesh.connection_count(),
                     dropped_messages: self.dropped_messages,
                     slow_peers: self.slow_peers,
                 });
@@ -233,6 +254,66 @@ impl Actor {
                 let _ = reply.send(());
             }
             Command::Shutdown { .. } => unreachable!("handled in run"),
+            Command::Sync(cmd) => self.on_sync(now, cmd),
+        }
+    }
+
+    fn on_sync(&mut self, now: Now, cmd: SyncCommand) {
+        fn write_err(e: WriteError) -> Error {
+            match e {
+                WriteError::Leased { owner, until } => Error::Leased { owner, until },
+                WriteError::NotFound => Error::KeyNotFound,
+                WriteError::NotAMap => Error::NotAMap,
+            }
+        }
+        let Some(replica) = self.node.sync.as_ref() else {
+            // Every reply channel below is dropped: callers see Error::Closed,
+            // but SyncSocket is only ever built with a replica.
+            return;
+        };
+        match cmd {
+            SyncCommand::Set { pairs, reply } => {
+                // py2p's update() stops at the first refused key; earlier
+                // keys stay written.
+                let mut result = Ok(());
+                for (key, value) in pairs {
+                    if let Err(e) = self.node.with_replica(now, |r, now| r.set(now, key, value)) {
+                        result = Err(write_err(e));
+                        break;
+                    }
+                }
+                let _ = reply.send(result);
+            }
+            SyncCommand::Delete { key, reply } => {
+                let _ = reply.send(self.node.with_replica(now, |r, now| r.delete(now, key)).map_err(write_err));
+            }
+            SyncCommand::Delta { key, delta, reply } => {
+                let r = self.node.with_replica(now, |r, now| r.apply_delta(now, key, delta));
+                let _ = reply.send(r.map_err(write_err));
+            }
+            SyncCommand::Get { key, reply } => {
+                let v = replica.get(&key).and_then(|v| replica.meta(&key).map(|(o, t)| (v, o, t)));
+                let _ = reply.send(v);
+            }
+            SyncCommand::Pop { key, reply } => {
+                let key = key.or_else(|| replica.items().next().map(|(k, _, _)| k.clone()));
+                let result = match key.and_then(|k: Bytes| replica.get(&k).map(|v| (k, v))) {
+                    None => Err(Error::KeyNotFound),
+                    Some((k, v)) => self
+                        .node
+                        .with_replica(now, |r, now| r.delete(now, k.clone()))
+                        .map(|()| (k, v))
+                        .map_err(write_err),
+                };
+                let _ = reply.send(result);
+            }
+            SyncCommand::Items { reply } => {
+                let items = replica.items().map(|(k, v, ver)| (k.clone(), v, ver.owner.clone(), ver.secs())).collect();
+                let _ = reply.send(items);
+            }
+            SyncCommand::Len { reply } => {
+                let _ = reply.send(replica.len());
+            }
         }
     }
 
@@ -241,13 +322,13 @@ impl Actor {
         match d.result {
             Ok(stream) => {
                 if self.conns.len() >= self.settings.max_connections {
-                    self.mesh.handle_dial_failed(now, d.dial, "connection limit reached".into());
+                    self.node.handle_dial_failed(now, d.dial, "connection limit reached".into());
                     return;
                 }
                 let conn = self.open(stream);
-                self.mesh.handle_dialed(now, d.dial, conn);
+                self.node.handle_dialed(now, d.dial, conn);
             }
-            Err(e) => self.mesh.handle_dial_failed(now, d.dial, e),
+            Err(e) => self.node.handle_dial_failed(now, d.dial, e),
         }
     }
 
@@ -256,7 +337,7 @@ impl Actor {
         match ev {
             ConnEvent::Packets(conn, batch) => {
                 for p in batch {
-                    self.mesh.handle_packet(now, conn, p);
+                    self.node.handle_packet(now, conn, p);
                 }
             }
             ConnEvent::Closed(conn, reason) => {
@@ -264,7 +345,7 @@ impl Actor {
                     if matches!(reason, CloseReason::Decode(_) | CloseReason::Stalled) {
                         self.note_error(format!("connection {}: {reason}", conn.0));
                     }
-                    self.mesh.handle_closed(now, conn, reason);
+                    self.node.handle_closed(now, conn, reason);
                 }
             }
         }
@@ -279,7 +360,7 @@ impl Actor {
                 }
                 let conn = self.open(stream);
                 let now = self.now();
-                self.mesh.handle_incoming(now, conn);
+                self.node.handle_incoming(now, conn);
             }
             Err(e) => {
                 // Typically out of file descriptors: back off instead of spinning.
@@ -323,7 +404,19 @@ impl Actor {
     }
 
     async fn flush(&mut self) {
-        while let Some(o) = self.mesh.poll_output() {
+        while let Some(o) = self.node.poll_output() {
+            let o = match o {
+                node::Output::Mesh(o) => o,
+                node::Output::Sync(e) => {
+                    let _ = self.events.send(match e {
+                        sync::Event::Update { key, value, owner, timestamp } => {
+                            Event::Update { key, value, owner, timestamp }
+                        }
+                        sync::Event::Delete { key } => Event::Delete { key },
+                    });
+                    continue;
+                }
+            };
             match o {
                 Output::Send { conn, frame } => self.queue_for_writer(conn, WriterCmd::Frame(frame)).await,
                 Output::Configure { conn, codec } => self.queue_for_writer(conn, WriterCmd::Codec(codec)).await,
@@ -356,7 +449,7 @@ impl Actor {
                     tracing::warn!(conn = conn.0, "disconnecting slow peer");
                     self.close(conn);
                     let now = self.now();
-                    self.mesh.handle_closed(now, conn, CloseReason::SlowPeer);
+                    self.node.handle_closed(now, conn, CloseReason::SlowPeer);
                 }
             }
         }
@@ -428,7 +521,7 @@ impl Actor {
     }
 
     async fn shutdown(&mut self) {
-        self.mesh.shutdown();
+        self.node.mesh.shutdown();
         self.flush().await;
         let handles: Vec<ConnHandle> = self.conns.drain().map(|(_, h)| h).collect();
         let mut writers = Vec::new();

@@ -37,6 +37,20 @@ pub enum Error {
     /// Too many routed replies are waiting for routes.
     #[error("too many replies waiting for a route")]
     TooManyPending,
+    /// Another node holds this key's lease (py2p's one-hour lease).
+    #[error("key is leased to {owner} until UNIX time {until}")]
+    Leased {
+        /// The lease holder.
+        owner: PeerId,
+        /// When the lease ends, in UNIX seconds.
+        until: u64,
+    },
+    /// The key holds no value.
+    #[error("no such key")]
+    KeyNotFound,
+    /// A delta was applied to a key whose value is not a map.
+    #[error("cannot apply a delta to a value that is not a map")]
+    NotAMap,
     /// A message's packets could not be decoded.
     #[error(transparent)]
     Decode(#[from] rs2p_proto::wire::DecodeError),

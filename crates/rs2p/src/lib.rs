@@ -43,6 +43,7 @@ mod error;
 #[cfg(feature = "json")]
 pub mod json;
 mod socket;
+mod sync_socket;
 
 pub use error::Error;
 pub use rs2p_proto as proto;
@@ -55,3 +56,4 @@ pub use socket::{
     DEFAULT_DIAL_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_RECV_QUEUE_CAP, DEFAULT_SEND_QUEUE_CAP,
     DEFAULT_SLOW_PEER_TIMEOUT, DEFAULT_STALL_TIMEOUT, EVENT_CHANNEL_CAP, INBOUND_CHANNEL_CAP,
 };
+pub use sync_socket::{SyncBuilder, SyncSocket};

@@ -63,6 +63,7 @@ pub struct Builder {
     handshake_timeout: Duration,
     maintain_outgoing: bool,
     seed: Option<u64>,
+    pub(crate) sync: Option<rs2p_proto::sync::Config>,
 }
 
 impl Default for Builder {
@@ -83,6 +84,7 @@ impl Default for Builder {
             handshake_timeout: Duration::from_secs(10),
             maintain_outgoing: true,
             seed: None,
+            sync: None,
         }
     }
 }
@@ -224,6 +226,7 @@ impl Builder {
         let (inbox_tx, inbox_rx) = mpsc::channel(self.recv_queue_cap);
         let actor = Actor::new(
             cfg,
+            self.sync,
             self.seed.unwrap_or_else(rand::random),
             listener,
             crate::actor::Settings {
@@ -525,6 +528,13 @@ pub struct Message {
     pub(crate) socket: mpsc::WeakSender<Command>,
 }
 
+impl MeshSocket {
+    /// Sends a command and awaits its reply (for the sync handle).
+    pub(crate) async fn request<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, Error> {
+        self.call(make).await
+    }
+}
+
 impl std::fmt::Debug for Message {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Message")
@@ -631,6 +641,23 @@ pub enum Event {
     Message(Message),
     /// This subscriber fell behind and missed this many events.
     Lagged(u64),
+    /// A key of the synced dictionary changed ([`crate::SyncSocket`] only;
+    /// py2p's `update` event).
+    Update {
+        /// The key.
+        key: bytes::Bytes,
+        /// Its new value.
+        value: Value,
+        /// The node that wrote (the newest part of) it.
+        owner: PeerId,
+        /// When, in UNIX seconds.
+        timestamp: u64,
+    },
+    /// A key of the synced dictionary was deleted (py2p's `delete` event).
+    Delete {
+        /// The key.
+        key: bytes::Bytes,
+    },
 }
 
 /// A subscription to a node's [`Event`]s.
