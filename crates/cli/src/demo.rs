@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
-use rs2p::{MeshSocket, PeerId, Value};
+use rs2p::{MeshSocket, PeerId, SyncSocket, Value};
 
 /// Options of `rs2p demo`.
 #[derive(Debug, clap::Args)]
@@ -26,6 +26,9 @@ pub struct DemoArgs {
     /// Seconds to wait for the mesh to form and for deliveries.
     #[arg(long, default_value_t = 30)]
     pub timeout: u64,
+    /// Keys each writer sets in the synced-dictionary part.
+    #[arg(long, default_value_t = 1000)]
+    pub keys: usize,
 }
 
 #[derive(Default)]
@@ -58,7 +61,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
 
     // 1. Formation: every node joins through one random earlier node, all at
     // the same moment; peer exchange must do the rest.
-    println!("[1/3] forming the mesh: each node joins through one random earlier node...");
+    println!("[1/4] forming the mesh: each node joins through one random earlier node...");
     let t0 = Instant::now();
     let mut seed = 0x5eed_u64;
     let mut joins = Vec::new();
@@ -124,7 +127,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     let expected_per_node = |i: usize| senders * args.messages - if i < senders { args.messages } else { 0 };
     let expected: usize = (0..nodes.len()).map(expected_per_node).sum();
     println!(
-        "[2/3] flooding {} broadcasts from {} nodes ({} deliveries expected)...",
+        "[2/4] flooding {} broadcasts from {} nodes ({} deliveries expected)...",
         senders * args.messages,
         senders,
         expected
@@ -162,7 +165,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     let flood_time = flood_start.elapsed();
 
     // 3. Report.
-    println!("[3/3] report");
+    println!("[3/4] report");
     println!("      node  id            peers  received  expected");
     let mut all_lat = Vec::new();
     let mut repeats = 0;
@@ -197,11 +200,89 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     for n in &nodes {
         n.close().await.ok();
     }
-    if delivered == expected && repeats == 0 {
+    let mesh_ok = delivered == expected && repeats == 0;
+    let sync_ok = sync_part(&args, senders).await?;
+    if mesh_ok && sync_ok {
         println!("      verdict: healthy");
         Ok(())
     } else {
-        bail!("unhealthy network: {delivered}/{expected} delivered, {repeats} repeats")
+        bail!("unhealthy network: {delivered}/{expected} delivered, {repeats} repeats, dictionary agreed: {sync_ok}")
+    }
+}
+
+/// The synced dictionary: writes from several nodes, time until every
+/// replica holds the same dictionary.
+async fn sync_part(args: &DemoArgs, writers: usize) -> Result<bool> {
+    println!(
+        "[4/4] synced dictionary: {} nodes, {} writers x {} keys, plus one shared key written by all...",
+        args.nodes, writers, args.keys
+    );
+    let mut nodes: Vec<SyncSocket> = Vec::with_capacity(args.nodes);
+    let mut seed = 0xd1c7_u64;
+    for i in 0..args.nodes {
+        let n = SyncSocket::builder().leasing(false).spawn().await?;
+        if i > 0 {
+            n.connect(nodes[pick(&mut seed, i)].out_addr().clone()).await?;
+        }
+        nodes.push(n);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for (w, node) in nodes.iter().take(writers).enumerate() {
+        let n = node.clone();
+        let keys = args.keys;
+        tasks.push(tokio::spawn(async move {
+            for k in 0..keys {
+                n.set(format!("w{w}/k{k}"), Value::from(k as u64)).await?;
+            }
+            n.set("shared", Value::from(format!("writer {w}"))).await?;
+            Ok::<_, rs2p::Error>(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let written = start.elapsed();
+    let total = writers * args.keys + 1;
+    let deadline = start + Duration::from_secs(args.timeout);
+    let agreed = loop {
+        let mut lens = Vec::new();
+        for n in &nodes {
+            lens.push(n.len().await?);
+        }
+        if lens.iter().all(|&l| l == total) {
+            let first = nodes[0].copy().await?;
+            let mut same = true;
+            for n in &nodes[1..] {
+                same &= n.copy().await? == first;
+            }
+            if same {
+                break Some(start.elapsed());
+            }
+        }
+        if Instant::now() > deadline {
+            break None;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    };
+    let shared = nodes[0].get("shared").await?.map(|v| v.to_string()).unwrap_or_default();
+    for n in &nodes {
+        n.close().await.ok();
+    }
+    match agreed {
+        Some(t) => {
+            println!(
+                "      {total} keys written in {:.1} ms; every replica identical after {:.1} ms (shared = {shared})",
+                written.as_secs_f64() * 1e3,
+                t.as_secs_f64() * 1e3
+            );
+            Ok(true)
+        }
+        None => {
+            println!("      replicas did not agree within {} s", args.timeout);
+            Ok(false)
+        }
     }
 }
 

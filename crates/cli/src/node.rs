@@ -2,7 +2,7 @@
 //! readable line interface (for people).
 
 use anyhow::{Context, Result};
-use rs2p::{Event, MeshSocket, Message, PeerAddr, PeerId, Value};
+use rs2p::{Event, MeshSocket, Message, PeerAddr, PeerId, SyncSocket, Value};
 use serde_json::{json, Value as Json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::mpsc;
@@ -21,9 +21,17 @@ pub struct NodeArgs {
     /// Node to connect to at start (repeatable).
     #[arg(long, value_name = "HOST:PORT")]
     pub connect: Vec<PeerAddr>,
-    /// Subnet name; nodes on other subnets are refused.
-    #[arg(long, default_value = "mesh")]
-    pub subnet: String,
+    /// Subnet name; nodes on other subnets are refused. Default `mesh`, or
+    /// `sync` with --sync (the network's subnet is then NAME + "1", or
+    /// NAME + "0" with --no-leasing, as in py2p).
+    #[arg(long)]
+    pub subnet: Option<String>,
+    /// Hold a replica of the network's synced dictionary (py2p SyncSocket).
+    #[arg(long)]
+    pub sync: bool,
+    /// Sync without py2p's one-hour leases (only with --sync).
+    #[arg(long, requires = "sync")]
+    pub no_leasing: bool,
     /// Address other nodes should dial to reach this one.
     #[arg(long, value_name = "HOST:PORT")]
     pub out_addr: Option<PeerAddr>,
@@ -34,17 +42,50 @@ pub struct NodeArgs {
 const STDOUT_QUEUE_CAP: usize = 4096;
 
 pub async fn run(args: NodeArgs) -> Result<()> {
-    let mut b = MeshSocket::builder()
-        .bind(args.bind.clone())
-        .protocol(rs2p::Protocol::new(args.subnet.clone(), rs2p::Encryption::Plaintext));
-    if let Some(a) = args.out_addr.clone() {
-        b = b.out_addr(a);
-    }
-    let node = b.spawn().await.with_context(|| format!("starting node on {}", args.bind))?;
-    if args.json {
-        run_json(node, args.connect).await
+    let (node, sync) = if args.sync {
+        let mut b = SyncSocket::builder()
+            .subnet(args.subnet.clone().unwrap_or_else(|| "sync".into()))
+            .leasing(!args.no_leasing)
+            .bind(args.bind.clone());
+        if let Some(a) = args.out_addr.clone() {
+            b = b.mesh(|m| m.out_addr(a));
+        }
+        let s = b.spawn().await.with_context(|| format!("starting node on {}", args.bind))?;
+        (s.mesh().clone(), Some(s))
     } else {
-        run_human(node, args.connect).await
+        let mut b = MeshSocket::builder().bind(args.bind.clone()).protocol(rs2p::Protocol::new(
+            args.subnet.clone().unwrap_or_else(|| "mesh".into()),
+            rs2p::Encryption::Plaintext,
+        ));
+        if let Some(a) = args.out_addr.clone() {
+            b = b.out_addr(a);
+        }
+        (b.spawn().await.with_context(|| format!("starting node on {}", args.bind))?, None)
+    };
+    if args.json {
+        run_json(node, sync, args.connect).await
+    } else {
+        run_human(node, sync, args.connect).await
+    }
+}
+
+/// A key as JSON: a string when it is UTF-8, `{"$bytes": ...}` otherwise.
+fn key_json(k: &[u8]) -> Json {
+    match std::str::from_utf8(k) {
+        Ok(s) => Json::String(s.to_string()),
+        Err(_) => to_json(&Value::Binary(k.to_vec())),
+    }
+}
+
+/// A key from JSON: a string (its UTF-8 bytes) or `{"$bytes": ...}`.
+fn key_from_json(j: Option<&Json>) -> Result<Vec<u8>, String> {
+    match j {
+        Some(Json::String(s)) => Ok(s.as_bytes().to_vec()),
+        Some(j @ Json::Object(_)) => match from_json(j)? {
+            Value::Binary(b) => Ok(b),
+            _ => Err("a key is a string or {\"$bytes\": ...}".into()),
+        },
+        _ => Err("\"key\" (a string or {\"$bytes\": ...}) is required".into()),
     }
 }
 
@@ -144,6 +185,16 @@ fn spawn_forwarders(node: &MeshSocket, out: mpsc::Sender<String>, json: bool) {
                     format!("* connection {}failed: {reason}", addr.map(|a| format!("to {a} ")).unwrap_or_default())
                 }
                 (Event::Lagged(n), false) => format!("* missed {n} events"),
+                (Event::Update { key, value, owner, timestamp }, true) => json!({
+                    "event": "update", "key": key_json(&key), "value": to_json(&value),
+                    "owner": owner.to_string(), "timestamp": timestamp,
+                })
+                .to_string(),
+                (Event::Delete { key }, true) => json!({"event": "delete", "key": key_json(&key)}).to_string(),
+                (Event::Update { key, value, owner, .. }, false) => {
+                    format!("* {} = {} (by {})", key_json(&key), to_json(&value), short(&owner))
+                }
+                (Event::Delete { key }, false) => format!("* {} deleted", key_json(&key)),
                 _ => continue,
             };
             if out.send(line).await.is_err() {
@@ -157,7 +208,7 @@ fn short(id: &PeerId) -> String {
     id.to_string().chars().take(12).collect()
 }
 
-async fn run_json(node: MeshSocket, connect: Vec<PeerAddr>) -> Result<()> {
+async fn run_json(node: MeshSocket, sync: Option<SyncSocket>, connect: Vec<PeerAddr>) -> Result<()> {
     let out = spawn_stdout();
     out.send(json!({"event": "ready", "id": node.id().to_string(), "addr": node.out_addr().to_string()}).to_string())
         .await?;
@@ -182,10 +233,17 @@ async fn run_json(node: MeshSocket, connect: Vec<PeerAddr>) -> Result<()> {
             }
         };
         let name = cmd.get("cmd").and_then(Json::as_str).unwrap_or("").to_string();
-        match handle_json(&node, &cmd, &name, &out).await {
+        match handle_json(&node, sync.as_ref(), &cmd, &name, &out).await {
             Ok(true) => break,
             Ok(false) => {}
-            Err(e) => out.send(error_json(&name, e)).await?,
+            Err(e) => {
+                let mut ev = json!({"event": "error", "cmd": name, "message": e});
+                if let Some(k) = cmd.get("key").filter(|_| matches!(name.as_str(), "set" | "delete" | "delta" | "get"))
+                {
+                    ev["key"] = k.clone();
+                }
+                out.send(ev.to_string()).await?
+            }
         }
     }
     node.close().await.ok();
@@ -213,7 +271,17 @@ fn packets_of(cmd: &Json) -> Result<Vec<Value>, String> {
 }
 
 /// Runs one JSON command; `Ok(true)` means quit.
-async fn handle_json(node: &MeshSocket, cmd: &Json, name: &str, out: &mpsc::Sender<String>) -> Result<bool, String> {
+async fn handle_json(
+    node: &MeshSocket,
+    sync: Option<&SyncSocket>,
+    cmd: &Json,
+    name: &str,
+    out: &mpsc::Sender<String>,
+) -> Result<bool, String> {
+    if matches!(name, "set" | "get" | "delete" | "delta" | "dump") {
+        let s = sync.ok_or_else(|| format!("{name:?} needs a node started with --sync"))?;
+        return handle_sync(s, cmd, name, out).await.map(|()| false);
+    }
     match name {
         "connect" => {
             let addr = cmd.get("addr").and_then(Json::as_str).ok_or("\"addr\" (HOST:PORT) is required")?;
@@ -239,15 +307,58 @@ async fn handle_json(node: &MeshSocket, cmd: &Json, name: &str, out: &mpsc::Send
     Ok(false)
 }
 
+async fn handle_sync(s: &SyncSocket, cmd: &Json, name: &str, out: &mpsc::Sender<String>) -> Result<(), String> {
+    let err = |e: rs2p::Error| e.to_string();
+    if name == "dump" {
+        let entries: Vec<Json> = s
+            .entries()
+            .await
+            .map_err(err)?
+            .into_iter()
+            .map(|(k, v, owner, ts)| {
+                json!({"key": key_json(&k), "value": to_json(&v), "owner": owner.to_string(), "timestamp": ts})
+            })
+            .collect();
+        let _ = out.send(json!({"event": "dump", "entries": entries}).to_string()).await;
+        return Ok(());
+    }
+    let key = key_from_json(cmd.get("key"))?;
+    match name {
+        "set" => {
+            let value = from_json(cmd.get("value").ok_or("\"value\" is required")?)?;
+            s.set(&key, value).await.map_err(err)?;
+        }
+        "get" => {
+            let v = s.get(&key).await.map_err(err)?;
+            let ev = json!({
+                "event": "value", "key": cmd["key"], "found": v.is_some(),
+                "value": v.as_ref().map(to_json).unwrap_or(Json::Null),
+            });
+            let _ = out.send(ev.to_string()).await;
+        }
+        "delete" => s.delete(&key).await.map_err(err)?,
+        "delta" => match from_json(cmd.get("delta").ok_or("\"delta\" (an object) is required")?)? {
+            Value::Map(m) => s.apply_delta(&key, m).await.map_err(err)?,
+            _ => return Err("\"delta\" must be an object".into()),
+        },
+        _ => unreachable!("dispatched above"),
+    }
+    Ok(())
+}
+
 const HELP: &str = "commands:
   connect HOST:PORT       connect to a node
   broadcast TEXT...       send TEXT to the whole network
   whisper ID TEXT...      send TEXT to one connected peer (ID prefix is enough)
   peers                   list connected peers
   status                  health and counters
+  set KEY VALUE           (--sync) set a key; VALUE is JSON if it parses, else text
+  get KEY                 (--sync) read a key
+  del KEY                 (--sync) delete a key
+  dump                    (--sync) list every key
   quit                    leave the network";
 
-async fn run_human(node: MeshSocket, connect: Vec<PeerAddr>) -> Result<()> {
+async fn run_human(node: MeshSocket, sync: Option<SyncSocket>, connect: Vec<PeerAddr>) -> Result<()> {
     let out = spawn_stdout();
     out.send(format!(
         "rs2p node {}\nlistening on {} (subnet {}); type 'help' for commands",
@@ -321,6 +432,10 @@ async fn run_human(node: MeshSocket, connect: Vec<PeerAddr>) -> Result<()> {
                 ),
                 Err(e) => format!("! {e}"),
             },
+            "set" | "get" | "del" | "dump" => match &sync {
+                None => "! dictionary commands need --sync".to_string(),
+                Some(s) => human_sync(s, word, rest.trim()).await,
+            },
             other => format!("! unknown command {other:?}; type 'help'"),
         };
         out.send(reply).await?;
@@ -340,4 +455,33 @@ fn spawn_connect_human(node: &MeshSocket, addr: PeerAddr, out: mpsc::Sender<Stri
         };
         let _ = out.send(line).await;
     });
+}
+
+async fn human_sync(s: &SyncSocket, word: &str, rest: &str) -> String {
+    let (key, value) = rest.split_once(' ').unwrap_or((rest, ""));
+    let r = match word {
+        "set" => {
+            let v = serde_json::from_str::<Json>(value)
+                .ok()
+                .and_then(|j| from_json(&j).ok())
+                .unwrap_or_else(|| Value::from(value));
+            s.set(key, v).await.map(|()| "ok".to_string())
+        }
+        "get" => s.get(key).await.map(|v| match v {
+            Some(v) => to_json(&v).to_string(),
+            None => "(no such key)".to_string(),
+        }),
+        "del" => s.delete(key).await.map(|()| "ok".to_string()),
+        _ => s.entries().await.map(|e| {
+            if e.is_empty() {
+                "(empty)".to_string()
+            } else {
+                e.iter()
+                    .map(|(k, v, o, _)| format!("  {} = {}  (by {})", key_json(k), to_json(v), short(o)))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            }
+        }),
+    };
+    r.unwrap_or_else(|e| format!("! {e}"))
 }

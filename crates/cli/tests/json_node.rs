@@ -137,3 +137,58 @@ async fn json_lines_contract() {
     a.quit().await;
     c.quit().await;
 }
+
+#[tokio::test]
+async fn json_lines_sync_contract() {
+    let mut a = Node::spawn(&["--sync"]).await;
+    let mut b = Node::spawn(&["--sync", "--connect", &a.addr]).await;
+    b.expect(|j| j["event"] == "peer_up").await;
+    a.expect(|j| j["event"] == "peer_up").await;
+
+    a.cmd(json!({"cmd": "set", "key": "k", "value": {"x": [1, {"$bytes": "AQ=="}]}})).await;
+    let u = b.expect(|j| j["event"] == "update").await;
+    assert_eq!(u["key"], json!("k"));
+    assert_eq!(u["value"], json!({"x": [1, {"$bytes": "AQ=="}]}));
+    assert_eq!(u["owner"], json!(a.id));
+    assert!(u["timestamp"].as_u64().unwrap() > 1_600_000_000);
+
+    // A binary key that is not UTF-8 stays {"$bytes"}.
+    a.cmd(json!({"cmd": "set", "key": {"$bytes": "/w=="}, "value": 1})).await;
+    let u = b.expect(|j| j["event"] == "update" && j["key"] != json!("k")).await;
+    assert_eq!(u["key"], json!({"$bytes": "/w=="}));
+
+    b.cmd(json!({"cmd": "get", "key": "k"})).await;
+    let v = b.expect(|j| j["event"] == "value").await;
+    assert_eq!((v["found"].clone(), v["value"].clone()), (json!(true), json!({"x": [1, {"$bytes": "AQ=="}]})));
+    b.cmd(json!({"cmd": "get", "key": "nope"})).await;
+    let v = b.expect(|j| j["event"] == "value").await;
+    assert_eq!(v["found"], json!(false));
+
+    // b may not overwrite a's key: an error naming the key and the owner.
+    b.cmd(json!({"cmd": "set", "key": "k", "value": 2})).await;
+    let e = b.expect(|j| j["event"] == "error").await;
+    assert_eq!((e["cmd"].clone(), e["key"].clone()), (json!("set"), json!("k")));
+    assert!(e["message"].as_str().unwrap().contains(&a.id), "{e}");
+
+    b.cmd(json!({"cmd": "delta", "key": "d", "delta": {"f": 1}})).await;
+    let u = a.expect(|j| j["event"] == "update" && j["key"] == json!("d")).await;
+    assert_eq!(u["value"], json!({"f": 1}));
+    a.cmd(json!({"cmd": "delete", "key": "k"})).await;
+    let d = b.expect(|j| j["event"] == "delete").await;
+    assert_eq!(d["key"], json!("k"));
+
+    b.cmd(json!({"cmd": "dump"})).await;
+    let dump = b.expect(|j| j["event"] == "dump").await;
+    let entries = dump["entries"].as_array().unwrap();
+    assert_eq!(entries.len(), 2);
+    assert!(entries.iter().all(|e| e["owner"].is_string() && e["timestamp"].is_u64()));
+
+    // Dictionary commands without --sync are an error, not a crash.
+    let mut m = Node::spawn(&[]).await;
+    m.cmd(json!({"cmd": "set", "key": "k", "value": 1})).await;
+    let e = m.expect(|j| j["event"] == "error").await;
+    assert!(e["message"].as_str().unwrap().contains("--sync"));
+    for n in [a, b, m] {
+        n.quit().await;
+    }
+}

@@ -21,6 +21,36 @@
 //! # Ok(()) }
 //! ```
 //!
+//! # The synced dictionary
+//! A [`SyncSocket`] (py2p's `SyncSocket`) holds a replica of a dictionary
+//! shared by every node of its network: `set`, `get`, `delete`, `update`,
+//! `pop`, `apply_delta`, ... apply locally at once and flood to the others;
+//! [`Event::Update`] and [`Event::Delete`] report changes. It speaks py2p's
+//! sync messages, so py2p `SyncSocket`s share the same dictionary.
+//!
+//! **Consistency model.** Between rs2p nodes the dictionary is *strongly
+//! eventually consistent*: every write carries a version (millisecond
+//! hybrid clock, then owner id, then value bytes: a total order), deletes
+//! are kept as tombstones (24 h by default), deltas keep per-field
+//! versions, and anti-entropy (digest comparison on every new rs2p link and
+//! every 2 s with a random rs2p peer) repairs whatever a node missed. So:
+//! replicas that have exchanged the same writes are identical, whatever the
+//! order they arrived in; after a partition heals every rs2p replica
+//! converges; and a write acknowledged by `set` is never lost while any
+//! node holding it stays in the network. Reads are local and may lag.
+//! Leases are checked where a write is made, so during a partition two
+//! sides may both take a free key; the version order picks the same winner
+//! everywhere after the heal. A node cut off for longer than the tombstone
+//! lifetime may bring back a key deleted meanwhile.
+//!
+//! py2p nodes in the network keep py2p's weaker rules: they see our writes
+//! as ordinary second-resolution stores, apply py2p's lease check, forget
+//! deletes, and are repaired only by py2p's per-key state transfer when a
+//! connection opens (rs2p sends it to py2p peers). They can disagree with
+//! the rs2p replicas after concurrent writes or a partition. rs2p applies
+//! py2p's lease rule to writes that come from py2p nodes. The full protocol
+//! is described in [`proto::sync`].
+//!
 //! # Layout
 //! - `rs2p-proto` (re-exported as [`proto`]): the pure core, the wire format
 //!   and the mesh state machine, with no I/O.

@@ -14,7 +14,7 @@ use serde_json::{json, Value as Json};
 /// One node of a mixed network.
 enum N {
     Rs(SyncSocket),
-    Py(Py2p),
+    Py(Box<Py2p>),
 }
 
 impl N {
@@ -32,7 +32,7 @@ impl N {
             if !leasing {
                 flags.push("--no-leasing");
             }
-            N::Py(Py2p::spawn(&flags).await)
+            N::Py(Box::new(Py2p::spawn(&flags).await))
         }
     }
 

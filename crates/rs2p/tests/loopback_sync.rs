@@ -51,7 +51,7 @@ async fn dictionary_api_and_events() {
     assert!(matches!(a.apply_delta("str", vec![]).await, Err(Error::NotAMap)));
     // Events arrived for each key.
     let mut updates = 0;
-    while let Some(Some(e)) = tokio::time::timeout(Duration::from_millis(200), events.recv()).await.ok() {
+    while let Ok(Some(e)) = tokio::time::timeout(Duration::from_millis(200), events.recv()).await {
         if matches!(e, Event::Update { .. }) {
             updates += 1;
         }
@@ -71,7 +71,7 @@ async fn dictionary_api_and_events() {
     assert_eq!(a.values().await.unwrap().len(), 2);
     assert_eq!(a.copy().await.unwrap().len(), 2);
     let mut saw_delete = false;
-    while let Some(Some(e)) = tokio::time::timeout(Duration::from_millis(200), events.recv()).await.ok() {
+    while let Ok(Some(e)) = tokio::time::timeout(Duration::from_millis(200), events.recv()).await {
         saw_delete |= matches!(e, Event::Delete { .. });
     }
     assert!(saw_delete);

@@ -158,7 +158,7 @@ fn op() -> impl Strategy<Value = Op> {
 fn frame_of(op: &Op) -> Packet {
     let owners = ["A", "B", "C"];
     let (sub, key, ts, owner, payload) = match op {
-        Op::Set(k, t, o, v) => (subflag::STORE, *k, *t, *o, v.map(|v| Value::from(v)).unwrap_or(Value::Nil)),
+        Op::Set(k, t, o, v) => (subflag::STORE, *k, *t, *o, v.map(Value::from).unwrap_or(Value::Nil)),
         Op::Delta(k, t, o, f, v) => {
             (subflag::DELTA, *k, *t, *o, Value::Map(vec![(Value::from(format!("f{f}")), Value::from(*v))]))
         }
