@@ -6,4 +6,6 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 ./scripts/setup-py2p.sh
 export RS2P_PY2P_PYTHON="$root/.venv-py2p/bin/python"
+rm -f target/sync-simulation-report.txt
 cargo test --workspace --release "$@"
+if [ -f target/sync-simulation-report.txt ]; then cat target/sync-simulation-report.txt; fi

@@ -343,10 +343,14 @@ fn simulated_networks_converge_without_losing_acknowledged_writes() {
         refused += r;
     }
     assert!(refused > 0, "some leased writes were refused");
-    eprintln!(
+    let report = format!(
         "sync simulation: {seeds} seeds (3-8 nodes, shuffled delivery, link loss, partitions), \
-         {acked} acknowledged writes, {refused} refused by leases: all replicas identical, none lost"
+         {acked} acknowledged writes, {refused} refused by leases: all replicas identical, none lost\n"
     );
+    eprint!("{report}");
+    // The test command prints this file, since cargo hides passing tests' output.
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../target/sync-simulation-report.txt");
+    let _ = std::fs::write(path, report);
 }
 
 #[test]
