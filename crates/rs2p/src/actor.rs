@@ -38,6 +38,7 @@ pub(crate) struct Settings {
     pub(crate) limits: Limits,
     pub(crate) compression: Vec<Compression>,
     pub(crate) max_connections: usize,
+    pub(crate) max_pending: usize,
     pub(crate) send_queue_cap: usize,
     pub(crate) stall_timeout: Duration,
     pub(crate) slow_peer_timeout: Duration,
@@ -126,6 +127,7 @@ pub(crate) struct Actor {
     recent_errors: VecDeque<String>,
     dropped_messages: u64,
     slow_peers: u64,
+    refused: u64,
 }
 
 impl Actor {
@@ -167,6 +169,7 @@ impl Actor {
             recent_errors: VecDeque::new(),
             dropped_messages: 0,
             slow_peers: 0,
+            refused: 0,
         }
     }
 
@@ -247,6 +250,7 @@ impl Actor {
                     connections: self.node.mesh.connection_count(),
                     dropped_messages: self.dropped_messages,
                     slow_peers: self.slow_peers,
+                    refused_connections: self.refused,
                 });
             }
             Command::RegisterHandler { handler, reply } => {
@@ -355,7 +359,13 @@ impl Actor {
         match acc {
             Ok((stream, from)) => {
                 if self.conns.len() >= self.settings.max_connections {
-                    tracing::warn!(%from, "refusing connection: limit of {} reached", self.settings.max_connections);
+                    tracing::warn!(%from, "refusing connection: limit of {} connections reached", self.settings.max_connections);
+                    self.refused += 1;
+                    return;
+                }
+                if self.node.mesh.handshaking_count() >= self.settings.max_pending {
+                    tracing::warn!(%from, "refusing connection: {} connections still handshaking", self.settings.max_pending);
+                    self.refused += 1;
                     return;
                 }
                 let conn = self.open(stream);

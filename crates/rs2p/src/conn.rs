@@ -46,17 +46,19 @@ pub(crate) async fn read_loop<R: AsyncRead + Unpin>(
     to_actor: mpsc::Sender<ConnEvent>,
 ) {
     let mut dec = FrameDecoder::new(limits, &compression);
+    // When the current partial frame began: it must be complete within
+    // `stall` of its first byte, however slowly the bytes drip in.
+    let mut partial_since: Option<tokio::time::Instant> = None;
     let reason = loop {
         if dec.buffer().capacity() - dec.buffer().len() < 4096 {
             dec.buffer().reserve(16 * 1024);
         }
-        let read = if dec.has_partial() {
-            match tokio::time::timeout(stall, rd.read_buf(dec.buffer())).await {
+        let read = match partial_since {
+            Some(since) => match tokio::time::timeout_at(since + stall, rd.read_buf(dec.buffer())).await {
                 Ok(r) => r,
                 Err(_) => break CloseReason::Stalled,
-            }
-        } else {
-            rd.read_buf(dec.buffer()).await
+            },
+            None => rd.read_buf(dec.buffer()).await,
         };
         match read {
             Ok(0) => break CloseReason::Io("closed by peer".into()),
@@ -65,9 +67,11 @@ pub(crate) async fn read_loop<R: AsyncRead + Unpin>(
         }
         let mut batch = Vec::new();
         let mut failure = None;
+        let mut completed = false;
         loop {
             match dec.next_packet() {
                 Ok(Some(p)) => {
+                    completed = true;
                     batch.push(p);
                     if batch.len() >= MAX_READ_BATCH {
                         let full = std::mem::take(&mut batch);
@@ -83,6 +87,12 @@ pub(crate) async fn read_loop<R: AsyncRead + Unpin>(
                     break;
                 }
             }
+        }
+        if !dec.has_partial() {
+            partial_since = None;
+        } else if partial_since.is_none() || completed {
+            // A frame completed, so what is buffered now is a new frame.
+            partial_since = Some(tokio::time::Instant::now());
         }
         if !batch.is_empty() && to_actor.send(ConnEvent::Packets(conn, batch)).await.is_err() {
             return;

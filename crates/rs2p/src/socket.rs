@@ -32,6 +32,8 @@ pub const DEFAULT_RECV_QUEUE_CAP: usize = 65_536;
 pub const EVENT_CHANNEL_CAP: usize = 4096;
 /// Default most connections, handshaken or not.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
+/// Default most connections that have not completed their handshake.
+pub const DEFAULT_MAX_PENDING_HANDSHAKES: usize = 64;
 /// Default time a partial frame may stall before its connection closes
 /// (py2p's rule).
 pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(60);
@@ -55,6 +57,7 @@ pub struct Builder {
     compression: Vec<Compression>,
     limits: Limits,
     max_connections: usize,
+    max_pending: usize,
     send_queue_cap: usize,
     recv_queue_cap: usize,
     stall_timeout: Duration,
@@ -76,6 +79,7 @@ impl Default for Builder {
             compression: Compression::DEFAULT_PREFERENCE.to_vec(),
             limits: Limits::default(),
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_pending: DEFAULT_MAX_PENDING_HANDSHAKES,
             send_queue_cap: DEFAULT_SEND_QUEUE_CAP,
             recv_queue_cap: DEFAULT_RECV_QUEUE_CAP,
             stall_timeout: DEFAULT_STALL_TIMEOUT,
@@ -140,6 +144,14 @@ impl Builder {
         self
     }
 
+    /// Most connections still in their handshake; further incoming ones are
+    /// closed at accept (so silent connections cannot crowd out real
+    /// peers). Default [`DEFAULT_MAX_PENDING_HANDSHAKES`].
+    pub fn max_pending_handshakes(mut self, n: usize) -> Self {
+        self.max_pending = n;
+        self
+    }
+
     /// Frames queued per connection before the node waits for it. Default
     /// [`DEFAULT_SEND_QUEUE_CAP`].
     pub fn send_queue_capacity(mut self, n: usize) -> Self {
@@ -154,7 +166,9 @@ impl Builder {
         self
     }
 
-    /// How long a partial frame may stall. Default [`DEFAULT_STALL_TIMEOUT`].
+    /// How long a frame may take from its first byte to its last (py2p
+    /// closes a connection whose frame stays unfinished for 60 s). Default
+    /// [`DEFAULT_STALL_TIMEOUT`].
     pub fn stall_timeout(mut self, d: Duration) -> Self {
         self.stall_timeout = d;
         self
@@ -200,7 +214,7 @@ impl Builder {
     /// [`Error::Bind`] if the address cannot be bound, [`Error::Config`] for
     /// invalid settings.
     pub async fn spawn(self) -> Result<MeshSocket, Error> {
-        if self.send_queue_cap == 0 || self.recv_queue_cap == 0 || self.max_connections == 0 {
+        if self.send_queue_cap == 0 || self.recv_queue_cap == 0 || self.max_connections == 0 || self.max_pending == 0 {
             return Err(Error::Config("capacities must be at least 1".into()));
         }
         if self.compression.is_empty() {
@@ -233,6 +247,7 @@ impl Builder {
                 limits: self.limits,
                 compression: self.compression,
                 max_connections: self.max_connections,
+                max_pending: self.max_pending,
                 send_queue_cap: self.send_queue_cap,
                 stall_timeout: self.stall_timeout,
                 slow_peer_timeout: self.slow_peer_timeout,
@@ -705,6 +720,8 @@ pub struct Status {
     pub dropped_messages: u64,
     /// Peers disconnected for not draining their send queue.
     pub slow_peers: u64,
+    /// Incoming connections closed at accept (connection or handshake caps).
+    pub refused_connections: u64,
 }
 
 impl Message {

@@ -607,6 +607,11 @@ impl Mesh {
         self.dials.len() + self.conns.values().filter(|c| c.dir == Direction::Outgoing).count()
     }
 
+    /// Number of connections that have not completed their handshake.
+    pub fn handshaking_count(&self) -> usize {
+        self.conns.values().filter(|c| matches!(c.state, ConnState::Handshaking)).count()
+    }
+
     /// Number of open connections, handshaken or not.
     pub fn connection_count(&self) -> usize {
         self.conns.len()
