@@ -29,6 +29,10 @@ pub struct NodeArgs {
     /// Hold a replica of the network's synced dictionary (py2p SyncSocket).
     #[arg(long)]
     pub sync: bool,
+    /// TLS on every connection (py2p's "SSL" mode): a fresh self-signed
+    /// certificate, peers not verified (as py2p). Only SSL nodes can join.
+    #[arg(long)]
+    pub tls: bool,
     /// Sync without py2p's one-hour leases (only with --sync).
     #[arg(long, requires = "sync")]
     pub no_leasing: bool,
@@ -47,6 +51,9 @@ pub async fn run(args: NodeArgs) -> Result<()> {
             .subnet(args.subnet.clone().unwrap_or_else(|| "sync".into()))
             .leasing(!args.no_leasing)
             .bind(args.bind.clone());
+        if args.tls {
+            b = b.tls(rs2p::TlsConfig::new());
+        }
         if let Some(a) = args.out_addr.clone() {
             b = b.mesh(|m| m.out_addr(a));
         }
@@ -59,6 +66,9 @@ pub async fn run(args: NodeArgs) -> Result<()> {
         ));
         if let Some(a) = args.out_addr.clone() {
             b = b.out_addr(a);
+        }
+        if args.tls {
+            b = b.tls(rs2p::TlsConfig::new());
         }
         (b.spawn().await.with_context(|| format!("starting node on {}", args.bind))?, None)
     };

@@ -192,3 +192,21 @@ async fn json_lines_sync_contract() {
         n.quit().await;
     }
 }
+
+#[tokio::test]
+async fn json_lines_tls() {
+    let mut a = Node::spawn(&["--tls"]).await;
+    let mut b = Node::spawn(&["--tls", "--connect", &a.addr]).await;
+    b.expect(|j| j["event"] == "peer_up").await;
+    a.cmd(json!({"cmd": "broadcast", "packets": ["secret"]})).await;
+    let m = b.expect(|j| j["event"] == "message").await;
+    assert_eq!(m["packets"], json!(["secret"]));
+    // A plaintext node is refused, with the reason.
+    let mut p = Node::spawn(&[]).await;
+    p.cmd(json!({"cmd": "connect", "addr": a.addr})).await;
+    let e = p.expect(|j| j["event"] == "error" && j["cmd"] == "connect").await;
+    assert!(e["message"].as_str().unwrap().contains("TLS"), "{e}");
+    for n in [a, b, p] {
+        n.quit().await;
+    }
+}

@@ -39,6 +39,8 @@ pub(crate) struct Settings {
     pub(crate) compression: Vec<Compression>,
     pub(crate) max_connections: usize,
     pub(crate) max_pending: usize,
+    pub(crate) handshake_timeout: Duration,
+    pub(crate) tls: Option<crate::tls::Tls>,
     pub(crate) send_queue_cap: usize,
     pub(crate) stall_timeout: Duration,
     pub(crate) slow_peer_timeout: Duration,
@@ -89,9 +91,16 @@ impl std::fmt::Debug for Command {
     }
 }
 
-struct DialResult {
-    dial: DialId,
-    result: Result<TcpStream, String>,
+/// A connection's transport once its TLS handshake (if any) is done.
+enum Io {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::TlsStream<TcpStream>>),
+}
+
+/// What dial and TLS-accept tasks report.
+enum Upgrade {
+    Dialed { dial: DialId, result: Result<Io, String> },
+    Accepted { from: std::net::SocketAddr, result: Result<Io, String> },
 }
 
 struct ConnHandle {
@@ -119,8 +128,11 @@ pub(crate) struct Actor {
     next_conn: u64,
     conn_tx: mpsc::Sender<ConnEvent>,
     conn_rx: mpsc::Receiver<ConnEvent>,
-    dial_tx: mpsc::Sender<DialResult>,
-    dial_rx: mpsc::Receiver<DialResult>,
+    dial_tx: mpsc::Sender<Upgrade>,
+    dial_rx: mpsc::Receiver<Upgrade>,
+    /// Incoming connections in their TLS handshake (count toward the
+    /// pending-handshake cap).
+    tls_pending: usize,
     pending_connects: HashMap<DialId, (PeerAddr, oneshot::Sender<Result<PeerId, Error>>)>,
     handlers: Vec<Handler>,
     start: Instant,
@@ -163,6 +175,7 @@ impl Actor {
             conn_rx,
             dial_tx,
             dial_rx,
+            tls_pending: 0,
             pending_connects: HashMap::new(),
             handlers: Vec::new(),
             start: Instant::now(),
@@ -321,18 +334,32 @@ impl Actor {
         }
     }
 
-    fn on_dial(&mut self, d: DialResult) {
+    fn on_dial(&mut self, u: Upgrade) {
         let now = self.now();
-        match d.result {
-            Ok(stream) => {
+        match u {
+            Upgrade::Dialed { dial, result: Ok(io) } => {
                 if self.conns.len() >= self.settings.max_connections {
-                    self.node.handle_dial_failed(now, d.dial, "connection limit reached".into());
+                    self.node.handle_dial_failed(now, dial, "connection limit reached".into());
                     return;
                 }
-                let conn = self.open(stream);
-                self.node.handle_dialed(now, d.dial, conn);
+                let conn = self.open(io);
+                self.node.handle_dialed(now, dial, conn);
             }
-            Err(e) => self.node.handle_dial_failed(now, d.dial, e),
+            Upgrade::Dialed { dial, result: Err(e) } => self.node.handle_dial_failed(now, dial, e),
+            Upgrade::Accepted { from, result } => {
+                self.tls_pending -= 1;
+                match result {
+                    Ok(io) => {
+                        let conn = self.open(io);
+                        self.node.handle_incoming(now, conn);
+                    }
+                    Err(e) => {
+                        tracing::info!(%from, "incoming connection failed: {e}");
+                        self.note_error(format!("incoming from {from}: {e}"));
+                        let _ = self.events.send(Event::ConnectFailed { addr: None, reason: e });
+                    }
+                }
+            }
         }
     }
 
@@ -363,14 +390,34 @@ impl Actor {
                     self.refused += 1;
                     return;
                 }
-                if self.node.mesh.handshaking_count() >= self.settings.max_pending {
+                if self.node.mesh.handshaking_count() + self.tls_pending >= self.settings.max_pending {
                     tracing::warn!(%from, "refusing connection: {} connections still handshaking", self.settings.max_pending);
                     self.refused += 1;
                     return;
                 }
-                let conn = self.open(stream);
-                let now = self.now();
-                self.node.handle_incoming(now, conn);
+                let _ = stream.set_nodelay(true);
+                match self.settings.tls.clone() {
+                    None => {
+                        let conn = self.open(Io::Plain(stream));
+                        let now = self.now();
+                        self.node.handle_incoming(now, conn);
+                    }
+                    Some(tls) => {
+                        // The TLS handshake runs in its own task, under the
+                        // handshake deadline, and counts as pending.
+                        self.tls_pending += 1;
+                        let tx = self.dial_tx.clone();
+                        let deadline = self.settings.handshake_timeout;
+                        tokio::spawn(async move {
+                            let result = match tokio::time::timeout(deadline, tls.acceptor.accept(stream)).await {
+                                Ok(Ok(s)) => Ok(Io::Tls(Box::new(tokio_rustls::TlsStream::Server(s)))),
+                                Ok(Err(e)) => Err(crate::tls::explain(&e)),
+                                Err(_) => Err(format!("TLS handshake not done within {deadline:?}")),
+                            };
+                            let _ = tx.send(Upgrade::Accepted { from, result }).await;
+                        });
+                    }
+                }
             }
             Err(e) => {
                 // Typically out of file descriptors: back off instead of spinning.
@@ -380,11 +427,27 @@ impl Actor {
         }
     }
 
-    fn open(&mut self, stream: TcpStream) -> ConnId {
-        let _ = stream.set_nodelay(true);
+    fn open(&mut self, io: Io) -> ConnId {
+        match io {
+            Io::Plain(stream) => {
+                let _ = stream.set_nodelay(true);
+                let (rd, wr) = stream.into_split();
+                self.open_split(rd, wr)
+            }
+            Io::Tls(stream) => {
+                let (rd, wr) = tokio::io::split(*stream);
+                self.open_split(rd, wr)
+            }
+        }
+    }
+
+    fn open_split<R, W>(&mut self, rd: R, wr: W) -> ConnId
+    where
+        R: tokio::io::AsyncRead + Unpin + Send + 'static,
+        W: tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
         self.next_conn += 1;
         let conn = ConnId(self.next_conn);
-        let (rd, wr) = stream.into_split();
         let (tx, rx) = mpsc::channel(self.settings.send_queue_cap);
         let reader = tokio::spawn(read_loop(
             conn,
@@ -402,14 +465,26 @@ impl Actor {
     fn spawn_dial(&self, dial: DialId, addr: PeerAddr) {
         let tx = self.dial_tx.clone();
         let timeout = self.settings.dial_timeout;
+        let tls = self.settings.tls.clone();
         tokio::spawn(async move {
             let target = (addr.host.clone(), addr.port);
             let result = match tokio::time::timeout(timeout, TcpStream::connect(target)).await {
-                Ok(Ok(s)) => Ok(s),
+                Ok(Ok(s)) => match tls {
+                    None => Ok(Io::Plain(s)),
+                    Some(tls) => {
+                        let _ = s.set_nodelay(true);
+                        let name = crate::tls::Tls::server_name(&addr.host);
+                        match tokio::time::timeout(timeout, tls.connector.connect(name, s)).await {
+                            Ok(Ok(s)) => Ok(Io::Tls(Box::new(tokio_rustls::TlsStream::Client(s)))),
+                            Ok(Err(e)) => Err(crate::tls::explain(&e)),
+                            Err(_) => Err(format!("TLS handshake not done within {timeout:?}")),
+                        }
+                    }
+                },
                 Ok(Err(e)) => Err(e.to_string()),
                 Err(_) => Err(format!("no answer within {timeout:?}")),
             };
-            let _ = tx.send(DialResult { dial, result }).await;
+            let _ = tx.send(Upgrade::Dialed { dial, result }).await;
         });
     }
 

@@ -74,6 +74,7 @@ mod error;
 pub mod json;
 mod socket;
 mod sync_socket;
+pub mod tls;
 
 pub use error::Error;
 pub use rs2p_proto as proto;
@@ -87,3 +88,4 @@ pub use socket::{
     DEFAULT_SEND_QUEUE_CAP, DEFAULT_SLOW_PEER_TIMEOUT, DEFAULT_STALL_TIMEOUT, EVENT_CHANNEL_CAP, INBOUND_CHANNEL_CAP,
 };
 pub use sync_socket::{SyncBuilder, SyncSocket};
+pub use tls::TlsConfig;

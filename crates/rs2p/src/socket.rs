@@ -66,6 +66,7 @@ pub struct Builder {
     handshake_timeout: Duration,
     maintain_outgoing: bool,
     seed: Option<u64>,
+    tls: Option<crate::TlsConfig>,
     pub(crate) sync: Option<rs2p_proto::sync::Config>,
 }
 
@@ -88,6 +89,7 @@ impl Default for Builder {
             handshake_timeout: Duration::from_secs(10),
             maintain_outgoing: true,
             seed: None,
+            tls: None,
             sync: None,
         }
     }
@@ -200,6 +202,15 @@ impl Builder {
         self
     }
 
+    /// TLS on every connection (py2p's "SSL" mode): switches the protocol's
+    /// encryption to SSL, so the node only talks to SSL nodes. A protocol
+    /// set to [`rs2p_proto::id::Encryption::Ssl`] without this gets
+    /// [`crate::TlsConfig::new`] (self-signed, unverified, like py2p).
+    pub fn tls(mut self, tls: crate::TlsConfig) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
     /// Seed for the node's randomness (peer choice); default from the OS.
     pub fn seed(mut self, seed: u64) -> Self {
         self.seed = Some(seed);
@@ -220,6 +231,16 @@ impl Builder {
         if self.compression.is_empty() {
             return Err(Error::Config("at least one compression method (Identity means none)".into()));
         }
+        let mut protocol = self.protocol.clone();
+        let tls = match (&self.tls, protocol.encryption) {
+            (Some(t), _) => Some(t.clone()),
+            (None, rs2p_proto::id::Encryption::Ssl) => Some(crate::TlsConfig::new()),
+            (None, _) => None,
+        };
+        if tls.is_some() {
+            protocol.encryption = rs2p_proto::id::Encryption::Ssl;
+        }
+        let tls = tls.map(|t| crate::tls::Tls::build(&t)).transpose()?;
         let listener =
             TcpListener::bind(&self.bind).await.map_err(|source| Error::Bind { addr: self.bind.clone(), source })?;
         let local_addr = listener.local_addr().map_err(|source| Error::Bind { addr: self.bind.clone(), source })?;
@@ -229,8 +250,8 @@ impl Builder {
             PeerAddr::new(ip, local_addr.port())
         });
         let salt: [u8; 16] = rand::random();
-        let id = PeerId::derive(&out_addr.host, out_addr.port, &self.protocol.id(), &salt);
-        let mut cfg = Config::new(self.protocol.clone(), id.clone(), out_addr.clone());
+        let id = PeerId::derive(&out_addr.host, out_addr.port, &protocol.id(), &salt);
+        let mut cfg = Config::new(protocol.clone(), id.clone(), out_addr.clone());
         cfg.max_outgoing = self.max_outgoing;
         cfg.compression = self.compression.clone();
         cfg.handshake_timeout_ms = self.handshake_timeout.as_millis() as u64;
@@ -248,6 +269,8 @@ impl Builder {
                 compression: self.compression,
                 max_connections: self.max_connections,
                 max_pending: self.max_pending,
+                handshake_timeout: self.handshake_timeout,
+                tls: tls.clone(),
                 send_queue_cap: self.send_queue_cap,
                 stall_timeout: self.stall_timeout,
                 slow_peer_timeout: self.slow_peer_timeout,
@@ -265,7 +288,8 @@ impl Builder {
                 events,
                 inbox: tokio::sync::Mutex::new(inbox_rx),
                 id,
-                protocol: self.protocol,
+                protocol,
+                tls_fingerprint: tls.map(|t| t.fingerprint),
                 local_addr,
                 out_addr,
                 task: AbortOnDrop(task),
@@ -290,6 +314,7 @@ struct Inner {
     inbox: tokio::sync::Mutex<mpsc::Receiver<Message>>,
     id: PeerId,
     protocol: Protocol,
+    tls_fingerprint: Option<[u8; 32]>,
     local_addr: SocketAddr,
     out_addr: PeerAddr,
     #[allow(dead_code)] // held for its Drop
@@ -332,6 +357,12 @@ impl MeshSocket {
     /// The network's protocol.
     pub fn protocol(&self) -> &Protocol {
         &self.inner.protocol
+    }
+
+    /// The sha256 fingerprint of this node's TLS certificate (for peers to
+    /// pin), if TLS is on.
+    pub fn tls_fingerprint(&self) -> Option<[u8; 32]> {
+        self.inner.tls_fingerprint
     }
 
     /// The address the listener is bound to.

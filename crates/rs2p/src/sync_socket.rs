@@ -60,6 +60,13 @@ impl SyncBuilder {
         self
     }
 
+    /// TLS on every connection (py2p's "SSL" mode; see [`Builder::tls`]).
+    pub fn tls(mut self, tls: crate::TlsConfig) -> Self {
+        self.encryption = Encryption::Ssl;
+        self.mesh = self.mesh.tls(tls);
+        self
+    }
+
     /// py2p's leasing (default on): a key written by one node cannot be
     /// written by another for an hour after its last write.
     pub fn leasing(mut self, on: bool) -> Self {

@@ -185,13 +185,14 @@ pub struct FrameDecoder {
     buf: BytesMut,
     limits: Limits,
     enabled: Vec<Compression>,
+    first: bool,
 }
 
 impl FrameDecoder {
     /// A decoder accepting the given compression methods (uncompressed frames
     /// are always accepted, as py2p does).
     pub fn new(limits: Limits, enabled: &[Compression]) -> Self {
-        FrameDecoder { buf: BytesMut::with_capacity(8 * 1024), limits, enabled: enabled.to_vec() }
+        FrameDecoder { buf: BytesMut::with_capacity(8 * 1024), limits, enabled: enabled.to_vec(), first: true }
     }
 
     /// The read buffer, to append received bytes to.
@@ -213,6 +214,11 @@ impl FrameDecoder {
             return Ok(None);
         }
         let len = u32::from_be_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]]) as usize;
+        // A TLS record (handshake or alert, version 3.x) where the first
+        // frame should start: name the real problem instead of a bogus size.
+        if self.first && matches!(self.buf[..3], [0x15 | 0x16, 0x03, 0x00..=0x04]) {
+            return Err(DecodeError::LooksLikeTls);
+        }
         if len > self.limits.max_frame_len {
             return Err(DecodeError::FrameTooLarge { len: len as u64, max: self.limits.max_frame_len });
         }
@@ -220,6 +226,7 @@ impl FrameDecoder {
             self.buf.reserve(4 + len - self.buf.len());
             return Ok(None);
         }
+        self.first = false;
         let raw = self.buf.split_to(4 + len).freeze();
         let frame = decode_body(raw, &self.limits, &self.enabled)?;
         Packet::parse(frame, &self.limits).map(Some)

@@ -153,6 +153,10 @@ pub enum DecodeError {
     /// The payload nests deeper than [`Limits::max_depth`].
     #[error("msgpack nesting deeper than {0}")]
     TooDeep(usize),
+    /// The first bytes on a plaintext connection are a TLS record: the peer
+    /// is on an SSL network.
+    #[error("the peer speaks TLS: it is on an SSL network, this node is plaintext")]
+    LooksLikeTls,
     /// The payload is msgpack but not a py2p message.
     #[error("malformed message: {0}")]
     Malformed(&'static str),

@@ -22,7 +22,7 @@ non-str keys):
           {"cmd":"set","key":K,"value":V} {"cmd":"get","key":K} {"cmd":"delete","key":K}
           {"cmd":"delta","key":K,"delta":{...}} {"cmd":"dump"}
 
-Flags: --subnet NAME (default mesh / sync), --sync, --no-leasing,
+Flags: --subnet NAME (default mesh / sync), --sync, --no-leasing, --ssl,
 --max-outgoing N (py2p's module-level max_outgoing).
 """
 import argparse
@@ -99,18 +99,20 @@ def main():
     ap.add_argument("--sync", action="store_true")
     ap.add_argument("--no-leasing", action="store_true")
     ap.add_argument("--max-outgoing", type=int, default=None)
+    ap.add_argument("--ssl", action="store_true")
     args = ap.parse_args()
     if args.max_outgoing is not None:
         mesh.max_outgoing = args.max_outgoing
 
+    enc = "SSL" if args.ssl else "Plaintext"
     if args.sync:
         from py2p import sync
         subnet = args.subnet or "sync"
-        sock = sync.SyncSocket("127.0.0.1", 0, prot=base.Protocol(subnet, "Plaintext"),
+        sock = sync.SyncSocket("127.0.0.1", 0, prot=base.Protocol(subnet, enc),
                                leasing=not args.no_leasing)
     else:
         subnet = args.subnet or "mesh"
-        sock = mesh.MeshSocket("127.0.0.1", 0, prot=base.Protocol(subnet, "Plaintext"))
+        sock = mesh.MeshSocket("127.0.0.1", 0, prot=base.Protocol(subnet, enc))
     # Bound to port 0: tell peers the port the OS picked.
     port = sock.daemon.sock.getsockname()[1]
     sock.out_addr = ("127.0.0.1", port)
