@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The test command: installs the pinned py2p peer, then runs every test of
-# the workspace (unit, property, simulation, loopback and py2p interop).
+# the workspace (unit, property, simulation, loopback, hostile input, TLS and
+# py2p interop), then a short run of every fuzz target.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -9,3 +10,5 @@ export RS2P_PY2P_PYTHON="$root/.venv-py2p/bin/python"
 rm -f target/sync-simulation-report.txt
 cargo test --workspace --release "$@"
 if [ -f target/sync-simulation-report.txt ]; then cat target/sync-simulation-report.txt; fi
+# A short run of every fuzz target (the long campaign: ./scripts/fuzz.sh).
+./scripts/fuzz.sh "${RS2P_FUZZ_SECONDS:-20}"
