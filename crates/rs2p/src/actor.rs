@@ -15,7 +15,7 @@ use rs2p_proto::id::{MsgId, PeerId};
 use rs2p_proto::mesh::{self, CloseReason, ConnId, DialId, Mesh, Output, PeerAddr, PeerInfo, ReplyRoute};
 use rs2p_proto::node::{self, Node};
 use rs2p_proto::sync::{self, Replica, WriteError};
-use rs2p_proto::wire::{subflag, Compression, Limits};
+use rs2p_proto::wire::{subflag, Compression, Frame, Limits};
 use rs2p_proto::{Now, Value};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -51,6 +51,7 @@ pub(crate) struct Settings {
 pub(crate) enum Command {
     Connect { addr: PeerAddr, expected: Option<PeerId>, reply: oneshot::Sender<Result<PeerId, Error>> },
     Broadcast { subflag: u64, packets: Vec<Value>, reply: oneshot::Sender<MsgId> },
+    BroadcastMany { messages: Vec<Vec<Value>>, reply: oneshot::Sender<Vec<MsgId>> },
     Whisper { peer: PeerId, packets: Vec<Value>, reply: oneshot::Sender<Result<MsgId, Error>> },
     Reply { to: PeerId, packets: Vec<Value>, reply: oneshot::Sender<Result<ReplyRoute, Error>> },
     RequestPeers { reply: oneshot::Sender<()> },
@@ -78,6 +79,7 @@ impl std::fmt::Debug for Command {
         f.write_str(match self {
             Command::Connect { .. } => "Connect",
             Command::Broadcast { .. } => "Broadcast",
+            Command::BroadcastMany { .. } => "BroadcastMany",
             Command::Whisper { .. } => "Whisper",
             Command::Reply { .. } => "Reply",
             Command::RequestPeers { .. } => "RequestPeers",
@@ -236,6 +238,10 @@ impl Actor {
             },
             Command::Broadcast { subflag, packets, reply } => {
                 let _ = reply.send(self.node.mesh.broadcast(now, subflag, &packets));
+            }
+            Command::BroadcastMany { messages, reply } => {
+                let ids = messages.iter().map(|p| self.node.mesh.broadcast(now, subflag::BROADCAST, p)).collect();
+                let _ = reply.send(ids);
             }
             Command::Whisper { peer, packets, reply } => {
                 let r = self.node.mesh.whisper(now, &peer, subflag::WHISPER, &packets);
@@ -448,7 +454,10 @@ impl Actor {
     {
         self.next_conn += 1;
         let conn = ConnId(self.next_conn);
-        let (tx, rx) = mpsc::channel(self.settings.send_queue_cap);
+        // The queue holds batches (one per actor step, at most a reader
+        // batch of frames times the fan-out); its capacity in batches keeps
+        // about `send_queue_cap` frames of typical traffic.
+        let (tx, rx) = mpsc::channel((self.settings.send_queue_cap / crate::conn::MAX_READ_BATCH).max(4));
         let reader = tokio::spawn(read_loop(
             conn,
             rd,
@@ -489,6 +498,9 @@ impl Actor {
     }
 
     async fn flush(&mut self) {
+        // Frames are gathered per connection and handed to each writer as
+        // one batch per step: one channel operation instead of one per frame.
+        let mut batches: HashMap<ConnId, Vec<Frame>> = HashMap::new();
         while let Some(o) = self.node.poll_output() {
             let o = match o {
                 node::Output::Mesh(o) => o,
@@ -503,10 +515,19 @@ impl Actor {
                 }
             };
             match o {
-                Output::Send { conn, frame } => self.queue_for_writer(conn, WriterCmd::Frame(frame)).await,
-                Output::Configure { conn, codec } => self.queue_for_writer(conn, WriterCmd::Codec(codec)).await,
+                Output::Send { conn, frame } => batches.entry(conn).or_default().push(frame),
+                Output::Configure { conn, codec } => {
+                    // Frames queued before the codec change go first.
+                    if let Some(b) = batches.remove(&conn) {
+                        self.queue_for_writer(conn, WriterCmd::Frames(b)).await;
+                    }
+                    self.queue_for_writer(conn, WriterCmd::Codec(codec)).await;
+                }
                 Output::Dial { dial, addr } => self.spawn_dial(dial, addr),
                 Output::Close { conn, reason } => {
+                    if let Some(b) = batches.remove(&conn) {
+                        self.queue_for_writer(conn, WriterCmd::Frames(b)).await;
+                    }
                     if matches!(reason, CloseReason::ProtocolViolation(_)) {
                         self.note_error(format!("connection {}: {reason}", conn.0));
                     }
@@ -514,6 +535,9 @@ impl Actor {
                 }
                 Output::Event(e) => self.on_event(e),
             }
+        }
+        for (conn, b) in batches {
+            self.queue_for_writer(conn, WriterCmd::Frames(b)).await;
         }
     }
 
@@ -597,9 +621,13 @@ impl Actor {
             tracing::debug!(subflag = msg.subflag(), "ignoring message with unknown sub-flag");
             return;
         }
-        match self.inbox.try_send(msg.clone()) {
+        let notify = self.events.receiver_count() > 0;
+        let copy = notify.then(|| msg.clone());
+        match self.inbox.try_send(msg) {
             Ok(()) => {
-                let _ = self.events.send(Event::Message(msg));
+                if let Some(m) = copy {
+                    let _ = self.events.send(Event::Message(m));
+                }
             }
             Err(_) => self.dropped_messages += 1,
         }

@@ -26,7 +26,8 @@ pub(crate) enum ConnEvent {
 /// What the actor tells a writer.
 #[derive(Debug)]
 pub(crate) enum WriterCmd {
-    Frame(Frame),
+    /// Frames to write, in order (one batch per actor step).
+    Frames(Vec<Frame>),
     Codec(LinkCodec),
     /// Flush what is queued, then close the socket.
     Close,
@@ -127,18 +128,20 @@ pub(crate) async fn write_loop<W: AsyncWrite + Unpin>(
                     closing = true;
                     break;
                 }
-                WriterCmd::Frame(f) => {
-                    if codec.compression.is_none() {
-                        buf.extend_from_slice(f.wire_bytes());
-                    } else {
-                        buf.extend_from_slice(&f.encode_for(codec.compression));
-                    }
-                    if !codec.coalesce {
-                        if let Err(e) = wr.write_all(&buf).await {
-                            let _ = to_actor.send(ConnEvent::Closed(conn, CloseReason::Io(e.to_string()))).await;
-                            return;
+                WriterCmd::Frames(frames) => {
+                    for f in frames {
+                        if codec.compression.is_none() {
+                            buf.extend_from_slice(f.wire_bytes());
+                        } else {
+                            buf.extend_from_slice(&f.encode_for(codec.compression));
                         }
-                        buf.clear();
+                        if !codec.coalesce {
+                            if let Err(e) = wr.write_all(&buf).await {
+                                let _ = to_actor.send(ConnEvent::Closed(conn, CloseReason::Io(e.to_string()))).await;
+                                return;
+                            }
+                            buf.clear();
+                        }
                     }
                 }
             }

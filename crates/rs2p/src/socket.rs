@@ -413,6 +413,16 @@ impl MeshSocket {
         self.send_flagged(subflag::BROADCAST, packets).await
     }
 
+    /// Floods several messages with one round trip to the node (each is
+    /// still its own message, with its own id). For producers with many
+    /// messages at once.
+    ///
+    /// # Errors
+    /// [`Error::Closed`] if the node has stopped.
+    pub async fn broadcast_many(&self, messages: Vec<Vec<Value>>) -> Result<Vec<MsgId>, Error> {
+        self.call(|reply| Command::BroadcastMany { messages, reply }).await
+    }
+
     /// Floods a message with a custom sub-flag (for protocols layered on the
     /// mesh). Sub-flags below `0x30` are reserved for the protocol.
     ///

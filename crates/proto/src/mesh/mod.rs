@@ -1204,8 +1204,12 @@ impl Mesh {
     }
 
     fn send_user(&mut self, conn: ConnId, frame: Frame) {
+        // Kept for py2p's resend request; rs2p peers never ask, so their
+        // links skip the copy.
         if let Some(c) = self.conns.get_mut(&conn) {
-            c.last_user = Some(frame.clone());
+            if !c.codec.coalesce {
+                c.last_user = Some(frame.clone());
+            }
         }
         self.send(conn, frame);
     }

@@ -58,9 +58,10 @@ impl SeenCache {
     /// A cache keeping entries `keep_ms` milliseconds, at most `capacity` of
     /// them; `key` randomises the hash.
     pub fn new(keep_ms: u64, capacity: usize, key: u64) -> Self {
+        let initial = capacity.clamp(1, 1 << 14);
         SeenCache {
-            set: HashSet::with_hasher(KeyedIdHash(key)),
-            order: VecDeque::new(),
+            set: HashSet::with_capacity_and_hasher(initial, KeyedIdHash(key)),
+            order: VecDeque::with_capacity(initial),
             keep_ms,
             capacity: capacity.max(1),
         }

@@ -1,0 +1,318 @@
+//! The workloads on rs2p itself (nodes in one process).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use rs2p::{MeshSocket, PeerId, SyncSocket, Value};
+use serde_json::{json, Value as Json};
+
+/// A chain: node i dials node i+1; nobody dials anybody else.
+async fn chain(n: usize) -> Result<Vec<MeshSocket>> {
+    let mut nodes = Vec::with_capacity(n);
+    for _ in 0..n {
+        nodes.push(MeshSocket::builder().max_outgoing(0).maintain_outgoing(false).spawn().await?);
+    }
+    for i in 0..n - 1 {
+        nodes[i].connect(nodes[i + 1].out_addr().clone()).await?;
+    }
+    for (i, node) in nodes.iter().enumerate() {
+        let want = if i == 0 || i == n - 1 { 1 } else { 2 };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while node.routing_table().await?.len() < want {
+            if Instant::now() > deadline {
+                bail!("chain did not form");
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    Ok(nodes)
+}
+
+/// Counts messages on every node (an application that consumes them).
+fn drain(nodes: &[MeshSocket]) -> Vec<Arc<AtomicU64>> {
+    nodes
+        .iter()
+        .map(|n| {
+            let c = Arc::new(AtomicU64::new(0));
+            let (n, c2) = (n.clone(), c.clone());
+            tokio::spawn(async move {
+                loop {
+                    let got = n.recv(4096).len() as u64;
+                    if got == 0 {
+                        match n.next_message().await {
+                            Some(_) => {
+                                c2.fetch_add(1, Ordering::Relaxed);
+                            }
+                            None => return,
+                        }
+                    } else {
+                        c2.fetch_add(got, Ordering::Relaxed);
+                    }
+                }
+            });
+            c
+        })
+        .collect()
+}
+
+/// Workload 1: one sender, a chain of `n`, `count` messages of `size` bytes;
+/// messages per second delivered at the farthest node, and losses.
+pub async fn throughput(n: usize, count: usize, size: usize) -> Result<Json> {
+    let nodes = chain(n).await?;
+    let counters = drain(&nodes);
+    let far = counters[n - 1].clone();
+    let payload = Value::Binary(vec![0xAB; size]);
+    let start = Instant::now();
+    // Batches of broadcasts per command: what a producer with many messages
+    // does; the node still frames, hashes and floods each one.
+    let batch = 256;
+    let mut sent = 0;
+    while sent < count {
+        let k = batch.min(count - sent);
+        // A sequence number makes each message distinct (equal payloads in
+        // the same second are the same message, and are deduplicated).
+        nodes[0]
+            .broadcast_many((sent..sent + k).map(|i| vec![Value::from(i as u64), payload.clone()]).collect())
+            .await?;
+        sent += k;
+    }
+    let mut last = far.load(Ordering::Relaxed);
+    let mut last_change = Instant::now();
+    let mut done_at = Instant::now();
+    loop {
+        let got = far.load(Ordering::Relaxed);
+        if got != last {
+            last = got;
+            last_change = Instant::now();
+            done_at = last_change;
+        }
+        if got as usize >= count || last_change.elapsed() > Duration::from_secs(5) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_micros(200)).await;
+    }
+    let secs = done_at.duration_since(start).as_secs_f64();
+    for node in &nodes {
+        node.close().await.ok();
+    }
+    Ok(json!({"rate": last as f64 / secs, "lost": count as u64 - last, "secs": secs}))
+}
+
+/// Workload 2: one message at a time through a chain of `n`; publish to
+/// delivery at every node, and at the farthest.
+pub async fn latency(n: usize, messages: usize) -> Result<Json> {
+    let nodes = chain(n).await?;
+    let mut all = Vec::new();
+    let mut far = Vec::new();
+    for k in 0..messages {
+        let start = Instant::now();
+        nodes[0].broadcast(vec![Value::from(k as u64)]).await?;
+        // Wait on every receiver concurrently, timing each arrival.
+        let waits = nodes[1..].iter().map(|node| {
+            let node = node.clone();
+            async move {
+                let m = tokio::time::timeout(Duration::from_secs(5), node.next_message()).await;
+                (m.is_ok(), start.elapsed())
+            }
+        });
+        let results = futures_join(waits).await;
+        for (i, (ok, d)) in results.into_iter().enumerate() {
+            if !ok {
+                bail!("message {k} lost");
+            }
+            let us = d.as_secs_f64() * 1e6;
+            all.push(us);
+            if i == n - 2 {
+                far.push(us);
+            }
+        }
+    }
+    for node in &nodes {
+        node.close().await.ok();
+    }
+    Ok(json!({"far_p50_us": pct(&mut far, 0.5), "far_p99_us": pct(&mut far, 0.99),
+              "all_p50_us": pct(&mut all, 0.5), "all_p99_us": pct(&mut all, 0.99)}))
+}
+
+async fn futures_join<F: std::future::Future + Send + 'static>(fs: impl Iterator<Item = F>) -> Vec<F::Output>
+where
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = fs.map(tokio::spawn).collect();
+    let mut out = Vec::with_capacity(handles.len());
+    for h in handles {
+        out.push(h.await.expect("join"));
+    }
+    out
+}
+
+pub fn pct(v: &mut [f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[((v.len() - 1) as f64 * p).round() as usize]
+}
+
+/// Workload 3 and 4: `n` nodes that all join at the same moment through a
+/// random earlier node; time until the graph is connected and every node
+/// has its outgoing target (or knows everyone); then one broadcast, time
+/// until every node has it.
+pub async fn formation(n: usize, timeout: Duration, broadcast: bool) -> Result<Json> {
+    let mut nodes = Vec::with_capacity(n);
+    for _ in 0..n {
+        nodes.push(MeshSocket::builder().max_connections(4096).max_pending_handshakes(4096).spawn().await?);
+    }
+    let index: HashMap<PeerId, usize> = nodes.iter().enumerate().map(|(i, s)| (s.id().clone(), i)).collect();
+    let mut seed = 0x9e37_79b9_u64 ^ n as u64;
+    let start = Instant::now();
+    let mut joins = Vec::new();
+    for i in 1..n {
+        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let target = nodes[(seed >> 33) as usize % i].out_addr().clone();
+        let node = nodes[i].clone();
+        joins.push(tokio::spawn(async move { node.connect(target).await }));
+    }
+    for j in joins {
+        let _ = j.await?;
+    }
+    let mut formed = None;
+    while start.elapsed() < timeout {
+        let mut adj = vec![Vec::new(); n];
+        let mut at_target = true;
+        for (i, node) in nodes.iter().enumerate() {
+            let peers = node.routing_table().await?;
+            at_target &= peers.iter().filter(|p| p.outgoing).count() >= 4.min(n - 1) || peers.len() == n - 1;
+            adj[i] = peers.iter().filter_map(|p| index.get(&p.id).copied()).collect();
+        }
+        if at_target && connected(&adj) {
+            formed = Some(start.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let mut out = json!({"formed_ms": formed.map(|d| d.as_secs_f64() * 1e3), "nodes": n});
+    if broadcast && formed.is_some() {
+        let counters = drain(&nodes);
+        let t = Instant::now();
+        nodes[0].broadcast(vec![Value::from("scale")]).await?;
+        let mut reached = None;
+        while t.elapsed() < Duration::from_secs(30) {
+            if counters[1..].iter().all(|c| c.load(Ordering::Relaxed) >= 1) {
+                reached = Some(t.elapsed());
+                break;
+            }
+            tokio::time::sleep(Duration::from_micros(500)).await;
+        }
+        let got = counters[1..].iter().filter(|c| c.load(Ordering::Relaxed) >= 1).count();
+        out["broadcast_ms"] = json!(reached.map(|d| d.as_secs_f64() * 1e3));
+        out["reached"] = json!(got);
+    }
+    for node in &nodes {
+        node.close().await.ok();
+    }
+    Ok(out)
+}
+
+fn connected(adj: &[Vec<usize>]) -> bool {
+    let mut seen = vec![false; adj.len()];
+    let mut stack = vec![0];
+    seen[0] = true;
+    while let Some(i) = stack.pop() {
+        for &j in &adj[i] {
+            if !seen[j] {
+                seen[j] = true;
+                stack.push(j);
+            }
+        }
+    }
+    seen.iter().all(|&s| s)
+}
+
+/// Workload 5: RSS per idle node (with its connections), one and 100.
+pub async fn idle_memory(n: usize) -> Result<Json> {
+    let before = crate::rss_kib();
+    let mut nodes: Vec<MeshSocket> = Vec::with_capacity(n);
+    for i in 0..n {
+        let s = MeshSocket::builder().spawn().await?;
+        if i > 0 {
+            s.connect(nodes[i / 2].out_addr().clone()).await?;
+        }
+        nodes.push(s);
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut conns = 0;
+    for node in &nodes {
+        conns += node.routing_table().await?.len();
+    }
+    let after = crate::rss_kib();
+    for node in &nodes {
+        node.close().await.ok();
+    }
+    Ok(
+        json!({"kib_per_node": (after.saturating_sub(before)) as f64 / n as f64, "links_per_node": conns as f64 / n as f64}),
+    )
+}
+
+/// Workload 6a: `keys` keys written on one end of a chain of `n` sync
+/// nodes; time until every node holds them all.
+pub async fn sync_chain(n: usize, keys: usize) -> Result<Json> {
+    let mut nodes: Vec<SyncSocket> = Vec::with_capacity(n);
+    for _ in 0..n {
+        nodes.push(
+            SyncSocket::builder().leasing(false).mesh(|m| m.max_outgoing(0).maintain_outgoing(false)).spawn().await?,
+        );
+    }
+    for i in 0..n - 1 {
+        nodes[i].connect(nodes[i + 1].out_addr().clone()).await?;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let start = Instant::now();
+    let batch = 1000;
+    for b in (0..keys).step_by(batch) {
+        let pairs: Vec<(String, Value)> =
+            (b..(b + batch).min(keys)).map(|k| (format!("key-{k}"), Value::from(k as u64))).collect();
+        nodes[0].update(pairs).await?;
+    }
+    let done = wait_all(&nodes, keys, start, Duration::from_secs(60)).await?;
+    for node in &nodes {
+        node.close().await.ok();
+    }
+    Ok(json!({"ms": done.map(|d| d.as_secs_f64() * 1e3)}))
+}
+
+async fn wait_all(nodes: &[SyncSocket], keys: usize, start: Instant, limit: Duration) -> Result<Option<Duration>> {
+    while start.elapsed() < limit {
+        let mut all = true;
+        for node in nodes {
+            all &= node.len().await? >= keys;
+        }
+        if all {
+            return Ok(Some(start.elapsed()));
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    Ok(None)
+}
+
+/// Workload 6b: a node joins a network whose dictionary holds `keys` keys;
+/// time until it holds them all.
+pub async fn sync_join(keys: usize) -> Result<Json> {
+    let a = SyncSocket::builder().leasing(false).spawn().await?;
+    let batch = 10_000;
+    for b in (0..keys).step_by(batch) {
+        let pairs: Vec<(String, Value)> =
+            (b..(b + batch).min(keys)).map(|k| (format!("key-{k}"), Value::from(k as u64))).collect();
+        a.update(pairs).await?;
+    }
+    let b = SyncSocket::builder().leasing(false).spawn().await?;
+    let start = Instant::now();
+    b.connect(a.out_addr().clone()).await?;
+    let done = wait_all(std::slice::from_ref(&b), keys, start, Duration::from_secs(120)).await?;
+    a.close().await.ok();
+    b.close().await.ok();
+    Ok(json!({"ms": done.map(|d| d.as_secs_f64() * 1e3)}))
+}
