@@ -8,7 +8,7 @@ cd "$root"
 ./scripts/setup-py2p.sh
 export RS2P_PY2P_PYTHON="$root/.venv-py2p/bin/python"
 rm -f target/sync-simulation-report.txt
-cargo test --workspace --release "$@"
+cargo test --workspace --exclude rs2p-bench-libp2p --release "$@"
 if [ -f target/sync-simulation-report.txt ]; then cat target/sync-simulation-report.txt; fi
 # A short run of every fuzz target (the long campaign: ./scripts/fuzz.sh).
 ./scripts/fuzz.sh "${RS2P_FUZZ_SECONDS:-20}"

@@ -354,7 +354,9 @@ fn run_workload(w: &str, opts: &Opts, t: &mut Table) -> Result<()> {
                     let rs = runs(opts, sys, "throughput", &s(&[n, count, size]));
                     t.add(&name, sys, "far-node rate", field(&rs, "rate"), "msg/s");
                     t.add(&name, sys, "lost", field(&rs, "lost"), "msgs");
-                    if sys != "rs2p-cli" {
+                    // py2p runs its nodes in their own processes: the driver's peak says
+                    // nothing about them.
+                    if sys != "rs2p-cli" && sys != "py2p" {
                         t.add(
                             &name,
                             sys,

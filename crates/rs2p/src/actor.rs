@@ -18,7 +18,7 @@ use rs2p_proto::sync::{self, Replica, WriteError};
 use rs2p_proto::wire::{subflag, Compression, Frame, Limits};
 use rs2p_proto::{Now, Value};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::conn::{read_loop, write_loop, ConnEvent, WriterCmd};
@@ -124,7 +124,7 @@ pub(crate) struct Actor {
     listener: TcpListener,
     cmd_rx: mpsc::Receiver<Command>,
     weak_cmd: mpsc::WeakSender<Command>,
-    events: broadcast::Sender<Event>,
+    events: crate::socket::EventHub,
     inbox: mpsc::Sender<Message>,
     conns: HashMap<ConnId, ConnHandle>,
     next_conn: u64,
@@ -154,7 +154,7 @@ impl Actor {
         settings: Settings,
         cmd_rx: mpsc::Receiver<Command>,
         weak_cmd: mpsc::WeakSender<Command>,
-        events: broadcast::Sender<Event>,
+        events: crate::socket::EventHub,
         inbox: mpsc::Sender<Message>,
     ) -> Self {
         let (conn_tx, conn_rx) = mpsc::channel(crate::socket::INBOUND_CHANNEL_CAP);
@@ -362,7 +362,7 @@ impl Actor {
                     Err(e) => {
                         tracing::info!(%from, "incoming connection failed: {e}");
                         self.note_error(format!("incoming from {from}: {e}"));
-                        let _ = self.events.send(Event::ConnectFailed { addr: None, reason: e });
+                        self.emit(Event::ConnectFailed { addr: None, reason: e });
                     }
                 }
             }
@@ -505,7 +505,7 @@ impl Actor {
             let o = match o {
                 node::Output::Mesh(o) => o,
                 node::Output::Sync(e) => {
-                    let _ = self.events.send(match e {
+                    self.emit(match e {
                         sync::Event::Update { key, value, owner, timestamp } => {
                             Event::Update { key, value, owner, timestamp }
                         }
@@ -571,6 +571,13 @@ impl Actor {
         }
     }
 
+    /// Publishes an event, if anyone ever subscribed.
+    fn emit(&self, e: Event) {
+        if let Some(tx) = self.events.get() {
+            let _ = tx.send(e);
+        }
+    }
+
     fn note_error(&mut self, e: String) {
         if self.recent_errors.len() >= RECENT_ERRORS {
             self.recent_errors.pop_front();
@@ -582,15 +589,15 @@ impl Actor {
         match e {
             mesh::Event::PeerUp { peer, addr, outgoing, dial, first, .. } => {
                 if first {
-                    let _ = self.events.send(Event::Connected { peer: peer.clone() });
+                    self.emit(Event::Connected { peer: peer.clone() });
                 }
                 if let Some((_, reply)) = dial.and_then(|d| self.pending_connects.remove(&d)) {
                     let _ = reply.send(Ok(peer.clone()));
                 }
-                let _ = self.events.send(Event::PeerUp { peer, addr, outgoing });
+                self.emit(Event::PeerUp { peer, addr, outgoing });
             }
             mesh::Event::PeerDown { peer, reason, .. } => {
-                let _ = self.events.send(Event::PeerDown { peer, reason: reason.to_string() });
+                self.emit(Event::PeerDown { peer, reason: reason.to_string() });
             }
             mesh::Event::ConnectFailed { dial, addr, reason, peer, .. } => {
                 if let Some((target, reply)) = dial.and_then(|d| self.pending_connects.remove(&d)) {
@@ -602,7 +609,7 @@ impl Actor {
                     let _ = reply.send(r);
                 }
                 if !matches!(reason, CloseReason::Duplicate) {
-                    let _ = self.events.send(Event::ConnectFailed { addr, reason: reason.to_string() });
+                    self.emit(Event::ConnectFailed { addr, reason: reason.to_string() });
                 }
             }
             mesh::Event::Message(d) => self.on_message(Message::new(d.packet, &self.weak_cmd)),
@@ -621,12 +628,12 @@ impl Actor {
             tracing::debug!(subflag = msg.subflag(), "ignoring message with unknown sub-flag");
             return;
         }
-        let notify = self.events.receiver_count() > 0;
+        let notify = self.events.get().is_some_and(|e| e.receiver_count() > 0);
         let copy = notify.then(|| msg.clone());
         match self.inbox.try_send(msg) {
             Ok(()) => {
                 if let Some(m) = copy {
-                    let _ = self.events.send(Event::Message(m));
+                    self.emit(Event::Message(m));
                 }
             }
             Err(_) => self.dropped_messages += 1,

@@ -11,6 +11,13 @@ use tokio::sync::mpsc;
 /// Largest number of bytes a coalescing writer gathers into one write.
 pub(crate) const MAX_COALESCED_WRITE: usize = 256 * 1024;
 
+/// Read buffer growth step for a quiet connection.
+const READ_CHUNK_IDLE: usize = 2 * 1024;
+/// Read buffer growth step while reads keep filling the buffer.
+const READ_CHUNK_BUSY: usize = 64 * 1024;
+/// A writer keeps at most this much buffer between bursts.
+const WRITE_BUF_KEEP: usize = 64 * 1024;
+
 /// Largest batch of packets a reader hands to the actor at once.
 pub(crate) const MAX_READ_BATCH: usize = 256;
 
@@ -50,9 +57,12 @@ pub(crate) async fn read_loop<R: AsyncRead + Unpin>(
     // When the current partial frame began: it must be complete within
     // `stall` of its first byte, however slowly the bytes drip in.
     let mut partial_since: Option<tokio::time::Instant> = None;
+    // The read buffer starts small (an idle connection costs little) and
+    // grows to READ_CHUNK_BUSY while reads keep filling it.
+    let mut chunk = READ_CHUNK_IDLE;
     let reason = loop {
-        if dec.buffer().capacity() - dec.buffer().len() < 4096 {
-            dec.buffer().reserve(16 * 1024);
+        if dec.buffer().capacity() - dec.buffer().len() < chunk / 2 {
+            dec.buffer().reserve(chunk);
         }
         let read = match partial_since {
             Some(since) => match tokio::time::timeout_at(since + stall, rd.read_buf(dec.buffer())).await {
@@ -63,7 +73,7 @@ pub(crate) async fn read_loop<R: AsyncRead + Unpin>(
         };
         match read {
             Ok(0) => break CloseReason::Io("closed by peer".into()),
-            Ok(_) => {}
+            Ok(n) => chunk = if n >= chunk / 2 { READ_CHUNK_BUSY } else { READ_CHUNK_IDLE },
             Err(e) => break CloseReason::Io(e.to_string()),
         }
         let mut batch = Vec::new();
@@ -117,7 +127,7 @@ pub(crate) async fn write_loop<W: AsyncWrite + Unpin>(
     to_actor: mpsc::Sender<ConnEvent>,
 ) {
     let mut codec = LinkCodec::HANDSHAKE;
-    let mut buf = BytesMut::with_capacity(16 * 1024);
+    let mut buf = BytesMut::new();
     let mut closing = false;
     'outer: while let Some(cmd) = rx.recv().await {
         let mut next = Some(cmd);
@@ -155,6 +165,10 @@ pub(crate) async fn write_loop<W: AsyncWrite + Unpin>(
                 return;
             }
             buf.clear();
+        }
+        if buf.capacity() > WRITE_BUF_KEEP {
+            // A burst grew it; do not hold on to that memory while idle.
+            buf = BytesMut::new();
         }
         if closing {
             break 'outer;

@@ -27,9 +27,14 @@ pub const DEFAULT_SEND_QUEUE_CAP: usize = 4096;
 /// is full, new messages are dropped and counted in
 /// [`Status::dropped_messages`] (the mesh keeps relaying them).
 pub const DEFAULT_RECV_QUEUE_CAP: usize = 65_536;
-/// Capacity of the event channel. A subscriber that falls further behind
-/// gets [`Event::Lagged`].
-pub const EVENT_CHANNEL_CAP: usize = 4096;
+/// Capacity of the event channel, created on the first
+/// [`MeshSocket::events`] call (a node nobody listens to pays nothing). A
+/// subscriber that falls further behind gets [`Event::Lagged`]; messages
+/// themselves wait in the [`MeshSocket::recv`] queue, not here.
+pub const EVENT_CHANNEL_CAP: usize = 1024;
+
+/// The event channel, created when first subscribed to.
+pub(crate) type EventHub = std::sync::Arc<std::sync::OnceLock<broadcast::Sender<Event>>>;
 /// Default most connections, handshaken or not.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
 /// Default most connections that have not completed their handshake.
@@ -257,7 +262,7 @@ impl Builder {
         cfg.handshake_timeout_ms = self.handshake_timeout.as_millis() as u64;
         cfg.maintain_outgoing = self.maintain_outgoing;
         let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_CHANNEL_CAP);
-        let (events, _) = broadcast::channel(EVENT_CHANNEL_CAP);
+        let events: EventHub = Default::default();
         let (inbox_tx, inbox_rx) = mpsc::channel(self.recv_queue_cap);
         let actor = Actor::new(
             cfg,
@@ -310,7 +315,7 @@ impl Drop for AbortOnDrop {
 #[derive(Debug)]
 struct Inner {
     cmd: mpsc::Sender<Command>,
-    events: broadcast::Sender<Event>,
+    events: EventHub,
     inbox: tokio::sync::Mutex<mpsc::Receiver<Message>>,
     id: PeerId,
     protocol: Protocol,
@@ -542,7 +547,7 @@ impl MeshSocket {
 
     /// A stream of [`Event`]s from now on.
     pub fn events(&self) -> EventStream {
-        EventStream(self.inner.events.subscribe())
+        EventStream(self.inner.events.get_or_init(|| broadcast::channel(EVENT_CHANNEL_CAP).0).subscribe())
     }
 
     /// Closes every connection and stops the node (py2p's `close`). Other

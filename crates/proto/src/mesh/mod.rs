@@ -508,6 +508,8 @@ pub struct Mesh {
     next_peer_request_ms: u64,
     /// The latest time an input brought; used where an action has no `now`.
     clock: Now,
+    /// Reused buffer for relay targets.
+    scratch: Vec<ConnId>,
     out: VecDeque<Output>,
     stats: Stats,
 }
@@ -532,6 +534,7 @@ impl Mesh {
             deferred: HashMap::new(),
             next_peer_request_ms: 0,
             clock: Now::default(),
+            scratch: Vec::new(),
             out: VecDeque::new(),
             stats: Stats::default(),
         }
@@ -959,14 +962,17 @@ impl Mesh {
             return;
         }
         // Relay the original frame to every peer but the one it came from and
-        // its original sender.
-        let sender_conn = self.routing.get(&h.sender).copied();
-        let targets: Vec<ConnId> =
-            self.routing.values().copied().filter(|&c| c != conn && Some(c) != sender_conn).collect();
-        for c in targets {
+        // its original sender. (A scratch vector, reused: no allocation per
+        // message; the sender lookup only matters with other peers.)
+        let sender_conn = if self.routing.len() > 1 { self.routing.get(&h.sender).copied() } else { None };
+        let mut targets = std::mem::take(&mut self.scratch);
+        targets.extend(self.routing.values().copied().filter(|&c| c != conn && Some(c) != sender_conn));
+        for &c in &targets {
             self.stats.relayed += 1;
             self.send_user(c, packet.frame.clone());
         }
+        targets.clear();
+        self.scratch = targets;
         match h.subflag {
             subflag::REQUEST => self.on_route_request(now, conn, &packet),
             subflag::RESPONSE => self.on_route_response(now, &packet),

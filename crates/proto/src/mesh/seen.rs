@@ -58,7 +58,8 @@ impl SeenCache {
     /// A cache keeping entries `keep_ms` milliseconds, at most `capacity` of
     /// them; `key` randomises the hash.
     pub fn new(keep_ms: u64, capacity: usize, key: u64) -> Self {
-        let initial = capacity.clamp(1, 1 << 14);
+        // Grown on demand: an idle node should cost little.
+        let initial = capacity.clamp(1, 64);
         SeenCache {
             set: HashSet::with_capacity_and_hasher(initial, KeyedIdHash(key)),
             order: VecDeque::with_capacity(initial),

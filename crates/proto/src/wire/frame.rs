@@ -192,7 +192,7 @@ impl FrameDecoder {
     /// A decoder accepting the given compression methods (uncompressed frames
     /// are always accepted, as py2p does).
     pub fn new(limits: Limits, enabled: &[Compression]) -> Self {
-        FrameDecoder { buf: BytesMut::with_capacity(8 * 1024), limits, enabled: enabled.to_vec(), first: true }
+        FrameDecoder { buf: BytesMut::new(), limits, enabled: enabled.to_vec(), first: true }
     }
 
     /// The read buffer, to append received bytes to.
