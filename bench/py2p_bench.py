@@ -113,7 +113,11 @@ class Proc:
 
     def _read(self):
         for line in self.p.stdout:
-            self.lines.put((time.time(), json.loads(line)))
+            try:
+                self.lines.put((time.time(), json.loads(line)))
+            except ValueError:
+                # py2p prints its own notices to stdout when a link breaks.
+                pass
 
     def cmd(self, **c):
         self.p.stdin.write(json.dumps(c) + "\n")

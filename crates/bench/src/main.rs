@@ -221,8 +221,10 @@ mod cli_chain {
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
         let payload = json!({"$bytes": base64_of(size)});
-        let line = json!({"cmd": "broadcast", "packets": [payload]}).to_string() + "\n";
-        let script = line.repeat(count);
+        // A sequence number per line: equal payloads within a second would
+        // be one message, deduplicated.
+        let script: String =
+            (0..count).map(|k| json!({"cmd": "broadcast", "packets": [k, payload]}).to_string() + "\n").collect();
         let mut head = procs[0].1.take().context("stdin")?;
         let start = Instant::now();
         let writer = tokio::spawn(async move {
@@ -280,7 +282,7 @@ impl Table {
 
     fn print(&self) {
         println!();
-        println!("| workload | metric | system | median | min | max | vs rs2p |");
+        println!("| workload | metric | system | median | min | max | rs2p better by |");
         println!("|---|---|---|---|---|---|---|");
         for (w, s, m, v, unit) in &self.rows {
             let mut v: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
@@ -298,12 +300,16 @@ impl Table {
                 })
                 .unwrap_or(f64::NAN);
             let higher_better = unit.ends_with("/s") || unit == "runs ok" || unit == "nodes";
-            let ratio = if s == "rs2p" || !med.is_finite() || !base.is_finite() || med == 0.0 {
+            let ratio = if s == "rs2p" || unit == "msgs" || !med.is_finite() || !base.is_finite() || med == 0.0 {
                 "".to_string()
-            } else if higher_better {
-                format!("rs2p {:.1}x", base / med)
             } else {
-                format!("rs2p {:.1}x", med / base)
+                // How many times better rs2p is (below 1: worse).
+                let r = if higher_better { base / med } else { med / base };
+                if r < 10.0 {
+                    format!("{r:.2}x")
+                } else {
+                    format!("{r:.0}x")
+                }
             };
             println!("| {w} | {m} ({unit}) | {s} | {} | {} | {} | {ratio} |", fmt(med), fmt(min), fmt(max));
         }
@@ -389,7 +395,9 @@ fn run_workload(w: &str, opts: &Opts, t: &mut Table) -> Result<()> {
                     let rs = runs(opts, sys, "formation", &s(&[100, 15]));
                     let ok = rs.iter().filter(|j| j["formed_ms"].is_number()).count();
                     t.add(name, sys, "time to connected + target", field(&rs, "formed_ms"), "ms");
-                    t.add(name, sys, "runs connected", vec![ok as f64], "runs ok");
+                    // No result at all means "not measured", not "0 runs ok".
+                    let runs_ok = if rs.is_empty() { vec![] } else { vec![ok as f64] };
+                    t.add(name, sys, &format!("runs connected of {}", opts.runs), runs_ok, "runs ok");
                 }
             }
         }
