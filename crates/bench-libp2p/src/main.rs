@@ -4,6 +4,7 @@
 //! swarm driven by its own task. Prints one JSON line.
 //!
 //! Usage: rs2p-bench-libp2p throughput N COUNT SIZE | latency N MESSAGES | memory N
+//! | formation N TIMEOUT_S | scale N TIMEOUT_S
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -225,6 +226,75 @@ async fn memory(n: usize) -> Result<serde_json::Value> {
     Ok(json!({"kib_per_node": after.saturating_sub(before) as f64 / n as f64}))
 }
 
+fn connected(adj: &[Vec<usize>]) -> bool {
+    let mut seen = vec![false; adj.len()];
+    let mut stack = vec![0];
+    seen[0] = true;
+    while let Some(i) = stack.pop() {
+        for &j in &adj[i] {
+            if !seen[j] {
+                seen[j] = true;
+                stack.push(j);
+            }
+        }
+    }
+    seen.iter().all(|&s| s)
+}
+
+/// Workloads 3 and 4: `n` swarms, each dialing one random earlier node at
+/// the same moment. gossipsub has no peer exchange and no outgoing target:
+/// "formed" is the graph connected and every node's gossipsub mesh holding
+/// all of its links. Then (scale) one publish, time until every node has it.
+async fn formation(n: usize, timeout_s: usize, broadcast: bool) -> Result<serde_json::Value> {
+    let epoch = Instant::now();
+    let mut nodes = Vec::with_capacity(n);
+    for _ in 0..n {
+        nodes.push(spawn_node(epoch).await?);
+    }
+    let mut seed = 0x9e37_79b9_u64 ^ n as u64;
+    let mut edges = vec![Vec::new(); n];
+    let start = Instant::now();
+    for i in 1..n {
+        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let j = (seed >> 33) as usize % i;
+        edges[i].push(j);
+        edges[j].push(i);
+        nodes[i].tx.send(Cmd::Dial(nodes[j].addr.clone())).await.ok().context("dial")?;
+    }
+    let mut formed = None;
+    while start.elapsed() < Duration::from_secs(timeout_s as u64) {
+        let mut ok = true;
+        for (i, node) in nodes.iter().enumerate() {
+            let (conn, mesh) = peers(node).await?;
+            ok &= conn >= edges[i].len() && mesh >= edges[i].len().min(6);
+        }
+        if ok && connected(&edges) {
+            formed = Some(start.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut out = json!({"formed_ms": formed.map(|d| d.as_secs_f64() * 1e3), "nodes": n});
+    if broadcast && formed.is_some() {
+        let t = Instant::now();
+        if !publish(&nodes[0], message(0, epoch, 16)).await? {
+            bail!("publish failed");
+        }
+        let mut reached = None;
+        while t.elapsed() < Duration::from_secs(30) {
+            if nodes[1..].iter().all(|x| x.received.load(Ordering::Relaxed) >= 1) {
+                reached = Some(t.elapsed());
+                break;
+            }
+            tokio::time::sleep(Duration::from_micros(500)).await;
+        }
+        let got = nodes[1..].iter().filter(|x| x.received.load(Ordering::Relaxed) >= 1).count();
+        out["broadcast_ms"] = json!(reached.map(|d| d.as_secs_f64() * 1e3));
+        out["reached"] = json!(got);
+    }
+    Ok(out)
+}
+
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let num = |i: usize| -> Result<usize> { args.get(i).context("missing argument")?.parse().context("number") };
@@ -234,6 +304,8 @@ fn main() -> Result<()> {
             Some("throughput") => throughput(num(1)?, num(2)?, num(3)?).await,
             Some("latency") => latency(num(1)?, num(2)?).await,
             Some("memory") => memory(num(1)?).await,
+            Some("formation") => formation(num(1)?, num(2)?, false).await,
+            Some("scale") => formation(num(1)?, num(2)?, true).await,
             Some(other) => bail!("workload {other} is not implemented for libp2p"),
             None => bail!("usage: rs2p-bench-libp2p WORKLOAD ARGS"),
         }
