@@ -389,7 +389,8 @@ impl Replica {
     fn apply(&mut self, key: &Bytes, change: impl FnOnce(&mut Entry) -> bool, create: Option<(&Version, &Value)>) {
         let k = (bucket(key), key.clone());
         let leaf = usize::from(k.0);
-        let (before, changed) = match self.entries.get_mut(&k) {
+        // What changed, read while the entry is borrowed (no entry clone).
+        let (before, after, latest) = match self.entries.get_mut(&k) {
             Some(slot) => {
                 let before = slot.entry.value();
                 let old_digest = slot.digest;
@@ -400,7 +401,7 @@ impl Replica {
                 let delta = old_digest ^ slot.digest;
                 self.leaf[leaf] ^= delta;
                 self.top[leaf >> 8] ^= delta;
-                (before, slot.entry.clone())
+                (before, slot.entry.value(), slot.entry.latest().clone())
             }
             None => {
                 // Start from the oldest possible entry so `change` decides.
@@ -414,12 +415,12 @@ impl Replica {
                 let digest = entry.digest(key);
                 self.leaf[leaf] ^= digest;
                 self.top[leaf >> 8] ^= digest;
-                self.entries.insert(k, Slot { entry: entry.clone(), digest });
-                (None, entry)
+                let (after, latest) = (entry.value(), entry.latest().clone());
+                self.entries.insert(k, Slot { entry, digest });
+                (None, after, latest)
             }
         };
-        let after = changed.value();
-        match (&before, &after) {
+        match (before, after) {
             (Some(_), None) => {
                 self.live -= 1;
                 self.out.push_back(Action::Event(Event::Delete { key: key.clone() }));
@@ -428,13 +429,13 @@ impl Replica {
                 if b.is_none() {
                     self.live += 1;
                 }
-                if b.as_ref() != Some(v) {
-                    let latest = changed.latest();
+                if b.as_ref() != Some(&v) {
+                    let timestamp = latest.secs();
                     self.out.push_back(Action::Event(Event::Update {
                         key: key.clone(),
-                        value: v.clone(),
-                        owner: latest.owner.clone(),
-                        timestamp: latest.secs(),
+                        value: v,
+                        owner: latest.owner,
+                        timestamp,
                     }));
                 }
             }
