@@ -21,7 +21,8 @@ pub const COMMAND_CHANNEL_CAP: usize = 1024;
 /// Capacity of the channel from connection readers to the actor, in
 /// batches. A full channel stops the readers, and TCP slows the senders.
 pub const INBOUND_CHANNEL_CAP: usize = 256;
-/// Default capacity of each connection's send queue, in frames.
+/// Default capacity of each connection's send queue, in frames (held as
+/// batches, one per actor step, so the bound is approximate).
 pub const DEFAULT_SEND_QUEUE_CAP: usize = 4096;
 /// Default capacity of the [`MeshSocket::recv`] queue, in messages. When it
 /// is full, new messages are dropped and counted in
