@@ -100,7 +100,7 @@ fuzz_target!(|inputs: Vec<Input>| {
             }
             Input::Broadcast(p) => {
                 let values: Vec<Value> = p.iter().map(|v| v.to_value(0)).collect();
-                node.mesh.broadcast(now, 0, &values);
+                let _ = node.mesh.broadcast(now, 0, &values);
             }
             Input::Connect(port) => {
                 let _ = node.mesh.connect(PeerAddr::new("127.0.0.1", port), None);

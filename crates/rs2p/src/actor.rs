@@ -50,8 +50,8 @@ pub(crate) struct Settings {
 /// Requests from handles to the actor; each carries its reply channel.
 pub(crate) enum Command {
     Connect { addr: PeerAddr, expected: Option<PeerId>, reply: oneshot::Sender<Result<PeerId, Error>> },
-    Broadcast { subflag: u64, packets: Vec<Value>, reply: oneshot::Sender<MsgId> },
-    BroadcastMany { messages: Vec<Vec<Value>>, reply: oneshot::Sender<Vec<MsgId>> },
+    Broadcast { subflag: u64, packets: Vec<Value>, reply: oneshot::Sender<Result<MsgId, Error>> },
+    BroadcastMany { messages: Vec<Vec<Value>>, reply: oneshot::Sender<Result<Vec<MsgId>, Error>> },
     Whisper { peer: PeerId, packets: Vec<Value>, reply: oneshot::Sender<Result<MsgId, Error>> },
     Reply { to: PeerId, packets: Vec<Value>, reply: oneshot::Sender<Result<ReplyRoute, Error>> },
     RequestPeers { reply: oneshot::Sender<()> },
@@ -237,11 +237,13 @@ impl Actor {
                 }
             },
             Command::Broadcast { subflag, packets, reply } => {
-                let _ = reply.send(self.node.mesh.broadcast(now, subflag, &packets));
+                let _ = reply.send(self.node.mesh.broadcast(now, subflag, &packets).map_err(Into::into));
             }
             Command::BroadcastMany { messages, reply } => {
-                let ids = messages.iter().map(|p| self.node.mesh.broadcast(now, subflag::BROADCAST, p)).collect();
-                let _ = reply.send(ids);
+                // Stops at the first refused message; the earlier ones are sent.
+                let ids: Result<Vec<MsgId>, _> =
+                    messages.iter().map(|p| self.node.mesh.broadcast(now, subflag::BROADCAST, p)).collect();
+                let _ = reply.send(ids.map_err(Into::into));
             }
             Command::Whisper { peer, packets, reply } => {
                 let r = self.node.mesh.whisper(now, &peer, subflag::WHISPER, &packets);

@@ -37,6 +37,15 @@ pub enum Error {
     /// Too many routed replies are waiting for routes.
     #[error("too many replies waiting for a route")]
     TooManyPending,
+    /// The message would exceed the frame limit ([`crate::Limits::max_frame_len`]);
+    /// nothing was sent (peers close links that send them oversized frames).
+    #[error("message of {len} bytes exceeds the frame limit of {max}")]
+    MessageTooLarge {
+        /// The frame body's size.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
     /// Another node holds this key's lease (py2p's one-hour lease).
     #[error("key is leased to {owner} until UNIX time {until}")]
     Leased {
@@ -66,6 +75,7 @@ impl From<rs2p_proto::mesh::CommandError> for Error {
             C::NotConnected(p) => Error::NotConnected(p),
             C::OwnAddress(a) => Error::OwnAddress(a),
             C::TooManyPending => Error::TooManyPending,
+            C::TooLarge { len, max } => Error::MessageTooLarge { len, max },
         }
     }
 }

@@ -259,6 +259,7 @@ impl Builder {
         let id = PeerId::derive(&out_addr.host, out_addr.port, &protocol.id(), &salt);
         let mut cfg = Config::new(protocol.clone(), id.clone(), out_addr.clone());
         cfg.max_outgoing = self.max_outgoing;
+        cfg.max_frame_len = self.limits.max_frame_len;
         cfg.compression = self.compression.clone();
         cfg.handshake_timeout_ms = self.handshake_timeout.as_millis() as u64;
         cfg.maintain_outgoing = self.maintain_outgoing;
@@ -414,7 +415,8 @@ impl MeshSocket {
     /// Returns the message id.
     ///
     /// # Errors
-    /// [`Error::Closed`] if the node has stopped.
+    /// [`Error::MessageTooLarge`] above the frame limit, [`Error::Closed`] if
+    /// the node has stopped.
     pub async fn broadcast(&self, packets: Vec<Value>) -> Result<MsgId, Error> {
         self.send_flagged(subflag::BROADCAST, packets).await
     }
@@ -424,9 +426,10 @@ impl MeshSocket {
     /// messages at once.
     ///
     /// # Errors
-    /// [`Error::Closed`] if the node has stopped.
+    /// [`Error::MessageTooLarge`] for the first message above the frame
+    /// limit (the ones before it are sent), [`Error::Closed`].
     pub async fn broadcast_many(&self, messages: Vec<Vec<Value>>) -> Result<Vec<MsgId>, Error> {
-        self.call(|reply| Command::BroadcastMany { messages, reply }).await
+        self.call(|reply| Command::BroadcastMany { messages, reply }).await?
     }
 
     /// Floods a message with a custom sub-flag (for protocols layered on the
@@ -435,7 +438,7 @@ impl MeshSocket {
     /// # Errors
     /// [`Error::Closed`] if the node has stopped.
     pub async fn send_flagged(&self, subflag: u64, packets: Vec<Value>) -> Result<MsgId, Error> {
-        self.call(|reply| Command::Broadcast { subflag, packets, reply }).await
+        self.call(|reply| Command::Broadcast { subflag, packets, reply }).await?
     }
 
     /// Sends `packets` to a directly connected peer only.

@@ -255,3 +255,28 @@ async fn reply_reaches_a_node_we_are_not_connected_to() {
         n.close().await.unwrap();
     }
 }
+
+#[tokio::test]
+async fn oversized_messages_are_refused_locally() {
+    let limits = rs2p::Limits { max_frame_len: 64 * 1024, ..rs2p::Limits::default() };
+    let a = MeshSocket::builder().limits(limits).spawn().await.unwrap();
+    let b = node().await;
+    b.connect(a.out_addr().clone()).await.unwrap();
+    wait_for(5, "linked", || async { a.routing_table().await.unwrap().len() == 1 }).await;
+    let big = vec![Value::Binary(vec![0; 100_000])];
+    match a.broadcast(big.clone()).await {
+        Err(Error::MessageTooLarge { len, max }) => {
+            assert!(len > 100_000);
+            assert_eq!(max, 64 * 1024);
+        }
+        other => panic!("expected MessageTooLarge, got {other:?}"),
+    }
+    assert!(matches!(a.whisper(b.id(), big.clone()).await, Err(Error::MessageTooLarge { .. })));
+    assert!(matches!(a.broadcast_many(vec![vec![Value::from("ok")], big]).await, Err(Error::MessageTooLarge { .. })));
+    // The link is intact and the small message before the refused one went out.
+    assert_eq!(next_msg(&b).await.packets().unwrap(), vec![Value::from("ok")]);
+    a.broadcast(vec![Value::Binary(vec![1; 60_000])]).await.unwrap();
+    assert_eq!(next_msg(&b).await.packets().unwrap()[0].as_slice().map(<[u8]>::len), Some(60_000));
+    a.close().await.unwrap();
+    b.close().await.unwrap();
+}

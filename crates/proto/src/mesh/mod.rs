@@ -177,6 +177,11 @@ pub struct Config {
     pub max_known_peers: usize,
     /// Most entries accepted from one peer list. Default 256.
     pub max_peer_list: usize,
+    /// Largest frame body this node sends (checksum + payload). Peers close
+    /// a connection that sends them more than their own limit, so local
+    /// messages above it are refused. Default
+    /// [`crate::wire::DEFAULT_MAX_FRAME_LEN`].
+    pub max_frame_len: usize,
 }
 
 impl Config {
@@ -199,6 +204,7 @@ impl Config {
             max_pending_replies: 1024,
             max_known_peers: 1024,
             max_peer_list: 256,
+            max_frame_len: crate::wire::DEFAULT_MAX_FRAME_LEN,
         }
     }
 }
@@ -381,6 +387,14 @@ pub enum CommandError {
     /// Too many replies already wait for a route.
     #[error("too many replies waiting for a route")]
     TooManyPending,
+    /// The message would make a frame larger than the frame limit.
+    #[error("message of {len} bytes exceeds the frame limit of {max}")]
+    TooLarge {
+        /// The frame body's size.
+        len: usize,
+        /// The limit ([`Config::max_frame_len`]).
+        max: usize,
+    },
 }
 
 /// Counters, for status reports and tests.
@@ -643,9 +657,21 @@ impl Mesh {
 
     /// Floods a message with `subflag` and `packets` to the whole network and
     /// returns its id. User broadcasts use [`subflag::BROADCAST`].
-    pub fn broadcast(&mut self, now: Now, subflag: u64, packets: &[Value]) -> MsgId {
+    ///
+    /// # Errors
+    /// [`CommandError::TooLarge`] above [`Config::max_frame_len`].
+    pub fn broadcast(&mut self, now: Now, subflag: u64, packets: &[Value]) -> Result<MsgId, CommandError> {
         let frame = Frame::build(MsgType::Broadcast as u8, &self.cfg.id, now.unix(), subflag, packets);
-        self.broadcast_frame(now, frame)
+        self.check_size(&frame)?;
+        Ok(self.broadcast_frame(now, frame))
+    }
+
+    fn check_size(&self, frame: &Frame) -> Result<(), CommandError> {
+        let len = frame.body().len();
+        if len > self.cfg.max_frame_len {
+            return Err(CommandError::TooLarge { len, max: self.cfg.max_frame_len });
+        }
+        Ok(())
     }
 
     /// Floods an already built broadcast frame.
@@ -664,10 +690,12 @@ impl Mesh {
     /// peer. User whispers use [`subflag::WHISPER`].
     ///
     /// # Errors
-    /// [`CommandError::NotConnected`] if `peer` is not in the routing table.
+    /// [`CommandError::NotConnected`] if `peer` is not in the routing table,
+    /// [`CommandError::TooLarge`].
     pub fn whisper(&mut self, now: Now, peer: &PeerId, subflag: u64, packets: &[Value]) -> Result<MsgId, CommandError> {
         let conn = *self.routing.get(peer).ok_or_else(|| CommandError::NotConnected(peer.clone()))?;
         let frame = Frame::build(MsgType::Whisper as u8, &self.cfg.id, now.unix(), subflag, packets);
+        self.check_size(&frame)?;
         let id = frame.id();
         self.send_user(conn, frame);
         Ok(id)
@@ -680,7 +708,7 @@ impl Mesh {
     ///
     /// # Errors
     /// [`CommandError::TooManyPending`] when [`Config::max_pending_replies`]
-    /// replies already wait for routes.
+    /// replies already wait for routes, [`CommandError::TooLarge`].
     pub fn reply(&mut self, now: Now, to: &PeerId, packets: &[Value]) -> Result<ReplyRoute, CommandError> {
         if self.routing.contains_key(to) {
             self.whisper(now, to, subflag::WHISPER, packets)?;
@@ -690,6 +718,7 @@ impl Mesh {
             return Err(CommandError::TooManyPending);
         }
         let frame = Frame::build(MsgType::Whisper as u8, &self.cfg.id, now.unix(), subflag::WHISPER, packets);
+        self.check_size(&frame)?;
         let mut raw = [0u8; 24];
         self.rng.fill(&mut raw[..]);
         let request_id = crate::id::b58encode_int(&raw);
@@ -697,7 +726,7 @@ impl Mesh {
             request_id.clone().into_bytes(),
             PendingReply { to: to.clone(), frame, deadline_ms: now.mono_ms + self.cfg.reply_timeout_ms },
         );
-        self.broadcast(now, subflag::REQUEST, &[Value::from(request_id), Value::Binary(to.as_bytes().to_vec())]);
+        self.broadcast(now, subflag::REQUEST, &[Value::from(request_id), Value::Binary(to.as_bytes().to_vec())])?;
         Ok(ReplyRoute::Routing)
     }
 

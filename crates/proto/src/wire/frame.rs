@@ -42,7 +42,9 @@ impl Frame {
     /// Builds a frame around an already encoded msgpack payload.
     pub fn from_payload(payload: &[u8]) -> Frame {
         let mut buf = BytesMut::with_capacity(4 + 32 + payload.len());
-        buf.put_u32((32 + payload.len()) as u32);
+        // Oversized payloads get a saturated prefix; senders check sizes
+        // against the frame limit before anything goes out.
+        buf.put_u32(u32::try_from(32 + payload.len()).unwrap_or(u32::MAX));
         buf.put_slice(&Sha256::digest(payload));
         buf.put_slice(payload);
         Frame(buf.freeze())
