@@ -289,6 +289,7 @@ impl Actor {
                 WriteError::Leased { owner, until } => Error::Leased { owner, until },
                 WriteError::NotFound => Error::KeyNotFound,
                 WriteError::NotAMap => Error::NotAMap,
+                WriteError::TooLarge { len, max } => Error::MessageTooLarge { len, max },
             }
         }
         let Some(replica) = self.node.sync.as_ref() else {

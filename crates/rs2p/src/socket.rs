@@ -266,9 +266,13 @@ impl Builder {
         let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_CHANNEL_CAP);
         let events: EventHub = Default::default();
         let (inbox_tx, inbox_rx) = mpsc::channel(self.recv_queue_cap);
+        let sync = self.sync.map(|mut c| {
+            c.max_frame_len = self.limits.max_frame_len;
+            c
+        });
         let actor = Actor::new(
             cfg,
-            self.sync,
+            sync,
             self.seed.unwrap_or_else(rand::random),
             listener,
             crate::actor::Settings {

@@ -156,7 +156,8 @@ impl SyncSocket {
     ///
     /// # Errors
     /// [`Error::Leased`] when another node holds the key's lease (naming it
-    /// and when the lease ends), [`Error::Closed`].
+    /// and when the lease ends), [`Error::MessageTooLarge`] when the write
+    /// would exceed the frame limit (nothing is applied), [`Error::Closed`].
     pub async fn set(&self, k: impl AsRef<[u8]>, value: impl Into<Value>) -> Result<(), Error> {
         let pairs = vec![(key(k), value.into())];
         self.sync(|reply| SyncCommand::Set { pairs, reply }).await?
@@ -252,7 +253,7 @@ impl SyncSocket {
     ///
     /// # Errors
     /// [`Error::NotAMap`] if `key` holds something else, [`Error::Leased`],
-    /// [`Error::Closed`].
+    /// [`Error::MessageTooLarge`], [`Error::Closed`].
     pub async fn apply_delta(&self, k: impl AsRef<[u8]>, delta: Vec<(Value, Value)>) -> Result<(), Error> {
         let key = key(k);
         self.sync(|reply| SyncCommand::Delta { key, delta, reply }).await?

@@ -163,3 +163,17 @@ async fn a_joining_node_receives_the_whole_state() {
     a.close().await.unwrap();
     b.close().await.unwrap();
 }
+
+#[tokio::test]
+async fn oversized_writes_are_refused_before_applying() {
+    let limits = rs2p::Limits { max_frame_len: 64 * 1024, ..rs2p::Limits::default() };
+    let a = SyncSocket::builder().mesh(|m| m.limits(limits)).spawn().await.unwrap();
+    let big = Value::Binary(vec![0; 100_000]);
+    assert!(matches!(a.set("big", big.clone()).await, Err(Error::MessageTooLarge { .. })));
+    assert_eq!(a.get("big").await.unwrap(), None, "nothing applied");
+    assert!(matches!(a.apply_delta("m", vec![(Value::from("f"), big)]).await, Err(Error::MessageTooLarge { .. })));
+    assert_eq!(a.len().await.unwrap(), 0);
+    a.set("small", Value::Binary(vec![0; 1000])).await.unwrap();
+    assert_eq!(a.len().await.unwrap(), 1);
+    a.close().await.unwrap();
+}

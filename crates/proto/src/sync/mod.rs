@@ -103,6 +103,11 @@ pub struct Config {
     /// Largest anti-entropy entries message, in encoded bytes (about).
     /// Default 256 KiB.
     pub max_batch_bytes: usize,
+    /// Largest frame body a local write may produce (peers close links that
+    /// send more than their limit). Default
+    /// [`crate::wire::DEFAULT_MAX_FRAME_LEN`]; the driver sets it to its own
+    /// frame limit.
+    pub max_frame_len: usize,
 }
 
 impl Default for Config {
@@ -113,6 +118,7 @@ impl Default for Config {
             tombstone_ttl_ms: 24 * 3_600_000,
             anti_entropy_interval_ms: 2_000,
             max_batch_bytes: 256 * 1024,
+            max_frame_len: crate::wire::DEFAULT_MAX_FRAME_LEN,
         }
     }
 }
@@ -156,6 +162,15 @@ pub enum WriteError {
     /// A delta was applied to a key whose value is not a map.
     #[error("cannot apply a delta to a value that is not a map")]
     NotAMap,
+    /// The write would make a frame larger than the frame limit; nothing
+    /// was applied.
+    #[error("write of {len} bytes exceeds the frame limit of {max}")]
+    TooLarge {
+        /// The frame body's size.
+        len: usize,
+        /// The limit ([`Config::max_frame_len`]).
+        max: usize,
+    },
 }
 
 /// What the replica asks of the mesh below it.
@@ -328,21 +343,33 @@ impl Replica {
     /// Sets `key` to `value` (nil deletes, as in py2p) and floods the write.
     ///
     /// # Errors
-    /// [`WriteError::Leased`] when another node holds the key's lease.
+    /// [`WriteError::Leased`] when another node holds the key's lease,
+    /// [`WriteError::TooLarge`] above the frame limit.
     pub fn set(&mut self, now: Now, key: Bytes, value: Value) -> Result<(), WriteError> {
         if let Some(e) = self.lease_block(now, &key) {
             return Err(e);
         }
         let version = self.next_version(now, &key);
-        self.apply(&key, |e| e.apply_set(&version, &value), Some((&version, &value)));
         let frame = Frame::build(
             MsgType::Broadcast as u8,
             &self.me,
             version.secs(),
             subflag::STORE,
-            &[Value::Binary(key.to_vec()), value, Value::Array(vec![Value::from(version.ts_ms)])],
+            &[Value::Binary(key.to_vec()), value.clone(), Value::Array(vec![Value::from(version.ts_ms)])],
         );
+        self.check_size(&frame)?;
+        self.apply(&key, |e| e.apply_set(&version, &value), Some((&version, &value)));
         self.out.push_back(Action::Broadcast(frame));
+        Ok(())
+    }
+
+    /// Refuses a write whose frame peers would reject (they close links
+    /// that send frames above their limit), before anything is applied.
+    fn check_size(&self, frame: &Frame) -> Result<(), WriteError> {
+        let len = frame.body().len();
+        if len > self.cfg.max_frame_len {
+            return Err(WriteError::TooLarge { len, max: self.cfg.max_frame_len });
+        }
         Ok(())
     }
 
@@ -370,14 +397,15 @@ impl Replica {
             return Err(e);
         }
         let version = self.next_version(now, &key);
-        self.apply(&key, |e| e.apply_delta(&version, &delta), None);
         let frame = Frame::build(
             MsgType::Broadcast as u8,
             &self.me,
             version.secs(),
             subflag::DELTA,
-            &[Value::Binary(key.to_vec()), Value::Map(delta), Value::Array(vec![Value::from(version.ts_ms)])],
+            &[Value::Binary(key.to_vec()), Value::Map(delta.clone()), Value::Array(vec![Value::from(version.ts_ms)])],
         );
+        self.check_size(&frame)?;
+        self.apply(&key, |e| e.apply_delta(&version, &delta), None);
         self.out.push_back(Action::Broadcast(frame));
         Ok(())
     }
