@@ -1,38 +1,18 @@
 //! Real nodes on 127.0.0.1 with OS-assigned ports, rs2p only. Every wait is
 //! bounded; nodes are closed at the end of each test.
 
+mod common;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::{next_msg, wait_for};
 use rs2p::{Encryption, Error, Event, MeshSocket, MessageKind, PeerId, Protocol, ReplyRoute, Value};
 
 async fn node() -> MeshSocket {
     MeshSocket::builder().bind("127.0.0.1:0").spawn().await.expect("bind")
-}
-
-/// Polls `cond` every 20 ms for up to `secs` seconds.
-async fn wait_for<F, Fut>(secs: u64, what: &str, mut cond: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
-    while tokio::time::Instant::now() < deadline {
-        if cond().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("timed out waiting for {what}");
-}
-
-async fn next_msg(n: &MeshSocket) -> rs2p::Message {
-    tokio::time::timeout(Duration::from_secs(10), n.next_message())
-        .await
-        .expect("message in time")
-        .expect("node running")
 }
 
 #[tokio::test]

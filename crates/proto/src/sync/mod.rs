@@ -567,10 +567,29 @@ impl Replica {
         }
     }
 
-    /// The rs2p version extension `[ts_ms]`, if present and well-formed.
-    fn ext_version(v: Option<&Value>, sender: &PeerId) -> Option<Version> {
-        let ts = v?.as_array()?.first()?.as_u64()?;
-        Some(Version::new(ts, sender.clone()))
+    /// The version of a broadcast write: the rs2p extension `[ts_ms]` when
+    /// present; otherwise a py2p write, which must pass py2p's lease rule
+    /// (`None`: refused) and gets second resolution. Either way the hybrid
+    /// clock observes it.
+    fn write_version(
+        &mut self,
+        now: Now,
+        key: &[u8],
+        sender: &PeerId,
+        time: u64,
+        ext: Option<&Value>,
+        delta: bool,
+    ) -> Option<Version> {
+        let rs2p = ext.and_then(|e| e.as_array()?.first()?.as_u64());
+        let version = match rs2p {
+            Some(ts_ms) => Version::new(ts_ms, sender.clone()),
+            None if self.py2p_accepts(now, key, sender, time, delta) => {
+                Version::new(time.saturating_mul(1000), sender.clone())
+            }
+            None => return None,
+        };
+        self.observe(&version);
+        Some(version)
     }
 
     fn observe(&mut self, v: &Version) {
@@ -584,18 +603,9 @@ impl Replica {
             return;
         }
         let Some(key) = key_bytes(&v[0]) else { return };
-        let value = v[1].clone();
-        let version = match Self::ext_version(v.get(2), sender) {
-            Some(ver) => ver,
-            None => {
-                if !self.py2p_accepts(now, &key, sender, time, false) {
-                    return;
-                }
-                Version::new(time.saturating_mul(1000), sender.clone())
-            }
-        };
-        self.observe(&version);
-        self.apply(&key, |e| e.apply_set(&version, &value), Some((&version, &value)));
+        let Some(version) = self.write_version(now, &key, sender, time, v.get(2), false) else { return };
+        let value = &v[1];
+        self.apply(&key, |e| e.apply_set(&version, value), Some((&version, value)));
     }
 
     fn on_state_transfer(&mut self, now: Now, v: &[Value]) {
@@ -624,18 +634,8 @@ impl Replica {
         }
         let Some(key) = key_bytes(&v[0]) else { return };
         let Some(map) = v[1].as_map() else { return };
-        let version = match Self::ext_version(v.get(2), sender) {
-            Some(ver) => ver,
-            None => {
-                if !self.py2p_accepts(now, &key, sender, time, true) {
-                    return;
-                }
-                Version::new(time.saturating_mul(1000), sender.clone())
-            }
-        };
-        self.observe(&version);
-        let map = map.clone();
-        self.apply(&key, |e| e.apply_delta(&version, &map), None);
+        let Some(version) = self.write_version(now, &key, sender, time, v.get(2), true) else { return };
+        self.apply(&key, |e| e.apply_delta(&version, map), None);
     }
 
     // ----- anti-entropy -----------------------------------------------------
