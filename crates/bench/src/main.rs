@@ -54,6 +54,31 @@ enum Cmd {
     Child { workload: String, args: Vec<String> },
 }
 
+/// Waits until `counter` reaches `count`, or stops moving for 5 s. Returns
+/// what arrived and the seconds from `start` to the last arrival.
+pub(crate) async fn await_arrivals(
+    counter: &std::sync::atomic::AtomicU64,
+    count: usize,
+    start: std::time::Instant,
+) -> (u64, f64) {
+    use std::sync::atomic::Ordering;
+    use std::time::Instant;
+    let mut last = counter.load(Ordering::Relaxed);
+    let mut last_change = Instant::now();
+    loop {
+        let got = counter.load(Ordering::Relaxed);
+        if got != last {
+            last = got;
+            last_change = Instant::now();
+        }
+        if got as usize >= count || last_change.elapsed() > Duration::from_secs(5) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_micros(200)).await;
+    }
+    (last, last_change.duration_since(start).as_secs_f64())
+}
+
 pub(crate) fn rss_kib() -> u64 {
     proc_status("VmRSS:")
 }

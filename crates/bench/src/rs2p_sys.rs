@@ -79,22 +79,7 @@ pub async fn throughput(n: usize, count: usize, size: usize) -> Result<Json> {
             .await?;
         sent += k;
     }
-    let mut last = far.load(Ordering::Relaxed);
-    let mut last_change = Instant::now();
-    let mut done_at = Instant::now();
-    loop {
-        let got = far.load(Ordering::Relaxed);
-        if got != last {
-            last = got;
-            last_change = Instant::now();
-            done_at = last_change;
-        }
-        if got as usize >= count || last_change.elapsed() > Duration::from_secs(5) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_micros(200)).await;
-    }
-    let secs = done_at.duration_since(start).as_secs_f64();
+    let (last, secs) = crate::await_arrivals(&far, count, start).await;
     for node in &nodes {
         node.close().await.ok();
     }

@@ -260,3 +260,27 @@ async fn oversized_messages_are_refused_locally() {
     a.close().await.unwrap();
     b.close().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_panicking_handler_does_not_stop_the_node() {
+    let a = node().await;
+    let b = node().await;
+    b.connect(a.out_addr().clone()).await.unwrap();
+    b.register_handler(|m| {
+        if m.packets().unwrap()[0].as_str() == Some("boom") {
+            panic!("handler bug");
+        }
+        false
+    })
+    .await
+    .unwrap();
+    wait_for(5, "linked", || async { a.routing_table().await.unwrap().len() == 1 }).await;
+    a.broadcast(vec![Value::from("boom")]).await.unwrap();
+    a.broadcast(vec![Value::from("after")]).await.unwrap();
+    // The panic is contained: both messages still reach the queue, in order.
+    assert_eq!(next_msg(&b).await.packets().unwrap(), vec![Value::from("boom")]);
+    assert_eq!(next_msg(&b).await.packets().unwrap(), vec![Value::from("after")]);
+    assert!(b.status().await.is_ok());
+    a.close().await.unwrap();
+    b.close().await.unwrap();
+}

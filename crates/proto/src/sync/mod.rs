@@ -213,6 +213,11 @@ pub fn bucket(key: &[u8]) -> u16 {
     u16::from_be_bytes([h[0], h[1]])
 }
 
+/// The key's place in the entry map: its leaf bucket, then the key.
+fn index(key: &Bytes) -> (u16, Bytes) {
+    (bucket(key), key.clone())
+}
+
 pub(crate) fn key_bytes(v: &Value) -> Option<Bytes> {
     match v {
         Value::Binary(b) => Some(Bytes::copy_from_slice(b)),
@@ -273,7 +278,7 @@ impl Replica {
     // ----- reads ------------------------------------------------------------
 
     fn slot(&self, key: &[u8]) -> Option<&Slot> {
-        self.entries.get(&(bucket(key), Bytes::copy_from_slice(key)))
+        self.entries.get(&index(&Bytes::copy_from_slice(key)))
     }
 
     /// The value at `key`.
@@ -318,26 +323,57 @@ impl Replica {
 
     // ----- local writes -----------------------------------------------------
 
-    fn next_version(&mut self, now: Now, key: &[u8]) -> Version {
-        let floor = self.slot(key).map(|s| s.entry.latest().ts_ms + 1).unwrap_or(0);
-        let ts = now.unix_ms.max(self.clock_ms + 1).max(floor);
-        self.clock_ms = ts;
-        Version::new(ts, self.me.clone())
-    }
-
-    /// The lease holder blocking a write by us at `key`, if any.
-    fn lease_block(&self, now: Now, key: &[u8]) -> Option<WriteError> {
-        if !self.cfg.leasing {
+    /// The lease holder blocking a write by us to `entry`, if any.
+    fn lease_error(&self, now: Now, entry: &Entry) -> Option<WriteError> {
+        if !self.cfg.leasing || entry.is_tombstone() {
             return None;
         }
-        let s = self.slot(key)?;
-        if s.entry.is_tombstone() {
-            return None;
-        }
-        let v = s.entry.latest();
+        let v = entry.latest();
         let until = v.ts_ms.saturating_add(self.cfg.lease_ms);
         (v.owner != self.me && until > now.unix_ms)
             .then(|| WriteError::Leased { owner: v.owner.clone(), until: until / 1000 })
+    }
+
+    /// Checks a local write (lease, delta target, frame size) and stamps it
+    /// with a version, from one lookup of the key. Returns the version, the
+    /// frame to flood and the key's index; nothing is changed on refusal.
+    fn prepare_write(
+        &mut self,
+        now: Now,
+        key: &Bytes,
+        subflag: u64,
+        payload: Value,
+    ) -> Result<(Version, Frame, (u16, Bytes)), WriteError> {
+        let k = (bucket(key), key.clone());
+        let current = self.entries.get(&k).map(|s| &s.entry);
+        if let Some(e) = current {
+            if subflag == subflag::DELTA && matches!(e.value(), Some(v) if !v.is_map()) {
+                return Err(WriteError::NotAMap);
+            }
+            if let Some(err) = self.lease_error(now, e) {
+                return Err(err);
+            }
+        }
+        // The hybrid clock: never behind what this replica has seen, nor
+        // behind the key's own newest version.
+        let floor = current.map(|e| e.latest().ts_ms + 1).unwrap_or(0);
+        let ts = now.unix_ms.max(self.clock_ms + 1).max(floor);
+        let version = Version::new(ts, self.me.clone());
+        let frame = Frame::build(
+            MsgType::Broadcast as u8,
+            &self.me,
+            version.secs(),
+            subflag,
+            &[Value::Binary(key.to_vec()), payload, Value::Array(vec![Value::from(ts)])],
+        );
+        // Peers close links that send frames above their limit: refuse
+        // before anything is applied.
+        let len = frame.body().len();
+        if len > self.cfg.max_frame_len {
+            return Err(WriteError::TooLarge { len, max: self.cfg.max_frame_len });
+        }
+        self.clock_ms = ts;
+        Ok((version, frame, k))
     }
 
     /// Sets `key` to `value` (nil deletes, as in py2p) and floods the write.
@@ -346,30 +382,9 @@ impl Replica {
     /// [`WriteError::Leased`] when another node holds the key's lease,
     /// [`WriteError::TooLarge`] above the frame limit.
     pub fn set(&mut self, now: Now, key: Bytes, value: Value) -> Result<(), WriteError> {
-        if let Some(e) = self.lease_block(now, &key) {
-            return Err(e);
-        }
-        let version = self.next_version(now, &key);
-        let frame = Frame::build(
-            MsgType::Broadcast as u8,
-            &self.me,
-            version.secs(),
-            subflag::STORE,
-            &[Value::Binary(key.to_vec()), value.clone(), Value::Array(vec![Value::from(version.ts_ms)])],
-        );
-        self.check_size(&frame)?;
-        self.apply(&key, |e| e.apply_set(&version, &value), Some((&version, &value)));
+        let (version, frame, k) = self.prepare_write(now, &key, subflag::STORE, value.clone())?;
+        self.apply(k, |e| e.apply_set(&version, &value), Some((&version, &value)));
         self.out.push_back(Action::Broadcast(frame));
-        Ok(())
-    }
-
-    /// Refuses a write whose frame peers would reject (they close links
-    /// that send frames above their limit), before anything is applied.
-    fn check_size(&self, frame: &Frame) -> Result<(), WriteError> {
-        let len = frame.body().len();
-        if len > self.cfg.max_frame_len {
-            return Err(WriteError::TooLarge { len, max: self.cfg.max_frame_len });
-        }
         Ok(())
     }
 
@@ -388,35 +403,23 @@ impl Replica {
     ///
     /// # Errors
     /// [`WriteError::NotAMap`] if `key` holds something else,
-    /// [`WriteError::Leased`].
+    /// [`WriteError::Leased`], [`WriteError::TooLarge`].
     pub fn apply_delta(&mut self, now: Now, key: Bytes, delta: Vec<(Value, Value)>) -> Result<(), WriteError> {
-        if matches!(self.get(&key), Some(v) if !v.is_map()) {
-            return Err(WriteError::NotAMap);
-        }
-        if let Some(e) = self.lease_block(now, &key) {
-            return Err(e);
-        }
-        let version = self.next_version(now, &key);
-        let frame = Frame::build(
-            MsgType::Broadcast as u8,
-            &self.me,
-            version.secs(),
-            subflag::DELTA,
-            &[Value::Binary(key.to_vec()), Value::Map(delta.clone()), Value::Array(vec![Value::from(version.ts_ms)])],
-        );
-        self.check_size(&frame)?;
-        self.apply(&key, |e| e.apply_delta(&version, &delta), None);
+        let (version, frame, k) = self.prepare_write(now, &key, subflag::DELTA, Value::Map(delta.clone()))?;
+        self.apply(k, |e| e.apply_delta(&version, &delta), None);
         self.out.push_back(Action::Broadcast(frame));
         Ok(())
     }
 
     // ----- state changes ----------------------------------------------------
 
-    /// Runs `change` on the entry at `key` (creating it from `create` when
-    /// absent) and keeps digests, counts and events in step.
-    fn apply(&mut self, key: &Bytes, change: impl FnOnce(&mut Entry) -> bool, create: Option<(&Version, &Value)>) {
-        let k = (bucket(key), key.clone());
+    /// Runs `change` on the entry at index `k` (creating it from `create`
+    /// when absent) and keeps digests, counts and events in step.
+    fn apply(&mut self, k: (u16, Bytes), change: impl FnOnce(&mut Entry) -> bool, create: Option<(&Version, &Value)>) {
         let leaf = usize::from(k.0);
+        // `k` moves into the map on insert; events and digests need the key.
+        let key = k.1.clone();
+        let key = &key;
         // What changed, read while the entry is borrowed (no entry clone).
         let (before, after, latest) = match self.entries.get_mut(&k) {
             Some(slot) => {
@@ -605,7 +608,7 @@ impl Replica {
         let Some(key) = key_bytes(&v[0]) else { return };
         let Some(version) = self.write_version(now, &key, sender, time, v.get(2), false) else { return };
         let value = &v[1];
-        self.apply(&key, |e| e.apply_set(&version, value), Some((&version, value)));
+        self.apply(index(&key), |e| e.apply_set(&version, value), Some((&version, value)));
     }
 
     fn on_state_transfer(&mut self, now: Now, v: &[Value]) {
@@ -625,7 +628,7 @@ impl Replica {
         let version = Version::new(ts.saturating_mul(1000), owner);
         let value = v[1].clone();
         self.observe(&version);
-        self.apply(&key, |e| e.apply_set(&version, &value), Some((&version, &value)));
+        self.apply(index(&key), |e| e.apply_set(&version, &value), Some((&version, &value)));
     }
 
     fn on_delta(&mut self, now: Now, sender: &PeerId, time: u64, v: &[Value]) {
@@ -635,7 +638,7 @@ impl Replica {
         let Some(key) = key_bytes(&v[0]) else { return };
         let Some(map) = v[1].as_map() else { return };
         let Some(version) = self.write_version(now, &key, sender, time, v.get(2), true) else { return };
-        self.apply(&key, |e| e.apply_delta(&version, map), None);
+        self.apply(index(&key), |e| e.apply_delta(&version, map), None);
     }
 
     // ----- anti-entropy -----------------------------------------------------
@@ -741,8 +744,8 @@ impl Replica {
             self.observe(remote.latest());
             let create = (remote.fields.is_empty()).then(|| (remote.base_version.clone(), remote.base.clone()));
             match create {
-                Some((ver, val)) => self.apply(&key, |e| e.merge(&remote), Some((&ver, &val))),
-                None => self.apply(&key, |e| e.merge(&remote), None),
+                Some((ver, val)) => self.apply(index(&key), |e| e.merge(&remote), Some((&ver, &val))),
+                None => self.apply(index(&key), |e| e.merge(&remote), None),
             }
         }
     }

@@ -354,7 +354,7 @@ fn simulated_networks_converge_without_losing_acknowledged_writes() {
 }
 
 #[test]
-fn joining_node_gets_the_whole_state_once() {
+fn joining_node_gets_the_whole_state_by_anti_entropy() {
     let mut sim = Sim::with_sync(3, Config::default());
     sim.connect(1, 0);
     sim.run();
@@ -365,8 +365,8 @@ fn joining_node_gets_the_whole_state_once() {
     }
     sim.run();
     assert_eq!(sim.nodes[1].sync.as_ref().unwrap().len(), 500);
-    // Node 2 joins: it gets everything by anti-entropy, not by 500 stores
-    // per connection.
+    // Node 2 joins after the writes were flooded: only anti-entropy can
+    // bring it the 500 keys (rs2p peers get no per-key state transfer).
     sim.connect(2, 1);
     sim.run();
     assert_eq!(sim.nodes[2].sync.as_ref().unwrap().len(), 500);
