@@ -452,7 +452,7 @@ impl Actor {
 
     fn open_split<R, W>(&mut self, rd: R, wr: W) -> ConnId
     where
-        R: tokio::io::AsyncRead + Unpin + Send + 'static,
+        R: crate::conn::ReadHalf,
         W: tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         self.next_conn += 1;

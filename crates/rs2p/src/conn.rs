@@ -15,7 +15,8 @@ pub(crate) const MAX_COALESCED_WRITE: usize = 256 * 1024;
 const READ_CHUNK_IDLE: usize = 2 * 1024;
 /// Read buffer growth step while reads keep filling the buffer.
 const READ_CHUNK_BUSY: usize = 64 * 1024;
-/// A writer keeps at most this much buffer between bursts.
+/// A writer keeps at most this much buffer between writes while more is
+/// queued; an idle writer keeps none.
 const WRITE_BUF_KEEP: usize = 64 * 1024;
 
 /// Largest batch of packets a reader hands to the actor at once.
@@ -40,12 +41,32 @@ pub(crate) enum WriterCmd {
     Close,
 }
 
+/// A connection's read half.
+pub(crate) trait ReadHalf: AsyncRead + Unpin + Send + 'static {
+    /// Waits until the stream has something to read, without holding a
+    /// buffer, so that an idle connection costs no read buffer at all.
+    /// Halves that cannot tell return at once.
+    fn ready(&mut self) -> impl std::future::Future<Output = std::io::Result<()>> + Send;
+}
+
+impl ReadHalf for tokio::net::tcp::OwnedReadHalf {
+    async fn ready(&mut self) -> std::io::Result<()> {
+        self.readable().await
+    }
+}
+
+impl<T: AsyncRead + Send + 'static> ReadHalf for tokio::io::ReadHalf<T> {
+    async fn ready(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// Reads frames until the stream ends or breaks a rule.
 ///
 /// A partial frame that makes no progress for `stall` closes the connection
 /// (py2p's 60 s rule). Batches go to the actor through a bounded channel, so
 /// a fast sender is slowed down by TCP once the actor falls behind.
-pub(crate) async fn read_loop<R: AsyncRead + Unpin>(
+pub(crate) async fn read_loop<R: ReadHalf>(
     conn: ConnId,
     mut rd: R,
     limits: Limits,
@@ -57,13 +78,20 @@ pub(crate) async fn read_loop<R: AsyncRead + Unpin>(
     // When the current partial frame began: it must be complete within
     // `stall` of its first byte, however slowly the bytes drip in.
     let mut partial_since: Option<tokio::time::Instant> = None;
-    // The read buffer starts small (an idle connection costs little) and
-    // grows to READ_CHUNK_BUSY while reads keep filling it.
+    // Between frames the read buffer is released and the reader waits for
+    // readiness without one; a read starts with READ_CHUNK_IDLE of room and
+    // grows to READ_CHUNK_BUSY while reads keep filling the buffer.
     let mut chunk = READ_CHUNK_IDLE;
     let reason = loop {
+        if partial_since.is_none() {
+            if let Err(e) = rd.ready().await {
+                break CloseReason::Io(e.to_string());
+            }
+        }
         if dec.buffer().capacity() - dec.buffer().len() < chunk / 2 {
             dec.buffer().reserve(chunk);
         }
+        let free = dec.buffer().capacity() - dec.buffer().len();
         let read = match partial_since {
             Some(since) => match tokio::time::timeout_at(since + stall, rd.read_buf(dec.buffer())).await {
                 Ok(r) => r,
@@ -73,7 +101,9 @@ pub(crate) async fn read_loop<R: AsyncRead + Unpin>(
         };
         match read {
             Ok(0) => break CloseReason::Io("closed by peer".into()),
-            Ok(n) => chunk = if n >= chunk / 2 { READ_CHUNK_BUSY } else { READ_CHUNK_IDLE },
+            // Only a read that filled all the free space suggests more is
+            // waiting; one large message (a peer list) is not a burst.
+            Ok(n) => chunk = if n >= free { READ_CHUNK_BUSY } else { READ_CHUNK_IDLE },
             Err(e) => break CloseReason::Io(e.to_string()),
         }
         let mut batch = Vec::new();
@@ -101,6 +131,11 @@ pub(crate) async fn read_loop<R: AsyncRead + Unpin>(
         }
         if !dec.has_partial() {
             partial_since = None;
+            if chunk == READ_CHUNK_IDLE {
+                // Nothing buffered and no burst under way: an idle
+                // connection keeps no read buffer.
+                dec.release_buffer();
+            }
         } else if partial_since.is_none() || completed {
             // A frame completed, so what is buffered now is a new frame.
             partial_since = Some(tokio::time::Instant::now());
@@ -166,8 +201,8 @@ pub(crate) async fn write_loop<W: AsyncWrite + Unpin>(
             }
             buf.clear();
         }
-        if buf.capacity() > WRITE_BUF_KEEP {
-            // A burst grew it; do not hold on to that memory while idle.
+        if buf.capacity() > WRITE_BUF_KEEP || rx.is_empty() {
+            // Idle, or a burst grew it: do not hold on to that memory.
             buf = BytesMut::new();
         }
         if closing {

@@ -202,6 +202,14 @@ impl FrameDecoder {
         &mut self.buf
     }
 
+    /// Frees the read buffer's memory if nothing is buffered (an idle
+    /// connection need not keep what a burst grew).
+    pub fn release_buffer(&mut self) {
+        if self.buf.is_empty() {
+            self.buf = BytesMut::new();
+        }
+    }
+
     /// Whether part of a frame is buffered (for the stalled-frame timeout).
     pub fn has_partial(&self) -> bool {
         !self.buf.is_empty()
@@ -344,6 +352,21 @@ mod tests {
         let mut d = FrameDecoder::new(Limits { max_frame_len: 1000, ..Limits::default() }, &[]);
         d.buffer().extend_from_slice(&[0xff, 0xff, 0xff, 0xff]);
         assert!(matches!(d.next_packet(), Err(DecodeError::FrameTooLarge { .. })));
+    }
+
+    #[test]
+    fn release_buffer_keeps_partial_frames() {
+        let f = Frame::build(0, &id(), 7, 0, &[Value::from("x".repeat(100))]);
+        let wire = f.wire_bytes();
+        let mut d = FrameDecoder::new(Limits::default(), &[]);
+        d.buffer().reserve(64 * 1024);
+        d.buffer().extend_from_slice(&wire[..10]);
+        d.release_buffer();
+        assert_eq!(d.buffer().len(), 10, "a partial frame must survive");
+        d.buffer().extend_from_slice(&wire[10..]);
+        assert!(d.next_packet().unwrap().is_some());
+        d.release_buffer();
+        assert_eq!(d.buffer().capacity(), 0, "an empty buffer is freed");
     }
 
     #[test]
