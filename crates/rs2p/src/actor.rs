@@ -21,7 +21,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use crate::conn::{read_loop, write_loop, ConnEvent, WriterCmd};
+use crate::conn::{read_loop, write_loop, ConnEvent, WriterCmd, MAX_BATCH_BYTES, MAX_BATCH_FRAMES};
 use crate::socket::{Event, Handler, Message, Status};
 use crate::Error;
 
@@ -457,10 +457,10 @@ impl Actor {
     {
         self.next_conn += 1;
         let conn = ConnId(self.next_conn);
-        // The queue holds batches (one per actor step, at most a reader
-        // batch of frames times the fan-out); its capacity in batches keeps
-        // about `send_queue_cap` frames of typical traffic.
-        let (tx, rx) = mpsc::channel((self.settings.send_queue_cap / crate::conn::MAX_READ_BATCH).max(4));
+        // The queue holds batches of at most MAX_BATCH_FRAMES frames or
+        // MAX_BATCH_BYTES bytes (a larger frame travels alone): about
+        // `send_queue_cap` small frames, fewer large ones.
+        let (tx, rx) = mpsc::channel((self.settings.send_queue_cap / MAX_BATCH_FRAMES).max(4));
         let reader = tokio::spawn(read_loop(
             conn,
             rd,
@@ -502,8 +502,10 @@ impl Actor {
 
     async fn flush(&mut self) {
         // Frames are gathered per connection and handed to each writer as
-        // one batch per step: one channel operation instead of one per frame.
-        let mut batches: HashMap<ConnId, Vec<Frame>> = HashMap::new();
+        // one batch per step (one channel operation instead of one per
+        // frame); a batch that reaches the frame or byte bound goes at once,
+        // which keeps the batch-bounded send queues bounded in bytes.
+        let mut batches: HashMap<ConnId, (Vec<Frame>, usize)> = HashMap::new();
         while let Some(o) = self.node.poll_output() {
             let o = match o {
                 node::Output::Mesh(o) => o,
@@ -518,17 +520,26 @@ impl Actor {
                 }
             };
             match o {
-                Output::Send { conn, frame } => batches.entry(conn).or_default().push(frame),
+                Output::Send { conn, frame } => {
+                    let (frames, bytes) = batches.entry(conn).or_default();
+                    *bytes += frame.wire_bytes().len();
+                    frames.push(frame);
+                    if frames.len() >= MAX_BATCH_FRAMES || *bytes >= MAX_BATCH_BYTES {
+                        let full = std::mem::take(frames);
+                        *bytes = 0;
+                        self.queue_for_writer(conn, WriterCmd::Frames(full)).await;
+                    }
+                }
                 Output::Configure { conn, codec } => {
                     // Frames queued before the codec change go first.
-                    if let Some(b) = batches.remove(&conn) {
+                    if let Some((b, _)) = batches.remove(&conn) {
                         self.queue_for_writer(conn, WriterCmd::Frames(b)).await;
                     }
                     self.queue_for_writer(conn, WriterCmd::Codec(codec)).await;
                 }
                 Output::Dial { dial, addr } => self.spawn_dial(dial, addr),
                 Output::Close { conn, reason } => {
-                    if let Some(b) = batches.remove(&conn) {
+                    if let Some((b, _)) = batches.remove(&conn) {
                         self.queue_for_writer(conn, WriterCmd::Frames(b)).await;
                     }
                     if matches!(reason, CloseReason::ProtocolViolation(_)) {
@@ -539,7 +550,10 @@ impl Actor {
                 Output::Event(e) => self.on_event(e),
             }
         }
-        for (conn, b) in batches {
+        for (conn, (b, _)) in batches {
+            if b.is_empty() {
+                continue;
+            }
             self.queue_for_writer(conn, WriterCmd::Frames(b)).await;
         }
     }

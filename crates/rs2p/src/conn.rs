@@ -19,8 +19,7 @@ const READ_CHUNK_BUSY: usize = 64 * 1024;
 /// queued; an idle writer keeps none.
 const WRITE_BUF_KEEP: usize = 64 * 1024;
 
-/// Largest batch of packets a reader hands to the actor at once.
-pub(crate) const MAX_READ_BATCH: usize = 256;
+pub(crate) use crate::socket::{MAX_BATCH_BYTES, MAX_BATCH_FRAMES};
 
 /// What readers and writers tell the actor.
 #[derive(Debug)]
@@ -107,14 +106,17 @@ pub(crate) async fn read_loop<R: ReadHalf>(
             Err(e) => break CloseReason::Io(e.to_string()),
         }
         let mut batch = Vec::new();
+        let mut batch_bytes = 0;
         let mut failure = None;
         let mut completed = false;
         loop {
             match dec.next_packet() {
                 Ok(Some(p)) => {
                     completed = true;
+                    batch_bytes += p.frame.wire_bytes().len();
                     batch.push(p);
-                    if batch.len() >= MAX_READ_BATCH {
+                    if batch.len() >= MAX_BATCH_FRAMES || batch_bytes >= MAX_BATCH_BYTES {
+                        batch_bytes = 0;
                         let full = std::mem::take(&mut batch);
                         if to_actor.send(ConnEvent::Packets(conn, full)).await.is_err() {
                             return;

@@ -18,11 +18,22 @@ use crate::Error;
 /// Capacity of the command channel from handles to the actor. A full
 /// channel makes API calls wait (backpressure on the caller).
 pub const COMMAND_CHANNEL_CAP: usize = 1024;
+/// Frames travel from readers to the actor, and from the actor to writers,
+/// in batches of at most this many frames (one channel operation per batch
+/// instead of one per frame).
+pub const MAX_BATCH_FRAMES: usize = 256;
+/// A batch also closes once it holds this many bytes (a larger frame
+/// travels alone), so that queues counted in batches stay bounded in bytes
+/// when frames are large.
+pub const MAX_BATCH_BYTES: usize = 32 * 1024;
 /// Capacity of the channel from connection readers to the actor, in
-/// batches. A full channel stops the readers, and TCP slows the senders.
-pub const INBOUND_CHANNEL_CAP: usize = 256;
-/// Default capacity of each connection's send queue, in frames (held as
-/// batches, one per actor step, so the bound is approximate).
+/// batches (at most 8,192 frames or about 1 MiB of large ones). A full
+/// channel stops the readers, and TCP slows the senders.
+pub const INBOUND_CHANNEL_CAP: usize = 32;
+/// Default capacity of each connection's send queue, in frames. The queue
+/// holds `capacity / MAX_BATCH_FRAMES` batches (at least 4), so the default
+/// keeps about 4,096 small frames or 512 KiB of large ones, whichever is
+/// reached first.
 pub const DEFAULT_SEND_QUEUE_CAP: usize = 4096;
 /// Default capacity of the [`MeshSocket::recv`] queue, in messages. When it
 /// is full, new messages are dropped and counted in
@@ -160,7 +171,9 @@ impl Builder {
         self
     }
 
-    /// Frames queued per connection before the node waits for it. Default
+    /// Frames queued per connection before the node waits for it (held in
+    /// batches bounded by [`MAX_BATCH_FRAMES`] and [`MAX_BATCH_BYTES`], so
+    /// large frames reach the bound sooner). Default
     /// [`DEFAULT_SEND_QUEUE_CAP`].
     pub fn send_queue_capacity(mut self, n: usize) -> Self {
         self.send_queue_cap = n;
