@@ -58,7 +58,7 @@
 
 pub mod entry;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{btree_map, BTreeMap, HashSet, VecDeque};
 use std::ops::Bound;
 
 use bytes::Bytes;
@@ -83,6 +83,9 @@ pub const SUBFLAG_ENTRIES: u64 = 0x21;
 /// py2p's lease: one hour after the holder's last write.
 pub const LEASE_MS: u64 = 3_600_000;
 
+/// Most distinct owner ids a replica shares among its entries; owners past
+/// it get a copy each (so a flood of made-up ids cannot grow the table).
+const MAX_INTERNED_OWNERS: usize = 4096;
 const TOP_BUCKETS: usize = 256;
 const LEAF_BUCKETS: usize = 65_536;
 const DIGEST_BYTES: usize = TOP_BUCKETS * 8;
@@ -205,6 +208,10 @@ pub struct Replica {
     clock_ms: u64,
     rng: StdRng,
     out: VecDeque<Action>,
+    /// Owner ids shared by the entries: an entry must not hold a slice of
+    /// the frame it came in (that would pin the whole read buffer), and a
+    /// copy per entry would cost ~100 bytes per key.
+    owners: HashSet<PeerId>,
 }
 
 /// The leaf bucket of a key: the first two bytes of its sha256.
@@ -261,6 +268,7 @@ impl Replica {
             clock_ms: 0,
             rng: StdRng::seed_from_u64(seed),
             out: VecDeque::new(),
+            owners: HashSet::new(),
         }
     }
 
@@ -420,9 +428,11 @@ impl Replica {
         // `k` moves into the map on insert; events and digests need the key.
         let key = k.1.clone();
         let key = &key;
-        // What changed, read while the entry is borrowed (no entry clone).
-        let (before, after, latest) = match self.entries.get_mut(&k) {
-            Some(slot) => {
+        // What changed, read while the entry is borrowed (no entry clone);
+        // one walk of the map whether the key is there or not.
+        let (before, after, latest) = match self.entries.entry(k) {
+            btree_map::Entry::Occupied(mut o) => {
+                let slot = o.get_mut();
                 let before = slot.entry.value();
                 let old_digest = slot.digest;
                 if !change(&mut slot.entry) {
@@ -434,7 +444,7 @@ impl Replica {
                 self.top[leaf >> 8] ^= delta;
                 (before, slot.entry.value(), slot.entry.latest().clone())
             }
-            None => {
+            btree_map::Entry::Vacant(vacant) => {
                 // Start from the oldest possible entry so `change` decides.
                 let mut entry = match create {
                     Some((v, val)) => Entry::new(v.clone(), val.clone()),
@@ -447,7 +457,7 @@ impl Replica {
                 self.leaf[leaf] ^= digest;
                 self.top[leaf >> 8] ^= digest;
                 let (after, latest) = (entry.value(), entry.latest().clone());
-                self.entries.insert(k, Slot { entry, digest });
+                vacant.insert(Slot { entry, digest });
                 (None, after, latest)
             }
         };
@@ -585,14 +595,34 @@ impl Replica {
     ) -> Option<Version> {
         let rs2p = ext.and_then(|e| e.as_array()?.first()?.as_u64());
         let version = match rs2p {
-            Some(ts_ms) => Version::new(ts_ms, sender.clone()),
+            Some(ts_ms) => Version::new(ts_ms, self.intern(sender)),
             None if self.py2p_accepts(now, key, sender, time, delta) => {
-                Version::new(time.saturating_mul(1000), sender.clone())
+                Version::new(time.saturating_mul(1000), self.intern(sender))
             }
             None => return None,
         };
         self.observe(&version);
         Some(version)
+    }
+
+    /// The shared copy of an owner id (see `owners`).
+    fn intern(&mut self, id: &PeerId) -> PeerId {
+        if let Some(shared) = self.owners.get(id) {
+            return shared.clone();
+        }
+        let own = PeerId::from_bytes(Bytes::copy_from_slice(id.as_bytes()));
+        if self.owners.len() < MAX_INTERNED_OWNERS {
+            self.owners.insert(own.clone());
+        }
+        own
+    }
+
+    /// Interns every owner in an entry that came from the network.
+    fn intern_entry(&mut self, e: &mut Entry) {
+        e.base_version.owner = self.intern(&e.base_version.owner);
+        for f in &mut e.fields {
+            f.version.owner = self.intern(&f.version.owner);
+        }
     }
 
     fn observe(&mut self, v: &Version) {
@@ -625,7 +655,7 @@ impl Replica {
         if !self.py2p_accepts(now, &key, &owner, ts, false) {
             return;
         }
-        let version = Version::new(ts.saturating_mul(1000), owner);
+        let version = Version::new(ts.saturating_mul(1000), self.intern(&owner));
         let value = v[1].clone();
         self.observe(&version);
         self.apply(index(&key), |e| e.apply_set(&version, &value), Some((&version, &value)));
@@ -735,13 +765,14 @@ impl Replica {
         let Some(list) = v.first().and_then(Value::as_array) else { return };
         let cutoff = now.unix_ms.saturating_sub(self.cfg.tombstone_ttl_ms);
         for item in list {
-            let Some((key, remote)) = Entry::from_wire(item) else { continue };
+            let Some((key, mut remote)) = Entry::from_wire(item) else { continue };
             // A tombstone older than the purge horizon is already forgotten
             // here; taking it back would only be purged again.
             if remote.is_tombstone() && remote.base_version.ts_ms < cutoff && self.slot(&key).is_none() {
                 continue;
             }
             self.observe(remote.latest());
+            self.intern_entry(&mut remote);
             let create = (remote.fields.is_empty()).then(|| (remote.base_version.clone(), remote.base.clone()));
             match create {
                 Some((ver, val)) => self.apply(index(&key), |e| e.merge(&remote), Some((&ver, &val))),
