@@ -43,6 +43,11 @@ impl Node {
     /// The next output. Drain after every input.
     #[must_use]
     pub fn poll_output(&mut self) -> Option<Output> {
+        if self.sync.is_none() {
+            // Nothing to route: the mesh's queue is the node's (one move
+            // less per output on the relay path).
+            return self.mesh.poll_output().map(Output::Mesh);
+        }
         if self.out.is_empty() {
             self.pump(None);
         }
@@ -53,6 +58,9 @@ impl Node {
     /// needs through it. `now` is needed for replica work; without it
     /// deliveries are still routed but with the mesh's last known time.
     fn pump(&mut self, now: Option<Now>) {
+        if self.sync.is_none() {
+            return; // see poll_output
+        }
         let now = now.unwrap_or_else(|| self.mesh.clock());
         while let Some(o) = self.mesh.poll_output() {
             let Some(replica) = self.sync.as_mut() else {

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use rs2p_proto::id::{MsgId, PeerId};
-use rs2p_proto::mesh::{self, CloseReason, ConnId, DialId, Mesh, Output, PeerAddr, PeerInfo, ReplyRoute};
+use rs2p_proto::mesh::{self, CloseReason, ConnId, ConnMap, DialId, Mesh, Output, PeerAddr, PeerInfo, ReplyRoute};
 use rs2p_proto::node::{self, Node};
 use rs2p_proto::sync::{self, Replica, WriteError};
 use rs2p_proto::wire::{subflag, Compression, Frame, Limits};
@@ -126,7 +126,10 @@ pub(crate) struct Actor {
     weak_cmd: mpsc::WeakSender<Command>,
     events: crate::socket::EventHub,
     inbox: mpsc::Sender<Message>,
-    conns: HashMap<ConnId, ConnHandle>,
+    conns: ConnMap<ConnHandle>,
+    /// Frames gathered per connection during one flush (kept to reuse its
+    /// allocation).
+    batches: ConnMap<(Vec<Frame>, usize)>,
     next_conn: u64,
     conn_tx: mpsc::Sender<ConnEvent>,
     conn_rx: mpsc::Receiver<ConnEvent>,
@@ -171,7 +174,8 @@ impl Actor {
             weak_cmd,
             events,
             inbox,
-            conns: HashMap::new(),
+            conns: ConnMap::default(),
+            batches: ConnMap::default(),
             next_conn: 0,
             conn_tx,
             conn_rx,
@@ -505,7 +509,7 @@ impl Actor {
         // one batch per step (one channel operation instead of one per
         // frame); a batch that reaches the frame or byte bound goes at once,
         // which keeps the batch-bounded send queues bounded in bytes.
-        let mut batches: HashMap<ConnId, (Vec<Frame>, usize)> = HashMap::new();
+        let mut batches = std::mem::take(&mut self.batches);
         while let Some(o) = self.node.poll_output() {
             let o = match o {
                 node::Output::Mesh(o) => o,
@@ -550,12 +554,13 @@ impl Actor {
                 Output::Event(e) => self.on_event(e),
             }
         }
-        for (conn, (b, _)) in batches {
+        for (conn, (b, _)) in batches.drain() {
             if b.is_empty() {
                 continue;
             }
             self.queue_for_writer(conn, WriterCmd::Frames(b)).await;
         }
+        self.batches = batches;
     }
 
     /// Queues a command for a connection's writer. A full queue is waited

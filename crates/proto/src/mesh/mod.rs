@@ -51,6 +51,29 @@ use crate::Now;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ConnId(pub u64);
 
+/// Hashes the driver's sequential connection ids with one multiply: they
+/// are not remote input, so the keyed SipHash of `HashMap` buys nothing on
+/// this hot path.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ConnIdHasher(u64);
+
+impl std::hash::Hasher for ConnIdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (self.0.rotate_left(29) ^ v).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+/// A map keyed by [`ConnId`], hashed with [`ConnIdHasher`].
+pub type ConnMap<V> = HashMap<ConnId, V, std::hash::BuildHasherDefault<ConnIdHasher>>;
+
 /// Identifies one dial attempt, so its outcome can be matched to its cause.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct DialId(pub u64);
@@ -509,7 +532,7 @@ pub struct Mesh {
     cfg: Config,
     protocol_id: ProtocolId,
     rng: StdRng,
-    conns: HashMap<ConnId, Conn>,
+    conns: ConnMap<Conn>,
     routing: HashMap<PeerId, ConnId>,
     dials: HashMap<DialId, PendingDial>,
     next_dial: u64,
@@ -538,7 +561,7 @@ impl Mesh {
             protocol_id: cfg.protocol.id(),
             cfg,
             rng,
-            conns: HashMap::new(),
+            conns: ConnMap::default(),
             routing: HashMap::new(),
             dials: HashMap::new(),
             next_dial: 0,

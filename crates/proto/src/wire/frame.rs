@@ -27,16 +27,24 @@ impl std::fmt::Debug for Frame {
 impl Frame {
     /// Builds a frame for `[msg_type, sender, time, subflag, packets...]`.
     pub fn build(msg_type: u8, sender: &PeerId, time: u64, subflag: u64, packets: &[Value]) -> Frame {
-        let mut payload = Vec::with_capacity(96 + 32 * packets.len());
-        rmp::encode::write_array_len(&mut payload, 4 + packets.len() as u32).expect("vec write");
-        rmp::encode::write_uint(&mut payload, u64::from(msg_type)).expect("vec write");
-        rmp::encode::write_bin(&mut payload, sender.as_bytes()).expect("vec write");
-        rmp::encode::write_uint(&mut payload, time).expect("vec write");
-        rmp::encode::write_uint(&mut payload, subflag).expect("vec write");
+        // Encoded in place after room for the prefix and checksum, which are
+        // filled in last: one allocation, no copy.
+        let mut buf = Vec::with_capacity(36 + 96 + sender.as_bytes().len() + 32 * packets.len());
+        buf.resize(36, 0);
+        rmp::encode::write_array_len(&mut buf, 4 + packets.len() as u32).expect("vec write");
+        rmp::encode::write_uint(&mut buf, u64::from(msg_type)).expect("vec write");
+        rmp::encode::write_bin(&mut buf, sender.as_bytes()).expect("vec write");
+        rmp::encode::write_uint(&mut buf, time).expect("vec write");
+        rmp::encode::write_uint(&mut buf, subflag).expect("vec write");
         for p in packets {
-            msgpack::write_value(&mut payload, p);
+            msgpack::write_value(&mut buf, p);
         }
-        Frame::from_payload(&payload)
+        let len = buf.len() - 4;
+        // Oversized payloads get a saturated prefix, as in `from_payload`.
+        buf[..4].copy_from_slice(&u32::try_from(len).unwrap_or(u32::MAX).to_be_bytes());
+        let digest = Sha256::digest(&buf[36..]);
+        buf[4..36].copy_from_slice(&digest);
+        Frame(Bytes::from(buf))
     }
 
     /// Builds a frame around an already encoded msgpack payload.
