@@ -22,6 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::conn::{read_loop, write_loop, ConnEvent, WriterCmd, MAX_BATCH_BYTES, MAX_BATCH_FRAMES};
+use crate::inbox::InboxSender;
 use crate::socket::{Event, Handler, Message, Status};
 use crate::Error;
 
@@ -125,7 +126,12 @@ pub(crate) struct Actor {
     cmd_rx: mpsc::Receiver<Command>,
     weak_cmd: mpsc::WeakSender<Command>,
     events: crate::socket::EventHub,
-    inbox: mpsc::Sender<Message>,
+    inbox: InboxSender,
+    /// This step's messages for the inbox, handed over in one go at the end
+    /// of the step.
+    to_inbox: Vec<Message>,
+    /// Room the inbox had at the start of this step, minus `to_inbox`.
+    inbox_room: usize,
     conns: ConnMap<ConnHandle>,
     /// Frames gathered per connection during one flush (kept to reuse its
     /// allocation).
@@ -158,7 +164,7 @@ impl Actor {
         cmd_rx: mpsc::Receiver<Command>,
         weak_cmd: mpsc::WeakSender<Command>,
         events: crate::socket::EventHub,
-        inbox: mpsc::Sender<Message>,
+        inbox: InboxSender,
     ) -> Self {
         let (conn_tx, conn_rx) = mpsc::channel(crate::socket::INBOUND_CHANNEL_CAP);
         let (dial_tx, dial_rx) = mpsc::channel(DIAL_CHANNEL_CAP);
@@ -174,6 +180,8 @@ impl Actor {
             weak_cmd,
             events,
             inbox,
+            to_inbox: Vec::new(),
+            inbox_room: 0,
             conns: ConnMap::default(),
             batches: ConnMap::default(),
             next_conn: 0,
@@ -510,6 +518,7 @@ impl Actor {
         // frame); a batch that reaches the frame or byte bound goes at once,
         // which keeps the batch-bounded send queues bounded in bytes.
         let mut batches = std::mem::take(&mut self.batches);
+        self.inbox_room = self.inbox.0.room();
         while let Some(o) = self.node.poll_output() {
             let o = match o {
                 node::Output::Mesh(o) => o,
@@ -561,6 +570,8 @@ impl Actor {
             self.queue_for_writer(conn, WriterCmd::Frames(b)).await;
         }
         self.batches = batches;
+        // One lock and one wake-up for the whole step.
+        self.dropped_messages += self.inbox.0.push(&mut self.to_inbox) as u64;
     }
 
     /// Queues a command for a connection's writer. A full queue is waited
@@ -574,6 +585,8 @@ impl Actor {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Closed(_)) => {}
             Err(mpsc::error::TrySendError::Full(cmd)) => {
+                // Messages gathered so far need not wait for a slow peer.
+                self.dropped_messages += self.inbox.0.push(&mut self.to_inbox) as u64;
                 let tx = h.tx.clone();
                 if tx.send_timeout(cmd, self.settings.slow_peer_timeout).await.is_err() {
                     self.slow_peers += 1;
@@ -650,16 +663,15 @@ impl Actor {
             tracing::debug!(subflag = msg.subflag(), "ignoring message with unknown sub-flag");
             return;
         }
-        let notify = self.events.get().is_some_and(|e| e.receiver_count() > 0);
-        let copy = notify.then(|| msg.clone());
-        match self.inbox.try_send(msg) {
-            Ok(()) => {
-                if let Some(m) = copy {
-                    self.emit(Event::Message(m));
-                }
-            }
-            Err(_) => self.dropped_messages += 1,
+        if self.inbox_room == 0 {
+            self.dropped_messages += 1;
+            return;
         }
+        self.inbox_room -= 1;
+        if self.events.get().is_some_and(|e| e.receiver_count() > 0) {
+            self.emit(Event::Message(msg.clone()));
+        }
+        self.to_inbox.push(msg);
     }
 
     async fn shutdown(&mut self) {

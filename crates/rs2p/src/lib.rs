@@ -70,6 +70,7 @@
 mod actor;
 mod conn;
 mod error;
+mod inbox;
 #[cfg(feature = "json")]
 pub mod json;
 mod socket;

@@ -278,7 +278,7 @@ impl Builder {
         cfg.maintain_outgoing = self.maintain_outgoing;
         let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_CHANNEL_CAP);
         let events: EventHub = Default::default();
-        let (inbox_tx, inbox_rx) = mpsc::channel(self.recv_queue_cap);
+        let inbox = crate::inbox::Inbox::new(self.recv_queue_cap);
         let sync = self.sync.map(|mut c| {
             c.max_frame_len = self.limits.max_frame_len;
             c
@@ -303,14 +303,14 @@ impl Builder {
             cmd_rx,
             cmd_tx.downgrade(),
             events.clone(),
-            inbox_tx,
+            crate::inbox::InboxSender(inbox.clone()),
         );
         let task = tokio::spawn(actor.run());
         Ok(MeshSocket {
             inner: Arc::new(Inner {
                 cmd: cmd_tx,
                 events,
-                inbox: tokio::sync::Mutex::new(inbox_rx),
+                inbox,
                 id,
                 protocol,
                 tls_fingerprint: tls.map(|t| t.fingerprint),
@@ -335,7 +335,7 @@ impl Drop for AbortOnDrop {
 struct Inner {
     cmd: mpsc::Sender<Command>,
     events: EventHub,
-    inbox: tokio::sync::Mutex<mpsc::Receiver<Message>>,
+    inbox: Arc<crate::inbox::Inbox>,
     id: PeerId,
     protocol: Protocol,
     tls_fingerprint: Option<[u8; 32]>,
@@ -543,27 +543,18 @@ impl MeshSocket {
     }
 
     /// Takes up to `quantity` queued messages without waiting (py2p's
-    /// `recv(quantity)`). Empty when none is queued or when another task is
-    /// waiting in [`MeshSocket::next_message`].
+    /// `recv(quantity)`); empty when none is queued.
     pub fn recv(&self, quantity: usize) -> Vec<Message> {
-        let mut out = Vec::new();
-        if let Ok(mut rx) = self.inner.inbox.try_lock() {
-            while out.len() < quantity {
-                match rx.try_recv() {
-                    Ok(m) => out.push(m),
-                    Err(_) => break,
-                }
-            }
-        }
-        out
+        self.inner.inbox.take(quantity)
     }
 
-    /// Waits for the next queued message; `None` once the node has stopped.
+    /// Waits for the next queued message; `None` once the node has stopped
+    /// and every queued message was taken.
     ///
     /// # Cancel safety
     /// Cancel safe: a message is only taken when this returns it.
     pub async fn next_message(&self) -> Option<Message> {
-        self.inner.inbox.lock().await.recv().await
+        self.inner.inbox.next().await
     }
 
     /// A stream of [`Event`]s from now on.

@@ -284,3 +284,44 @@ async fn a_panicking_handler_does_not_stop_the_node() {
     a.close().await.unwrap();
     b.close().await.unwrap();
 }
+
+/// A full `recv` queue drops new messages and counts them, the node keeps
+/// relaying them, and after `close` the queued ones are still handed out
+/// before `next_message` reports the end.
+#[tokio::test]
+async fn full_recv_queue_drops_and_counts_but_keeps_relaying() {
+    let a = node().await;
+    let b = MeshSocket::builder().bind("127.0.0.1:0").recv_queue_capacity(5).spawn().await.unwrap();
+    let c = node().await;
+    b.connect(a.out_addr().clone()).await.unwrap();
+    c.connect(b.out_addr().clone()).await.unwrap();
+    wait_for(5, "chain a-b-c", || async {
+        b.routing_table().await.unwrap().len() == 2 && c.routing_table().await.unwrap().len() == 1
+    })
+    .await;
+    let sent: Vec<Vec<Value>> = (0..20u64).map(|i| vec![Value::from(i)]).collect();
+    a.broadcast_many(sent).await.unwrap();
+
+    // c, behind b, gets all 20 although b keeps only 5.
+    let mut at_c = Vec::new();
+    while at_c.len() < 20 {
+        at_c.push(next_msg(&c).await.packets().unwrap()[0].as_u64().unwrap());
+    }
+    at_c.sort_unstable();
+    assert_eq!(at_c, (0..20).collect::<Vec<u64>>());
+    wait_for(5, "b counts 15 dropped", || async { b.status().await.unwrap().dropped_messages == 15 }).await;
+
+    // The five kept are the first five, in order; two via recv, the rest
+    // after close through next_message, then the end.
+    let first: Vec<u64> = b.recv(2).iter().map(|m| m.packets().unwrap()[0].as_u64().unwrap()).collect();
+    assert_eq!(first, vec![0, 1]);
+    b.close().await.unwrap();
+    let mut rest = Vec::new();
+    while let Some(m) = tokio::time::timeout(Duration::from_secs(5), b.next_message()).await.expect("next_message") {
+        rest.push(m.packets().unwrap()[0].as_u64().unwrap());
+    }
+    assert_eq!(rest, vec![2, 3, 4]);
+    assert!(b.recv(10).is_empty());
+    a.close().await.unwrap();
+    c.close().await.unwrap();
+}
