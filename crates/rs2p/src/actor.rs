@@ -211,6 +211,11 @@ impl Actor {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
+            if let Some(r) = self.node.sync.as_mut() {
+                // Change events cost a copy of each changed value: only
+                // while someone listens.
+                r.set_report_changes(self.events.get().is_some_and(|e| e.receiver_count() > 0));
+            }
             tokio::select! {
                 biased;
                 cmd = self.cmd_rx.recv() => match cmd {

@@ -184,7 +184,8 @@ impl Entry {
             h.update(v.ts_ms.to_be_bytes());
             h.update((v.owner.as_bytes().len() as u64).to_be_bytes());
             h.update(v.owner.as_bytes());
-            h.update(encode(val));
+            // Encoded straight into the hasher: no buffer per digest.
+            rmpv::encode::write_value(&mut h, val).expect("hashing cannot fail");
         };
         put(&self.base_version, &self.base);
         for f in &self.fields {

@@ -58,8 +58,7 @@
 
 pub mod entry;
 
-use std::collections::{btree_map, BTreeMap, HashSet, VecDeque};
-use std::ops::Bound;
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 use bytes::Bytes;
 use rand::rngs::StdRng;
@@ -191,6 +190,8 @@ pub enum Action {
 struct Slot {
     entry: Entry,
     digest: u64,
+    /// The key's leaf bucket (see [`bucket`]), kept to spare a sha256.
+    leaf: u16,
 }
 
 /// One node's replica of the dictionary. See the [module docs](self).
@@ -198,12 +199,22 @@ struct Slot {
 pub struct Replica {
     me: PeerId,
     cfg: Config,
-    entries: BTreeMap<(u16, Bytes), Slot>,
+    /// Keys are remote input: hashed with a keyed hash seeded per replica
+    /// (random in a real node, fixed in a simulation, which keeps its runs
+    /// reproducible).
+    /// Slots are boxed so the table itself stays narrow (40 bytes a
+    /// bucket): growing it moves little, and its empty buckets cost little.
+    entries: HashMap<Bytes, Box<Slot>, foldhash::quality::FixedState>,
     leaf: Vec<u64>,
     top: Vec<u64>,
     live: usize,
     /// Connected peers and whether each is rs2p.
     peers: BTreeMap<ConnId, bool>,
+    /// When each peer last sent us anti-entropy entries (monotonic ms): a
+    /// transfer from it is under way, so no new round with it is started or
+    /// answered (it would resend what is still in flight).
+    receiving_from: BTreeMap<ConnId, u64>,
+    next_purge_ms: u64,
     next_ae_ms: u64,
     clock_ms: u64,
     rng: StdRng,
@@ -211,18 +222,28 @@ pub struct Replica {
     /// Owner ids shared by the entries: an entry must not hold a slice of
     /// the frame it came in (that would pin the whole read buffer), and a
     /// copy per entry would cost ~100 bytes per key.
-    owners: HashSet<PeerId>,
+    owners: HashSet<PeerId, foldhash::quality::FixedState>,
+    /// Whether changes produce [`Action::Event`]s.
+    report_changes: bool,
+}
+
+/// The event for a change of `entry` (at `key`), which held a value before
+/// if `had`, namely `before` (when known).
+fn change_event(entry: &Entry, had: bool, before: Option<Value>, key: &Bytes) -> Option<Event> {
+    match entry.value() {
+        None => had.then(|| Event::Delete { key: key.clone() }),
+        Some(v) if before.as_ref() != Some(&v) => {
+            let latest = entry.latest();
+            Some(Event::Update { key: key.clone(), value: v, owner: latest.owner.clone(), timestamp: latest.secs() })
+        }
+        Some(_) => None,
+    }
 }
 
 /// The leaf bucket of a key: the first two bytes of its sha256.
 pub fn bucket(key: &[u8]) -> u16 {
     let h = Sha256::digest(key);
     u16::from_be_bytes([h[0], h[1]])
-}
-
-/// The key's place in the entry map: its leaf bucket, then the key.
-fn index(key: &Bytes) -> (u16, Bytes) {
-    (bucket(key), key.clone())
 }
 
 pub(crate) fn key_bytes(v: &Value) -> Option<Bytes> {
@@ -259,16 +280,19 @@ impl Replica {
         Replica {
             me,
             cfg,
-            entries: BTreeMap::new(),
+            entries: HashMap::with_hasher(foldhash::quality::FixedState::with_seed(seed ^ 0x6b65_7973)),
             leaf: vec![0; LEAF_BUCKETS],
             top: vec![0; TOP_BUCKETS],
             live: 0,
             peers: BTreeMap::new(),
             next_ae_ms: 0,
+            receiving_from: BTreeMap::new(),
+            next_purge_ms: 0,
             clock_ms: 0,
             rng: StdRng::seed_from_u64(seed),
             out: VecDeque::new(),
-            owners: HashSet::new(),
+            owners: HashSet::with_hasher(foldhash::quality::FixedState::with_seed(seed ^ 0x6f77_6e72)),
+            report_changes: true,
         }
     }
 
@@ -286,7 +310,7 @@ impl Replica {
     // ----- reads ------------------------------------------------------------
 
     fn slot(&self, key: &[u8]) -> Option<&Slot> {
-        self.entries.get(&index(&Bytes::copy_from_slice(key)))
+        self.entries.get(key).map(|s| &**s)
     }
 
     /// The value at `key`.
@@ -320,7 +344,7 @@ impl Replica {
 
     /// Every key holding a value, with its value and latest version.
     pub fn items(&self) -> impl Iterator<Item = (&Bytes, Value, &Version)> + '_ {
-        self.entries.iter().filter_map(|((_, k), s)| Some((k, s.entry.value()?, s.entry.latest())))
+        self.entries.iter().filter_map(|(k, s)| Some((k, s.entry.value()?, s.entry.latest())))
     }
 
     /// A digest of the whole replica (tombstones included): two replicas
@@ -343,17 +367,16 @@ impl Replica {
     }
 
     /// Checks a local write (lease, delta target, frame size) and stamps it
-    /// with a version, from one lookup of the key. Returns the version, the
-    /// frame to flood and the key's index; nothing is changed on refusal.
+    /// with a version, from one lookup of the key. Returns the version and
+    /// the frame to flood; nothing is changed on refusal.
     fn prepare_write(
         &mut self,
         now: Now,
         key: &Bytes,
         subflag: u64,
         payload: Value,
-    ) -> Result<(Version, Frame, (u16, Bytes)), WriteError> {
-        let k = (bucket(key), key.clone());
-        let current = self.entries.get(&k).map(|s| &s.entry);
+    ) -> Result<(Version, Frame), WriteError> {
+        let current = self.entries.get(key).map(|s| &s.entry);
         if let Some(e) = current {
             if subflag == subflag::DELTA && matches!(e.value(), Some(v) if !v.is_map()) {
                 return Err(WriteError::NotAMap);
@@ -381,7 +404,7 @@ impl Replica {
             return Err(WriteError::TooLarge { len, max: self.cfg.max_frame_len });
         }
         self.clock_ms = ts;
-        Ok((version, frame, k))
+        Ok((version, frame))
     }
 
     /// Sets `key` to `value` (nil deletes, as in py2p) and floods the write.
@@ -390,8 +413,8 @@ impl Replica {
     /// [`WriteError::Leased`] when another node holds the key's lease,
     /// [`WriteError::TooLarge`] above the frame limit.
     pub fn set(&mut self, now: Now, key: Bytes, value: Value) -> Result<(), WriteError> {
-        let (version, frame, k) = self.prepare_write(now, &key, subflag::STORE, value.clone())?;
-        self.apply(k, |e| e.apply_set(&version, &value), Some((&version, &value)));
+        let (version, frame) = self.prepare_write(now, &key, subflag::STORE, value.clone())?;
+        self.apply(key, |e| e.apply_set(&version, &value), Some((&version, &value)));
         self.out.push_back(Action::Broadcast(frame));
         Ok(())
     }
@@ -413,8 +436,8 @@ impl Replica {
     /// [`WriteError::NotAMap`] if `key` holds something else,
     /// [`WriteError::Leased`], [`WriteError::TooLarge`].
     pub fn apply_delta(&mut self, now: Now, key: Bytes, delta: Vec<(Value, Value)>) -> Result<(), WriteError> {
-        let (version, frame, k) = self.prepare_write(now, &key, subflag::DELTA, Value::Map(delta.clone()))?;
-        self.apply(k, |e| e.apply_delta(&version, &delta), None);
+        let (version, frame) = self.prepare_write(now, &key, subflag::DELTA, Value::Map(delta.clone()))?;
+        self.apply(key, |e| e.apply_delta(&version, &delta), None);
         self.out.push_back(Action::Broadcast(frame));
         Ok(())
     }
@@ -423,65 +446,57 @@ impl Replica {
 
     /// Runs `change` on the entry at index `k` (creating it from `create`
     /// when absent) and keeps digests, counts and events in step.
-    fn apply(&mut self, k: (u16, Bytes), change: impl FnOnce(&mut Entry) -> bool, create: Option<(&Version, &Value)>) {
-        let leaf = usize::from(k.0);
-        // `k` moves into the map on insert; events and digests need the key.
-        let key = k.1.clone();
-        let key = &key;
-        // What changed, read while the entry is borrowed (no entry clone);
-        // one walk of the map whether the key is there or not.
-        let (before, after, latest) = match self.entries.entry(k) {
-            btree_map::Entry::Occupied(mut o) => {
-                let slot = o.get_mut();
-                let before = slot.entry.value();
-                let old_digest = slot.digest;
-                if !change(&mut slot.entry) {
-                    return;
-                }
-                slot.digest = slot.entry.digest(key);
-                let delta = old_digest ^ slot.digest;
-                self.leaf[leaf] ^= delta;
-                self.top[leaf >> 8] ^= delta;
-                (before, slot.entry.value(), slot.entry.latest().clone())
+    fn apply(&mut self, key: Bytes, change: impl FnOnce(&mut Entry) -> bool, create: Option<(&Version, &Value)>) {
+        // Values are cloned for events only when someone wants them.
+        let report = self.report_changes;
+        // What changed is read while the entry is borrowed (no entry clone).
+        let (had, has, event) = if let Some(slot) = self.entries.get_mut(&key) {
+            let had = !slot.entry.is_tombstone();
+            let before = if report { slot.entry.value() } else { None };
+            let old_digest = slot.digest;
+            if !change(&mut slot.entry) {
+                return;
             }
-            btree_map::Entry::Vacant(vacant) => {
-                // Start from the oldest possible entry so `change` decides.
-                let mut entry = match create {
-                    Some((v, val)) => Entry::new(v.clone(), val.clone()),
-                    None => Entry::new(Version::new(0, PeerId::from_bytes(Bytes::new())), Value::Nil),
-                };
-                if create.is_none() && !change(&mut entry) {
-                    return;
-                }
-                let digest = entry.digest(key);
-                self.leaf[leaf] ^= digest;
-                self.top[leaf >> 8] ^= digest;
-                let (after, latest) = (entry.value(), entry.latest().clone());
-                vacant.insert(Slot { entry, digest });
-                (None, after, latest)
+            slot.digest = slot.entry.digest(&key);
+            let delta = old_digest ^ slot.digest;
+            let leaf = usize::from(slot.leaf);
+            self.leaf[leaf] ^= delta;
+            self.top[leaf >> 8] ^= delta;
+            let event = report.then(|| change_event(&slot.entry, had, before, &key)).flatten();
+            (had, !slot.entry.is_tombstone(), event)
+        } else {
+            // Start from the oldest possible entry so `change` decides.
+            let mut entry = match create {
+                Some((v, val)) => Entry::new(v.clone(), val.clone()),
+                None => Entry::new(Version::new(0, PeerId::from_bytes(Bytes::new())), Value::Nil),
+            };
+            if create.is_none() && !change(&mut entry) {
+                return;
             }
+            let digest = entry.digest(&key);
+            let leaf = bucket(&key);
+            self.leaf[usize::from(leaf)] ^= digest;
+            self.top[usize::from(leaf) >> 8] ^= digest;
+            let event = report.then(|| change_event(&entry, false, None, &key)).flatten();
+            let has = !entry.is_tombstone();
+            self.entries.insert(key, Box::new(Slot { entry, digest, leaf }));
+            (false, has, event)
         };
-        match (before, after) {
-            (Some(_), None) => {
-                self.live -= 1;
-                self.out.push_back(Action::Event(Event::Delete { key: key.clone() }));
-            }
-            (b, Some(v)) => {
-                if b.is_none() {
-                    self.live += 1;
-                }
-                if b.as_ref() != Some(&v) {
-                    let timestamp = latest.secs();
-                    self.out.push_back(Action::Event(Event::Update {
-                        key: key.clone(),
-                        value: v,
-                        owner: latest.owner,
-                        timestamp,
-                    }));
-                }
-            }
-            (None, None) => {}
+        match (had, has) {
+            (true, false) => self.live -= 1,
+            (false, true) => self.live += 1,
+            _ => {}
         }
+        if let Some(e) = event {
+            self.out.push_back(Action::Event(e));
+        }
+    }
+
+    /// Whether [`Action::Event`]s are produced (on by default). A driver
+    /// whose application does not listen turns them off, which spares a
+    /// copy of every changed value.
+    pub fn set_report_changes(&mut self, on: bool) {
+        self.report_changes = on;
     }
 
     /// py2p's `__check_lease` for a write that came from a py2p node.
@@ -533,24 +548,41 @@ impl Replica {
     /// A peer's connection closed.
     pub fn on_peer_down(&mut self, conn: ConnId) {
         self.peers.remove(&conn);
+        self.receiving_from.remove(&conn);
+    }
+
+    /// Whether entries from `conn` arrived within the last anti-entropy
+    /// interval.
+    fn transfer_under_way(&self, now: Now, conn: ConnId) -> bool {
+        self.receiving_from.get(&conn).is_some_and(|&t| now.mono_ms < t + self.cfg.anti_entropy_interval_ms)
     }
 
     /// Periodic work: tombstone purge, anti-entropy rounds.
     pub fn handle_tick(&mut self, now: Now) {
-        self.purge(now);
+        if now.mono_ms >= self.next_purge_ms {
+            // A scan of every entry: not on every tick. Tombstones live for
+            // their TTL plus at most a sixteenth of it (and a minute).
+            self.next_purge_ms = now.mono_ms + (self.cfg.tombstone_ttl_ms / 16).min(60_000);
+            self.purge(now);
+        }
         if now.mono_ms < self.next_ae_ms {
             return;
         }
         self.next_ae_ms = now.mono_ms + self.cfg.anti_entropy_interval_ms;
-        let pick = self.peers.iter().filter(|(_, &r)| r).map(|(c, _)| *c).choose(&mut self.rng);
+        let idle: Vec<ConnId> =
+            self.peers.iter().filter(|&(&c, &r)| r && !self.transfer_under_way(now, c)).map(|(c, _)| *c).collect();
+        let pick = idle.into_iter().choose(&mut self.rng);
         if let Some(conn) = pick {
             self.send_top_digest(conn);
         }
     }
 
     fn purge(&mut self, now: Now) {
+        if self.entries.len() == self.live {
+            return; // no tombstones
+        }
         let cutoff = now.unix_ms.saturating_sub(self.cfg.tombstone_ttl_ms);
-        let dead: Vec<(u16, Bytes)> = self
+        let dead: Vec<Bytes> = self
             .entries
             .iter()
             .filter(|(_, s)| s.entry.is_tombstone() && s.entry.base_version.ts_ms < cutoff)
@@ -558,7 +590,7 @@ impl Replica {
             .collect();
         for k in dead {
             if let Some(s) = self.entries.remove(&k) {
-                let leaf = usize::from(k.0);
+                let leaf = usize::from(s.leaf);
                 self.leaf[leaf] ^= s.digest;
                 self.top[leaf >> 8] ^= s.digest;
             }
@@ -574,8 +606,11 @@ impl Replica {
             (subflag::STORE, 0) => self.on_store(now, &h.sender, h.time, &v),
             (subflag::STORE, 2) => self.on_state_transfer(now, &v),
             (subflag::DELTA, 0) => self.on_delta(now, &h.sender, h.time, &v),
-            (SUBFLAG_DIGEST, 2) => self.on_digest(conn, &v),
-            (SUBFLAG_ENTRIES, 2) => self.on_entries(now, &v),
+            (SUBFLAG_DIGEST, 2) => self.on_digest(now, conn, &v),
+            (SUBFLAG_ENTRIES, 2) => {
+                self.receiving_from.insert(conn, now.mono_ms);
+                self.on_entries(now, &v);
+            }
             _ => {}
         }
     }
@@ -638,7 +673,7 @@ impl Replica {
         let Some(key) = key_bytes(&v[0]) else { return };
         let Some(version) = self.write_version(now, &key, sender, time, v.get(2), false) else { return };
         let value = &v[1];
-        self.apply(index(&key), |e| e.apply_set(&version, value), Some((&version, value)));
+        self.apply(key.clone(), |e| e.apply_set(&version, value), Some((&version, value)));
     }
 
     fn on_state_transfer(&mut self, now: Now, v: &[Value]) {
@@ -658,7 +693,7 @@ impl Replica {
         let version = Version::new(ts.saturating_mul(1000), self.intern(&owner));
         let value = v[1].clone();
         self.observe(&version);
-        self.apply(index(&key), |e| e.apply_set(&version, &value), Some((&version, &value)));
+        self.apply(key.clone(), |e| e.apply_set(&version, &value), Some((&version, &value)));
     }
 
     fn on_delta(&mut self, now: Now, sender: &PeerId, time: u64, v: &[Value]) {
@@ -668,7 +703,7 @@ impl Replica {
         let Some(key) = key_bytes(&v[0]) else { return };
         let Some(map) = v[1].as_map() else { return };
         let Some(version) = self.write_version(now, &key, sender, time, v.get(2), true) else { return };
-        self.apply(index(&key), |e| e.apply_delta(&version, map), None);
+        self.apply(key.clone(), |e| e.apply_delta(&version, map), None);
     }
 
     // ----- anti-entropy -----------------------------------------------------
@@ -699,8 +734,11 @@ impl Replica {
         self.whisper(conn, SUBFLAG_DIGEST, &[Value::from(0), d]);
     }
 
-    fn on_digest(&mut self, conn: ConnId, v: &[Value]) {
+    fn on_digest(&mut self, now: Now, conn: ConnId, v: &[Value]) {
         match v.first().and_then(Value::as_u64) {
+            // A new round from a peer whose entries are still arriving:
+            // answering would make it resend them. Its next round will do.
+            Some(0) if self.transfer_under_way(now, conn) => {}
             Some(0) => {
                 let Some(theirs) = v.get(1).and_then(Self::unpack) else { return };
                 let replies: Vec<Value> = (0..TOP_BUCKETS)
@@ -738,19 +776,21 @@ impl Replica {
         let mut batch = Vec::new();
         let mut size = 0;
         let mut batches = Vec::new();
+        if leaves.is_empty() {
+            return;
+        }
+        // One pass over the entries, whatever the number of leaves asked.
+        let mut wanted = vec![false; LEAF_BUCKETS];
         for &leaf in leaves {
-            let range = (Bound::Included((leaf, Bytes::new())), Bound::Unbounded);
-            for ((b, k), s) in self.entries.range(range) {
-                if *b != leaf {
-                    break;
-                }
-                let w = s.entry.to_wire(k);
-                size += k.len() + 64 + approx_size(&s.entry.base);
-                batch.push(w);
-                if size >= self.cfg.max_batch_bytes {
-                    batches.push(std::mem::take(&mut batch));
-                    size = 0;
-                }
+            wanted[usize::from(leaf)] = true;
+        }
+        for (k, s) in self.entries.iter().filter(|(_, s)| wanted[usize::from(s.leaf)]) {
+            let w = s.entry.to_wire(k);
+            size += k.len() + 64 + approx_size(&s.entry.base);
+            batch.push(w);
+            if size >= self.cfg.max_batch_bytes {
+                batches.push(std::mem::take(&mut batch));
+                size = 0;
             }
         }
         if !batch.is_empty() {
@@ -775,8 +815,8 @@ impl Replica {
             self.intern_entry(&mut remote);
             let create = (remote.fields.is_empty()).then(|| (remote.base_version.clone(), remote.base.clone()));
             match create {
-                Some((ver, val)) => self.apply(index(&key), |e| e.merge(&remote), Some((&ver, &val))),
-                None => self.apply(index(&key), |e| e.merge(&remote), None),
+                Some((ver, val)) => self.apply(key.clone(), |e| e.merge(&remote), Some((&ver, &val))),
+                None => self.apply(key.clone(), |e| e.merge(&remote), None),
             }
         }
     }
