@@ -23,7 +23,8 @@
 //!   bytes ([`entry::write_order`]); every replica keeps the greatest.
 //! - **Tombstones.** A delete is kept as a nil value with its version, so an
 //!   older write cannot resurrect the key; tombstones are purged after
-//!   [`Config::tombstone_ttl_ms`] (default 24 h). A replica cut off for
+//!   [`Config::tombstone_ttl_ms`] (default 24 h; the purge runs every
+//!   sixteenth of it, at most every minute). A replica cut off for
 //!   longer than that may bring back a value deleted meanwhile.
 //! - **Per-field deltas.** Each field a delta sets keeps its own version;
 //!   a later set of the whole value supersedes older fields. Merging is
@@ -36,7 +37,10 @@
 //!   sends its 256 top digests (2 KiB); the receiver answers each differing
 //!   top bucket with its 256 leaf digests; the first node then sends the
 //!   entries of the differing leaves. Each side does the same, so both end
-//!   with the union. A joining node receives the whole state this way, once.
+//!   with the union. A joining node receives the whole state this way, once:
+//!   while a peer's entries keep arriving (within one interval), no new
+//!   round with that peer is started or answered, since it would resend
+//!   what is still in flight.
 //!
 //! # Consistency model
 //! Between rs2p replicas: strong eventual consistency. Every write accepted
