@@ -11,6 +11,9 @@ use tokio::sync::Notify;
 
 use crate::socket::Message;
 
+/// Capacity (in messages) an empty queue may keep.
+const SHRINK_ABOVE: usize = 1024;
+
 #[derive(Debug)]
 struct State {
     messages: VecDeque<Message>,
@@ -32,6 +35,14 @@ impl Inbox {
             notify: Notify::new(),
             cap,
         })
+    }
+
+    /// Gives back what a burst grew once the queue has drained (an idle
+    /// node should not keep room for 65,536 messages).
+    fn release_if_drained(st: &mut State) {
+        if st.messages.is_empty() && st.messages.capacity() > SHRINK_ABOVE {
+            st.messages = VecDeque::new();
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -68,7 +79,9 @@ impl Inbox {
     pub(crate) fn take(&self, n: usize) -> Vec<Message> {
         let mut st = self.lock();
         let k = n.min(st.messages.len());
-        st.messages.drain(..k).collect()
+        let out = st.messages.drain(..k).collect();
+        Self::release_if_drained(&mut st);
+        out
     }
 
     /// Waits for the next message; `None` once closed and empty. Cancel
@@ -79,6 +92,7 @@ impl Inbox {
             {
                 let mut st = self.lock();
                 if let Some(m) = st.messages.pop_front() {
+                    Self::release_if_drained(&mut st);
                     let more = !st.messages.is_empty();
                     drop(st);
                     if more {
@@ -160,6 +174,11 @@ mod tests {
         assert_eq!(inbox.push(&mut msgs(6)), 2);
         assert_eq!(inbox.room(), 0);
         assert_eq!(inbox.take(3).len(), 3);
+        // A drained queue gives back what a burst grew.
+        let big = Inbox::new(10_000);
+        assert_eq!(big.push(&mut msgs(5_000)), 0);
+        assert_eq!(big.take(10_000).len(), 5_000);
+        assert_eq!(big.lock().messages.capacity(), 0);
         InboxSender(inbox.clone()); // dropped at once: closes
         assert!(inbox.next().await.is_some(), "queued messages outlive the close");
         assert!(inbox.next().await.is_none());
