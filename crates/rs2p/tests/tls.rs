@@ -21,6 +21,9 @@ async fn rs2p_nodes_talk_over_tls() {
     assert_eq!(a.protocol().encryption, Encryption::Ssl);
     assert!(a.tls_fingerprint().is_some());
     b.connect(a.out_addr().clone()).await.unwrap();
+    // `connect` returns once b has a's handshake; a may still be reading
+    // b's, and a broadcast before that reaches nobody.
+    wait_for(10, "a sees b", || async { a.routing_table().await.unwrap().len() == 1 }).await;
     a.broadcast(vec![Value::from("over tls"), Value::Binary(vec![0; 20_000])]).await.unwrap();
     let m = next_msg(&b).await;
     assert_eq!(m.packets().unwrap()[0], Value::from("over tls"));
@@ -47,7 +50,13 @@ async fn interop_with_py2p_ssl_nodes_both_ways() {
     // py2p dials rs2p.
     let rs2 = tls_node().await;
     py.run(json!({"cmd": "connect", "addr": rs2.out_addr().to_string()})).await;
-    wait_for(10, "rs2 sees py2p", || async { rs2.routing_table().await.unwrap().len() == 1 }).await;
+    // rs2 may also link to rs, which it learns of from py2p's peer list:
+    // wait for py2p itself.
+    let py_id = py.id.clone();
+    wait_for(10, "rs2 sees py2p", || async {
+        rs2.routing_table().await.unwrap().iter().any(|p| p.id.to_string() == py_id)
+    })
+    .await;
     py.wait_peers(10, "py2p sees rs2", |p| p.len() == 2).await;
     py.run(json!({"cmd": "broadcast", "packets": ["to both"]})).await;
     assert_eq!(next_msg(&rs2).await.packets().unwrap(), vec![Value::from("to both")]);
@@ -119,6 +128,9 @@ async fn pinned_certificates() {
     let b = MeshSocket::builder().tls(TlsConfig::new().identity(cb, kb).pin(vec![fp_a])).spawn().await.unwrap();
     assert_eq!(a.tls_fingerprint(), Some(fp_a));
     b.connect(a.out_addr().clone()).await.expect("pinned peers connect");
+    // `connect` returns once b has a's handshake; a may still be reading
+    // b's, and a broadcast before that reaches nobody.
+    wait_for(10, "a sees b", || async { a.routing_table().await.unwrap().len() == 1 }).await;
     a.broadcast(vec![Value::from("pinned")]).await.unwrap();
     assert_eq!(next_msg(&b).await.packets().unwrap(), vec![Value::from("pinned")]);
 
@@ -155,6 +167,9 @@ async fn ca_verification() {
     let b =
         MeshSocket::builder().tls(TlsConfig::new().identity(c2, k2).verify_ca(roots.clone())).spawn().await.unwrap();
     b.connect(a.out_addr().clone()).await.expect("CA-verified peers connect");
+    // `connect` returns once b has a's handshake; a may still be reading
+    // b's, and a broadcast before that reaches nobody.
+    wait_for(10, "a sees b", || async { a.routing_table().await.unwrap().len() == 1 }).await;
     // A self-signed node is refused.
     let rogue = MeshSocket::builder().tls(TlsConfig::new().verify_ca(roots)).spawn().await.unwrap();
     assert!(rogue.connect(a.out_addr().clone()).await.is_err());
