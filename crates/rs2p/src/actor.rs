@@ -211,11 +211,6 @@ impl Actor {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
-            if let Some(r) = self.node.sync.as_mut() {
-                // Change events cost a copy of each changed value: only
-                // while someone listens.
-                r.set_report_changes(self.events.get().is_some_and(|e| e.receiver_count() > 0));
-            }
             tokio::select! {
                 biased;
                 cmd = self.cmd_rx.recv() => match cmd {
@@ -231,6 +226,7 @@ impl Actor {
                     }
                 },
                 _ = tick.tick() => {
+                    self.update_sync_reporting();
                     let now = self.now();
                     self.node.handle_tick(now);
                 }
@@ -242,7 +238,18 @@ impl Actor {
         }
     }
 
+    /// Change events of the replica cost a copy of each changed value:
+    /// produced only while someone listens. Checked as each input is
+    /// handled (a subscriber may have come while the actor waited).
+    fn update_sync_reporting(&mut self) {
+        let wanted = self.events.get().is_some_and(|e| e.receiver_count() > 0);
+        if let Some(r) = self.node.sync.as_mut() {
+            r.set_report_changes(wanted);
+        }
+    }
+
     fn on_command(&mut self, cmd: Command) {
+        self.update_sync_reporting();
         let now = self.now();
         match cmd {
             Command::Connect { addr, expected, reply } => match self.node.mesh.connect(addr.clone(), expected) {
@@ -361,6 +368,7 @@ impl Actor {
     }
 
     fn on_dial(&mut self, u: Upgrade) {
+        self.update_sync_reporting();
         let now = self.now();
         match u {
             Upgrade::Dialed { dial, result: Ok(io) } => {
@@ -390,6 +398,7 @@ impl Actor {
     }
 
     fn on_conn_event(&mut self, ev: ConnEvent) {
+        self.update_sync_reporting();
         let now = self.now();
         match ev {
             ConnEvent::Packets(conn, batch) => {
@@ -409,6 +418,7 @@ impl Actor {
     }
 
     async fn on_accept(&mut self, acc: std::io::Result<(TcpStream, std::net::SocketAddr)>) {
+        self.update_sync_reporting();
         match acc {
             Ok((stream, from)) => {
                 if self.conns.len() >= self.settings.max_connections {

@@ -140,6 +140,31 @@ fn local_api_errors() {
     assert_eq!(updates, 4);
 }
 
+#[test]
+fn change_events_only_while_reported_and_counts_stay_right() {
+    let mut r = replica("me", false);
+    r.set_report_changes(false);
+    r.set(at(1), Bytes::from_static(b"a"), Value::from(1)).unwrap();
+    r.set(at(2), Bytes::from_static(b"b"), Value::from(2)).unwrap();
+    r.delete(at(3), Bytes::from_static(b"a")).unwrap();
+    assert_eq!(r.len(), 1, "liveness is tracked without events");
+    let quiet: Vec<Action> = std::iter::from_fn(|| r.poll_action()).collect();
+    assert!(quiet.iter().all(|a| !matches!(a, Action::Event(_))), "{quiet:?}");
+    r.set_report_changes(true);
+    r.set(at(4), Bytes::from_static(b"a"), Value::from(3)).unwrap();
+    r.delete(at(5), Bytes::from_static(b"b")).unwrap();
+    assert_eq!(r.len(), 1);
+    let events: Vec<Event> = std::iter::from_fn(|| r.poll_action())
+        .filter_map(|a| match a {
+            Action::Event(e) => Some(e),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        matches!(&events[..], [Event::Update { key: a, .. }, Event::Delete { key: b }] if &a[..] == b"a" && &b[..] == b"b")
+    );
+}
+
 // ----- merge order independence -------------------------------------------
 
 #[derive(Debug, Clone)]
