@@ -5,7 +5,7 @@ use std::hash::{BuildHasher, Hasher};
 
 use crate::id::MsgId;
 
-/// Hashes a 128-bit prefix of a sha256 with a per-node random key: the ids
+/// Hashes a 64-bit prefix of a sha256 with a per-node random key: the ids
 /// are already uniformly distributed, so a multiply-xor is enough, and the
 /// key keeps a remote sender from aiming many ids at one bucket.
 #[derive(Debug, Clone, Copy)]
@@ -32,9 +32,6 @@ impl Hasher for IdHasher {
             self.write_u64(u64::from_le_bytes(b));
         }
     }
-    fn write_u128(&mut self, v: u128) {
-        self.write_u64(v as u64 ^ (v >> 64) as u64);
-    }
     fn write_u64(&mut self, v: u64) {
         self.0 = (self.0 ^ v).wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(29);
     }
@@ -48,8 +45,13 @@ impl Hasher for IdHasher {
 /// the oldest entry goes first.
 #[derive(Debug)]
 pub struct SeenCache {
-    set: HashSet<u128, KeyedIdHash>,
-    order: VecDeque<(u64, u128)>,
+    // Ids are kept as their first 64 bits: 16 bytes per id in the queue and
+    // 8 in the set instead of 32 and 16. A false "seen" needs two of the
+    // 262,144 remembered ids to share 64 bits (about 2^-29 per window), and
+    // aiming one at a future message means a 64-bit partial preimage of a
+    // sha256 of bytes not yet known.
+    set: HashSet<u64, KeyedIdHash>,
+    order: VecDeque<(u64, u64)>,
     keep_ms: u64,
     capacity: usize,
 }
@@ -68,10 +70,10 @@ impl SeenCache {
         }
     }
 
-    fn key(id: &MsgId) -> u128 {
-        let mut b = [0u8; 16];
-        b.copy_from_slice(&id.0[..16]);
-        u128::from_le_bytes(b)
+    fn key(id: &MsgId) -> u64 {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&id.0[..8]);
+        u64::from_le_bytes(b)
     }
 
     /// Records `id`; returns `false` if it was already there.
