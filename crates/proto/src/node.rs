@@ -63,10 +63,7 @@ impl Node {
         }
         let now = now.unwrap_or_else(|| self.mesh.clock());
         while let Some(o) = self.mesh.poll_output() {
-            let Some(replica) = self.sync.as_mut() else {
-                self.out.push_back(Output::Mesh(o));
-                continue;
-            };
+            let Some(replica) = self.sync.as_mut() else { return };
             match o {
                 mesh::Output::Event(mesh::Event::Message(d)) if is_sync_message(&d.packet) => {
                     replica.handle(now, d.conn, &d.packet);

@@ -21,9 +21,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use crate::conn::{read_loop, write_loop, ConnEvent, WriterCmd, MAX_BATCH_BYTES, MAX_BATCH_FRAMES};
+use crate::conn::{read_loop, write_loop, ConnEvent, WriterCmd};
 use crate::inbox::InboxSender;
-use crate::socket::{Event, Handler, Message, Status};
+use crate::socket::{Event, Handler, Message, Status, MAX_BATCH_BYTES, MAX_BATCH_FRAMES};
 use crate::Error;
 
 /// How often the state machine gets a tick (expiry, deadlines, upkeep).
@@ -92,6 +92,15 @@ impl std::fmt::Debug for Command {
             Command::Sync(_) => "Sync",
         })
     }
+}
+
+/// What one turn of the actor's loop handles.
+enum Input {
+    Command(Option<Command>),
+    Tick,
+    Dial(Upgrade),
+    Conn(ConnEvent),
+    Accept(std::io::Result<(TcpStream, std::net::SocketAddr)>),
 }
 
 /// A connection's transport once its TLS handshake (if any) is done.
@@ -211,45 +220,50 @@ impl Actor {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
-            tokio::select! {
+            let input = tokio::select! {
                 biased;
-                cmd = self.cmd_rx.recv() => match cmd {
-                    Some(Command::Shutdown { reply }) => {
-                        self.shutdown().await;
-                        let _ = reply.send(());
-                        return;
-                    }
-                    Some(cmd) => self.on_command(cmd),
-                    None => {
-                        self.shutdown().await;
-                        return;
-                    }
-                },
-                _ = tick.tick() => {
-                    self.update_sync_reporting();
+                cmd = self.cmd_rx.recv() => Input::Command(cmd),
+                _ = tick.tick() => Input::Tick,
+                Some(d) = self.dial_rx.recv() => Input::Dial(d),
+                Some(ev) = self.conn_rx.recv() => Input::Conn(ev),
+                acc = self.listener.accept() => Input::Accept(acc),
+            };
+            // The replica's change events cost a copy of each changed value:
+            // built only while someone listens, checked now rather than
+            // before the wait (a subscriber may have come meanwhile).
+            let listening = self.has_listeners();
+            if let Some(r) = self.node.sync.as_mut() {
+                r.set_report_changes(listening);
+            }
+            match input {
+                Input::Command(Some(Command::Shutdown { reply })) => {
+                    self.shutdown().await;
+                    let _ = reply.send(());
+                    return;
+                }
+                Input::Command(Some(cmd)) => self.on_command(cmd),
+                Input::Command(None) => {
+                    self.shutdown().await;
+                    return;
+                }
+                Input::Tick => {
                     let now = self.now();
                     self.node.handle_tick(now);
                 }
-                Some(d) = self.dial_rx.recv() => self.on_dial(d),
-                Some(ev) = self.conn_rx.recv() => self.on_conn_event(ev),
-                acc = self.listener.accept() => self.on_accept(acc).await,
+                Input::Dial(d) => self.on_dial(d),
+                Input::Conn(ev) => self.on_conn_event(ev),
+                Input::Accept(acc) => self.on_accept(acc).await,
             }
             self.flush().await;
         }
     }
 
-    /// Change events of the replica cost a copy of each changed value:
-    /// produced only while someone listens. Checked as each input is
-    /// handled (a subscriber may have come while the actor waited).
-    fn update_sync_reporting(&mut self) {
-        let wanted = self.events.get().is_some_and(|e| e.receiver_count() > 0);
-        if let Some(r) = self.node.sync.as_mut() {
-            r.set_report_changes(wanted);
-        }
+    /// Whether anyone subscribed to events and still listens.
+    fn has_listeners(&self) -> bool {
+        self.events.get().is_some_and(|e| e.receiver_count() > 0)
     }
 
     fn on_command(&mut self, cmd: Command) {
-        self.update_sync_reporting();
         let now = self.now();
         match cmd {
             Command::Connect { addr, expected, reply } => match self.node.mesh.connect(addr.clone(), expected) {
@@ -368,7 +382,6 @@ impl Actor {
     }
 
     fn on_dial(&mut self, u: Upgrade) {
-        self.update_sync_reporting();
         let now = self.now();
         match u {
             Upgrade::Dialed { dial, result: Ok(io) } => {
@@ -398,7 +411,6 @@ impl Actor {
     }
 
     fn on_conn_event(&mut self, ev: ConnEvent) {
-        self.update_sync_reporting();
         let now = self.now();
         match ev {
             ConnEvent::Packets(conn, batch) => {
@@ -418,7 +430,6 @@ impl Actor {
     }
 
     async fn on_accept(&mut self, acc: std::io::Result<(TcpStream, std::net::SocketAddr)>) {
-        self.update_sync_reporting();
         match acc {
             Ok((stream, from)) => {
                 if self.conns.len() >= self.settings.max_connections {
@@ -683,7 +694,7 @@ impl Actor {
             return;
         }
         self.inbox_room -= 1;
-        if self.events.get().is_some_and(|e| e.receiver_count() > 0) {
+        if self.has_listeners() {
             self.emit(Event::Message(msg.clone()));
         }
         self.to_inbox.push(msg);

@@ -19,7 +19,7 @@ const READ_CHUNK_BUSY: usize = 64 * 1024;
 /// queued; an idle writer keeps none.
 const WRITE_BUF_KEEP: usize = 64 * 1024;
 
-pub(crate) use crate::socket::{MAX_BATCH_BYTES, MAX_BATCH_FRAMES};
+use crate::socket::{MAX_BATCH_BYTES, MAX_BATCH_FRAMES};
 
 /// What readers and writers tell the actor.
 #[derive(Debug)]

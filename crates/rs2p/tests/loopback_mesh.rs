@@ -290,9 +290,12 @@ async fn a_panicking_handler_does_not_stop_the_node() {
 /// before `next_message` reports the end.
 #[tokio::test]
 async fn full_recv_queue_drops_and_counts_but_keeps_relaying() {
-    let a = node().await;
-    let b = MeshSocket::builder().bind("127.0.0.1:0").recv_queue_capacity(5).spawn().await.unwrap();
-    let c = node().await;
+    // A strict chain: no node dials peers it learns of, so c can only hear
+    // a through b.
+    let chain_node = || MeshSocket::builder().bind("127.0.0.1:0").max_outgoing(0).maintain_outgoing(false);
+    let a = chain_node().spawn().await.unwrap();
+    let b = chain_node().recv_queue_capacity(5).spawn().await.unwrap();
+    let c = chain_node().spawn().await.unwrap();
     b.connect(a.out_addr().clone()).await.unwrap();
     c.connect(b.out_addr().clone()).await.unwrap();
     wait_for(5, "chain a-b-c", || async {

@@ -41,7 +41,7 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rmpv::Value;
 
-pub use seen::SeenCache;
+pub use seen::{MixHasher, SeenCache};
 
 use crate::id::{MsgId, PeerId, Protocol, ProtocolId, MAX_ID_LEN};
 use crate::wire::{subflag, Compression, DecodeError, Frame, MsgType, Packet};
@@ -51,28 +51,9 @@ use crate::Now;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ConnId(pub u64);
 
-/// Hashes the driver's sequential connection ids with one multiply: they
-/// are not remote input, so the keyed SipHash of `HashMap` buys nothing on
-/// this hot path.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct ConnIdHasher(u64);
-
-impl std::hash::Hasher for ConnIdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.write_u64(u64::from(b));
-        }
-    }
-    fn write_u64(&mut self, v: u64) {
-        self.0 = (self.0.rotate_left(29) ^ v).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    }
-}
-
-/// A map keyed by [`ConnId`], hashed with [`ConnIdHasher`].
-pub type ConnMap<V> = HashMap<ConnId, V, std::hash::BuildHasherDefault<ConnIdHasher>>;
+/// A map keyed by [`ConnId`]: the driver's sequential ids are not remote
+/// input, so the keyed SipHash of `HashMap` buys nothing on this hot path.
+pub type ConnMap<V> = HashMap<ConnId, V, std::hash::BuildHasherDefault<MixHasher>>;
 
 /// Identifies one dial attempt, so its outcome can be matched to its cause.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

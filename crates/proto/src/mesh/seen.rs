@@ -12,16 +12,19 @@ use crate::id::MsgId;
 struct KeyedIdHash(u64);
 
 impl BuildHasher for KeyedIdHash {
-    type Hasher = IdHasher;
-    fn build_hasher(&self) -> IdHasher {
-        IdHasher(self.0)
+    type Hasher = MixHasher;
+    fn build_hasher(&self) -> MixHasher {
+        MixHasher(self.0)
     }
 }
 
-#[derive(Debug)]
-struct IdHasher(u64);
+/// A multiply-xor hasher for keys that are already well spread or not
+/// chosen remotely: 64-bit id prefixes (keyed, see [`SeenCache`]) and the
+/// driver's sequential connection ids ([`super::ConnMap`]).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct MixHasher(u64);
 
-impl Hasher for IdHasher {
+impl Hasher for MixHasher {
     fn finish(&self) -> u64 {
         self.0
     }

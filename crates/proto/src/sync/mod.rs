@@ -206,6 +206,7 @@ pub struct Replica {
     /// Keys are remote input: hashed with a keyed hash seeded per replica
     /// (random in a real node, fixed in a simulation, which keeps its runs
     /// reproducible).
+    ///
     /// Slots are boxed so the table itself stays narrow (40 bytes a
     /// bucket): growing it moves little, and its empty buckets cost little.
     entries: HashMap<Bytes, Box<Slot>, foldhash::quality::FixedState>,
@@ -448,8 +449,8 @@ impl Replica {
 
     // ----- state changes ----------------------------------------------------
 
-    /// Runs `change` on the entry at index `k` (creating it from `create`
-    /// when absent) and keeps digests, counts and events in step.
+    /// Runs `change` on the entry at `key` (creating it from `create` when
+    /// absent) and keeps digests, counts and events in step.
     fn apply(&mut self, key: Bytes, change: impl FnOnce(&mut Entry) -> bool, create: Option<(&Version, &Value)>) {
         // Values are cloned for events only when someone wants them.
         let report = self.report_changes;
@@ -677,7 +678,7 @@ impl Replica {
         let Some(key) = key_bytes(&v[0]) else { return };
         let Some(version) = self.write_version(now, &key, sender, time, v.get(2), false) else { return };
         let value = &v[1];
-        self.apply(key.clone(), |e| e.apply_set(&version, value), Some((&version, value)));
+        self.apply(key, |e| e.apply_set(&version, value), Some((&version, value)));
     }
 
     fn on_state_transfer(&mut self, now: Now, v: &[Value]) {
@@ -695,9 +696,9 @@ impl Replica {
             return;
         }
         let version = Version::new(ts.saturating_mul(1000), self.intern(&owner));
-        let value = v[1].clone();
+        let value = &v[1];
         self.observe(&version);
-        self.apply(key.clone(), |e| e.apply_set(&version, &value), Some((&version, &value)));
+        self.apply(key, |e| e.apply_set(&version, value), Some((&version, value)));
     }
 
     fn on_delta(&mut self, now: Now, sender: &PeerId, time: u64, v: &[Value]) {
@@ -707,7 +708,7 @@ impl Replica {
         let Some(key) = key_bytes(&v[0]) else { return };
         let Some(map) = v[1].as_map() else { return };
         let Some(version) = self.write_version(now, &key, sender, time, v.get(2), true) else { return };
-        self.apply(key.clone(), |e| e.apply_delta(&version, map), None);
+        self.apply(key, |e| e.apply_delta(&version, map), None);
     }
 
     // ----- anti-entropy -----------------------------------------------------
@@ -819,8 +820,8 @@ impl Replica {
             self.intern_entry(&mut remote);
             let create = (remote.fields.is_empty()).then(|| (remote.base_version.clone(), remote.base.clone()));
             match create {
-                Some((ver, val)) => self.apply(key.clone(), |e| e.merge(&remote), Some((&ver, &val))),
-                None => self.apply(key.clone(), |e| e.merge(&remote), None),
+                Some((ver, val)) => self.apply(key, |e| e.merge(&remote), Some((&ver, &val))),
+                None => self.apply(key, |e| e.merge(&remote), None),
             }
         }
     }

@@ -9,6 +9,9 @@ use super::msgpack::{self, read_array_len, read_bytes_range, read_uint};
 use super::{compress, Compression, DecodeError, Limits};
 use crate::id::{MsgId, PeerId, MAX_ID_LEN};
 
+/// Bytes before the payload: the length prefix and the sha256 checksum.
+const HEADER: usize = 4 + 32;
+
 /// A complete, uncompressed wire frame:
 /// `[length][sha256(payload)][payload]`.
 ///
@@ -29,8 +32,8 @@ impl Frame {
     pub fn build(msg_type: u8, sender: &PeerId, time: u64, subflag: u64, packets: &[Value]) -> Frame {
         // Encoded in place after room for the prefix and checksum, which are
         // filled in last: one allocation, no copy.
-        let mut buf = Vec::with_capacity(36 + 96 + sender.as_bytes().len() + 32 * packets.len());
-        buf.resize(36, 0);
+        let mut buf = Vec::with_capacity(HEADER + 96 + sender.as_bytes().len() + 32 * packets.len());
+        buf.resize(HEADER, 0);
         rmp::encode::write_array_len(&mut buf, 4 + packets.len() as u32).expect("vec write");
         rmp::encode::write_uint(&mut buf, u64::from(msg_type)).expect("vec write");
         rmp::encode::write_bin(&mut buf, sender.as_bytes()).expect("vec write");
@@ -39,23 +42,27 @@ impl Frame {
         for p in packets {
             msgpack::write_value(&mut buf, p);
         }
-        let len = buf.len() - 4;
-        // Oversized payloads get a saturated prefix, as in `from_payload`.
-        buf[..4].copy_from_slice(&u32::try_from(len).unwrap_or(u32::MAX).to_be_bytes());
-        let digest = Sha256::digest(&buf[36..]);
-        buf[4..36].copy_from_slice(&digest);
-        Frame(Bytes::from(buf))
+        Frame::seal(buf)
     }
 
     /// Builds a frame around an already encoded msgpack payload.
     pub fn from_payload(payload: &[u8]) -> Frame {
-        let mut buf = BytesMut::with_capacity(4 + 32 + payload.len());
+        let mut buf = Vec::with_capacity(HEADER + payload.len());
+        buf.resize(HEADER, 0);
+        buf.extend_from_slice(payload);
+        Frame::seal(buf)
+    }
+
+    /// Fills in the length prefix and checksum of `buf`, which holds
+    /// [`HEADER`] placeholder bytes and then the payload.
+    fn seal(mut buf: Vec<u8>) -> Frame {
         // Oversized payloads get a saturated prefix; senders check sizes
         // against the frame limit before anything goes out.
-        buf.put_u32(u32::try_from(32 + payload.len()).unwrap_or(u32::MAX));
-        buf.put_slice(&Sha256::digest(payload));
-        buf.put_slice(payload);
-        Frame(buf.freeze())
+        let len = u32::try_from(buf.len() - 4).unwrap_or(u32::MAX);
+        buf[..4].copy_from_slice(&len.to_be_bytes());
+        let digest = Sha256::digest(&buf[HEADER..]);
+        buf[4..HEADER].copy_from_slice(&digest);
+        Frame(Bytes::from(buf))
     }
 
     /// The whole frame, length prefix included, as sent on an uncompressed
