@@ -7,8 +7,10 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 ./scripts/setup-py2p.sh
 export RS2P_PY2P_PYTHON="$root/.venv-py2p/bin/python"
-rm -f target/sync-simulation-report.txt
+report=$(mktemp)
+trap 'rm -f "$report"' EXIT
+export RS2P_SIM_REPORT="$report"
 cargo test --workspace --exclude rs2p-bench-libp2p --release "$@"
-if [ -f target/sync-simulation-report.txt ]; then cat target/sync-simulation-report.txt; fi
+cat "$report"
 # A short run of every fuzz target (the long campaign: ./scripts/fuzz.sh).
 ./scripts/fuzz.sh "${RS2P_FUZZ_SECONDS:-20}"

@@ -180,7 +180,7 @@ fn spawn_forwarders(node: &MeshSocket, out: mpsc::Sender<String>, json: bool) {
                 })
                 .to_string(),
                 (Event::PeerDown { peer, reason }, true) => {
-                    json!({"event": "peer_down", "id": peer.to_string(), "reason": reason}).to_string()
+                    json!({"event": "peer_down", "id": peer.to_string(), "reason": reason.to_string()}).to_string()
                 }
                 (Event::PeerUp { peer, addr, outgoing }, false) => format!(
                     "* peer up: {} at {} ({})",

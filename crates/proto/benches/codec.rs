@@ -5,20 +5,20 @@
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use rs2p_proto::id::PeerId;
-use rs2p_proto::mesh::SeenCache;
-use rs2p_proto::wire::{Compression, Frame, FrameDecoder, Limits};
+use rs2p_proto::mesh::dissemination::SeenCache;
+use rs2p_proto::wire::{Compression, Frame, FrameDecoder, Limits, MsgType};
 use rs2p_proto::Value;
 
 fn frames(c: &mut Criterion) {
     let id = PeerId::random(b"bench");
     for size in [100usize, 10 * 1024] {
         let payload = Value::Binary(vec![0xAB; size]);
-        let frame = Frame::build(0, &id, 1_700_000_000, 0, std::slice::from_ref(&payload));
+        let frame = Frame::build(MsgType::Broadcast, &id, 1_700_000_000, 0u64, std::slice::from_ref(&payload));
         let wire = frame.wire_bytes().clone();
         let mut g = c.benchmark_group(format!("frame_{size}B"));
         g.throughput(Throughput::Elements(1));
         g.bench_function(BenchmarkId::new("encode", size), |b| {
-            b.iter(|| Frame::build(0, &id, 1_700_000_000, 0, std::slice::from_ref(&payload)))
+            b.iter(|| Frame::build(MsgType::Broadcast, &id, 1_700_000_000, 0u64, std::slice::from_ref(&payload)))
         });
         g.bench_function(BenchmarkId::new("decode", size), |b| {
             let mut dec = FrameDecoder::new(Limits::default(), &Compression::DEFAULT_PREFERENCE);

@@ -42,6 +42,17 @@ impl PeerId {
         PeerId(bytes.into())
     }
 
+    /// An id received from the network: `None` when empty or longer than
+    /// [`MAX_ID_LEN`]. The one place the id-length rule is written.
+    pub fn from_wire(bytes: &[u8]) -> Option<Self> {
+        (!bytes.is_empty() && bytes.len() <= MAX_ID_LEN).then(|| PeerId(Bytes::copy_from_slice(bytes)))
+    }
+
+    /// Whether `len` is an acceptable length for an id from the network.
+    pub fn valid_len(len: usize) -> bool {
+        len != 0 && len <= MAX_ID_LEN
+    }
+
     /// A fresh id: base58 of 384 bits, the shape py2p uses. `seed` should be
     /// random; the driver passes OS randomness, tests a fixed seed.
     pub fn random(seed: &[u8]) -> Self {
@@ -62,11 +73,6 @@ impl PeerId {
     /// The raw bytes (base58 text) of the id.
     pub fn as_bytes(&self) -> &[u8] {
         &self.0
-    }
-
-    /// The id as a cheaply cloneable [`Bytes`].
-    pub fn to_bytes(&self) -> Bytes {
-        self.0.clone()
     }
 
     /// The id as text (lossy for ids that are not UTF-8, which py2p never
@@ -167,10 +173,6 @@ impl ProtocolId {
     /// The raw bytes of the id.
     pub fn as_bytes(&self) -> &[u8] {
         &self.0
-    }
-    /// The id as a cheaply cloneable [`Bytes`].
-    pub fn to_bytes(&self) -> Bytes {
-        self.0.clone()
     }
 }
 

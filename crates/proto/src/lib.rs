@@ -4,21 +4,29 @@
 //! Nothing in this crate does I/O, reads a clock or draws OS randomness:
 //! time comes in as [`Now`], randomness from a seeded RNG owned by the state
 //! machine, bytes come in as [`wire::Packet`]s and go out as
-//! [`mesh::Output`]s. The tokio driver in the `rs2p` crate is a thin loop
-//! around [`mesh::Mesh`]; tests drive it directly, without sockets.
+//! [`node::Output`]s. The tokio driver in the `rs2p` crate is a thin loop
+//! around [`node::Node`]; tests drive it directly, without sockets.
 //!
 //! # Layout
-//! - [`wire`]: frames, msgpack values, compression, checksums (bytes ↔ packets).
-//! - [`id`]: node ids, protocol ids and message ids, base58 as py2p writes it.
-//! - [`mesh`]: the mesh protocol: handshake, peer exchange, flood broadcast
-//!   with deduplication, whispers, routed replies, the connection-conflict rule.
+//! Dependencies point one way, down this list's reverse: `wire` knows
+//! nothing of the machines, the machines nothing of sockets.
+//! - [`wire`]: frames, msgpack values, compression, checksums (bytes ↔
+//!   packets), and [`wire::message`], every protocol message's typed form.
+//! - [`id`] and [`addr`]: node ids, protocol ids, message ids (base58 as
+//!   py2p writes it), node addresses.
+//! - [`mesh`]: the mesh protocol: handshake, peer exchange, routed replies,
+//!   the connection-conflict rule, one file per rule; broadcast relaying in
+//!   [`mesh::dissemination`] (flooding with deduplication).
 //! - [`sync`]: the replicated dictionary (py2p's `SyncSocket`) with a total
 //!   write order, tombstones and anti-entropy.
-//! - [`node`]: a mesh with an optional replica on top, as one machine.
+//! - [`node`]: a mesh with an optional replica on top, as one machine with
+//!   one door: [`node::Node::handle`], [`node::Node::poll_output`],
+//!   [`node::Node::poll_timeout`].
 #![forbid(unsafe_code)]
 #![deny(missing_docs, rustdoc::broken_intra_doc_links)]
 #![warn(missing_debug_implementations, rust_2018_idioms)]
 
+pub mod addr;
 pub mod id;
 pub mod mesh;
 pub mod node;
@@ -28,6 +36,11 @@ pub mod sync;
 pub mod wire;
 
 pub use rmpv::Value;
+
+/// Identifies a local command, so that its answer
+/// ([`node::Output::Reply`]) can be matched to it. Chosen by the driver.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RequestId(pub u64);
 
 /// The time, as supplied by the driver.
 ///

@@ -1,43 +1,169 @@
-//! A node: the mesh state machine, with the sync replica layered on top.
+//! A node: the mesh state machine, with the sync replica layered on top,
+//! behind one door.
 //!
-//! Inputs go to the mesh; the mesh's deliveries with sync sub-flags and its
-//! peer events go to the replica; the replica's writes go back into the
-//! mesh. The driver sees one stream of [`Output`]s.
+//! [`Node::handle`] takes every [`Input`]: network events go to the mesh;
+//! the mesh's deliveries with sync sub-flags and its peer events go to the
+//! replica; the replica's writes go back into the mesh; local commands go
+//! to whichever machine they are for. The driver drains one stream of
+//! [`Output`]s and wakes the node at [`Node::poll_timeout`].
 
 use std::collections::VecDeque;
 
-use crate::mesh::{self, CloseReason, ConnId, DialId, Mesh};
+use crate::mesh::{self, Mesh};
 use crate::sync::{self, Replica};
-use crate::wire::{subflag, Packet};
-use crate::Now;
+use crate::wire::{Packet, SubFlag};
+use crate::{Now, RequestId};
 
-/// What the node asks of its driver.
-#[derive(Debug, Clone)]
+/// Something that happens to a node (see [`mesh::Input`]), its commands
+/// being [`Command`]s.
+pub type Input = mesh::Input<Command>;
+
+/// A local command, for the mesh or for the dictionary.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Command {
+    /// A mesh command.
+    Mesh(mesh::Command),
+    /// A write to the dictionary (sync nodes only).
+    Sync(sync::Command),
+}
+
+impl From<mesh::Command> for Command {
+    fn from(c: mesh::Command) -> Self {
+        Command::Mesh(c)
+    }
+}
+
+impl From<sync::Command> for Command {
+    fn from(c: sync::Command) -> Self {
+        Command::Sync(c)
+    }
+}
+
+/// What a successful command gives back.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reply {
+    /// A mesh command's result.
+    Mesh(mesh::Reply),
+    /// A dictionary write's result.
+    Sync(sync::Reply),
+}
+
+/// Why a command failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CommandError {
+    /// The mesh refused or failed it.
+    #[error(transparent)]
+    Mesh(#[from] mesh::CommandError),
+    /// The dictionary refused it.
+    #[error(transparent)]
+    Sync(#[from] sync::WriteError),
+    /// A dictionary command to a node without a replica.
+    #[error("this node holds no replica of the dictionary")]
+    NoReplica,
+}
+
+/// What the node asks of its driver, and tells its application.
+#[derive(Debug, Clone, PartialEq)]
 pub enum Output {
-    /// A mesh action or event.
+    /// A mesh action or event (never [`mesh::Output::Reply`]: those come as
+    /// [`Output::Reply`]).
     Mesh(mesh::Output),
     /// A change to the replicated dictionary.
     Sync(sync::Event),
+    /// The answer to a command.
+    Reply {
+        /// The command answered.
+        request: RequestId,
+        /// Its result.
+        result: Result<Reply, CommandError>,
+    },
+}
+
+impl From<mesh::Output> for Output {
+    fn from(o: mesh::Output) -> Self {
+        match o {
+            mesh::Output::Reply { request, result } => {
+                Output::Reply { request, result: result.map(Reply::Mesh).map_err(CommandError::Mesh) }
+            }
+            other => Output::Mesh(other),
+        }
+    }
 }
 
 /// The protocol state of one node. See the [module docs](self).
 #[derive(Debug)]
 pub struct Node {
-    /// The mesh.
-    pub mesh: Mesh,
-    /// The replica, for sync nodes.
-    pub sync: Option<Replica>,
+    mesh: Mesh,
+    sync: Option<Replica>,
     out: VecDeque<Output>,
 }
 
 fn is_sync_message(p: &Packet) -> bool {
-    matches!(p.header.subflag, subflag::STORE | subflag::DELTA | sync::SUBFLAG_DIGEST | sync::SUBFLAG_ENTRIES)
+    matches!(
+        SubFlag::from_u64(p.header.subflag),
+        Some(SubFlag::Store | SubFlag::Delta | SubFlag::Digest | SubFlag::Entries)
+    )
 }
 
 impl Node {
-    /// A node of `mesh`, with a replica if `sync` is given.
-    pub fn new(mesh: Mesh, sync: Option<Replica>) -> Self {
+    /// A node of `mesh`, with a replica if `sync` is given. The replica
+    /// takes the mesh's frame limit for its writes.
+    pub fn new(mesh: Mesh, mut sync: Option<Replica>) -> Self {
+        if let Some(r) = sync.as_mut() {
+            r.cfg.max_frame_len = mesh.config().max_frame_len;
+        }
         Node { mesh, sync, out: VecDeque::new() }
+    }
+
+    /// The mesh, to read its state.
+    pub fn mesh(&self) -> &Mesh {
+        &self.mesh
+    }
+
+    /// The replica, to read the dictionary (sync nodes only).
+    pub fn replica(&self) -> Option<&Replica> {
+        self.sync.as_ref()
+    }
+
+    /// Whether dictionary changes produce [`Output::Sync`] events (on by
+    /// default; a driver nobody listens to turns them off to spare a copy of
+    /// every changed value).
+    pub fn report_changes(&mut self, on: bool) {
+        if let Some(r) = self.sync.as_mut() {
+            r.set_report_changes(on);
+        }
+    }
+
+    /// Feeds one input. Drain [`Node::poll_output`] afterwards.
+    pub fn handle(&mut self, now: Now, input: Input) {
+        let input = match input {
+            mesh::Input::Command { request, command: Command::Sync(command) } => {
+                match self.sync.as_mut() {
+                    Some(r) => r.handle(now, sync::Input::Command { request, command }),
+                    None => self.out.push_back(Output::Reply { request, result: Err(CommandError::NoReplica) }),
+                }
+                self.pump(now);
+                return;
+            }
+            mesh::Input::Command { request, command: Command::Mesh(command) } => {
+                mesh::Input::Command { request, command }
+            }
+            mesh::Input::Incoming { conn } => mesh::Input::Incoming { conn },
+            mesh::Input::Dialed { dial, conn } => mesh::Input::Dialed { dial, conn },
+            mesh::Input::DialFailed { dial, reason } => mesh::Input::DialFailed { dial, reason },
+            mesh::Input::Packet { conn, packet } => mesh::Input::Packet { conn, packet },
+            mesh::Input::Closed { conn, reason } => mesh::Input::Closed { conn, reason },
+            mesh::Input::Timeout => {
+                self.mesh.handle(now, mesh::Input::Timeout);
+                if let Some(r) = self.sync.as_mut() {
+                    r.handle(now, sync::Input::Timeout);
+                }
+                self.pump(now);
+                return;
+            }
+        };
+        self.mesh.handle(now, input);
+        self.pump(now);
     }
 
     /// The next output. Drain after every input.
@@ -46,111 +172,60 @@ impl Node {
         if self.sync.is_none() {
             // Nothing to route: the mesh's queue is the node's (one move
             // less per output on the relay path).
-            return self.mesh.poll_output().map(Output::Mesh);
-        }
-        if self.out.is_empty() {
-            self.pump(None);
+            return self.mesh.poll_output().map(Output::from);
         }
         self.out.pop_front()
     }
 
+    /// When the node next needs an [`mesh::Input::Timeout`] (monotonic
+    /// ms), if ever.
+    pub fn poll_timeout(&self) -> Option<u64> {
+        let replica = self.sync.as_ref().and_then(Replica::poll_timeout);
+        self.mesh.poll_timeout().into_iter().chain(replica).min()
+    }
+
     /// Moves mesh outputs to the node's queue, routing what the replica
-    /// needs through it. `now` is needed for replica work; without it
-    /// deliveries are still routed but with the mesh's last known time.
-    fn pump(&mut self, now: Option<Now>) {
-        if self.sync.is_none() {
+    /// needs through it, until both machines are quiet.
+    fn pump(&mut self, now: Now) {
+        let Some(replica) = self.sync.as_mut() else {
             return; // see poll_output
-        }
-        let now = now.unwrap_or_else(|| self.mesh.clock());
-        while let Some(o) = self.mesh.poll_output() {
-            let Some(replica) = self.sync.as_mut() else { return };
-            match o {
-                mesh::Output::Event(mesh::Event::Message(d)) if is_sync_message(&d.packet) => {
-                    replica.handle(now, d.conn, &d.packet);
+        };
+        loop {
+            let mut moved = false;
+            while let Some(o) = self.mesh.poll_output() {
+                moved = true;
+                match o {
+                    mesh::Output::Event(mesh::Event::Message(d)) if is_sync_message(&d.packet) => {
+                        replica.handle(now, sync::Input::Message { conn: d.conn, packet: d.packet });
+                    }
+                    mesh::Output::Event(mesh::Event::PeerUp { conn, rs2p, .. }) => {
+                        replica.handle(now, sync::Input::PeerUp { conn, rs2p });
+                        self.out.push_back(o.into());
+                    }
+                    mesh::Output::Event(mesh::Event::PeerDown { conn, .. }) => {
+                        replica.handle(now, sync::Input::PeerDown { conn });
+                        self.out.push_back(o.into());
+                    }
+                    other => self.out.push_back(other.into()),
                 }
-                mesh::Output::Event(mesh::Event::PeerUp { conn, rs2p, .. }) => {
-                    replica.on_peer_up(now, conn, rs2p);
-                    self.out.push_back(Output::Mesh(o));
-                }
-                mesh::Output::Event(mesh::Event::PeerDown { conn, .. }) => {
-                    replica.on_peer_down(conn);
-                    self.out.push_back(Output::Mesh(o));
-                }
-                other => self.out.push_back(Output::Mesh(other)),
             }
-            self.drain_replica(now);
-        }
-    }
-
-    fn drain_replica(&mut self, now: Now) {
-        let Some(replica) = self.sync.as_mut() else { return };
-        while let Some(a) = replica.poll_action() {
-            match a {
-                sync::Action::Broadcast(f) => {
-                    self.mesh.broadcast_frame(now, f);
+            while let Some(a) = replica.poll_output() {
+                moved = true;
+                match a {
+                    sync::Output::Broadcast(f) => {
+                        self.mesh.broadcast_frame(now, f);
+                    }
+                    sync::Output::Send { conn, frame } => self.mesh.send_frame(conn, frame),
+                    sync::Output::Event(e) => self.out.push_back(Output::Sync(e)),
+                    sync::Output::Reply { request, result } => self.out.push_back(Output::Reply {
+                        request,
+                        result: result.map(Reply::Sync).map_err(CommandError::Sync),
+                    }),
                 }
-                sync::Action::Send(conn, f) => self.mesh.send_frame(conn, f),
-                sync::Action::Event(e) => self.out.push_back(Output::Sync(e)),
+            }
+            if !moved {
+                return;
             }
         }
-    }
-
-    /// Runs a local replica command (set, delete, delta) and floods its
-    /// result.
-    ///
-    /// # Errors
-    /// What the command returns; [`sync::WriteError::NotFound`] if this
-    /// node has no replica.
-    pub fn with_replica<T>(
-        &mut self,
-        now: Now,
-        f: impl FnOnce(&mut Replica, Now) -> Result<T, sync::WriteError>,
-    ) -> Result<T, sync::WriteError> {
-        let replica = self.sync.as_mut().ok_or(sync::WriteError::NotFound)?;
-        let r = f(replica, now);
-        self.drain_replica(now);
-        self.pump(Some(now));
-        r
-    }
-
-    /// See [`Mesh::handle_incoming`].
-    pub fn handle_incoming(&mut self, now: Now, conn: ConnId) {
-        self.mesh.handle_incoming(now, conn);
-        self.pump(Some(now));
-    }
-
-    /// See [`Mesh::handle_dialed`].
-    pub fn handle_dialed(&mut self, now: Now, dial: DialId, conn: ConnId) {
-        self.mesh.handle_dialed(now, dial, conn);
-        self.pump(Some(now));
-    }
-
-    /// See [`Mesh::handle_dial_failed`].
-    pub fn handle_dial_failed(&mut self, now: Now, dial: DialId, error: String) {
-        self.mesh.handle_dial_failed(now, dial, error);
-        self.pump(Some(now));
-    }
-
-    /// See [`Mesh::handle_closed`].
-    pub fn handle_closed(&mut self, now: Now, conn: ConnId, reason: CloseReason) {
-        self.mesh.handle_closed(now, conn, reason);
-        self.pump(Some(now));
-    }
-
-    /// See [`Mesh::handle_packet`].
-    pub fn handle_packet(&mut self, now: Now, conn: ConnId, packet: Packet) {
-        self.mesh.handle_packet(now, conn, packet);
-        self.pump(Some(now));
-    }
-
-    /// See [`Mesh::handle_tick`]; also ticks the replica.
-    pub fn handle_tick(&mut self, now: Now) {
-        self.mesh.handle_tick(now);
-        self.pump(Some(now));
-        if let Some(r) = self.sync.as_mut() {
-            r.handle_tick(now);
-        }
-        self.drain_replica(now);
-        self.pump(Some(now));
     }
 }

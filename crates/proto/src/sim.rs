@@ -2,26 +2,36 @@
 //!
 //! Frames travel through real encoding and [`FrameDecoder`]s (so the codec
 //! is exercised), in order on each link (as TCP guarantees), on a virtual
-//! clock. With a seeded RNG ([`Sim::shuffle`]) frames of different links are
+//! clock that jumps from one node's [`Node::poll_timeout`] to the next. With
+//! a seeded RNG ([`Sim::shuffle`]) frames of different links are
 //! interleaved randomly. Links can be broken (dropping what is in flight,
 //! as a connection loss does) and the network partitioned and healed. Node
 //! `i` listens on `127.0.0.1:(10000 + i)`.
+//!
+//! Every node is honest, so a frame that fails to decode is a bug in the
+//! encoder or the decoder: the simulation panics on it.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use bytes::Bytes;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use rmpv::Value;
 
+use crate::addr::PeerAddr;
 use crate::id::{PeerId, Protocol};
-use crate::mesh::{CloseReason, Config, ConnId, Event, LinkCodec, Mesh, Output, PeerAddr};
-use crate::node::{self, Node};
+use crate::mesh::{self, CloseReason, Config, ConnId, Event, LinkCodec, Mesh};
+use crate::node::{self, Command, CommandError, Input, Node, Reply};
 use crate::sync::{self, Replica};
-use crate::wire::{Compression, Frame, FrameDecoder, Limits};
-use crate::Now;
+use crate::wire::{Compression, Frame, FrameDecoder, Limits, MsgType};
+use crate::{Now, RequestId};
 
 /// Port of node 0; node `i` listens on `BASE_PORT + i`.
 pub const BASE_PORT: u16 = 10_000;
+
+/// Most timer firings one [`Sim::advance`] may process (a guard against a
+/// machine that keeps asking to be woken at once).
+const MAX_WAKEUPS: usize = 10_000_000;
 
 #[derive(Debug)]
 struct Link {
@@ -34,17 +44,20 @@ struct Link {
 /// The in-memory network.
 #[derive(Debug)]
 pub struct Sim {
-    /// The nodes.
+    /// The simulated nodes, by index.
     pub nodes: Vec<Node>,
     /// Mesh events each node emitted, in order.
     pub events: Vec<Vec<Event>>,
     /// Sync events each node emitted, in order.
     pub sync_events: Vec<Vec<sync::Event>>,
+    /// Command replies each node emitted, in order.
+    pub replies: Vec<Vec<(RequestId, Result<Reply, CommandError>)>>,
     links: BTreeMap<ConnId, Link>,
     decoders: HashMap<ConnId, FrameDecoder>,
     queues: HashMap<ConnId, VecDeque<Bytes>>,
     order: VecDeque<ConnId>,
     next_conn: u64,
+    next_request: u64,
     /// The virtual clock.
     pub now: Now,
     /// Nodes that are down (their dials fail).
@@ -59,10 +72,14 @@ pub fn addr_of(i: usize) -> PeerAddr {
     PeerAddr::new("127.0.0.1", BASE_PORT + i as u16)
 }
 
-/// A config for node `i` of a network on `protocol`.
+/// A config for node `i` of a network on `protocol`. Upkeep runs once a
+/// simulated second (a real node's default is more eager; the simulation
+/// trades that for speed).
 pub fn config_for(i: usize, protocol: &Protocol) -> Config {
     let id = PeerId::random(format!("sim-node-{i}").as_bytes());
-    Config::new(protocol.clone(), id, addr_of(i))
+    let mut cfg = Config::new(protocol.clone(), id, addr_of(i));
+    cfg.maintain_interval_ms = 1_000;
+    cfg
 }
 
 impl Sim {
@@ -97,11 +114,13 @@ impl Sim {
             nodes,
             events: vec![Vec::new(); n],
             sync_events: vec![Vec::new(); n],
+            replies: vec![Vec::new(); n],
             links: BTreeMap::new(),
             decoders: HashMap::new(),
             queues: HashMap::new(),
             order: VecDeque::new(),
             next_conn: 0,
+            next_request: 0,
             now: Now { mono_ms: 1_000, unix_ms: 1_700_000_000_000 },
             down: vec![false; n],
             side: vec![0; n],
@@ -114,14 +133,34 @@ impl Sim {
         self.rng = Some(StdRng::seed_from_u64(seed));
     }
 
-    /// The mesh of node `i`.
-    pub fn mesh(&mut self, i: usize) -> &mut Mesh {
-        &mut self.nodes[i].mesh
+    /// Gives node `i` a local command and delivers its immediate outputs;
+    /// returns its answer if it came at once (a `Connect` answers later, in
+    /// [`Sim::replies`]).
+    pub fn command(&mut self, i: usize, command: impl Into<Command>) -> Option<Result<Reply, CommandError>> {
+        self.next_request += 1;
+        let request = RequestId(self.next_request);
+        let now = self.now;
+        self.nodes[i].handle(now, Input::Command { request, command: command.into() });
+        self.drain(i);
+        self.replies[i].iter().rev().find(|(r, _)| *r == request).map(|(_, res)| res.clone())
+    }
+
+    /// Node `i` floods a user broadcast of one text packet.
+    pub fn broadcast_text(&mut self, i: usize, text: &str) {
+        let packets = vec![Value::from(text)];
+        let r = self.command(i, mesh::Command::Broadcast { subflag: 0, packets });
+        assert!(matches!(r, Some(Ok(_))), "broadcast refused: {r:?}");
     }
 
     /// Node `i` dials node `j`.
     pub fn connect(&mut self, i: usize, j: usize) {
-        let _ = self.nodes[i].mesh.connect(addr_of(j), None);
+        self.command(i, mesh::Command::Connect { addr: addr_of(j), expected: None });
+    }
+
+    /// Feeds node `i` one input and delivers what it outputs.
+    pub fn input(&mut self, i: usize, input: Input) {
+        let now = self.now;
+        self.nodes[i].handle(now, input);
         self.drain(i);
     }
 
@@ -141,22 +180,26 @@ impl Sim {
                     self.sync_events[i].push(e);
                     continue;
                 }
+                node::Output::Reply { request, result } => {
+                    self.replies[i].push((request, result));
+                    continue;
+                }
                 node::Output::Mesh(o) => o,
             };
             match o {
-                Output::Send { conn, frame } => {
+                mesh::Output::Send { conn, frame } => {
                     if let Some(l) = self.links.get(&conn) {
                         let bytes = frame.encode_for(l.codec.compression);
                         self.queues.entry(l.peer_conn).or_default().push_back(bytes);
                         self.order.push_back(l.peer_conn);
                     }
                 }
-                Output::Configure { conn, codec } => {
+                mesh::Output::Configure { conn, codec } => {
                     if let Some(l) = self.links.get_mut(&conn) {
                         l.codec = codec;
                     }
                 }
-                Output::Dial { dial, addr } => match self.node_at(&addr, i) {
+                mesh::Output::Dial { dial, addr } => match self.node_at(&addr, i) {
                     Some(j) => {
                         self.next_conn += 1;
                         let a = ConnId(self.next_conn);
@@ -164,18 +207,19 @@ impl Sim {
                         let b = ConnId(self.next_conn);
                         self.links.insert(a, Link { node: i, peer_node: j, peer_conn: b, codec: LinkCodec::HANDSHAKE });
                         self.links.insert(b, Link { node: j, peer_node: i, peer_conn: a, codec: LinkCodec::HANDSHAKE });
+                        self.input(j, Input::Incoming { conn: b });
                         let now = self.now;
-                        self.nodes[j].handle_incoming(now, b);
-                        self.drain(j);
-                        self.nodes[i].handle_dialed(now, dial, a);
+                        self.nodes[i].handle(now, Input::Dialed { dial, conn: a });
                     }
                     None => {
                         let now = self.now;
-                        self.nodes[i].handle_dial_failed(now, dial, "connection refused".into());
+                        let reason = CloseReason::Io(std::io::ErrorKind::ConnectionRefused);
+                        self.nodes[i].handle(now, Input::DialFailed { dial, reason });
                     }
                 },
-                Output::Close { conn, .. } => self.cut(conn, false),
-                Output::Event(e) => self.events[i].push(e),
+                mesh::Output::Close { conn, .. } => self.cut(conn, false),
+                mesh::Output::Event(e) => self.events[i].push(e),
+                mesh::Output::Reply { .. } => unreachable!("nodes lift replies into node::Output::Reply"),
             }
         }
     }
@@ -186,16 +230,13 @@ impl Sim {
         let Some(l) = self.links.remove(&conn) else { return };
         self.decoders.remove(&conn);
         self.queues.remove(&conn);
-        let now = self.now;
         if both {
-            self.nodes[l.node].handle_closed(now, conn, CloseReason::Io("reset".into()));
-            self.drain(l.node);
+            self.input(l.node, Input::Closed { conn, reason: CloseReason::Io(std::io::ErrorKind::ConnectionReset) });
         }
         if self.links.remove(&l.peer_conn).is_some() {
             self.decoders.remove(&l.peer_conn);
             self.queues.remove(&l.peer_conn);
-            self.nodes[l.peer_node].handle_closed(now, l.peer_conn, CloseReason::Io("closed by peer".into()));
-            self.drain(l.peer_node);
+            self.input(l.peer_node, Input::Closed { conn: l.peer_conn, reason: CloseReason::ClosedByPeer });
         }
     }
 
@@ -207,6 +248,11 @@ impl Sim {
     /// All live connection ids (one per end).
     pub fn link_ids(&self) -> Vec<ConnId> {
         self.links.keys().copied().collect()
+    }
+
+    /// The connection node `i` uses toward node `j`, if linked.
+    pub fn link_between(&self, i: usize, j: usize) -> Option<ConnId> {
+        self.links.iter().find(|(_, l)| l.node == i && l.peer_node == j).map(|(c, _)| *c)
     }
 
     /// Splits the network: nodes get the given sides; links across sides
@@ -226,6 +272,9 @@ impl Sim {
     }
 
     /// Delivers one frame in flight; returns `false` when none is left.
+    ///
+    /// # Panics
+    /// If the frame does not decode: every simulated node is honest.
     pub fn step(&mut self) -> bool {
         let conn = loop {
             let pick = match &mut self.rng {
@@ -249,12 +298,16 @@ impl Sim {
             .or_insert_with(|| FrameDecoder::new(Limits::default(), &Compression::DEFAULT_PREFERENCE));
         dec.buffer().extend_from_slice(&bytes);
         let mut packets = Vec::new();
-        while let Ok(Some(p)) = dec.next_packet() {
-            packets.push(p);
+        loop {
+            match dec.next_packet() {
+                Ok(Some(p)) => packets.push(p),
+                Ok(None) => break,
+                Err(e) => panic!("simulated frame failed to decode on {conn:?}: {e}"),
+            }
         }
         let now = self.now;
-        for p in packets {
-            self.nodes[node].handle_packet(now, conn, p);
+        for packet in packets {
+            self.nodes[node].handle(now, Input::Packet { conn, packet });
         }
         self.drain(node);
         true
@@ -279,28 +332,40 @@ impl Sim {
         }
     }
 
-    /// Advances the clock by `ms`, ticking every live node each simulated
-    /// second and settling the network after each tick.
+    /// Advances the clock by `ms`, waking each live node whenever its
+    /// [`Node::poll_timeout`] comes and settling the network after each
+    /// wake-up.
     pub fn advance(&mut self, ms: u64) {
-        let mut left = ms;
-        while left > 0 {
-            let d = left.min(1000);
-            self.now = self.now.plus_ms(d);
-            left -= d;
-            self.tick_all();
+        let end = self.now.plus_ms(ms);
+        for _ in 0..MAX_WAKEUPS {
+            let next = (0..self.nodes.len())
+                .filter(|&i| !self.down[i])
+                .filter_map(|i| self.nodes[i].poll_timeout())
+                .min()
+                .filter(|&t| t <= end.mono_ms);
+            let Some(t) = next else {
+                self.now = end;
+                return;
+            };
+            let step = t.saturating_sub(self.now.mono_ms);
+            self.now = self.now.plus_ms(step);
+            for i in 0..self.nodes.len() {
+                if !self.down[i] && self.nodes[i].poll_timeout().is_some_and(|d| d <= self.now.mono_ms) {
+                    self.input(i, Input::Timeout);
+                }
+            }
             self.run();
         }
+        panic!("a node asked to be woken more than {MAX_WAKEUPS} times in {ms} ms");
     }
 
-    /// Ticks every live node once (without settling).
+    /// Wakes every live node once (without settling); a node with nothing
+    /// due does nothing.
     pub fn tick_all(&mut self) {
         for i in 0..self.nodes.len() {
-            if self.down[i] {
-                continue;
+            if !self.down[i] {
+                self.input(i, Input::Timeout);
             }
-            let now = self.now;
-            self.nodes[i].handle_tick(now);
-            self.drain(i);
         }
     }
 
@@ -311,7 +376,8 @@ impl Sim {
         for c in conns {
             self.cut(c, false);
         }
-        self.nodes[i].mesh.shutdown();
+        let now = self.now;
+        self.nodes[i].handle(now, Input::Command { request: RequestId(0), command: mesh::Command::Shutdown.into() });
         while self.nodes[i].poll_output().is_some() {}
     }
 
@@ -320,12 +386,12 @@ impl Sim {
         let live: Vec<usize> = (0..self.nodes.len()).filter(|&i| !self.down[i]).collect();
         let Some(&start) = live.first() else { return true };
         let index: HashMap<PeerId, usize> =
-            self.nodes.iter().enumerate().map(|(i, n)| (n.mesh.id().clone(), i)).collect();
+            self.nodes.iter().enumerate().map(|(i, n)| (n.mesh().id().clone(), i)).collect();
         let mut seen = BTreeSet::new();
         let mut stack = vec![start];
         seen.insert(start);
         while let Some(i) = stack.pop() {
-            for p in self.nodes[i].mesh.peers() {
+            for p in self.nodes[i].mesh().peers() {
                 if let Some(&j) = index.get(&p.id) {
                     if !self.down[j] && seen.insert(j) {
                         stack.push(j);
@@ -354,7 +420,8 @@ impl Sim {
     }
 }
 
-/// The frame every test broadcast uses.
-pub fn text_frame(mesh: &Mesh, now: Now, text: &str) -> Frame {
-    Frame::build(0, mesh.id(), now.unix(), 0, &[rmpv::Value::from(text)])
+/// A user broadcast frame with one text packet, as node `sender` would send
+/// it at `now`.
+pub fn text_frame(sender: &PeerId, now: Now, text: &str) -> Frame {
+    Frame::build(MsgType::Broadcast, sender, now.unix(), 0u64, &[Value::from(text)])
 }

@@ -3,7 +3,7 @@
 
 use proptest::prelude::*;
 use rs2p_proto::id::PeerId;
-use rs2p_proto::wire::{msgpack, Compression, Frame, FrameDecoder, Limits, Packet};
+use rs2p_proto::wire::{msgpack, Compression, Frame, FrameDecoder, Limits, MsgType, Packet};
 use rs2p_proto::Value;
 
 fn value() -> impl Strategy<Value = Value> {
@@ -55,12 +55,13 @@ proptest! {
     fn frames_round_trip_through_every_compression(
         packets in proptest::collection::vec(value(), 0..6),
         time in any::<u32>(),
-        msg_type in 0u8..3,
+        msg_type in 0u64..3,
         sub in 0u64..0x40,
         method in 0usize..6,
         split in any::<prop::sample::Index>(),
     ) {
         let id = PeerId::random(b"prop");
+        let msg_type = MsgType::from_u64(msg_type).expect("0..3");
         let f = Frame::build(msg_type, &id, u64::from(time), sub, &packets);
         let wire = f.encode_for(Some(Compression::DEFAULT_PREFERENCE[method]));
         let mut d = FrameDecoder::new(Limits::default(), &Compression::DEFAULT_PREFERENCE);

@@ -1,124 +1,80 @@
 //! The actor: the one task that owns a node's protocol state.
 //!
-//! It runs a single `select!` loop, local work first (API commands, timers,
-//! dial results), then what connections bring, then new connections. After
-//! each step it drains the state machine's outputs: frames go to the
-//! connections' bounded send queues, dials become short tasks, events go to
-//! subscribers.
+//! It runs a single `select!` loop, local work first (API commands, writers
+//! reporting room, timers, finished dials), then what connections bring,
+//! then new connections. Each turn feeds one input to the [`Node`] and
+//! dispatches what it outputs: frames to the connections' bounded send
+//! queues, dials to tracked tasks, events to subscribers, answers to
+//! callers. No protocol rule lives here, and a turn never awaits a peer.
+//!
+//! # A full send queue is a decision, not a stall
+//! A frame for a connection whose queue is full is kept aside (in order,
+//! bounded). While any connection holds frames aside the node stops taking
+//! input from connections (TCP then slows the senders) and holds back the
+//! answers to local sends (which slows local producers); commands and
+//! queries are still handled at once. A connection still full after the
+//! backpressure grace stops holding the node back: what does not fit its
+//! queue is dropped and counted, and an event says so. A connection that
+//! takes nothing for the slow-peer timeout is closed.
 
 use std::collections::{HashMap, VecDeque};
 use std::panic::AssertUnwindSafe;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
-use bytes::Bytes;
-use rs2p_proto::id::{MsgId, PeerId};
-use rs2p_proto::mesh::{self, CloseReason, ConnId, ConnMap, DialId, Mesh, Output, PeerAddr, PeerInfo, ReplyRoute};
-use rs2p_proto::node::{self, Node};
-use rs2p_proto::sync::{self, Replica, WriteError};
-use rs2p_proto::wire::{subflag, Compression, Frame, Limits};
-use rs2p_proto::{Now, Value};
+use rs2p_proto::id::PeerId;
+use rs2p_proto::mesh::{self, CloseReason, ConnId, ConnMap, DialId};
+use rs2p_proto::node::{self, Input, Node};
+use rs2p_proto::sync::{self, Replica};
+use rs2p_proto::wire::Frame;
+use rs2p_proto::{Now, RequestId};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinHandle;
+use tokio::sync::mpsc;
+use tokio::task::{JoinHandle, JoinSet};
+use tokio::time::Instant;
 
-use crate::conn::{read_loop, write_loop, ConnEvent, WriterCmd};
+use crate::clock::Clock;
+use crate::command::{Command, Query, Responder};
+use crate::config::{
+    NodeConfig, ACCEPT_BACKOFF, INBOUND_CHANNEL_CAP, MAX_BATCH_BYTES, MAX_BATCH_FRAMES, RECENT_ERRORS, SHUTDOWN_FLUSH,
+};
+use crate::conn::{read_loop, write_loop, ConnEvent, RoomSignal, WriterCmd};
+use crate::event::EventHub;
 use crate::inbox::InboxSender;
-use crate::socket::{Event, Handler, Message, Status, MAX_BATCH_BYTES, MAX_BATCH_FRAMES};
-use crate::Error;
+use crate::transport::{self, Io, Ready};
+use crate::{Event, Handler, Message, Status};
 
-/// How often the state machine gets a tick (expiry, deadlines, upkeep).
-pub(crate) const TICK: Duration = Duration::from_millis(250);
-/// Protocol errors remembered for [`Status::recent_errors`].
-const RECENT_ERRORS: usize = 32;
-/// Capacity of the channel that returns dial results.
-const DIAL_CHANNEL_CAP: usize = 64;
+/// A connection's frames kept aside may reach this many times its queue's
+/// capacity (local senders wait meanwhile; beyond it frames are dropped).
+const BACKLOG_FACTOR: usize = 4;
 
-/// Driver settings that the pure state machine does not need.
-#[derive(Debug, Clone)]
-pub(crate) struct Settings {
-    pub(crate) limits: Limits,
-    pub(crate) compression: Vec<Compression>,
-    pub(crate) max_connections: usize,
-    pub(crate) max_pending: usize,
-    pub(crate) handshake_timeout: Duration,
-    pub(crate) tls: Option<crate::tls::Tls>,
-    pub(crate) send_queue_cap: usize,
-    pub(crate) stall_timeout: Duration,
-    pub(crate) slow_peer_timeout: Duration,
-    pub(crate) dial_timeout: Duration,
-}
-
-/// Requests from handles to the actor; each carries its reply channel.
-pub(crate) enum Command {
-    Connect { addr: PeerAddr, expected: Option<PeerId>, reply: oneshot::Sender<Result<PeerId, Error>> },
-    Broadcast { subflag: u64, packets: Vec<Value>, reply: oneshot::Sender<Result<MsgId, Error>> },
-    BroadcastMany { messages: Vec<Vec<Value>>, reply: oneshot::Sender<Result<Vec<MsgId>, Error>> },
-    Whisper { peer: PeerId, packets: Vec<Value>, reply: oneshot::Sender<Result<MsgId, Error>> },
-    Reply { to: PeerId, packets: Vec<Value>, reply: oneshot::Sender<Result<ReplyRoute, Error>> },
-    RequestPeers { reply: oneshot::Sender<()> },
-    Disconnect { peer: PeerId, reply: oneshot::Sender<Result<(), Error>> },
-    Peers { reply: oneshot::Sender<Vec<PeerInfo>> },
-    Status { reply: oneshot::Sender<Status> },
-    RegisterHandler { handler: Handler, reply: oneshot::Sender<()> },
-    Shutdown { reply: oneshot::Sender<()> },
-    Sync(SyncCommand),
-}
-
-/// Requests on the replicated dictionary.
-pub(crate) enum SyncCommand {
-    Set { pairs: Vec<(Bytes, Value)>, reply: oneshot::Sender<Result<(), Error>> },
-    Delete { key: Bytes, reply: oneshot::Sender<Result<(), Error>> },
-    Delta { key: Bytes, delta: Vec<(Value, Value)>, reply: oneshot::Sender<Result<(), Error>> },
-    Get { key: Bytes, reply: oneshot::Sender<Option<(Value, PeerId, u64)>> },
-    Pop { key: Option<Bytes>, reply: oneshot::Sender<Result<(Bytes, Value), Error>> },
-    Items { reply: oneshot::Sender<Vec<(Bytes, Value, PeerId, u64)>> },
-    Len { reply: oneshot::Sender<usize> },
-}
-
-impl std::fmt::Debug for Command {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Command::Connect { .. } => "Connect",
-            Command::Broadcast { .. } => "Broadcast",
-            Command::BroadcastMany { .. } => "BroadcastMany",
-            Command::Whisper { .. } => "Whisper",
-            Command::Reply { .. } => "Reply",
-            Command::RequestPeers { .. } => "RequestPeers",
-            Command::Disconnect { .. } => "Disconnect",
-            Command::Peers { .. } => "Peers",
-            Command::Status { .. } => "Status",
-            Command::RegisterHandler { .. } => "RegisterHandler",
-            Command::Shutdown { .. } => "Shutdown",
-            Command::Sync(_) => "Sync",
-        })
-    }
-}
-
-/// What one turn of the actor's loop handles.
-enum Input {
+/// What one turn of the loop handles.
+enum Turn {
     Command(Option<Command>),
-    Tick,
-    Dial(Upgrade),
+    Room(ConnId),
+    Timer,
+    Ready(Result<Ready, tokio::task::JoinError>),
     Conn(ConnEvent),
     Accept(std::io::Result<(TcpStream, std::net::SocketAddr)>),
-}
-
-/// A connection's transport once its TLS handshake (if any) is done.
-enum Io {
-    Plain(TcpStream),
-    Tls(Box<tokio_rustls::TlsStream<TcpStream>>),
-}
-
-/// What dial and TLS-accept tasks report.
-enum Upgrade {
-    Dialed { dial: DialId, result: Result<Io, String> },
-    Accepted { from: std::net::SocketAddr, result: Result<Io, String> },
 }
 
 struct ConnHandle {
     tx: mpsc::Sender<WriterCmd>,
     reader: JoinHandle<()>,
-    writer: JoinHandle<()>,
+    /// Taken at shutdown, to wait for the flush.
+    writer: Option<JoinHandle<()>>,
+    /// Raised when frames wait aside, so the writer says when it has room.
+    wanted: Arc<AtomicBool>,
+    /// Writer commands kept aside because the queue was full, in order.
+    backlog: VecDeque<WriterCmd>,
+    /// Frames in `backlog`.
+    backlog_frames: usize,
+    /// Since when the queue has been full with no room reported.
+    full_since: Option<Instant>,
+    /// Full for longer than the grace: no longer holds the node back.
+    lagging: bool,
+    dropped: u64,
+    peer: Option<PeerId>,
 }
 
 impl Drop for ConnHandle {
@@ -130,11 +86,13 @@ impl Drop for ConnHandle {
 
 pub(crate) struct Actor {
     node: Node,
-    settings: Settings,
+    cfg: NodeConfig,
+    clock: Clock,
     listener: TcpListener,
     cmd_rx: mpsc::Receiver<Command>,
     weak_cmd: mpsc::WeakSender<Command>,
-    events: crate::socket::EventHub,
+    events: EventHub,
+    /// Closes the receive queue when the actor ends, however it ends.
     inbox: InboxSender,
     /// This step's messages for the inbox, handed over in one go at the end
     /// of the step.
@@ -148,42 +106,50 @@ pub(crate) struct Actor {
     next_conn: u64,
     conn_tx: mpsc::Sender<ConnEvent>,
     conn_rx: mpsc::Receiver<ConnEvent>,
-    dial_tx: mpsc::Sender<Upgrade>,
-    dial_rx: mpsc::Receiver<Upgrade>,
+    room_tx: mpsc::Sender<ConnId>,
+    room_rx: mpsc::Receiver<ConnId>,
+    /// Dials and TLS accepts under way.
+    tasks: JoinSet<Ready>,
     /// Incoming connections in their TLS handshake (count toward the
     /// pending-handshake cap).
     tls_pending: usize,
-    pending_connects: HashMap<DialId, (PeerAddr, oneshot::Sender<Result<PeerId, Error>>)>,
+    next_request: u64,
+    pending: HashMap<RequestId, Responder>,
+    /// Connections whose frames wait aside and that still hold the node
+    /// back (not lagging).
+    holding: Vec<ConnId>,
+    /// Connections whose queue is full (holding or lagging).
+    full: Vec<ConnId>,
+    /// Answers to local sends, held while the node is held back.
+    held: Vec<(Responder, Result<node::Reply, node::CommandError>)>,
+    accept_resume: Option<Instant>,
     handlers: Vec<Handler>,
-    start: Instant,
     recent_errors: VecDeque<String>,
     dropped_messages: u64,
+    dropped_frames: u64,
     slow_peers: u64,
     refused: u64,
 }
 
 impl Actor {
-    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
-        cfg: mesh::Config,
-        sync_cfg: Option<sync::Config>,
-        seed: u64,
+        cfg: NodeConfig,
         listener: TcpListener,
-        settings: Settings,
         cmd_rx: mpsc::Receiver<Command>,
         weak_cmd: mpsc::WeakSender<Command>,
-        events: crate::socket::EventHub,
+        events: EventHub,
         inbox: InboxSender,
     ) -> Self {
-        let (conn_tx, conn_rx) = mpsc::channel(crate::socket::INBOUND_CHANNEL_CAP);
-        let (dial_tx, dial_rx) = mpsc::channel(DIAL_CHANNEL_CAP);
+        let (conn_tx, conn_rx) = mpsc::channel(INBOUND_CHANNEL_CAP);
+        // At most one entry per connection (see RoomSignal).
+        let (room_tx, room_rx) = mpsc::channel(cfg.driver.max_connections + 1);
+        let me = cfg.mesh.id.clone();
+        let replica = cfg.sync.clone().map(|c| Replica::new(me, c, cfg.seed ^ 0x5157));
+        let node = Node::new(mesh::Mesh::new(cfg.mesh.clone(), cfg.seed), replica);
         Actor {
-            node: {
-                let me = cfg.id.clone();
-                let replica = sync_cfg.map(|c| Replica::new(me, c, seed ^ 0x5157));
-                Node::new(Mesh::new(cfg, seed), replica)
-            },
-            settings,
+            node,
+            cfg,
+            clock: Clock::new(),
             listener,
             cmd_rx,
             weak_cmd,
@@ -196,66 +162,101 @@ impl Actor {
             next_conn: 0,
             conn_tx,
             conn_rx,
-            dial_tx,
-            dial_rx,
+            room_tx,
+            room_rx,
+            tasks: JoinSet::new(),
             tls_pending: 0,
-            pending_connects: HashMap::new(),
+            next_request: 0,
+            pending: HashMap::new(),
+            holding: Vec::new(),
+            full: Vec::new(),
+            held: Vec::new(),
+            accept_resume: None,
             handlers: Vec::new(),
-            start: Instant::now(),
             recent_errors: VecDeque::new(),
             dropped_messages: 0,
+            dropped_frames: 0,
             slow_peers: 0,
             refused: 0,
         }
     }
 
-    fn now(&self) -> Now {
-        Now {
-            mono_ms: self.start.elapsed().as_millis() as u64,
-            unix_ms: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0),
-        }
+    /// The earliest time the loop must wake for timers: the node's next
+    /// deadline, the listener's rest, full queues' grace and timeout.
+    fn next_wake(&self) -> Option<Instant> {
+        let node = self.node.poll_timeout().map(|ms| self.clock.instant(ms));
+        let queues = self.full.iter().filter_map(|c| {
+            let h = self.conns.get(c)?;
+            let since = h.full_since?;
+            Some(if h.lagging {
+                since + self.cfg.driver.slow_peer_timeout
+            } else {
+                since + self.cfg.driver.backpressure_grace
+            })
+        });
+        node.into_iter().chain(self.accept_resume).chain(queues).min()
     }
 
     pub(crate) async fn run(mut self) {
-        let mut tick = tokio::time::interval(TICK);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let far = || Instant::now() + std::time::Duration::from_secs(86_400);
+        let sleep = tokio::time::sleep_until(far());
+        tokio::pin!(sleep);
+        let mut armed: Option<Instant> = None;
         loop {
+            let wake = self.next_wake();
+            if wake != armed {
+                sleep.as_mut().reset(wake.unwrap_or_else(far));
+                armed = wake;
+            }
+            let accepting = self.accept_resume.is_none();
+            let reading = self.holding.is_empty();
             let input = tokio::select! {
                 biased;
-                cmd = self.cmd_rx.recv() => Input::Command(cmd),
-                _ = tick.tick() => Input::Tick,
-                Some(d) = self.dial_rx.recv() => Input::Dial(d),
-                Some(ev) = self.conn_rx.recv() => Input::Conn(ev),
-                acc = self.listener.accept() => Input::Accept(acc),
+                cmd = self.cmd_rx.recv() => Turn::Command(cmd),
+                Some(conn) = self.room_rx.recv() => Turn::Room(conn),
+                () = &mut sleep, if armed.is_some() => Turn::Timer,
+                Some(r) = self.tasks.join_next(), if !self.tasks.is_empty() => Turn::Ready(r),
+                Some(ev) = self.conn_rx.recv(), if reading => Turn::Conn(ev),
+                acc = self.listener.accept(), if accepting => Turn::Accept(acc),
             };
+            if matches!(input, Turn::Timer) {
+                // Re-armed from next_wake on the next turn.
+                armed = None;
+            }
             // The replica's change events cost a copy of each changed value:
             // built only while someone listens, checked now rather than
             // before the wait (a subscriber may have come meanwhile).
             let listening = self.has_listeners();
-            if let Some(r) = self.node.sync.as_mut() {
-                r.set_report_changes(listening);
-            }
+            self.node.report_changes(listening);
             match input {
-                Input::Command(Some(Command::Shutdown { reply })) => {
+                Turn::Command(Some(Command::Shutdown { reply })) => {
                     self.shutdown().await;
                     let _ = reply.send(());
                     return;
                 }
-                Input::Command(Some(cmd)) => self.on_command(cmd),
-                Input::Command(None) => {
+                Turn::Command(None) => {
                     self.shutdown().await;
                     return;
                 }
-                Input::Tick => {
-                    let now = self.now();
-                    self.node.handle_tick(now);
-                }
-                Input::Dial(d) => self.on_dial(d),
-                Input::Conn(ev) => self.on_conn_event(ev),
-                Input::Accept(acc) => self.on_accept(acc).await,
+                Turn::Command(Some(cmd)) => self.on_command(cmd),
+                Turn::Room(conn) => self.on_room(conn),
+                Turn::Timer => self.on_timer(),
+                Turn::Ready(Ok(r)) => self.on_ready(r),
+                Turn::Ready(Err(e)) => tracing::error!("a dial task failed: {e}"),
+                Turn::Conn(ev) => self.on_conn_event(ev),
+                Turn::Accept(acc) => self.on_accept(acc),
             }
-            self.flush().await;
+            self.flush();
         }
+    }
+
+    fn now(&self) -> Now {
+        self.clock.now()
+    }
+
+    fn handle(&mut self, input: Input) {
+        let now = self.now();
+        self.node.handle(now, input);
     }
 
     /// Whether anyone subscribed to events and still listens.
@@ -263,147 +264,92 @@ impl Actor {
         self.events.get().is_some_and(|e| e.receiver_count() > 0)
     }
 
+    // ----- turns ------------------------------------------------------------
+
     fn on_command(&mut self, cmd: Command) {
-        let now = self.now();
         match cmd {
-            Command::Connect { addr, expected, reply } => match self.node.mesh.connect(addr.clone(), expected) {
-                Ok(dial) => {
-                    self.pending_connects.insert(dial, (addr, reply));
-                }
-                Err(e) => {
-                    let _ = reply.send(Err(e.into()));
-                }
-            },
-            Command::Broadcast { subflag, packets, reply } => {
-                let _ = reply.send(self.node.mesh.broadcast(now, subflag, &packets).map_err(Into::into));
+            Command::Node { command, reply } => {
+                self.next_request += 1;
+                let request = RequestId(self.next_request);
+                self.pending.insert(request, reply);
+                self.handle(Input::Command { request, command });
             }
-            Command::BroadcastMany { messages, reply } => {
-                // Stops at the first refused message; the earlier ones are sent.
-                let ids: Result<Vec<MsgId>, _> =
-                    messages.iter().map(|p| self.node.mesh.broadcast(now, subflag::BROADCAST, p)).collect();
-                let _ = reply.send(ids.map_err(Into::into));
-            }
-            Command::Whisper { peer, packets, reply } => {
-                let r = self.node.mesh.whisper(now, &peer, subflag::WHISPER, &packets);
-                let _ = reply.send(r.map_err(Into::into));
-            }
-            Command::Reply { to, packets, reply } => {
-                let _ = reply.send(self.node.mesh.reply(now, &to, &packets).map_err(Into::into));
-            }
-            Command::RequestPeers { reply } => {
-                self.node.mesh.request_peers(now);
+            Command::Query(q) => self.on_query(q),
+            Command::Attach { stream, reply } => {
+                let conn = self.open(Io::Attached(stream));
+                self.handle(Input::Incoming { conn });
                 let _ = reply.send(());
-            }
-            Command::Disconnect { peer, reply } => {
-                let _ = reply.send(self.node.mesh.disconnect(&peer).map_err(Into::into));
-            }
-            Command::Peers { reply } => {
-                let _ = reply.send(self.node.mesh.peers());
-            }
-            Command::Status { reply } => {
-                let _ = reply.send(Status {
-                    nominal: self.recent_errors.is_empty(),
-                    recent_errors: self.recent_errors.iter().cloned().collect(),
-                    stats: self.node.mesh.stats(),
-                    peers: self.node.mesh.peers().len(),
-                    connections: self.node.mesh.connection_count(),
-                    dropped_messages: self.dropped_messages,
-                    slow_peers: self.slow_peers,
-                    refused_connections: self.refused,
-                });
             }
             Command::RegisterHandler { handler, reply } => {
                 self.handlers.push(handler);
                 let _ = reply.send(());
             }
             Command::Shutdown { .. } => unreachable!("handled in run"),
-            Command::Sync(cmd) => self.on_sync(now, cmd),
         }
     }
 
-    fn on_sync(&mut self, now: Now, cmd: SyncCommand) {
-        fn write_err(e: WriteError) -> Error {
-            match e {
-                WriteError::Leased { owner, until } => Error::Leased { owner, until },
-                WriteError::NotFound => Error::KeyNotFound,
-                WriteError::NotAMap => Error::NotAMap,
-                WriteError::TooLarge { len, max } => Error::MessageTooLarge { len, max },
+    fn on_query(&mut self, q: Query) {
+        let replica = self.node.replica();
+        match q {
+            Query::Peers(reply) => {
+                let _ = reply.send(self.node.mesh().peers());
             }
-        }
-        let Some(replica) = self.node.sync.as_ref() else {
-            // Every reply channel below is dropped: callers see Error::Closed,
-            // but SyncSocket is only ever built with a replica.
-            return;
-        };
-        match cmd {
-            SyncCommand::Set { pairs, reply } => {
-                // py2p's update() stops at the first refused key; earlier
-                // keys stay written.
-                let mut result = Ok(());
-                for (key, value) in pairs {
-                    if let Err(e) = self.node.with_replica(now, |r, now| r.set(now, key, value)) {
-                        result = Err(write_err(e));
-                        break;
-                    }
-                }
-                let _ = reply.send(result);
+            Query::Status(reply) => {
+                let _ = reply.send(self.status());
             }
-            SyncCommand::Delete { key, reply } => {
-                let _ = reply.send(self.node.with_replica(now, |r, now| r.delete(now, key)).map_err(write_err));
-            }
-            SyncCommand::Delta { key, delta, reply } => {
-                let r = self.node.with_replica(now, |r, now| r.apply_delta(now, key, delta));
-                let _ = reply.send(r.map_err(write_err));
-            }
-            SyncCommand::Get { key, reply } => {
-                let v = replica.get(&key).and_then(|v| replica.meta(&key).map(|(o, t)| (v, o, t)));
+            Query::Get { key, reply } => {
+                let v = replica.and_then(|r| r.get(&key).and_then(|v| r.meta(&key).map(|(o, t)| (v, o, t))));
                 let _ = reply.send(v);
             }
-            SyncCommand::Pop { key, reply } => {
-                let key = key.or_else(|| replica.items().next().map(|(k, _, _)| k.clone()));
-                let result = match key.and_then(|k: Bytes| replica.get(&k).map(|v| (k, v))) {
-                    None => Err(Error::KeyNotFound),
-                    Some((k, v)) => self
-                        .node
-                        .with_replica(now, |r, now| r.delete(now, k.clone()))
-                        .map(|()| (k, v))
-                        .map_err(write_err),
-                };
-                let _ = reply.send(result);
-            }
-            SyncCommand::Items { reply } => {
-                let items = replica.items().map(|(k, v, ver)| (k.clone(), v, ver.owner.clone(), ver.secs())).collect();
+            Query::Items(reply) => {
+                let items = replica
+                    .map(|r| r.items().map(|(k, v, ver)| (k.clone(), v, ver.owner.clone(), ver.secs())).collect())
+                    .unwrap_or_default();
                 let _ = reply.send(items);
             }
-            SyncCommand::Len { reply } => {
-                let _ = reply.send(replica.len());
+            Query::Len(reply) => {
+                let _ = reply.send(replica.map_or(0, Replica::len));
             }
         }
     }
 
-    fn on_dial(&mut self, u: Upgrade) {
-        let now = self.now();
-        match u {
-            Upgrade::Dialed { dial, result: Ok(io) } => {
-                if self.conns.len() >= self.settings.max_connections {
-                    self.node.handle_dial_failed(now, dial, "connection limit reached".into());
+    fn status(&self) -> Status {
+        let mesh = self.node.mesh();
+        Status {
+            nominal: self.recent_errors.is_empty(),
+            recent_errors: self.recent_errors.iter().cloned().collect(),
+            stats: mesh.stats(),
+            peers: mesh.peer_count(),
+            connections: mesh.connection_count(),
+            dropped_messages: self.dropped_messages,
+            dropped_frames: self.dropped_frames,
+            slow_peers: self.slow_peers,
+            refused_connections: self.refused,
+        }
+    }
+
+    fn on_ready(&mut self, r: Ready) {
+        match r {
+            Ready::Dialed { dial, result: Ok(io) } => {
+                if self.conns.len() >= self.cfg.driver.max_connections {
+                    self.handle(Input::DialFailed { dial, reason: CloseReason::ConnectionLimit });
                     return;
                 }
                 let conn = self.open(io);
-                self.node.handle_dialed(now, dial, conn);
+                self.handle(Input::Dialed { dial, conn });
             }
-            Upgrade::Dialed { dial, result: Err(e) } => self.node.handle_dial_failed(now, dial, e),
-            Upgrade::Accepted { from, result } => {
+            Ready::Dialed { dial, result: Err(reason) } => self.handle(Input::DialFailed { dial, reason }),
+            Ready::Accepted { from, result } => {
                 self.tls_pending -= 1;
                 match result {
                     Ok(io) => {
                         let conn = self.open(io);
-                        self.node.handle_incoming(now, conn);
+                        self.handle(Input::Incoming { conn });
                     }
-                    Err(e) => {
-                        tracing::info!(%from, "incoming connection failed: {e}");
-                        self.note_error(format!("incoming from {from}: {e}"));
-                        self.emit(Event::ConnectFailed { addr: None, reason: e });
+                    Err(reason) => {
+                        tracing::info!(%from, "incoming connection failed: {reason}");
+                        self.note_error(format!("incoming from {from}: {reason}"));
+                        self.emit(Event::ConnectFailed { addr: None, reason });
                     }
                 }
             }
@@ -411,68 +357,145 @@ impl Actor {
     }
 
     fn on_conn_event(&mut self, ev: ConnEvent) {
-        let now = self.now();
         match ev {
             ConnEvent::Packets(conn, batch) => {
-                for p in batch {
-                    self.node.handle_packet(now, conn, p);
+                let now = self.now();
+                for packet in batch {
+                    self.node.handle(now, Input::Packet { conn, packet });
                 }
             }
             ConnEvent::Closed(conn, reason) => {
-                if self.conns.remove(&conn).is_some() {
-                    if matches!(reason, CloseReason::Decode(_) | CloseReason::Stalled) {
+                if self.forget_conn(conn).is_some() {
+                    if reason.is_misbehaviour() {
                         self.note_error(format!("connection {}: {reason}", conn.0));
                     }
-                    self.node.handle_closed(now, conn, reason);
+                    self.handle(Input::Closed { conn, reason });
                 }
             }
         }
     }
 
-    async fn on_accept(&mut self, acc: std::io::Result<(TcpStream, std::net::SocketAddr)>) {
-        match acc {
-            Ok((stream, from)) => {
-                if self.conns.len() >= self.settings.max_connections {
-                    tracing::warn!(%from, "refusing connection: limit of {} connections reached", self.settings.max_connections);
-                    self.refused += 1;
-                    return;
-                }
-                if self.node.mesh.handshaking_count() + self.tls_pending >= self.settings.max_pending {
-                    tracing::warn!(%from, "refusing connection: {} connections still handshaking", self.settings.max_pending);
-                    self.refused += 1;
-                    return;
-                }
-                let _ = stream.set_nodelay(true);
-                match self.settings.tls.clone() {
-                    None => {
-                        let conn = self.open(Io::Plain(stream));
-                        let now = self.now();
-                        self.node.handle_incoming(now, conn);
-                    }
-                    Some(tls) => {
-                        // The TLS handshake runs in its own task, under the
-                        // handshake deadline, and counts as pending.
-                        self.tls_pending += 1;
-                        let tx = self.dial_tx.clone();
-                        let deadline = self.settings.handshake_timeout;
-                        tokio::spawn(async move {
-                            let result = match tokio::time::timeout(deadline, tls.acceptor.accept(stream)).await {
-                                Ok(Ok(s)) => Ok(Io::Tls(Box::new(tokio_rustls::TlsStream::Server(s)))),
-                                Ok(Err(e)) => Err(crate::tls::explain(&e)),
-                                Err(_) => Err(format!("TLS handshake not done within {deadline:?}")),
-                            };
-                            let _ = tx.send(Upgrade::Accepted { from, result }).await;
-                        });
-                    }
-                }
-            }
+    fn on_accept(&mut self, acc: std::io::Result<(TcpStream, std::net::SocketAddr)>) {
+        let (stream, from) = match acc {
+            Ok(a) => a,
             Err(e) => {
-                // Typically out of file descriptors: back off instead of spinning.
+                // Typically out of file descriptors: rest instead of spinning.
                 tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                self.accept_resume = Some(Instant::now() + ACCEPT_BACKOFF);
+                return;
+            }
+        };
+        if self.conns.len() >= self.cfg.driver.max_connections {
+            let max = self.cfg.driver.max_connections;
+            tracing::warn!(%from, "refusing connection: limit of {max} connections reached");
+            self.refused += 1;
+            return;
+        }
+        if self.node.mesh().handshaking_count() + self.tls_pending >= self.cfg.driver.max_pending {
+            let max = self.cfg.driver.max_pending;
+            tracing::warn!(%from, "refusing connection: {max} connections still handshaking");
+            self.refused += 1;
+            return;
+        }
+        let _ = stream.set_nodelay(true);
+        match self.cfg.driver.tls.clone() {
+            None => {
+                let conn = self.open(Io::Plain(stream));
+                self.handle(Input::Incoming { conn });
+            }
+            Some(tls) => {
+                // The TLS handshake runs in its own task, under the
+                // handshake deadline, and counts as pending.
+                self.tls_pending += 1;
+                self.tasks.spawn(transport::accept_tls(stream, from, tls, self.cfg.handshake_timeout()));
             }
         }
     }
+
+    fn on_timer(&mut self) {
+        let now = Instant::now();
+        if self.accept_resume.is_some_and(|t| t <= now) {
+            self.accept_resume = None;
+        }
+        if self.node.poll_timeout().is_some_and(|ms| self.clock.instant(ms) <= now) {
+            self.handle(Input::Timeout);
+        }
+        let full = self.full.clone();
+        for conn in full {
+            let Some(h) = self.conns.get_mut(&conn) else { continue };
+            let Some(since) = h.full_since else { continue };
+            if since + self.cfg.driver.slow_peer_timeout <= now {
+                self.slow_peers += 1;
+                tracing::warn!(conn = conn.0, peer = ?h.peer, "disconnecting slow peer: it took nothing from its queue");
+                self.forget_conn(conn);
+                self.handle(Input::Closed { conn, reason: CloseReason::SlowPeer });
+            } else if !h.lagging && since + self.cfg.driver.backpressure_grace <= now {
+                // Stop waiting for it: drop what waits aside (keeping codec
+                // changes and the close, which must stay in order).
+                h.lagging = true;
+                let dropped: usize = h
+                    .backlog
+                    .iter()
+                    .map(|c| match c {
+                        WriterCmd::Frames(f) => f.len(),
+                        _ => 0,
+                    })
+                    .sum();
+                h.backlog.retain(|c| !matches!(c, WriterCmd::Frames(_)));
+                h.backlog_frames = 0;
+                h.dropped += dropped as u64;
+                self.dropped_frames += dropped as u64;
+                let (peer, total) = (h.peer.clone(), h.dropped);
+                tracing::warn!(conn = conn.0, ?peer, dropped, "peer lagging: its queue stayed full, dropping frames");
+                self.holding.retain(|&c| c != conn);
+                if let Some(peer) = peer {
+                    self.emit(Event::PeerLagging { peer, dropped_frames: total });
+                }
+            }
+        }
+        self.release_if_free();
+    }
+
+    /// A writer took a command: its queue has room again.
+    fn on_room(&mut self, conn: ConnId) {
+        let Some(h) = self.conns.get_mut(&conn) else { return };
+        h.lagging = false;
+        h.full_since = None;
+        while let Some(cmd) = h.backlog.pop_front() {
+            let frames = match &cmd {
+                WriterCmd::Frames(f) => f.len(),
+                _ => 0,
+            };
+            match h.tx.try_send(cmd) {
+                Ok(()) => h.backlog_frames -= frames,
+                Err(mpsc::error::TrySendError::Full(cmd)) => {
+                    h.backlog.push_front(cmd);
+                    h.wanted.store(true, Ordering::Release);
+                    h.full_since = Some(Instant::now());
+                    return;
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    h.backlog.clear();
+                    h.backlog_frames = 0;
+                    break;
+                }
+            }
+        }
+        self.holding.retain(|&c| c != conn);
+        self.full.retain(|&c| c != conn);
+        self.release_if_free();
+    }
+
+    /// Answers the held sends once nothing holds the node back.
+    fn release_if_free(&mut self) {
+        if self.holding.is_empty() {
+            for (responder, result) in self.held.drain(..) {
+                responder.answer(result);
+            }
+        }
+    }
+
+    // ----- connections ------------------------------------------------------
 
     fn open(&mut self, io: Io) -> ConnId {
         match io {
@@ -483,6 +506,10 @@ impl Actor {
             }
             Io::Tls(stream) => {
                 let (rd, wr) = tokio::io::split(*stream);
+                self.open_split(rd, wr)
+            }
+            Io::Attached(stream) => {
+                let (rd, wr) = tokio::io::split(stream);
                 self.open_split(rd, wr)
             }
         }
@@ -498,47 +525,89 @@ impl Actor {
         // The queue holds batches of at most MAX_BATCH_FRAMES frames or
         // MAX_BATCH_BYTES bytes (a larger frame travels alone): about
         // `send_queue_cap` small frames, fewer large ones.
-        let (tx, rx) = mpsc::channel((self.settings.send_queue_cap / MAX_BATCH_FRAMES).max(4));
+        let (tx, rx) = mpsc::channel(self.cfg.send_queue_batches());
         let reader = tokio::spawn(read_loop(
             conn,
             rd,
-            self.settings.limits,
-            self.settings.compression.clone(),
-            self.settings.stall_timeout,
+            self.cfg.driver.limits,
+            self.cfg.mesh.compression.clone(),
+            self.cfg.driver.stall_timeout,
             self.conn_tx.clone(),
         ));
-        let writer = tokio::spawn(write_loop(conn, wr, rx, self.conn_tx.clone()));
-        self.conns.insert(conn, ConnHandle { tx, reader, writer });
+        let wanted = Arc::new(AtomicBool::new(false));
+        let room = RoomSignal { wanted: wanted.clone(), tx: self.room_tx.clone() };
+        let writer = tokio::spawn(write_loop(conn, wr, rx, self.conn_tx.clone(), room));
+        let handle = ConnHandle {
+            tx,
+            reader,
+            writer: Some(writer),
+            wanted,
+            backlog: VecDeque::new(),
+            backlog_frames: 0,
+            full_since: None,
+            lagging: false,
+            dropped: 0,
+            peer: None,
+        };
+        self.conns.insert(conn, handle);
         conn
     }
 
-    fn spawn_dial(&self, dial: DialId, addr: PeerAddr) {
-        let tx = self.dial_tx.clone();
-        let timeout = self.settings.dial_timeout;
-        let tls = self.settings.tls.clone();
-        tokio::spawn(async move {
-            let target = (addr.host.clone(), addr.port);
-            let result = match tokio::time::timeout(timeout, TcpStream::connect(target)).await {
-                Ok(Ok(s)) => match tls {
-                    None => Ok(Io::Plain(s)),
-                    Some(tls) => {
-                        let _ = s.set_nodelay(true);
-                        let name = crate::tls::Tls::server_name(&addr.host);
-                        match tokio::time::timeout(timeout, tls.connector.connect(name, s)).await {
-                            Ok(Ok(s)) => Ok(Io::Tls(Box::new(tokio_rustls::TlsStream::Client(s)))),
-                            Ok(Err(e)) => Err(crate::tls::explain(&e)),
-                            Err(_) => Err(format!("TLS handshake not done within {timeout:?}")),
-                        }
-                    }
-                },
-                Ok(Err(e)) => Err(e.to_string()),
-                Err(_) => Err(format!("no answer within {timeout:?}")),
-            };
-            let _ = tx.send(Upgrade::Dialed { dial, result }).await;
-        });
+    /// Drops the actor's side of a connection (the writer still flushes what
+    /// is queued, then closes the socket).
+    fn forget_conn(&mut self, conn: ConnId) -> Option<ConnHandle> {
+        self.holding.retain(|&c| c != conn);
+        self.full.retain(|&c| c != conn);
+        self.batches.remove(&conn);
+        let h = self.conns.remove(&conn);
+        self.release_if_free();
+        h
     }
 
-    async fn flush(&mut self) {
+    /// Hands a command to a connection's writer without waiting: a full
+    /// queue keeps it aside (see the module docs).
+    fn queue_for_writer(&mut self, conn: ConnId, cmd: WriterCmd) {
+        let cap = self.cfg.driver.send_queue_cap * BACKLOG_FACTOR;
+        let Some(h) = self.conns.get_mut(&conn) else { return };
+        let cmd = if h.backlog.is_empty() {
+            match h.tx.try_send(cmd) {
+                Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => return,
+                Err(mpsc::error::TrySendError::Full(cmd)) => cmd,
+            }
+        } else {
+            cmd // behind what already waits
+        };
+        h.wanted.store(true, Ordering::Release);
+        if h.full_since.is_none() {
+            h.full_since = Some(Instant::now());
+            self.full.push(conn);
+        }
+        let frames = match &cmd {
+            WriterCmd::Frames(f) => f.len(),
+            _ => 0,
+        };
+        if frames > 0 && (h.lagging || h.backlog_frames + frames > cap) {
+            h.dropped += frames as u64;
+            self.dropped_frames += frames as u64;
+            return;
+        }
+        h.backlog_frames += frames;
+        h.backlog.push_back(cmd);
+        if !h.lagging && !self.holding.contains(&conn) {
+            self.holding.push(conn);
+        }
+    }
+
+    fn close(&mut self, conn: ConnId) {
+        if let Some(h) = self.forget_conn(conn) {
+            // Queued frames are still written; then the socket closes.
+            let _ = h.tx.try_send(WriterCmd::Close);
+        }
+    }
+
+    // ----- outputs ----------------------------------------------------------
+
+    fn flush(&mut self) {
         // Frames are gathered per connection and handed to each writer as
         // one batch per step (one channel operation instead of one per
         // frame); a batch that reaches the frame or byte bound goes at once,
@@ -546,90 +615,70 @@ impl Actor {
         let mut batches = std::mem::take(&mut self.batches);
         self.inbox_room = self.inbox.0.room();
         while let Some(o) = self.node.poll_output() {
-            let o = match o {
-                node::Output::Mesh(o) => o,
-                node::Output::Sync(e) => {
-                    self.emit(match e {
-                        sync::Event::Update { key, value, owner, timestamp } => {
-                            Event::Update { key, value, owner, timestamp }
-                        }
-                        sync::Event::Delete { key } => Event::Delete { key },
-                    });
-                    continue;
-                }
-            };
             match o {
-                Output::Send { conn, frame } => {
+                node::Output::Mesh(mesh::Output::Send { conn, frame }) => {
                     let (frames, bytes) = batches.entry(conn).or_default();
                     *bytes += frame.wire_bytes().len();
                     frames.push(frame);
                     if frames.len() >= MAX_BATCH_FRAMES || *bytes >= MAX_BATCH_BYTES {
                         let full = std::mem::take(frames);
                         *bytes = 0;
-                        self.queue_for_writer(conn, WriterCmd::Frames(full)).await;
+                        self.queue_for_writer(conn, WriterCmd::Frames(full));
                     }
                 }
-                Output::Configure { conn, codec } => {
+                node::Output::Mesh(mesh::Output::Configure { conn, codec }) => {
                     // Frames queued before the codec change go first.
                     if let Some((b, _)) = batches.remove(&conn) {
-                        self.queue_for_writer(conn, WriterCmd::Frames(b)).await;
+                        self.queue_for_writer(conn, WriterCmd::Frames(b));
                     }
-                    self.queue_for_writer(conn, WriterCmd::Codec(codec)).await;
+                    self.queue_for_writer(conn, WriterCmd::Codec(codec));
                 }
-                Output::Dial { dial, addr } => self.spawn_dial(dial, addr),
-                Output::Close { conn, reason } => {
+                node::Output::Mesh(mesh::Output::Dial { dial, addr }) => self.spawn_dial(dial, addr),
+                node::Output::Mesh(mesh::Output::Close { conn, reason }) => {
                     if let Some((b, _)) = batches.remove(&conn) {
-                        self.queue_for_writer(conn, WriterCmd::Frames(b)).await;
+                        self.queue_for_writer(conn, WriterCmd::Frames(b));
                     }
-                    if matches!(reason, CloseReason::ProtocolViolation(_)) {
+                    if reason.is_misbehaviour() {
                         self.note_error(format!("connection {}: {reason}", conn.0));
                     }
                     self.close(conn);
                 }
-                Output::Event(e) => self.on_event(e),
+                node::Output::Mesh(mesh::Output::Event(e)) => self.on_event(e),
+                node::Output::Mesh(mesh::Output::Reply { .. }) => {
+                    unreachable!("the node lifts mesh replies into node::Output::Reply")
+                }
+                node::Output::Sync(e) => self.emit(match e {
+                    sync::Event::Update { key, value, owner, timestamp } => {
+                        Event::Update { key, value, owner, timestamp }
+                    }
+                    sync::Event::Delete { key } => Event::Delete { key },
+                }),
+                node::Output::Reply { request, result } => {
+                    if let Some(responder) = self.pending.remove(&request) {
+                        if responder.is_send() && !self.holding.is_empty() {
+                            self.held.push((responder, result));
+                        } else {
+                            responder.answer(result);
+                        }
+                    }
+                }
             }
         }
-        for (conn, (b, _)) in batches.drain() {
-            if b.is_empty() {
-                continue;
+        for (conn, (b, _)) in batches.iter_mut() {
+            if !b.is_empty() {
+                let full = std::mem::take(b);
+                self.queue_for_writer(*conn, WriterCmd::Frames(full));
             }
-            self.queue_for_writer(conn, WriterCmd::Frames(b)).await;
         }
         self.batches = batches;
         // One lock and one wake-up for the whole step.
         self.dropped_messages += self.inbox.0.push(&mut self.to_inbox) as u64;
     }
 
-    /// Queues a command for a connection's writer. A full queue is waited
-    /// for (backpressure: the node stops reading meanwhile) up to the slow
-    /// peer timeout, after which the peer is disconnected.
-    async fn queue_for_writer(&mut self, conn: ConnId, cmd: WriterCmd) {
-        let Some(h) = self.conns.get(&conn) else {
-            return;
-        };
-        match h.tx.try_send(cmd) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Closed(_)) => {}
-            Err(mpsc::error::TrySendError::Full(cmd)) => {
-                // Messages gathered so far need not wait for a slow peer.
-                self.dropped_messages += self.inbox.0.push(&mut self.to_inbox) as u64;
-                let tx = h.tx.clone();
-                if tx.send_timeout(cmd, self.settings.slow_peer_timeout).await.is_err() {
-                    self.slow_peers += 1;
-                    tracing::warn!(conn = conn.0, "disconnecting slow peer");
-                    self.close(conn);
-                    let now = self.now();
-                    self.node.handle_closed(now, conn, CloseReason::SlowPeer);
-                }
-            }
-        }
-    }
-
-    fn close(&mut self, conn: ConnId) {
-        if let Some(h) = self.conns.remove(&conn) {
-            // Queued frames are still written; then the socket closes.
-            let _ = h.tx.try_send(WriterCmd::Close);
-        }
+    fn spawn_dial(&mut self, dial: DialId, addr: mesh::PeerAddr) {
+        let timeout = self.cfg.driver.dial_timeout;
+        let tls = self.cfg.driver.tls.clone();
+        self.tasks.spawn(transport::dial(dial, addr, timeout, tls));
     }
 
     /// Publishes an event, if anyone ever subscribed.
@@ -648,36 +697,25 @@ impl Actor {
 
     fn on_event(&mut self, e: mesh::Event) {
         match e {
-            mesh::Event::PeerUp { peer, addr, outgoing, dial, first, .. } => {
+            mesh::Event::PeerUp { conn, peer, addr, outgoing, first, .. } => {
+                if let Some(h) = self.conns.get_mut(&conn) {
+                    h.peer = Some(peer.clone());
+                }
                 if first {
                     self.emit(Event::Connected { peer: peer.clone() });
                 }
-                if let Some((_, reply)) = dial.and_then(|d| self.pending_connects.remove(&d)) {
-                    let _ = reply.send(Ok(peer.clone()));
-                }
                 self.emit(Event::PeerUp { peer, addr, outgoing });
             }
-            mesh::Event::PeerDown { peer, reason, .. } => {
-                self.emit(Event::PeerDown { peer, reason: reason.to_string() });
+            mesh::Event::PeerDown { peer, reason, .. } => self.emit(Event::PeerDown { peer, reason }),
+            mesh::Event::ConnectFailed { addr, reason, .. } => self.emit(Event::ConnectFailed { addr, reason }),
+            mesh::Event::Message(d) => {
+                let for_application = d.for_application;
+                self.on_message(Message::new(d.packet, &self.weak_cmd), for_application)
             }
-            mesh::Event::ConnectFailed { dial, addr, reason, peer, .. } => {
-                if let Some((target, reply)) = dial.and_then(|d| self.pending_connects.remove(&d)) {
-                    let r = match (&reason, peer) {
-                        // Lost the conflict rule: connected through the other link.
-                        (CloseReason::Duplicate, Some(p)) => Ok(p),
-                        _ => Err(Error::Connect { addr: target, reason: reason.to_string() }),
-                    };
-                    let _ = reply.send(r);
-                }
-                if !matches!(reason, CloseReason::Duplicate) {
-                    self.emit(Event::ConnectFailed { addr, reason: reason.to_string() });
-                }
-            }
-            mesh::Event::Message(d) => self.on_message(Message::new(d.packet, &self.weak_cmd)),
         }
     }
 
-    fn on_message(&mut self, msg: Message) {
+    fn on_message(&mut self, msg: Message, for_application: bool) {
         for h in &self.handlers {
             match std::panic::catch_unwind(AssertUnwindSafe(|| h(&msg))) {
                 Ok(true) => return,
@@ -685,8 +723,8 @@ impl Actor {
                 Err(_) => tracing::error!("a message handler panicked; continuing with the next"),
             }
         }
-        if !matches!(msg.subflag(), subflag::BROADCAST | subflag::WHISPER) {
-            tracing::debug!(subflag = msg.subflag(), "ignoring message with unknown sub-flag");
+        if !for_application {
+            tracing::debug!(subflag = msg.subflag(), "not queueing a message with a protocol sub-flag");
             return;
         }
         if self.inbox_room == 0 {
@@ -701,20 +739,23 @@ impl Actor {
     }
 
     async fn shutdown(&mut self) {
-        self.node.mesh.shutdown();
-        self.flush().await;
+        let now = self.now();
+        self.node.handle(now, Input::Command { request: RequestId(0), command: mesh::Command::Shutdown.into() });
+        self.flush();
+        self.tasks.abort_all();
+        // Held answers: the node is stopping, their frames may not go out.
+        self.held.clear();
         let handles: Vec<ConnHandle> = self.conns.drain().map(|(_, h)| h).collect();
-        let mut writers = Vec::new();
+        let mut writers = JoinSet::new();
         for mut h in handles {
             let _ = h.tx.try_send(WriterCmd::Close);
-            writers.push(std::mem::replace(&mut h.writer, tokio::spawn(async {})));
-        }
-        let _ = tokio::time::timeout(Duration::from_secs(1), async {
-            for w in writers {
-                let _ = w.await;
+            if let Some(w) = h.writer.take() {
+                writers.spawn(async move {
+                    let _ = w.await;
+                });
             }
-        })
-        .await;
-        self.pending_connects.clear();
+        }
+        let _ = tokio::time::timeout(SHUTDOWN_FLUSH, async { while writers.join_next().await.is_some() {} }).await;
+        self.pending.clear();
     }
 }

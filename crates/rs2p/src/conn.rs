@@ -1,5 +1,7 @@
 //! Per-connection tasks: one reader, one writer, nothing per message.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -19,7 +21,7 @@ const READ_CHUNK_BUSY: usize = 64 * 1024;
 /// queued; an idle writer keeps none.
 const WRITE_BUF_KEEP: usize = 64 * 1024;
 
-use crate::socket::{MAX_BATCH_BYTES, MAX_BATCH_FRAMES};
+use crate::config::{MAX_BATCH_BYTES, MAX_BATCH_FRAMES};
 
 /// What readers and writers tell the actor.
 #[derive(Debug)]
@@ -84,7 +86,7 @@ pub(crate) async fn read_loop<R: ReadHalf>(
     let reason = loop {
         if partial_since.is_none() {
             if let Err(e) = rd.ready().await {
-                break CloseReason::Io(e.to_string());
+                break CloseReason::Io(e.kind());
             }
         }
         if dec.buffer().capacity() - dec.buffer().len() < chunk / 2 {
@@ -99,11 +101,11 @@ pub(crate) async fn read_loop<R: ReadHalf>(
             None => rd.read_buf(dec.buffer()).await,
         };
         match read {
-            Ok(0) => break CloseReason::Io("closed by peer".into()),
+            Ok(0) => break CloseReason::ClosedByPeer,
             // Only a read that filled all the free space suggests more is
             // waiting; one large message (a peer list) is not a burst.
             Ok(n) => chunk = if n >= free { READ_CHUNK_BUSY } else { READ_CHUNK_IDLE },
-            Err(e) => break CloseReason::Io(e.to_string()),
+            Err(e) => break CloseReason::Io(e.kind()),
         }
         let mut batch = Vec::new();
         let mut batch_bytes = 0;
@@ -152,6 +154,16 @@ pub(crate) async fn read_loop<R: ReadHalf>(
     let _ = to_actor.send(ConnEvent::Closed(conn, reason)).await;
 }
 
+/// How a writer tells the actor that its queue has room again: the actor
+/// raises `wanted` when it had to keep frames aside; the writer, on taking
+/// the next command, lowers it and sends its id on `tx` (once per raise, so
+/// the channel never holds more than one entry per connection).
+#[derive(Debug, Clone)]
+pub(crate) struct RoomSignal {
+    pub(crate) wanted: Arc<AtomicBool>,
+    pub(crate) tx: mpsc::Sender<ConnId>,
+}
+
 /// Writes queued frames with the link's codec.
 ///
 /// Toward rs2p peers (`coalesce`), everything queued is gathered into one
@@ -162,11 +174,15 @@ pub(crate) async fn write_loop<W: AsyncWrite + Unpin>(
     mut wr: W,
     mut rx: mpsc::Receiver<WriterCmd>,
     to_actor: mpsc::Sender<ConnEvent>,
+    room: RoomSignal,
 ) {
     let mut codec = LinkCodec::HANDSHAKE;
     let mut buf = BytesMut::new();
     let mut closing = false;
     'outer: while let Some(cmd) = rx.recv().await {
+        if room.wanted.swap(false, Ordering::AcqRel) {
+            let _ = room.tx.try_send(conn);
+        }
         let mut next = Some(cmd);
         while let Some(cmd) = next.take() {
             match cmd {
@@ -184,7 +200,7 @@ pub(crate) async fn write_loop<W: AsyncWrite + Unpin>(
                         }
                         if !codec.coalesce {
                             if let Err(e) = wr.write_all(&buf).await {
-                                let _ = to_actor.send(ConnEvent::Closed(conn, CloseReason::Io(e.to_string()))).await;
+                                let _ = to_actor.send(ConnEvent::Closed(conn, CloseReason::Io(e.kind()))).await;
                                 return;
                             }
                             buf.clear();
@@ -198,7 +214,7 @@ pub(crate) async fn write_loop<W: AsyncWrite + Unpin>(
         }
         if !buf.is_empty() {
             if let Err(e) = wr.write_all(&buf).await {
-                let _ = to_actor.send(ConnEvent::Closed(conn, CloseReason::Io(e.to_string()))).await;
+                let _ = to_actor.send(ConnEvent::Closed(conn, CloseReason::Io(e.kind()))).await;
                 return;
             }
             buf.clear();

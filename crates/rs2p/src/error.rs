@@ -1,7 +1,7 @@
 //! Errors of the public API.
 
 use rs2p_proto::id::PeerId;
-use rs2p_proto::mesh::PeerAddr;
+use rs2p_proto::mesh::{CloseReason, PeerAddr};
 use thiserror::Error;
 
 /// Errors returned by [`crate::MeshSocket`] and its builder.
@@ -26,7 +26,7 @@ pub enum Error {
         /// Where we tried to connect.
         addr: PeerAddr,
         /// Why it failed.
-        reason: String,
+        reason: CloseReason,
     },
     /// Connecting to our own address.
     #[error("refusing to connect to our own address {0}")]
@@ -63,9 +63,16 @@ pub enum Error {
     /// A message's packets could not be decoded.
     #[error(transparent)]
     Decode(#[from] rs2p_proto::wire::DecodeError),
+    /// The node holds no replica of the dictionary (a dictionary command on
+    /// a plain mesh node).
+    #[error("this node holds no replica of the dictionary")]
+    NoReplica,
     /// The socket was shut down (or its last handle dropped).
     #[error("the socket is closed")]
     Closed,
+    /// A bug in rs2p: the named invariant did not hold.
+    #[error("internal error: {0}")]
+    Internal(&'static str),
 }
 
 impl From<rs2p_proto::mesh::CommandError> for Error {
@@ -76,6 +83,31 @@ impl From<rs2p_proto::mesh::CommandError> for Error {
             C::OwnAddress(a) => Error::OwnAddress(a),
             C::TooManyPending => Error::TooManyPending,
             C::TooLarge { len, max } => Error::MessageTooLarge { len, max },
+            C::Connect { addr, reason } => Error::Connect { addr, reason },
+            C::ShuttingDown => Error::Closed,
+        }
+    }
+}
+
+impl From<rs2p_proto::sync::WriteError> for Error {
+    fn from(e: rs2p_proto::sync::WriteError) -> Self {
+        use rs2p_proto::sync::WriteError as W;
+        match e {
+            W::Leased { owner, until } => Error::Leased { owner, until },
+            W::NotFound => Error::KeyNotFound,
+            W::NotAMap => Error::NotAMap,
+            W::TooLarge { len, max } => Error::MessageTooLarge { len, max },
+        }
+    }
+}
+
+impl From<rs2p_proto::node::CommandError> for Error {
+    fn from(e: rs2p_proto::node::CommandError) -> Self {
+        use rs2p_proto::node::CommandError as N;
+        match e {
+            N::Mesh(e) => e.into(),
+            N::Sync(e) => e.into(),
+            N::NoReplica => Error::NoReplica,
         }
     }
 }

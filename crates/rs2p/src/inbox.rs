@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::Notify;
 
-use crate::socket::Message;
+use crate::Message;
 
 /// Capacity (in messages) an empty queue may keep.
 const SHRINK_ABOVE: usize = 1024;
@@ -133,7 +133,7 @@ mod tests {
     use std::time::Duration;
 
     use rs2p_proto::id::PeerId;
-    use rs2p_proto::wire::{Frame, Limits, Packet};
+    use rs2p_proto::wire::{Frame, Limits, MsgType, Packet};
     use tokio::sync::mpsc;
 
     use super::*;
@@ -144,7 +144,7 @@ mod tests {
         let me = PeerId::random(b"inbox-test");
         (0..n)
             .map(|i| {
-                let f = Frame::build(0, &me, i, 0, &[]);
+                let f = Frame::build(MsgType::Broadcast, &me, i, 0u64, &[]);
                 Message::new(Packet::parse(f, &Limits::default()).unwrap(), &weak)
             })
             .collect()

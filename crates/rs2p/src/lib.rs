@@ -52,42 +52,64 @@
 //! is described in [`proto::sync`].
 //!
 //! # Layout
-//! - `rs2p-proto` (re-exported as [`proto`]): the pure core, the wire format
-//!   and the mesh state machine, with no I/O.
-//! - this crate: the tokio driver (one actor task per node owning the state
-//!   machine, a reader and a writer task per connection, bounded queues
-//!   everywhere) and the public handles.
+//! - `rs2p-proto` (re-exported as [`proto`]): the pure core: the wire
+//!   format, the mesh and sync state machines, one door in
+//!   ([`proto::node::Node::handle`]), no I/O, no clock.
+//! - this crate: the tokio driver and the public handles, one concept a
+//!   file. `actor.rs`: the one task that owns a node's state; it feeds inputs
+//!   to the core and dispatches its outputs, and never awaits a peer.
+//!   `conn.rs`: a reader and a writer task per connection. `transport.rs`:
+//!   dials and TLS accepts, tracked tasks. `command.rs`: what handles ask of
+//!   the actor. `config.rs`: every capacity and default, and the
+//!   configuration built once. `clock.rs`: the one place time is read.
+//!   `socket.rs`, `builder.rs`, `sync_socket.rs`, `message.rs`, `event.rs`:
+//!   the public API.
 //!
 //! # Queues and limits
-//! Every queue is bounded; the capacities are the `*_CAP` constants and the
-//! [`Builder`] settings. A peer that does not drain its send queue within
-//! the slow-peer timeout is disconnected; a full [`MeshSocket::recv`] queue
-//! drops new messages and counts them in [`Status::dropped_messages`].
+//! Every queue is bounded; the capacities are documented in `config.rs` and
+//! tuned through the [`Builder`]. A peer whose send queue is full holds the
+//! node back for at most [`Builder::backpressure_grace`] (inbound reading
+//! paused, local sends answered once there is room, queries answered at
+//! once), then what does not fit is dropped and counted
+//! ([`Status::dropped_frames`], [`Event::PeerLagging`]); a peer that takes
+//! nothing for the slow-peer timeout is disconnected. A full
+//! [`MeshSocket::recv`] queue drops new messages and counts them in
+//! [`Status::dropped_messages`].
 #![forbid(unsafe_code)]
 #![deny(missing_docs, rustdoc::broken_intra_doc_links)]
 #![warn(missing_debug_implementations, rust_2018_idioms)]
 
 mod actor;
+mod builder;
+mod clock;
+mod command;
+mod config;
 mod conn;
 mod error;
+mod event;
 mod inbox;
 #[cfg(feature = "json")]
 pub mod json;
+mod message;
 mod socket;
 mod sync_socket;
 pub mod tls;
+mod transport;
 
+pub use builder::Builder;
+pub use config::{
+    DEFAULT_BACKPRESSURE_GRACE, DEFAULT_DIAL_TIMEOUT, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_PENDING_HANDSHAKES, DEFAULT_RECV_QUEUE_CAP, DEFAULT_SEND_QUEUE_CAP, DEFAULT_SLOW_PEER_TIMEOUT,
+    DEFAULT_STALL_TIMEOUT,
+};
 pub use error::Error;
+pub use event::{Event, EventStream, Status};
+pub use message::{Message, MessageKind};
 pub use rs2p_proto as proto;
 pub use rs2p_proto::id::{Encryption, MsgId, PeerId, Protocol};
-pub use rs2p_proto::mesh::{AddrParseError, PeerAddr, PeerInfo, ReplyRoute, Stats};
+pub use rs2p_proto::mesh::{AddrParseError, CloseReason, PeerAddr, PeerInfo, ReplyRoute, Stats, TlsFailure};
 pub use rs2p_proto::wire::{Compression, Limits};
 pub use rs2p_proto::Value;
-pub use socket::{
-    Builder, Event, EventStream, Handler, MeshSocket, Message, MessageKind, Status, COMMAND_CHANNEL_CAP,
-    DEFAULT_DIAL_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PENDING_HANDSHAKES, DEFAULT_RECV_QUEUE_CAP,
-    DEFAULT_SEND_QUEUE_CAP, DEFAULT_SLOW_PEER_TIMEOUT, DEFAULT_STALL_TIMEOUT, EVENT_CHANNEL_CAP, INBOUND_CHANNEL_CAP,
-    MAX_BATCH_BYTES, MAX_BATCH_FRAMES,
-};
+pub use socket::{Handler, MeshSocket};
 pub use sync_socket::{SyncBuilder, SyncSocket};
 pub use tls::TlsConfig;

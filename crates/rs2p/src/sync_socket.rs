@@ -9,7 +9,9 @@ use bytes::Bytes;
 use rs2p_proto::id::{Encryption, PeerId, Protocol};
 use rs2p_proto::Value;
 
-use crate::actor::{Command, SyncCommand};
+use rs2p_proto::sync::Command;
+
+use crate::command::{Query, Responder};
 use crate::{Builder, Error, MeshSocket};
 
 /// Builds a [`SyncSocket`]: every [`Builder`] setting, plus the sync ones.
@@ -147,10 +149,6 @@ impl SyncSocket {
         &self.mesh
     }
 
-    async fn sync<T>(&self, make: impl FnOnce(tokio::sync::oneshot::Sender<T>) -> SyncCommand) -> Result<T, Error> {
-        self.mesh.request(|reply| Command::Sync(make(reply))).await
-    }
-
     /// Sets `key` to `value` (py2p's `sock[key] = value` / `set`). Setting
     /// nil deletes, as in py2p.
     ///
@@ -159,8 +157,7 @@ impl SyncSocket {
     /// and when the lease ends), [`Error::MessageTooLarge`] when the write
     /// would exceed the frame limit (nothing is applied), [`Error::Closed`].
     pub async fn set(&self, k: impl AsRef<[u8]>, value: impl Into<Value>) -> Result<(), Error> {
-        let pairs = vec![(key(k), value.into())];
-        self.sync(|reply| SyncCommand::Set { pairs, reply }).await?
+        self.mesh.run(Command::Set { key: key(k), value: value.into() }, Responder::Done).await
     }
 
     /// Sets many pairs (py2p's `update`), in order; stops at the first
@@ -173,7 +170,7 @@ impl SyncSocket {
         pairs: impl IntoIterator<Item = (K, V)>,
     ) -> Result<(), Error> {
         let pairs: Vec<(Bytes, Value)> = pairs.into_iter().map(|(k, v)| (key(k), v.into())).collect();
-        self.sync(|reply| SyncCommand::Set { pairs, reply }).await?
+        self.mesh.run(Command::Update { pairs }, Responder::Done).await
     }
 
     /// The value at `key`, if any (py2p's `get`).
@@ -206,8 +203,7 @@ impl SyncSocket {
     /// # Errors
     /// [`Error::Closed`].
     pub async fn get_with_meta(&self, k: impl AsRef<[u8]>) -> Result<Option<(Value, PeerId, u64)>, Error> {
-        let key = key(k);
-        self.sync(|reply| SyncCommand::Get { key, reply }).await
+        self.mesh.sync_get(key(k)).await
     }
 
     /// Deletes `key` (py2p's `del sock[key]`).
@@ -215,8 +211,7 @@ impl SyncSocket {
     /// # Errors
     /// [`Error::KeyNotFound`], [`Error::Leased`], [`Error::Closed`].
     pub async fn delete(&self, k: impl AsRef<[u8]>) -> Result<(), Error> {
-        let key = key(k);
-        self.sync(|reply| SyncCommand::Delete { key, reply }).await?
+        self.mesh.run(Command::Delete { key: key(k) }, Responder::Done).await
     }
 
     /// Removes `key` and returns its value (py2p's `pop(key)`).
@@ -224,8 +219,7 @@ impl SyncSocket {
     /// # Errors
     /// [`Error::KeyNotFound`], [`Error::Leased`], [`Error::Closed`].
     pub async fn pop(&self, k: impl AsRef<[u8]>) -> Result<Value, Error> {
-        let key = Some(key(k));
-        Ok(self.sync(|reply| SyncCommand::Pop { key, reply }).await??.1)
+        Ok(self.mesh.run(Command::Pop { key: Some(key(k)) }, Responder::Popped).await?.1)
     }
 
     /// Removes `key` and returns its value, or returns `default` if it holds
@@ -245,7 +239,7 @@ impl SyncSocket {
     /// # Errors
     /// [`Error::KeyNotFound`] when empty, [`Error::Leased`], [`Error::Closed`].
     pub async fn popitem(&self) -> Result<(Bytes, Value), Error> {
-        self.sync(|reply| SyncCommand::Pop { key: None, reply }).await?
+        self.mesh.run(Command::Pop { key: None }, Responder::Popped).await
     }
 
     /// Merges `delta` into the map at `key`, creating it (py2p's
@@ -255,8 +249,7 @@ impl SyncSocket {
     /// [`Error::NotAMap`] if `key` holds something else, [`Error::Leased`],
     /// [`Error::MessageTooLarge`], [`Error::Closed`].
     pub async fn apply_delta(&self, k: impl AsRef<[u8]>, delta: Vec<(Value, Value)>) -> Result<(), Error> {
-        let key = key(k);
-        self.sync(|reply| SyncCommand::Delta { key, delta, reply }).await?
+        self.mesh.run(Command::Delta { key: key(k), delta }, Responder::Done).await
     }
 
     /// Every pair with its owner and timestamp.
@@ -264,7 +257,7 @@ impl SyncSocket {
     /// # Errors
     /// [`Error::Closed`].
     pub async fn entries(&self) -> Result<Vec<(Bytes, Value, PeerId, u64)>, Error> {
-        self.sync(|reply| SyncCommand::Items { reply }).await
+        self.mesh.query(Query::Items).await
     }
 
     /// Every pair (py2p's `items`).
@@ -304,7 +297,7 @@ impl SyncSocket {
     /// # Errors
     /// [`Error::Closed`].
     pub async fn len(&self) -> Result<usize, Error> {
-        self.sync(|reply| SyncCommand::Len { reply }).await
+        self.mesh.query(Query::Len).await
     }
 
     /// Whether the dictionary is empty.

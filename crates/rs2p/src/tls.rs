@@ -17,6 +17,8 @@ use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 use sha2::{Digest, Sha256};
 
+use rs2p_proto::mesh::TlsFailure;
+
 use crate::Error;
 
 /// How peers' certificates are checked.
@@ -170,15 +172,15 @@ impl Tls {
 }
 
 /// Explains a TLS handshake failure, naming the likely cause.
-pub(crate) fn explain(e: &std::io::Error) -> String {
+pub(crate) fn explain(e: &std::io::Error) -> TlsFailure {
     let text = e.to_string();
     if text.contains("InvalidContentType")
         || text.contains("corrupt message")
         || text.contains("HandshakePayloadTooLarge")
     {
-        format!("TLS handshake failed: the peer is not speaking TLS (a plaintext node?): {text}")
+        TlsFailure::NotTls
     } else {
-        format!("TLS handshake failed: {text}")
+        TlsFailure::Rejected(text)
     }
 }
 

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use rs2p::proto::id::PeerId;
-use rs2p::proto::wire::{subflag, Compression, Frame};
+use rs2p::proto::wire::{Compression, Frame, MsgType, SubFlag};
 use rs2p::{Limits, MeshSocket, Protocol, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -105,10 +105,10 @@ fn attacker_id() -> PeerId {
 fn handshake(methods: &[u8]) -> Frame {
     let id = attacker_id();
     Frame::build(
-        2,
+        MsgType::Whisper,
         &id,
         now(),
-        subflag::HANDSHAKE,
+        SubFlag::Handshake,
         &[
             Value::Binary(id.as_bytes().to_vec()),
             Value::Binary(Protocol::default().id().as_bytes().to_vec()),
@@ -182,12 +182,13 @@ async fn hostile_input_suite() {
     attack(&mut b, "random garbage", true, g, "undecodable frame").await;
 
     // A valid frame with a flipped checksum bit.
-    let mut bad = Frame::build(0, &attacker_id(), now(), 0, &[Value::from("x")]).wire_bytes().to_vec();
+    let mut bad =
+        Frame::build(MsgType::Broadcast, &attacker_id(), now(), 0u64, &[Value::from("x")]).wire_bytes().to_vec();
     bad[8] ^= 0x40;
     attack(&mut b, "bad checksum", true, bad, "checksum").await;
 
     // Truncated msgpack (checksum valid over the truncated payload).
-    let full = Frame::build(0, &attacker_id(), now(), 0, &[Value::from("truncate me please")]);
+    let full = Frame::build(MsgType::Broadcast, &attacker_id(), now(), 0u64, &[Value::from("truncate me please")]);
     let payload = full.payload();
     attack(&mut b, "truncated msgpack", true, raw_frame(&payload[..payload.len() - 5]), "truncated").await;
 
@@ -223,12 +224,12 @@ async fn hostile_input_suite() {
             ]
         }),
     ] {
-        let f = Frame::build(2, &attacker_id(), now(), subflag::HANDSHAKE, &fields);
+        let f = Frame::build(MsgType::Whisper, &attacker_id(), now(), SubFlag::Handshake, &fields);
         attack(&mut b, &format!("handshake with {name}"), false, f.wire_bytes().to_vec(), "protocol violation").await;
     }
 
     // A message before any handshake.
-    let early = Frame::build(0, &attacker_id(), now(), 0, &[Value::from("too early")]);
+    let early = Frame::build(MsgType::Broadcast, &attacker_id(), now(), 0u64, &[Value::from("too early")]);
     attack(&mut b, "broadcast before handshake", false, early.wire_bytes().to_vec(), "before handshake").await;
 
     // A zlib bomb after negotiating zlib: 256 MiB of zeros in ~250 KB.
@@ -248,7 +249,7 @@ async fn hostile_input_suite() {
 
     // A 1 MiB sender id.
     let big_id = PeerId::from_bytes(vec![b'A'; 1 << 20]);
-    let f = Frame::build(0, &big_id, now(), 0, &[Value::from("x")]);
+    let f = Frame::build(MsgType::Broadcast, &big_id, now(), 0u64, &[Value::from("x")]);
     attack(&mut b, "1 MiB sender id", true, f.wire_bytes().to_vec(), "sender id length").await;
 
     // Hundreds of silent connections: the handshake cap turns the excess
@@ -283,7 +284,9 @@ async fn hostile_input_suite() {
     expect_closed(&mut s, 10, "slow handshake").await;
     b.good_peers_still_talk("slow handshake").await;
     let mut s = connect(&b.addr(), true).await;
-    let frame = Frame::build(0, &attacker_id(), now(), 0, &[Value::from("x".repeat(200))]).wire_bytes().to_vec();
+    let frame = Frame::build(MsgType::Broadcast, &attacker_id(), now(), 0u64, &[Value::from("x".repeat(200))])
+        .wire_bytes()
+        .to_vec();
     let drip = async {
         for byte in &frame {
             if s.write_all(&[*byte]).await.is_err() {

@@ -7,7 +7,8 @@ mod common;
 use std::time::Duration;
 
 use common::{next_msg, wait_for, Py2p};
-use rs2p::{Encryption, Error, Event, MeshSocket, TlsConfig, Value};
+use rs2p::proto::wire::DecodeError;
+use rs2p::{CloseReason, Encryption, Error, Event, MeshSocket, TlsConfig, TlsFailure, Value};
 use serde_json::json;
 
 async fn tls_node() -> MeshSocket {
@@ -81,13 +82,13 @@ async fn plaintext_and_tls_refuse_each_other_with_a_reason() {
     let err = plain.connect(tls.out_addr().clone()).await.unwrap_err().to_string();
     assert!(err.contains("TLS") || err.contains("SSL"), "plaintext side: {err}");
     let reason = next_failure(&mut tls_events).await;
-    assert!(reason.contains("not speaking TLS"), "TLS side: {reason}");
+    assert_eq!(reason, CloseReason::Tls(TlsFailure::NotTls), "TLS side");
 
     // TLS dials plaintext.
     let err = tls.connect(plain.out_addr().clone()).await.unwrap_err().to_string();
     assert!(err.contains("TLS"), "TLS side: {err}");
     let reason = next_failure(&mut plain_events).await;
-    assert!(reason.contains("speaks TLS"), "plaintext side: {reason}");
+    assert_eq!(reason, CloseReason::Decode(DecodeError::LooksLikeTls), "plaintext side");
 
     assert!(plain.routing_table().await.unwrap().is_empty());
     assert!(tls.routing_table().await.unwrap().is_empty());
@@ -100,7 +101,7 @@ async fn plaintext_and_tls_refuse_each_other_with_a_reason() {
     tls.close().await.unwrap();
 }
 
-async fn next_failure(events: &mut rs2p::EventStream) -> String {
+async fn next_failure(events: &mut rs2p::EventStream) -> CloseReason {
     tokio::time::timeout(Duration::from_secs(10), async {
         loop {
             if let Some(Event::ConnectFailed { reason, .. }) = events.recv().await {

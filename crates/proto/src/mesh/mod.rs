@@ -21,490 +21,168 @@
 //! connection dialed by the node with the greater id
 //! ([`resolve_conflict`]), py2p's rule.
 //!
-//! Beyond py2p, the machine keeps its outgoing target after losses: on every
-//! [`Mesh::handle_tick`] it redials known peers (with backoff) and asks its
-//! peers for their lists while it is short.
+//! Beyond py2p, the machine keeps its outgoing target after losses: it
+//! redials known peers (with backoff) and asks its peers for their lists
+//! while it is short.
+//!
+//! # Where each rule lives
+//! | file | rule |
+//! |---|---|
+//! | `config.rs` | settings and their defaults |
+//! | `event.rs` | outputs, events, close reasons, command results |
+//! | `conn.rs` | connection ids and per-connection state |
+//! | `handshake.rs` | opening a connection, the handshake, the routing table |
+//! | `conflict.rs` | the connection-conflict rule |
+//! | `link.rs` | link codecs, compression renegotiation, resend |
+//! | `peers.rs` | peer exchange, known peers, redial and backoff |
+//! | `route.rs` | routed replies (route request and response) |
+//! | `dissemination/` | which broadcasts are new and where they go (flooding) |
+//!
+//! Message layouts are in [`crate::wire::message`].
 //!
 //! # Driving it
-//! Feed inputs with the `handle_*` methods and commands with the methods
-//! named after them ([`Mesh::broadcast`], [`Mesh::whisper`], ...), then drain
-//! [`Mesh::poll_output`] until it returns `None`. Time is always an argument.
+//! One door in: [`Mesh::handle`] takes an [`Input`] (a network event, the
+//! timer, or a local [`Command`] tagged with a [`RequestId`]); then drain
+//! [`Mesh::poll_output`] until it returns `None`, and wake the machine with
+//! [`Input::Timeout`] at [`Mesh::poll_timeout`]. Every command is answered
+//! by exactly one [`Output::Reply`]. Time is always an argument.
 
-mod seen;
+mod config;
+mod conflict;
+mod conn;
+pub mod dissemination;
+mod event;
+mod handshake;
+mod link;
+mod peers;
+mod route;
 
-use std::collections::{HashMap, HashSet, VecDeque};
-use std::fmt;
+use std::collections::{HashMap, VecDeque};
 
-use bytes::Bytes;
 use rand::rngs::StdRng;
-use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rmpv::Value;
 
-pub use seen::{MixHasher, SeenCache};
+pub use crate::addr::{AddrParseError, PeerAddr};
+pub use config::Config;
+pub use conflict::{resolve_conflict, Keep};
+pub use conn::{ConnId, ConnMap, DialId, Direction};
+pub use event::{CloseReason, CommandError, Delivery, Event, Output, PeerInfo, Reply, ReplyRoute, Stats, TlsFailure};
+pub use link::LinkCodec;
 
-use crate::id::{MsgId, PeerId, Protocol, ProtocolId, MAX_ID_LEN};
-use crate::wire::{subflag, Compression, DecodeError, Frame, MsgType, Packet};
-use crate::Now;
+use conn::{Conn, ConnState};
+use dissemination::{Dissemination, Flood, Verdict};
+use peers::KnownPeer;
+use route::PendingReply;
 
-/// Identifies one TCP connection, handshaken or not. Assigned by the driver.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ConnId(pub u64);
+use crate::id::{MsgId, PeerId, ProtocolId};
+use crate::wire::message::MeshMessage;
+use crate::wire::{Frame, MsgType, Packet, SubFlag};
+use crate::{Now, RequestId};
 
-/// A map keyed by [`ConnId`]: the driver's sequential ids are not remote
-/// input, so the keyed SipHash of `HashMap` buys nothing on this hot path.
-pub type ConnMap<V> = HashMap<ConnId, V, std::hash::BuildHasherDefault<MixHasher>>;
-
-/// Identifies one dial attempt, so its outcome can be matched to its cause.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct DialId(pub u64);
-
-/// A node's address as py2p exchanges it: a host string and a port.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct PeerAddr {
-    /// Host name or IP address, as text.
-    pub host: String,
-    /// TCP port.
-    pub port: u16,
-}
-
-impl PeerAddr {
-    /// An address from a host and a port.
-    pub fn new(host: impl Into<String>, port: u16) -> Self {
-        PeerAddr { host: host.into(), port }
-    }
-
-    fn to_value(&self) -> Value {
-        Value::Array(vec![Value::from(self.host.as_str()), Value::from(self.port)])
-    }
-
-    fn from_value(v: &Value) -> Option<Self> {
-        let a = v.as_array()?;
-        if a.len() != 2 {
-            return None;
-        }
-        let host = match &a[0] {
-            Value::String(s) => s.as_str()?.to_owned(),
-            Value::Binary(b) => std::str::from_utf8(b).ok()?.to_owned(),
-            _ => return None,
-        };
-        if host.is_empty() || host.len() > 255 {
-            return None;
-        }
-        let port = u16::try_from(a[1].as_u64()?).ok()?;
-        Some(PeerAddr { host, port })
-    }
-}
-
-/// The text was not `HOST:PORT` (or `[V6]:PORT`).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("bad address {0:?}: expected HOST:PORT")]
-pub struct AddrParseError(pub String);
-
-impl std::str::FromStr for PeerAddr {
-    type Err = AddrParseError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = || AddrParseError(s.to_string());
-        let (host, port) = s.rsplit_once(':').ok_or_else(bad)?;
-        let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
-        if host.is_empty() || (host.contains(':') && !s.starts_with('[')) {
-            return Err(bad());
-        }
-        let port: u16 = port.parse().map_err(|_| bad())?;
-        Ok(PeerAddr::new(host, port))
-    }
-}
-
-impl From<std::net::SocketAddr> for PeerAddr {
-    fn from(a: std::net::SocketAddr) -> Self {
-        PeerAddr::new(a.ip().to_string(), a.port())
-    }
-}
-
-impl fmt::Display for PeerAddr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.host.contains(':') {
-            write!(f, "[{}]:{}", self.host, self.port)
-        } else {
-            write!(f, "{}:{}", self.host, self.port)
-        }
-    }
-}
-
-/// Which end opened a connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Direction {
-    /// We dialed.
-    Outgoing,
-    /// They dialed.
-    Incoming,
-}
-
-/// Settings of the mesh state machine. Every field has a documented default
-/// ([`Config::new`]).
-#[derive(Debug, Clone)]
-pub struct Config {
-    /// The network's protocol (subnet and encryption).
-    pub protocol: Protocol,
-    /// This node's id.
-    pub id: PeerId,
-    /// The address other nodes should dial to reach this node.
-    pub out_addr: PeerAddr,
-    /// Outgoing connections to aim for (py2p: `max_outgoing = 4`).
-    pub max_outgoing: usize,
-    /// Compression methods accepted and preferred, in order. Default:
-    /// [`Compression::DEFAULT_PREFERENCE`].
-    pub compression: Vec<Compression>,
-    /// Broadcasts older than this are ignored (py2p: 60 s).
-    pub broadcast_window_secs: u64,
-    /// Broadcasts stamped further than this in the future are ignored.
-    /// Default 300 s. (py2p has no such check.)
-    pub max_clock_skew_secs: u64,
-    /// Most broadcast ids remembered for deduplication. Default 262,144.
-    pub seen_capacity: usize,
-    /// A connection that has not completed its handshake after this long is
-    /// closed. Default 10 s.
-    pub handshake_timeout_ms: u64,
-    /// Keep dialing known peers while below `max_outgoing`. Default on.
-    pub maintain_outgoing: bool,
-    /// Least time between two peer-list requests while short of outgoing
-    /// connections. Default 2 s.
-    pub peer_request_interval_ms: u64,
-    /// Least time before redialing a peer whose dial failed. Default 2 s,
-    /// doubling on each failure up to 60 s.
-    pub redial_backoff_ms: u64,
-    /// How long a routed reply waits for its route. Default 30 s.
-    pub reply_timeout_ms: u64,
-    /// Most replies waiting for a route at once. Default 1,024.
-    pub max_pending_replies: usize,
-    /// Most addresses remembered from peer lists. Default 1,024.
-    pub max_known_peers: usize,
-    /// Most entries accepted from one peer list. Default 256.
-    pub max_peer_list: usize,
-    /// Largest frame body this node sends (checksum + payload). Peers close
-    /// a connection that sends them more than their own limit, so local
-    /// messages above it are refused. Default
-    /// [`crate::wire::DEFAULT_MAX_FRAME_LEN`].
-    pub max_frame_len: usize,
-}
-
-impl Config {
-    /// A configuration with py2p's behaviour and rs2p's defaults.
-    pub fn new(protocol: Protocol, id: PeerId, out_addr: PeerAddr) -> Self {
-        Config {
-            protocol,
-            id,
-            out_addr,
-            max_outgoing: 4,
-            compression: Compression::DEFAULT_PREFERENCE.to_vec(),
-            broadcast_window_secs: 60,
-            max_clock_skew_secs: 300,
-            seen_capacity: 1 << 18,
-            handshake_timeout_ms: 10_000,
-            maintain_outgoing: true,
-            peer_request_interval_ms: 2_000,
-            redial_backoff_ms: 2_000,
-            reply_timeout_ms: 30_000,
-            max_pending_replies: 1024,
-            max_known_peers: 1024,
-            max_peer_list: 256,
-            max_frame_len: crate::wire::DEFAULT_MAX_FRAME_LEN,
-        }
-    }
-}
-
-/// How a link encodes outgoing frames.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct LinkCodec {
-    /// Compression applied to each frame body (`None`: uncompressed).
-    pub compression: Option<Compression>,
-    /// Whether several frames may share one write. Only for peers known to
-    /// be rs2p: py2p's reader mishandles a read that ends exactly after a
-    /// length prefix, so toward py2p each frame is written on its own.
-    pub coalesce: bool,
-}
-
-impl LinkCodec {
-    /// The codec of a link before its handshake: uncompressed, one frame per
-    /// write.
-    pub const HANDSHAKE: LinkCodec = LinkCodec { compression: None, coalesce: false };
-}
-
-/// Why a connection was closed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CloseReason {
-    /// The peer is on another network (protocol id mismatch).
-    ProtocolMismatch {
-        /// Our protocol id.
-        ours: String,
-        /// Theirs.
-        theirs: String,
+/// Something that happens to a node: the one door into the machines
+/// ([`Mesh::handle`], and [`crate::node::Node::handle`] with the node's own
+/// command type `C`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Input<C = Command> {
+    /// An incoming connection was accepted as `conn`.
+    Incoming {
+        /// The new connection.
+        conn: ConnId,
     },
-    /// We dialed ourselves.
-    SelfConnection,
-    /// A second connection to the same peer lost the conflict rule.
-    Duplicate,
-    /// No handshake within [`Config::handshake_timeout_ms`].
-    HandshakeTimeout,
-    /// The peer broke the protocol (message before handshake, bad fields).
-    ProtocolViolation(&'static str),
-    /// The peer sent bytes that do not decode.
-    Decode(DecodeError),
-    /// The peer closed the connection, or the socket failed.
-    Io(String),
-    /// A partial frame stalled for too long.
-    Stalled,
-    /// The peer did not drain its send queue in time.
-    SlowPeer,
-    /// Closed on request ([`Mesh::disconnect`]).
-    Requested,
-    /// The node is shutting down.
-    Shutdown,
-}
-
-impl fmt::Display for CloseReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            CloseReason::ProtocolMismatch { ours, theirs } => write!(
-                f,
-                "peer is on another network: its protocol id {theirs} differs from ours {ours} (different subnet or encryption)"
-            ),
-            CloseReason::SelfConnection => f.write_str("connected to ourselves"),
-            CloseReason::Duplicate => f.write_str("duplicate connection to the same peer"),
-            CloseReason::HandshakeTimeout => f.write_str("no handshake in time"),
-            CloseReason::ProtocolViolation(what) => write!(f, "protocol violation: {what}"),
-            CloseReason::Decode(e) => write!(f, "undecodable frame: {e}"),
-            CloseReason::Io(e) => write!(f, "connection lost: {e}"),
-            CloseReason::Stalled => f.write_str("partial frame stalled"),
-            CloseReason::SlowPeer => f.write_str("peer too slow to receive"),
-            CloseReason::Requested => f.write_str("disconnected on request"),
-            CloseReason::Shutdown => f.write_str("node shutting down"),
-        }
-    }
-}
-
-/// A message handed to the layers above the mesh: user broadcasts and
-/// whispers, and every sub-flag the mesh itself does not handle (sync's
-/// store and delta, for instance).
-#[derive(Debug, Clone)]
-pub struct Delivery {
-    /// The connection it arrived on.
-    pub conn: ConnId,
-    /// The packet.
-    pub packet: Packet,
-}
-
-/// Something the application may want to know.
-#[derive(Debug, Clone)]
-pub enum Event {
-    /// A handshake completed: `peer` is in the routing table.
-    PeerUp {
+    /// The dial `dial` succeeded as connection `conn`.
+    Dialed {
+        /// The dial.
+        dial: DialId,
+        /// The new connection.
+        conn: ConnId,
+    },
+    /// The dial `dial` failed.
+    DialFailed {
+        /// The dial.
+        dial: DialId,
+        /// Why.
+        reason: CloseReason,
+    },
+    /// A checked packet arrived on `conn`.
+    Packet {
         /// The connection.
         conn: ConnId,
-        /// The peer's id.
-        peer: PeerId,
-        /// The peer's advertised outward address.
-        addr: Option<PeerAddr>,
-        /// Whether we dialed.
-        outgoing: bool,
-        /// The dial that opened the connection, if we dialed.
-        dial: Option<DialId>,
-        /// Whether this is our first peer (py2p's `connect` event).
-        first: bool,
-        /// Whether the peer advertised rs2p's identity method (it is rs2p).
-        rs2p: bool,
+        /// The packet.
+        packet: Packet,
     },
-    /// A peer left the routing table.
-    PeerDown {
-        /// The connection that closed.
+    /// The driver closed `conn` (remote close, I/O error, decode error).
+    Closed {
+        /// The connection.
         conn: ConnId,
-        /// The peer's id.
-        peer: PeerId,
         /// Why.
         reason: CloseReason,
     },
-    /// A dial or a connection failed before its handshake completed.
-    ConnectFailed {
-        /// The connection, if one was opened.
-        conn: Option<ConnId>,
-        /// The id the peer claimed, if its handshake arrived (a connection
-        /// closed as a [`CloseReason::Duplicate`] leaves this peer connected
-        /// through its other link).
-        peer: Option<PeerId>,
-        /// The dial, if we dialed.
-        dial: Option<DialId>,
-        /// The dialed address, if we dialed.
-        addr: Option<PeerAddr>,
-        /// Why.
-        reason: CloseReason,
+    /// The time [`Mesh::poll_timeout`] asked for has come (early or repeated
+    /// timeouts are harmless).
+    Timeout,
+    /// A local command; answered by one [`Output::Reply`] for `request`.
+    Command {
+        /// Echoed in the reply.
+        request: RequestId,
+        /// What to do.
+        command: C,
     },
-    /// A message for the layers above.
-    Message(Delivery),
 }
 
-/// An action for the driver.
-#[derive(Debug, Clone)]
-pub enum Output {
-    /// Write `frame` to `conn`, encoded with the link's codec.
-    Send {
-        /// Where.
-        conn: ConnId,
-        /// What.
-        frame: Frame,
-    },
-    /// From now on, encode frames to `conn` with `codec`.
-    Configure {
-        /// Which link.
-        conn: ConnId,
-        /// Its codec.
-        codec: LinkCodec,
-    },
-    /// Open a TCP connection to `addr`, then call [`Mesh::handle_dialed`] or
-    /// [`Mesh::handle_dial_failed`].
-    Dial {
-        /// Identifies the attempt.
-        dial: DialId,
+/// What the local application asks of the mesh.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Command {
+    /// Dial `addr` (expecting `expected` there, if given); answered with
+    /// [`Reply::Connected`] once the handshake completes.
+    Connect {
         /// Where.
         addr: PeerAddr,
+        /// The id expected there.
+        expected: Option<PeerId>,
     },
-    /// Close `conn` (after flushing what was queued before). The machine has
-    /// already forgotten it.
-    Close {
-        /// Which.
-        conn: ConnId,
-        /// Why.
-        reason: CloseReason,
+    /// Flood `packets` with `subflag` to the whole network; answered with
+    /// [`Reply::Sent`]. User broadcasts use [`SubFlag::Broadcast`].
+    Broadcast {
+        /// The sub-flag.
+        subflag: u64,
+        /// The packets after it.
+        packets: Vec<Value>,
     },
-    /// Tell the application.
-    Event(Event),
-}
-
-/// Errors of commands given to the state machine.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum CommandError {
-    /// The peer is not directly connected.
-    #[error("not connected to peer {0}")]
-    NotConnected(PeerId),
-    /// The address is our own.
-    #[error("refusing to connect to our own address {0}")]
-    OwnAddress(PeerAddr),
-    /// Too many replies already wait for a route.
-    #[error("too many replies waiting for a route")]
-    TooManyPending,
-    /// The message would make a frame larger than the frame limit.
-    #[error("message of {len} bytes exceeds the frame limit of {max}")]
-    TooLarge {
-        /// The frame body's size.
-        len: usize,
-        /// The limit ([`Config::max_frame_len`]).
-        max: usize,
+    /// Flood several user broadcasts; answered with [`Reply::SentMany`]
+    /// (stops at the first refused message: the ones before it are sent).
+    BroadcastMany {
+        /// Each message's packets.
+        messages: Vec<Vec<Value>>,
     },
-}
-
-/// Counters, for status reports and tests.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Stats {
-    /// User and upper-layer messages delivered.
-    pub delivered: u64,
-    /// Broadcast copies dropped as already seen.
-    pub duplicates: u64,
-    /// Broadcasts dropped as too old or too far in the future.
-    pub stale: u64,
-    /// Frames relayed to other peers.
-    pub relayed: u64,
-    /// Frames handed to the driver to send.
-    pub sent: u64,
-    /// Connections closed for misbehaviour or decode errors.
-    pub protocol_errors: u64,
-}
-
-/// What a connection looks like from the machine.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PeerInfo {
-    /// The peer's id.
-    pub id: PeerId,
-    /// Its advertised outward address.
-    pub addr: Option<PeerAddr>,
-    /// Whether we dialed.
-    pub outgoing: bool,
-    /// The connection.
-    pub conn: ConnId,
-    /// Whether the peer advertised rs2p's identity method (it is rs2p).
-    pub rs2p: bool,
-}
-
-/// The outcome of [`Mesh::reply`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ReplyRoute {
-    /// Sent on the direct connection.
-    Direct,
-    /// Not connected: a route request was flooded and the reply will follow
-    /// when the route is found (within [`Config::reply_timeout_ms`]).
-    Routing,
-}
-
-/// The pure outcome of py2p's connection-conflict rule: which of two
-/// connections to the same peer survives.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Keep {
-    /// Keep the connection already in the routing table.
-    Existing,
-    /// Keep the connection whose handshake just arrived.
-    New,
-}
-
-/// py2p's connection-conflict rule (`__resolve_connection_conflict`): keep
-/// the existing connection iff `(our id > their id) XOR (the new connection
-/// is outgoing)`. When the two connections were dialed from opposite ends,
-/// both nodes thereby keep the one dialed by the node with the greater id.
-pub fn resolve_conflict(me: &PeerId, peer: &PeerId, new_is_outgoing: bool) -> Keep {
-    let me_greater = me.numeric_cmp(peer) == std::cmp::Ordering::Greater;
-    if me_greater ^ new_is_outgoing {
-        Keep::Existing
-    } else {
-        Keep::New
-    }
-}
-
-#[derive(Debug)]
-enum ConnState {
-    Handshaking,
-    Established(PeerId),
-}
-
-#[derive(Debug)]
-struct Conn {
-    dir: Direction,
-    dial: Option<DialId>,
-    target: Option<PeerAddr>,
-    opened_ms: u64,
-    state: ConnState,
-    addr: Option<PeerAddr>,
-    peer_methods: Vec<u64>,
-    codec: LinkCodec,
-    last_user: Option<Frame>,
-    /// The id from the handshake, once it arrived.
-    claimed: Option<PeerId>,
-}
-
-#[derive(Debug)]
-struct PendingDial {
-    addr: PeerAddr,
-    expected: Option<PeerId>,
-}
-
-#[derive(Debug)]
-struct KnownPeer {
-    addr: PeerAddr,
-    next_try_ms: u64,
-    failures: u32,
-}
-
-#[derive(Debug)]
-struct PendingReply {
-    to: PeerId,
-    frame: Frame,
-    deadline_ms: u64,
+    /// Whisper `packets` to a directly connected peer; answered with
+    /// [`Reply::Sent`].
+    Whisper {
+        /// The peer.
+        peer: PeerId,
+        /// The packets.
+        packets: Vec<Value>,
+    },
+    /// Whisper `packets` to `to`, directly if connected, otherwise by
+    /// flooding a route request, dialing the node that answers and sending
+    /// once the handshake completes (py2p's `Message.reply`, which is broken
+    /// on Python 3 for the unconnected case); answered with
+    /// [`Reply::Routed`].
+    Reply {
+        /// The recipient.
+        to: PeerId,
+        /// The packets.
+        packets: Vec<Value>,
+    },
+    /// Ask every peer for its peer list (py2p's `request_peers`).
+    RequestPeers,
+    /// Close the connection to `peer` and forget it as a redial candidate.
+    Disconnect {
+        /// The peer.
+        peer: PeerId,
+    },
+    /// Close every connection (py2p's `close`).
+    Shutdown,
 }
 
 /// The mesh protocol state of one node. See the [module docs](self).
@@ -515,15 +193,21 @@ pub struct Mesh {
     rng: StdRng,
     conns: ConnMap<Conn>,
     routing: HashMap<PeerId, ConnId>,
-    dials: HashMap<DialId, PendingDial>,
+    dials: HashMap<DialId, peers::PendingDial>,
     next_dial: u64,
     known: HashMap<PeerId, KnownPeer>,
-    seen: SeenCache,
+    dissemination: Box<dyn Dissemination>,
     /// Route requests we sent, by request id.
     requests: HashMap<Vec<u8>, PendingReply>,
     /// Replies whose route was found, waiting for the handshake.
     deferred: HashMap<PeerId, Vec<PendingReply>>,
+    /// Deadlines of route requests, in the order they were made (so
+    /// monotonic); entries of answered requests linger harmlessly.
+    reply_deadlines: VecDeque<u64>,
+    /// Handshake deadlines, in the order connections opened (monotonic).
+    handshake_deadlines: VecDeque<(u64, ConnId)>,
     next_peer_request_ms: u64,
+    next_maintain_ms: u64,
     /// The latest time an input brought; used where an action has no `now`.
     clock: Now,
     /// Reused buffer for relay targets.
@@ -537,7 +221,7 @@ impl Mesh {
     pub fn new(cfg: Config, seed: u64) -> Self {
         let mut rng = StdRng::seed_from_u64(seed);
         let seen_keep_ms = (cfg.broadcast_window_secs + cfg.max_clock_skew_secs) * 1000;
-        let seen = SeenCache::new(seen_keep_ms, cfg.seen_capacity, rng.random());
+        let dissemination = Box::new(Flood::new(seen_keep_ms, cfg.seen_capacity, rng.random()));
         Mesh {
             protocol_id: cfg.protocol.id(),
             cfg,
@@ -547,16 +231,71 @@ impl Mesh {
             dials: HashMap::new(),
             next_dial: 0,
             known: HashMap::new(),
-            seen,
+            dissemination,
             requests: HashMap::new(),
             deferred: HashMap::new(),
+            reply_deadlines: VecDeque::new(),
+            handshake_deadlines: VecDeque::new(),
             next_peer_request_ms: 0,
+            next_maintain_ms: 0,
             clock: Now::default(),
             scratch: Vec::new(),
             out: VecDeque::new(),
             stats: Stats::default(),
         }
     }
+
+    // ----- the door ---------------------------------------------------------
+
+    /// Feeds one input. Drain [`Mesh::poll_output`] afterwards.
+    pub fn handle(&mut self, now: Now, input: Input) {
+        self.clock = self.clock.max(now);
+        match input {
+            Input::Incoming { conn } => self.open(now, conn, Conn::new(Direction::Incoming, None)),
+            Input::Dialed { dial, conn } => match self.dials.remove(&dial) {
+                Some(d) => self.open(now, conn, Conn::new(Direction::Outgoing, Some((d.request, d.addr)))),
+                // A dial we no longer care about (shutdown): drop the connection.
+                None => self.out.push_back(Output::Close { conn, reason: CloseReason::Shutdown }),
+            },
+            Input::DialFailed { dial, reason } => self.on_dial_failed(now, dial, reason),
+            Input::Packet { conn, packet } => self.on_packet(now, conn, packet),
+            Input::Closed { conn, reason } => {
+                if reason.is_misbehaviour() {
+                    self.stats.protocol_errors += 1;
+                }
+                if let Some(c) = self.conns.remove(&conn) {
+                    self.forget(now, conn, c, reason);
+                }
+            }
+            Input::Timeout => self.on_timeout(now),
+            Input::Command { request, command } => self.on_command(now, request, command),
+        }
+    }
+
+    /// The next action for the driver. Drain it after every input.
+    #[must_use]
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.out.pop_front()
+    }
+
+    /// When the machine next needs an [`Input::Timeout`] (monotonic ms), if
+    /// ever: handshake deadlines, route-request expiry, redials while short
+    /// of outgoing connections, and the dissemination strategy's upkeep.
+    pub fn poll_timeout(&self) -> Option<u64> {
+        let maintain = (self.cfg.maintain_outgoing && self.outgoing_count() < self.cfg.max_outgoing)
+            .then_some(self.next_maintain_ms);
+        [
+            self.handshake_deadlines.front().map(|&(t, _)| t),
+            self.reply_deadlines.front().copied(),
+            maintain,
+            self.dissemination.poll_timeout(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    // ----- reads ------------------------------------------------------------
 
     /// This node's id.
     pub fn id(&self) -> &PeerId {
@@ -578,23 +317,9 @@ impl Mesh {
         self.clock
     }
 
-    /// Sends an already built frame on a handshaken connection (for layers
-    /// above the mesh); ignored if the connection is gone.
-    pub fn send_frame(&mut self, conn: ConnId, frame: Frame) {
-        if matches!(self.conns.get(&conn), Some(Conn { state: ConnState::Established(_), .. })) {
-            self.send(conn, frame);
-        }
-    }
-
     /// The counters.
     pub fn stats(&self) -> Stats {
         self.stats
-    }
-
-    /// The next action for the driver. Drain it after every input.
-    #[must_use]
-    pub fn poll_output(&mut self) -> Option<Output> {
-        self.out.pop_front()
     }
 
     /// The routing table: every handshaken peer.
@@ -609,12 +334,17 @@ impl Mesh {
                     addr: conn.addr.clone(),
                     outgoing: conn.dir == Direction::Outgoing,
                     conn: *c,
-                    rs2p: conn.peer_methods.contains(&u64::from(Compression::Identity.code())),
+                    rs2p: link::is_rs2p(&conn.peer_methods),
                 })
             })
             .collect();
         v.sort_by_key(|a| a.conn);
         v
+    }
+
+    /// Number of handshaken peers.
+    pub fn peer_count(&self) -> usize {
+        self.routing.len()
     }
 
     /// The connection to `peer`, if handshaken.
@@ -638,36 +368,82 @@ impl Mesh {
         self.conns.len()
     }
 
-    // ----- commands -------------------------------------------------------
+    /// Number of dials under way.
+    pub fn dial_count(&self) -> usize {
+        self.dials.len()
+    }
 
-    /// Dials `addr`; `expected` is the id we expect there, if known.
-    ///
-    /// # Errors
-    /// [`CommandError::OwnAddress`] when `addr` is our own outward address.
-    pub fn connect(&mut self, addr: PeerAddr, expected: Option<PeerId>) -> Result<DialId, CommandError> {
-        if addr == self.cfg.out_addr {
-            return Err(CommandError::OwnAddress(addr));
+    // ----- for the layers above (crate::node) -------------------------------
+
+    /// Floods an already built broadcast frame (a sync write).
+    pub(crate) fn broadcast_frame(&mut self, now: Now, frame: Frame) -> MsgId {
+        self.clock = self.clock.max(now);
+        let id = frame.id();
+        let mut targets = std::mem::take(&mut self.scratch);
+        self.dissemination.publish(now, &id, &mut targets);
+        for &conn in &targets {
+            self.send_user(conn, frame.clone());
         }
-        Ok(self.dial(addr, expected))
+        targets.clear();
+        self.scratch = targets;
+        id
     }
 
-    fn dial(&mut self, addr: PeerAddr, expected: Option<PeerId>) -> DialId {
-        self.next_dial += 1;
-        let dial = DialId(self.next_dial);
-        self.dials.insert(dial, PendingDial { addr: addr.clone(), expected });
-        self.out.push_back(Output::Dial { dial, addr });
-        dial
+    /// Sends an already built frame on a handshaken connection (for layers
+    /// above the mesh); ignored if the connection is gone.
+    pub(crate) fn send_frame(&mut self, conn: ConnId, frame: Frame) {
+        if self.conns.get(&conn).is_some_and(|c| c.peer().is_some()) {
+            self.send(conn, frame);
+        }
     }
 
-    /// Floods a message with `subflag` and `packets` to the whole network and
-    /// returns its id. User broadcasts use [`subflag::BROADCAST`].
-    ///
-    /// # Errors
-    /// [`CommandError::TooLarge`] above [`Config::max_frame_len`].
-    pub fn broadcast(&mut self, now: Now, subflag: u64, packets: &[Value]) -> Result<MsgId, CommandError> {
-        let frame = Frame::build(MsgType::Broadcast as u8, &self.cfg.id, now.unix(), subflag, packets);
+    // ----- commands ---------------------------------------------------------
+
+    fn on_command(&mut self, now: Now, request: RequestId, command: Command) {
+        let result = match command {
+            Command::Connect { addr, expected } => {
+                if addr == self.cfg.out_addr {
+                    Err(CommandError::OwnAddress(addr))
+                } else {
+                    // Answered when the handshake completes or fails.
+                    self.dial(addr, expected, Some(request));
+                    return;
+                }
+            }
+            Command::Broadcast { subflag, packets } => self.broadcast(now, subflag, &packets).map(Reply::Sent),
+            Command::BroadcastMany { messages } => messages
+                .iter()
+                .map(|p| self.broadcast(now, SubFlag::Broadcast.code(), p))
+                .collect::<Result<Vec<MsgId>, _>>()
+                .map(Reply::SentMany),
+            Command::Whisper { peer, packets } => self.whisper(now, &peer, &packets).map(Reply::Sent),
+            Command::Reply { to, packets } => self.reply(now, &to, &packets).map(Reply::Routed),
+            Command::RequestPeers => {
+                self.request_peers(now);
+                Ok(Reply::Done)
+            }
+            Command::Disconnect { peer } => self.disconnect(&peer).map(|()| Reply::Done),
+            Command::Shutdown => {
+                self.shutdown();
+                Ok(Reply::Done)
+            }
+        };
+        self.out.push_back(Output::Reply { request, result });
+    }
+
+    fn broadcast(&mut self, now: Now, subflag: u64, packets: &[Value]) -> Result<MsgId, CommandError> {
+        let frame = Frame::build(MsgType::Broadcast, &self.cfg.id, now.unix(), subflag, packets);
         self.check_size(&frame)?;
         Ok(self.broadcast_frame(now, frame))
+    }
+
+    fn whisper(&mut self, now: Now, peer: &PeerId, packets: &[Value]) -> Result<MsgId, CommandError> {
+        let conn = *self.routing.get(peer).ok_or_else(|| CommandError::NotConnected(peer.clone()))?;
+        let frame = Frame::build(MsgType::Whisper, &self.cfg.id, now.unix(), SubFlag::Whisper, packets);
+        self.check_size(&frame)?;
+        let id = frame.id();
+        self.send_user(conn, frame);
+        Ok(id)
     }
 
     fn check_size(&self, frame: &Frame) -> Result<(), CommandError> {
@@ -678,87 +454,7 @@ impl Mesh {
         Ok(())
     }
 
-    /// Floods an already built broadcast frame.
-    pub fn broadcast_frame(&mut self, now: Now, frame: Frame) -> MsgId {
-        self.clock = self.clock.max(now);
-        let id = frame.id();
-        self.seen.insert(&id, now.mono_ms);
-        let conns: Vec<ConnId> = self.routing.values().copied().collect();
-        for conn in conns {
-            self.send_user(conn, frame.clone());
-        }
-        id
-    }
-
-    /// Sends a whisper with `subflag` and `packets` to a directly connected
-    /// peer. User whispers use [`subflag::WHISPER`].
-    ///
-    /// # Errors
-    /// [`CommandError::NotConnected`] if `peer` is not in the routing table,
-    /// [`CommandError::TooLarge`].
-    pub fn whisper(&mut self, now: Now, peer: &PeerId, subflag: u64, packets: &[Value]) -> Result<MsgId, CommandError> {
-        let conn = *self.routing.get(peer).ok_or_else(|| CommandError::NotConnected(peer.clone()))?;
-        let frame = Frame::build(MsgType::Whisper as u8, &self.cfg.id, now.unix(), subflag, packets);
-        self.check_size(&frame)?;
-        let id = frame.id();
-        self.send_user(conn, frame);
-        Ok(id)
-    }
-
-    /// Whispers `packets` to `to`, directly if connected, otherwise by
-    /// flooding a route request, dialing the node that answers and sending
-    /// once the handshake completes. (py2p's `Message.reply`, which is broken
-    /// on Python 3 for the unconnected case.)
-    ///
-    /// # Errors
-    /// [`CommandError::TooManyPending`] when [`Config::max_pending_replies`]
-    /// replies already wait for routes, [`CommandError::TooLarge`].
-    pub fn reply(&mut self, now: Now, to: &PeerId, packets: &[Value]) -> Result<ReplyRoute, CommandError> {
-        if self.routing.contains_key(to) {
-            self.whisper(now, to, subflag::WHISPER, packets)?;
-            return Ok(ReplyRoute::Direct);
-        }
-        if self.requests.len() >= self.cfg.max_pending_replies {
-            return Err(CommandError::TooManyPending);
-        }
-        let frame = Frame::build(MsgType::Whisper as u8, &self.cfg.id, now.unix(), subflag::WHISPER, packets);
-        self.check_size(&frame)?;
-        let mut raw = [0u8; 24];
-        self.rng.fill(&mut raw[..]);
-        let request_id = crate::id::b58encode_int(&raw);
-        self.requests.insert(
-            request_id.clone().into_bytes(),
-            PendingReply { to: to.clone(), frame, deadline_ms: now.mono_ms + self.cfg.reply_timeout_ms },
-        );
-        self.broadcast(now, subflag::REQUEST, &[Value::from(request_id), Value::Binary(to.as_bytes().to_vec())])?;
-        Ok(ReplyRoute::Routing)
-    }
-
-    /// Asks every peer for its peer list (py2p's `request_peers`).
-    ///
-    /// The `'*'` goes as msgpack bin: py2p compares it with `b'*'` and only
-    /// answers that form.
-    pub fn request_peers(&mut self, now: Now) {
-        self.clock = self.clock.max(now);
-        let frame = Frame::build(
-            MsgType::Whisper as u8,
-            &self.cfg.id,
-            now.unix(),
-            subflag::REQUEST,
-            &[Value::Binary(b"*".to_vec())],
-        );
-        let conns: Vec<ConnId> = self.routing.values().copied().collect();
-        for conn in conns {
-            self.send(conn, frame.clone());
-        }
-        self.next_peer_request_ms = now.mono_ms + self.cfg.peer_request_interval_ms;
-    }
-
-    /// Closes the connection to `peer`.
-    ///
-    /// # Errors
-    /// [`CommandError::NotConnected`] if `peer` is not in the routing table.
-    pub fn disconnect(&mut self, peer: &PeerId) -> Result<(), CommandError> {
+    fn disconnect(&mut self, peer: &PeerId) -> Result<(), CommandError> {
         let conn = *self.routing.get(peer).ok_or_else(|| CommandError::NotConnected(peer.clone()))?;
         // Forget it as a redial candidate too: the user wants it gone.
         self.known.remove(peer);
@@ -766,219 +462,74 @@ impl Mesh {
         Ok(())
     }
 
-    /// Closes every connection (py2p's `close`).
-    pub fn shutdown(&mut self) {
+    fn shutdown(&mut self) {
         let conns: Vec<ConnId> = self.conns.keys().copied().collect();
         for c in conns {
             self.close(c, CloseReason::Shutdown);
         }
-        self.dials.clear();
-    }
-
-    // ----- inputs ---------------------------------------------------------
-
-    /// An accepted incoming connection.
-    pub fn handle_incoming(&mut self, now: Now, conn: ConnId) {
-        self.clock = self.clock.max(now);
-        self.open(now, conn, Direction::Incoming, None, None);
-    }
-
-    /// The dial `dial` succeeded as connection `conn`.
-    pub fn handle_dialed(&mut self, now: Now, dial: DialId, conn: ConnId) {
-        self.clock = self.clock.max(now);
-        match self.dials.remove(&dial) {
-            Some(d) => self.open(now, conn, Direction::Outgoing, Some(dial), Some(d.addr)),
-            // A dial we no longer care about (shutdown): drop the connection.
-            None => self.out.push_back(Output::Close { conn, reason: CloseReason::Shutdown }),
-        }
-    }
-
-    /// The dial `dial` failed.
-    pub fn handle_dial_failed(&mut self, now: Now, dial: DialId, error: String) {
-        self.clock = self.clock.max(now);
-        if let Some(d) = self.dials.remove(&dial) {
-            if let Some(expected) = &d.expected {
-                self.backoff(expected, now);
+        for (_, d) in self.dials.drain() {
+            if let Some(request) = d.request {
+                self.out.push_back(Output::Reply { request, result: Err(CommandError::ShuttingDown) });
             }
-            self.event(Event::ConnectFailed {
-                conn: None,
-                peer: None,
-                dial: Some(dial),
-                addr: Some(d.addr),
-                reason: CloseReason::Io(error),
-            });
         }
     }
 
-    /// The driver closed `conn` (remote close, I/O error, decode error).
-    pub fn handle_closed(&mut self, now: Now, conn: ConnId, reason: CloseReason) {
-        self.clock = self.clock.max(now);
-        if matches!(reason, CloseReason::Decode(_) | CloseReason::Stalled) {
-            self.stats.protocol_errors += 1;
-        }
-        if let Some(c) = self.conns.remove(&conn) {
-            self.forget(now, conn, c, reason);
-        }
-    }
+    // ----- inputs -----------------------------------------------------------
 
-    /// Periodic work: expiry, handshake deadlines, keeping the outgoing
-    /// target. Call about once a second.
-    pub fn handle_tick(&mut self, now: Now) {
-        self.clock = self.clock.max(now);
-        self.seen.expire(now.mono_ms);
-        let late: Vec<ConnId> = self
-            .conns
-            .iter()
-            .filter(|(_, c)| {
-                matches!(c.state, ConnState::Handshaking) && c.opened_ms + self.cfg.handshake_timeout_ms <= now.mono_ms
-            })
-            .map(|(id, _)| *id)
-            .collect();
-        for c in late {
-            self.close(c, CloseReason::HandshakeTimeout);
+    fn on_timeout(&mut self, now: Now) {
+        self.dissemination.handle_timeout(now);
+        while let Some(&(deadline, conn)) = self.handshake_deadlines.front() {
+            if deadline > now.mono_ms {
+                break;
+            }
+            self.handshake_deadlines.pop_front();
+            if self.conns.get(&conn).is_some_and(|c| c.peer().is_none()) {
+                self.close(conn, CloseReason::HandshakeTimeout);
+            }
         }
-        self.requests.retain(|_, r| r.deadline_ms > now.mono_ms);
-        self.deferred.retain(|_, v| {
-            v.retain(|r| r.deadline_ms > now.mono_ms);
-            !v.is_empty()
-        });
-        if self.cfg.maintain_outgoing {
+        self.expire_replies(now);
+        if self.cfg.maintain_outgoing && now.mono_ms >= self.next_maintain_ms {
+            self.next_maintain_ms = now.mono_ms + self.cfg.maintain_interval_ms;
             self.maintain(now);
         }
     }
 
-    fn maintain(&mut self, now: Now) {
-        let mut deficit = self.cfg.max_outgoing.saturating_sub(self.outgoing_count());
-        if deficit == 0 {
-            return;
-        }
-        let dialing: HashSet<PeerId> = self.dials.values().filter_map(|d| d.expected.clone()).collect();
-        let mut candidates: Vec<PeerId> = self
-            .known
-            .iter()
-            .filter(|(id, k)| k.next_try_ms <= now.mono_ms && !self.routing.contains_key(*id) && !dialing.contains(*id))
-            .map(|(id, _)| id.clone())
-            .collect();
-        candidates.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
-        candidates.shuffle(&mut self.rng);
-        for id in candidates {
-            if deficit == 0 {
-                break;
-            }
-            let Some(k) = self.known.get_mut(&id) else {
-                continue;
-            };
-            // Pessimistically schedule the next try; success removes the entry.
-            k.next_try_ms = now.mono_ms + self.cfg.redial_backoff_ms;
-            let addr = k.addr.clone();
-            self.dial(addr, Some(id));
-            deficit -= 1;
-        }
-        if deficit > 0 && !self.routing.is_empty() && now.mono_ms >= self.next_peer_request_ms {
-            self.request_peers(now);
-        }
-    }
-
-    /// A checked packet arrived on `conn`.
-    pub fn handle_packet(&mut self, now: Now, conn: ConnId, packet: Packet) {
-        self.clock = self.clock.max(now);
+    fn on_packet(&mut self, now: Now, conn: ConnId, packet: Packet) {
         let Some(c) = self.conns.get(&conn) else {
             return; // closed meanwhile
         };
-        let h = &packet.header;
-        if matches!(c.state, ConnState::Handshaking) {
-            if h.msg_type == MsgType::Whisper as u64 && h.subflag == subflag::HANDSHAKE {
-                self.on_handshake(now, conn, &packet);
+        if c.peer().is_none() {
+            if packet.header.is(MsgType::Whisper, SubFlag::Handshake) {
+                match MeshMessage::decode(&packet) {
+                    Ok(Some(MeshMessage::Handshake(hs))) => self.on_handshake(now, conn, hs),
+                    Err(e) => self.violation(conn, e.0),
+                    Ok(_) => self.violation(conn, "undecodable handshake"),
+                }
             } else {
                 self.violation(conn, "message before handshake");
             }
             return;
         }
-        match MsgType::from_u64(h.msg_type) {
+        match packet.header.kind() {
             Some(MsgType::Broadcast) => self.on_broadcast(now, conn, packet),
-            Some(MsgType::Whisper) => self.on_whisper(now, conn, packet),
-            Some(MsgType::Renegotiate) => self.on_renegotiate(now, conn, &packet),
+            Some(MsgType::Whisper) => match MeshMessage::decode(&packet) {
+                Ok(None) => self.deliver(conn, packet),
+                Ok(Some(MeshMessage::Peers(list))) => self.on_peers(list),
+                Ok(Some(MeshMessage::PeerRequest)) => self.send_peers(now, conn),
+                // A repeated handshake, or junk: nothing to act on (py2p
+                // ignores it too).
+                Ok(Some(_)) | Err(_) => {}
+            },
+            Some(MsgType::Renegotiate) => match MeshMessage::decode(&packet) {
+                Ok(Some(MeshMessage::Compression(methods))) => self.on_compression(now, conn, methods),
+                Ok(Some(MeshMessage::Resend)) => self.on_resend(conn),
+                Err(_) if packet.header.subflag == SubFlag::Compression.code() => {
+                    self.violation(conn, "compression renegotiation")
+                }
+                _ => {}
+            },
             // Reserved and unused by py2p: ignore, as py2p does.
             Some(MsgType::Ping | MsgType::Pong) | None => {}
-        }
-    }
-
-    // ----- message handlers -----------------------------------------------
-
-    fn on_handshake(&mut self, now: Now, conn: ConnId, packet: &Packet) {
-        let Ok(v) = packet.values() else {
-            return self.violation(conn, "undecodable handshake");
-        };
-        if v.len() != 4 {
-            return self.violation(conn, "handshake field count");
-        }
-        let (Some(id), Some(proto)) = (bytes_of(&v[0]), bytes_of(&v[1])) else {
-            return self.violation(conn, "handshake id fields must be bytes");
-        };
-        if id.is_empty() || id.len() > MAX_ID_LEN {
-            return self.violation(conn, "handshake id length");
-        }
-        if proto != self.protocol_id.as_bytes() {
-            let reason = CloseReason::ProtocolMismatch {
-                ours: self.protocol_id.to_string(),
-                theirs: String::from_utf8_lossy(proto).into_owned(),
-            };
-            tracing::info!(%reason, "refusing connection");
-            return self.close(conn, reason);
-        }
-        let peer = PeerId::from_bytes(Bytes::copy_from_slice(id));
-        if peer == self.cfg.id {
-            return self.close(conn, CloseReason::SelfConnection);
-        }
-        let addr = PeerAddr::from_value(&v[2]);
-        let Some(methods) = v[3].as_array().map(|a| a.iter().filter_map(Value::as_u64).collect::<Vec<u64>>()) else {
-            return self.violation(conn, "handshake compression list");
-        };
-        let Some(c) = self.conns.get_mut(&conn) else {
-            return;
-        };
-        c.claimed = Some(peer.clone());
-        let new_outgoing = c.dir == Direction::Outgoing;
-        if let Some(&existing) = self.routing.get(&peer) {
-            match resolve_conflict(&self.cfg.id, &peer, new_outgoing) {
-                Keep::Existing => return self.close(conn, CloseReason::Duplicate),
-                Keep::New => {
-                    // Move the routing entry first so closing the old link
-                    // does not report the peer as gone.
-                    self.routing.insert(peer.clone(), conn);
-                    self.close(existing, CloseReason::Duplicate);
-                }
-            }
-        }
-        let first = self.routing.is_empty();
-        let codec = self.codec_for(&methods);
-        let Some(c) = self.conns.get_mut(&conn) else {
-            return;
-        };
-        c.state = ConnState::Established(peer.clone());
-        c.addr = addr.clone().or_else(|| c.target.clone());
-        c.peer_methods = methods;
-        c.codec = codec;
-        let dial = c.dial;
-        let outgoing = c.dir == Direction::Outgoing;
-        let rs2p = c.peer_methods.contains(&u64::from(Compression::Identity.code()));
-        self.routing.insert(peer.clone(), conn);
-        self.known.remove(&peer);
-        self.out.push_back(Output::Configure { conn, codec });
-        self.event(Event::PeerUp {
-            conn,
-            peer: peer.clone(),
-            addr,
-            outgoing,
-            dial,
-            first: first && !self.routing.is_empty(),
-            rs2p,
-        });
-        self.send_peers(now, conn);
-        if let Some(replies) = self.deferred.remove(&peer) {
-            for r in replies {
-                self.send_user(conn, r.frame);
-            }
         }
     }
 
@@ -990,252 +541,34 @@ impl Mesh {
             self.stats.stale += 1;
             return;
         }
-        if !self.seen.insert(&packet.frame.id(), now.mono_ms) {
+        // The original sender's own link gets no copy back (the lookup only
+        // matters with other peers).
+        let origin = if self.routing.len() > 1 { self.routing.get(&h.sender).copied() } else { None };
+        let mut targets = std::mem::take(&mut self.scratch);
+        if self.dissemination.receive(now, conn, origin, &packet.frame.id(), &mut targets) == Verdict::Duplicate {
             self.stats.duplicates += 1;
+            self.scratch = targets;
             return;
         }
-        // Relay the original frame to every peer but the one it came from and
-        // its original sender. (A scratch vector, reused: no allocation per
-        // message; the sender lookup only matters with other peers.)
-        let sender_conn = if self.routing.len() > 1 { self.routing.get(&h.sender).copied() } else { None };
-        let mut targets = std::mem::take(&mut self.scratch);
-        targets.extend(self.routing.values().copied().filter(|&c| c != conn && Some(c) != sender_conn));
         for &c in &targets {
             self.stats.relayed += 1;
             self.send_user(c, packet.frame.clone());
         }
         targets.clear();
         self.scratch = targets;
-        match h.subflag {
-            subflag::REQUEST => self.on_route_request(now, conn, &packet),
-            subflag::RESPONSE => self.on_route_response(now, &packet),
-            _ => self.deliver(conn, packet),
+        match MeshMessage::decode(&packet) {
+            Ok(None) => self.deliver(conn, packet),
+            Ok(Some(MeshMessage::RouteRequest { request_id, wanted })) => {
+                self.on_route_request(now, conn, request_id, &wanted)
+            }
+            Ok(Some(MeshMessage::RouteResponse { request_id, addr, id })) => {
+                self.on_route_response(request_id, addr, id)
+            }
+            Ok(Some(_)) | Err(_) => {}
         }
     }
 
-    fn on_whisper(&mut self, now: Now, conn: ConnId, packet: Packet) {
-        match packet.header.subflag {
-            subflag::HANDSHAKE => {} // repeated handshake: nothing new to learn
-            subflag::PEERS => self.on_peers(now, &packet),
-            subflag::REQUEST => {
-                // py2p's own request sends a str '*', which py2p itself fails
-                // to match; answer both forms.
-                let is_star =
-                    packet.values().ok().and_then(|v| v.first().and_then(bytes_of).map(|b| b == b"*")).unwrap_or(false);
-                if is_star {
-                    self.send_peers(now, conn);
-                }
-            }
-            _ => self.deliver(conn, packet),
-        }
-    }
-
-    fn on_renegotiate(&mut self, now: Now, conn: ConnId, packet: &Packet) {
-        match packet.header.subflag {
-            subflag::COMPRESSION => {
-                let Some(methods) = packet
-                    .values()
-                    .ok()
-                    .and_then(|v| v.first().and_then(|m| m.as_array().cloned()))
-                    .map(|a| a.iter().filter_map(Value::as_u64).collect::<Vec<u64>>())
-                else {
-                    return self.violation(conn, "compression renegotiation");
-                };
-                let codec = self.codec_for(&methods);
-                let ours: Vec<Value> = self
-                    .cfg
-                    .compression
-                    .iter()
-                    .filter(|m| methods.contains(&u64::from(m.code())))
-                    .map(|m| Value::from(m.code()))
-                    .collect();
-                let Some(c) = self.conns.get_mut(&conn) else {
-                    return;
-                };
-                // py2p answers only when the list changed; an unchanged list
-                // ends the exchange, so two nodes never ping-pong.
-                let respond = c.peer_methods != methods;
-                c.peer_methods = methods;
-                c.codec = codec;
-                self.out.push_back(Output::Configure { conn, codec });
-                if respond {
-                    let frame = Frame::build(
-                        MsgType::Renegotiate as u8,
-                        &self.cfg.id,
-                        now.unix(),
-                        subflag::COMPRESSION,
-                        &[Value::Array(ours)],
-                    );
-                    self.send(conn, frame);
-                }
-            }
-            subflag::RESEND => {
-                // Resend the last user frame once; never ask back.
-                if let Some(f) = self.conns.get(&conn).and_then(|c| c.last_user.clone()) {
-                    self.send(conn, f);
-                }
-            }
-            _ => {}
-        }
-    }
-
-    fn on_peers(&mut self, _now: Now, packet: &Packet) {
-        let Ok(v) = packet.values() else { return };
-        let Some(list) = v.first().and_then(Value::as_array) else {
-            return;
-        };
-        let mut entries: Vec<(PeerAddr, PeerId)> = Vec::new();
-        for e in list.iter().take(self.cfg.max_peer_list) {
-            let Some(pair) = e.as_array() else { continue };
-            if pair.len() != 2 {
-                continue;
-            }
-            let (Some(addr), Some(id)) = (PeerAddr::from_value(&pair[0]), bytes_of(&pair[1])) else {
-                continue;
-            };
-            if id.is_empty() || id.len() > MAX_ID_LEN {
-                continue;
-            }
-            entries.push((addr, PeerId::from_bytes(Bytes::copy_from_slice(id))));
-        }
-        for (addr, id) in entries {
-            if id == self.cfg.id || addr == self.cfg.out_addr || self.routing.contains_key(&id) {
-                continue;
-            }
-            let dialing = self.dials.values().any(|d| d.expected.as_ref() == Some(&id) || d.addr == addr)
-                || self.conns.values().any(|c| c.target.as_ref() == Some(&addr));
-            if dialing {
-                continue;
-            }
-            if !self.known.contains_key(&id) && self.known.len() >= self.cfg.max_known_peers {
-                // Full: replace a random entry so fresh addresses still get in.
-                if let Some(victim) = self.known.keys().next().cloned() {
-                    self.known.remove(&victim);
-                }
-            }
-            let k =
-                self.known.entry(id.clone()).or_insert(KnownPeer { addr: addr.clone(), next_try_ms: 0, failures: 0 });
-            k.addr = addr.clone();
-            if self.outgoing_count() < self.cfg.max_outgoing {
-                self.dial(addr, Some(id));
-            }
-        }
-    }
-
-    fn on_route_request(&mut self, now: Now, conn: ConnId, packet: &Packet) {
-        let Ok(v) = packet.values() else { return };
-        if v.len() < 2 {
-            return;
-        }
-        let Some(wanted) = bytes_of(&v[1]) else {
-            return;
-        };
-        let wanted = PeerId::from_bytes(Bytes::copy_from_slice(wanted));
-        let Some(addr) = self.routing.get(&wanted).and_then(|c| self.conns.get(c)).and_then(|c| c.addr.clone()) else {
-            return;
-        };
-        // A response is a broadcast: it floods back to the asker.
-        let frame = Frame::build(
-            MsgType::Broadcast as u8,
-            &self.cfg.id,
-            now.unix(),
-            subflag::RESPONSE,
-            &[v[0].clone(), Value::Array(vec![addr.to_value(), Value::Binary(wanted.as_bytes().to_vec())])],
-        );
-        self.seen.insert(&frame.id(), now.mono_ms);
-        self.send(conn, frame);
-    }
-
-    fn on_route_response(&mut self, _now: Now, packet: &Packet) {
-        let Ok(v) = packet.values() else { return };
-        if v.len() < 2 {
-            return;
-        }
-        let Some(request_id) = bytes_of(&v[0]) else {
-            return;
-        };
-        let Some(pending) = self.requests.remove(request_id) else {
-            return;
-        };
-        let route = v[1].as_array().filter(|a| a.len() == 2);
-        let Some((addr, id)) = route.and_then(|a| Some((PeerAddr::from_value(&a[0])?, bytes_of(&a[1])?))) else {
-            return;
-        };
-        if id != pending.to.as_bytes() {
-            return;
-        }
-        if let Some(&conn) = self.routing.get(&pending.to) {
-            self.send_user(conn, pending.frame);
-            return;
-        }
-        let to = pending.to.clone();
-        let queue = self.deferred.entry(to.clone()).or_default();
-        queue.push(pending);
-        let already = self.dials.values().any(|d| d.expected.as_ref() == Some(&to));
-        if !already && addr != self.cfg.out_addr {
-            self.dial(addr, Some(to));
-        }
-    }
-
-    // ----- helpers --------------------------------------------------------
-
-    fn open(&mut self, now: Now, conn: ConnId, dir: Direction, dial: Option<DialId>, target: Option<PeerAddr>) {
-        self.conns.insert(
-            conn,
-            Conn {
-                dir,
-                dial,
-                target,
-                opened_ms: now.mono_ms,
-                state: ConnState::Handshaking,
-                addr: None,
-                peer_methods: Vec::new(),
-                codec: LinkCodec::HANDSHAKE,
-                last_user: None,
-                claimed: None,
-            },
-        );
-        let methods: Vec<Value> = self.cfg.compression.iter().map(|m| Value::from(m.code())).collect();
-        let frame = Frame::build(
-            MsgType::Whisper as u8,
-            &self.cfg.id,
-            now.unix(),
-            subflag::HANDSHAKE,
-            &[
-                Value::Binary(self.cfg.id.as_bytes().to_vec()),
-                Value::Binary(self.protocol_id.as_bytes().to_vec()),
-                self.cfg.out_addr.to_value(),
-                Value::Array(methods),
-            ],
-        );
-        self.out.push_back(Output::Configure { conn, codec: LinkCodec::HANDSHAKE });
-        self.send(conn, frame);
-    }
-
-    fn codec_for(&self, peer_methods: &[u64]) -> LinkCodec {
-        let compression = self.cfg.compression.iter().copied().find(|m| peer_methods.contains(&u64::from(m.code())));
-        LinkCodec {
-            compression: compression.filter(|m| *m != Compression::Identity),
-            coalesce: peer_methods.contains(&u64::from(Compression::Identity.code())),
-        }
-    }
-
-    fn send_peers(&mut self, now: Now, conn: ConnId) {
-        let mut list: Vec<Value> = self
-            .routing
-            .iter()
-            .filter_map(|(id, c)| {
-                let addr = self.conns.get(c)?.addr.as_ref()?;
-                Some(Value::Array(vec![addr.to_value(), Value::Binary(id.as_bytes().to_vec())]))
-            })
-            .collect();
-        list.sort_by(|a, b| format!("{a}").cmp(&format!("{b}")));
-        list.shuffle(&mut self.rng);
-        list.truncate(self.cfg.max_peer_list);
-        let frame =
-            Frame::build(MsgType::Whisper as u8, &self.cfg.id, now.unix(), subflag::PEERS, &[Value::Array(list)]);
-        self.send(conn, frame);
-    }
+    // ----- helpers ----------------------------------------------------------
 
     fn send(&mut self, conn: ConnId, frame: Frame) {
         self.stats.sent += 1;
@@ -1255,7 +588,8 @@ impl Mesh {
 
     fn deliver(&mut self, conn: ConnId, packet: Packet) {
         self.stats.delivered += 1;
-        self.event(Event::Message(Delivery { conn, packet }));
+        let for_application = SubFlag::is_user(packet.header.subflag);
+        self.event(Event::Message(Delivery { conn, packet, for_application }));
     }
 
     fn event(&mut self, e: Event) {
@@ -1268,70 +602,12 @@ impl Mesh {
         self.close(conn, CloseReason::ProtocolViolation(what));
     }
 
-    fn backoff(&mut self, id: &PeerId, now: Now) {
-        if let Some(k) = self.known.get_mut(id) {
-            k.failures = k.failures.saturating_add(1);
-            let exp = self.cfg.redial_backoff_ms.saturating_mul(1 << k.failures.min(5));
-            k.next_try_ms = now.mono_ms + exp.min(60_000);
-        }
-    }
-
     /// Closes `conn` now: the machine forgets it and tells the driver.
     fn close(&mut self, conn: ConnId, reason: CloseReason) {
         if let Some(c) = self.conns.remove(&conn) {
             self.out.push_back(Output::Close { conn, reason: reason.clone() });
             self.forget(self.clock, conn, c, reason);
         }
-    }
-
-    fn forget(&mut self, now: Now, conn: ConnId, c: Conn, reason: CloseReason) {
-        match c.state {
-            ConnState::Established(peer) => {
-                if self.routing.get(&peer) == Some(&conn) {
-                    self.routing.remove(&peer);
-                    // Remember it as a redial candidate unless we chose to drop it.
-                    if let (Some(addr), false) =
-                        (c.addr.clone(), matches!(reason, CloseReason::Requested | CloseReason::Shutdown))
-                    {
-                        if self.known.len() < self.cfg.max_known_peers {
-                            self.known.insert(
-                                peer.clone(),
-                                KnownPeer { addr, next_try_ms: now.mono_ms + self.cfg.redial_backoff_ms, failures: 0 },
-                            );
-                        }
-                    }
-                    let lost = !matches!(reason, CloseReason::Shutdown | CloseReason::Duplicate);
-                    self.event(Event::PeerDown { conn, peer, reason });
-                    // py2p asks its peers for theirs whenever a link drops.
-                    if lost && !self.routing.is_empty() && self.cfg.maintain_outgoing {
-                        self.next_peer_request_ms = 0;
-                    }
-                }
-            }
-            ConnState::Handshaking => {
-                if let Some(target) = &c.target {
-                    if let Some((id, _)) = self.known.iter().find(|(_, k)| &k.addr == target) {
-                        let id = id.clone();
-                        self.backoff(&id, now);
-                    }
-                }
-                self.event(Event::ConnectFailed {
-                    conn: Some(conn),
-                    peer: c.claimed,
-                    dial: c.dial,
-                    addr: c.target,
-                    reason,
-                });
-            }
-        }
-    }
-}
-
-fn bytes_of(v: &Value) -> Option<&[u8]> {
-    match v {
-        Value::Binary(b) => Some(b),
-        Value::String(s) => Some(s.as_bytes()),
-        _ => None,
     }
 }
 

@@ -1,12 +1,336 @@
-//! State machine tests without sockets.
+//! State machine tests without sockets: exact output sequences of one
+//! machine, then small simulated networks.
 
 use super::*;
-use crate::id::Encryption;
-use crate::sim::{addr_of, config_for, Sim};
-use crate::wire::Limits;
+use crate::id::{Encryption, Protocol};
+use crate::node;
+use crate::sim::{addr_of, config_for, text_frame, Sim};
+use crate::wire::message::Handshake;
+use crate::wire::{Compression, Limits};
 
 fn pid(n: u128) -> PeerId {
     PeerId::from_bytes(crate::id::b58encode_int(&n.to_be_bytes()))
+}
+
+const T0: Now = Now { mono_ms: 5_000, unix_ms: 1_700_000_000_000 };
+
+fn drain(m: &mut Mesh) -> Vec<Output> {
+    std::iter::from_fn(|| m.poll_output()).collect()
+}
+
+fn packet(f: Frame) -> Packet {
+    Packet::parse(f, &Limits::default()).unwrap()
+}
+
+/// One machine under test, and the peer it talks to.
+struct One {
+    m: Mesh,
+    peer: PeerId,
+    peer_addr: PeerAddr,
+}
+
+impl One {
+    fn new() -> Self {
+        One { m: Mesh::new(config_for(0, &Protocol::default()), 1), peer: pid(7), peer_addr: addr_of(1) }
+    }
+
+    fn hello_from(&self, peer: &PeerId, methods: Vec<u64>) -> Packet {
+        let hs = Handshake {
+            id: peer.clone(),
+            protocol: Protocol::default().id().as_bytes().to_vec(),
+            addr: Some(self.peer_addr.clone()),
+            methods,
+        };
+        packet(MeshMessage::Handshake(hs).encode(peer, T0.unix()))
+    }
+
+    fn our_handshake(&self) -> Frame {
+        MeshMessage::Handshake(Handshake {
+            id: self.m.id().clone(),
+            protocol: self.m.protocol_id().as_bytes().to_vec(),
+            addr: Some(addr_of(0)),
+            methods: Compression::DEFAULT_PREFERENCE.iter().map(|c| u64::from(c.code())).collect(),
+        })
+        .encode(self.m.id(), T0.unix())
+    }
+
+    fn peers_frame(&self, list: Vec<(PeerAddr, PeerId)>) -> Frame {
+        MeshMessage::Peers(list).encode(self.m.id(), T0.unix())
+    }
+
+    /// An rs2p peer handshaken on `conn`, outputs drained.
+    fn established(conn: u64) -> Self {
+        let mut one = One::new();
+        one.m.handle(T0, Input::Incoming { conn: ConnId(conn) });
+        let hello = one.hello_from(&one.peer.clone(), vec![0x2f]);
+        one.m.handle(T0, Input::Packet { conn: ConnId(conn), packet: hello });
+        drain(&mut one.m);
+        one
+    }
+}
+
+const RS2P_CODEC: LinkCodec = LinkCodec { compression: None, coalesce: true };
+
+#[test]
+fn incoming_connection_sends_our_handshake_and_arms_its_deadline() {
+    let mut one = One::new();
+    one.m.handle(T0, Input::Incoming { conn: ConnId(1) });
+    assert_eq!(
+        drain(&mut one.m),
+        vec![
+            Output::Configure { conn: ConnId(1), codec: LinkCodec::HANDSHAKE },
+            Output::Send { conn: ConnId(1), frame: one.our_handshake() },
+        ]
+    );
+    assert_eq!(one.m.poll_timeout(), Some(0), "short of outgoing links: upkeep is due at once");
+}
+
+#[test]
+fn a_handshake_makes_a_peer_with_exact_outputs() {
+    let mut one = One::new();
+    one.m.handle(T0, Input::Incoming { conn: ConnId(1) });
+    drain(&mut one.m);
+    let hello = one.hello_from(&one.peer.clone(), vec![0x2f, 0x13]);
+    one.m.handle(T0, Input::Packet { conn: ConnId(1), packet: hello });
+    let expected = vec![
+        Output::Configure { conn: ConnId(1), codec: RS2P_CODEC },
+        Output::Event(Event::PeerUp {
+            conn: ConnId(1),
+            peer: one.peer.clone(),
+            addr: Some(one.peer_addr.clone()),
+            outgoing: false,
+            first: true,
+            rs2p: true,
+        }),
+        Output::Send { conn: ConnId(1), frame: one.peers_frame(vec![(one.peer_addr.clone(), one.peer.clone())]) },
+    ];
+    assert_eq!(drain(&mut one.m), expected);
+    assert_eq!(one.m.peer_count(), 1);
+}
+
+#[test]
+fn connect_is_answered_when_the_handshake_completes() {
+    let mut one = One::new();
+    let addr = one.peer_addr.clone();
+    one.m.handle(
+        T0,
+        Input::Command { request: RequestId(9), command: Command::Connect { addr: addr.clone(), expected: None } },
+    );
+    assert_eq!(drain(&mut one.m), vec![Output::Dial { dial: DialId(1), addr: addr.clone() }]);
+    one.m.handle(T0, Input::Dialed { dial: DialId(1), conn: ConnId(3) });
+    assert_eq!(
+        drain(&mut one.m),
+        vec![
+            Output::Configure { conn: ConnId(3), codec: LinkCodec::HANDSHAKE },
+            Output::Send { conn: ConnId(3), frame: one.our_handshake() },
+        ]
+    );
+    // A py2p peer (no identity method): zlib, one frame per write.
+    let hello = one.hello_from(&one.peer.clone(), vec![0x13, 0x11]);
+    one.m.handle(T0, Input::Packet { conn: ConnId(3), packet: hello });
+    let py2p = LinkCodec { compression: Some(Compression::Zlib), coalesce: false };
+    assert_eq!(
+        drain(&mut one.m),
+        vec![
+            Output::Configure { conn: ConnId(3), codec: py2p },
+            Output::Event(Event::PeerUp {
+                conn: ConnId(3),
+                peer: one.peer.clone(),
+                addr: Some(addr.clone()),
+                outgoing: true,
+                first: true,
+                rs2p: false,
+            }),
+            Output::Reply { request: RequestId(9), result: Ok(Reply::Connected(one.peer.clone())) },
+            Output::Send { conn: ConnId(3), frame: one.peers_frame(vec![(addr, one.peer.clone())]) },
+        ]
+    );
+}
+
+#[test]
+fn a_failed_dial_answers_its_connect() {
+    let mut one = One::new();
+    let addr = one.peer_addr.clone();
+    one.m.handle(
+        T0,
+        Input::Command { request: RequestId(4), command: Command::Connect { addr: addr.clone(), expected: None } },
+    );
+    drain(&mut one.m);
+    let reason = CloseReason::Io(std::io::ErrorKind::ConnectionRefused);
+    one.m.handle(T0, Input::DialFailed { dial: DialId(1), reason: reason.clone() });
+    assert_eq!(
+        drain(&mut one.m),
+        vec![
+            Output::Reply {
+                request: RequestId(4),
+                result: Err(CommandError::Connect { addr: addr.clone(), reason: reason.clone() }),
+            },
+            Output::Event(Event::ConnectFailed { conn: None, peer: None, addr: Some(addr), reason }),
+        ]
+    );
+    // Our own address is refused at once.
+    one.m.handle(
+        T0,
+        Input::Command { request: RequestId(5), command: Command::Connect { addr: addr_of(0), expected: None } },
+    );
+    assert_eq!(
+        drain(&mut one.m),
+        vec![Output::Reply { request: RequestId(5), result: Err(CommandError::OwnAddress(addr_of(0))) }]
+    );
+}
+
+#[test]
+fn a_connect_that_loses_the_conflict_rule_still_succeeds() {
+    // We (node 0) are connected to the peer through its dial; our own dial to
+    // it then completes. If our id is the smaller, the rule keeps their dial:
+    // our new link closes as a duplicate, and connect() succeeds anyway.
+    let mut one = One::established(1);
+    let me = one.m.id().clone();
+    let big = PeerId::from_bytes(vec![b'z'; 70]); // greater than any sim id
+    assert_eq!(me.numeric_cmp(&big), std::cmp::Ordering::Less);
+    one.m.handle(T0, Input::Closed { conn: ConnId(1), reason: CloseReason::ClosedByPeer });
+    one.m.handle(T0, Input::Incoming { conn: ConnId(1) });
+    let hello = one.hello_from(&big, vec![0x2f]);
+    one.m.handle(T0, Input::Packet { conn: ConnId(1), packet: hello.clone() });
+    let addr = one.peer_addr.clone();
+    one.m.handle(T0, Input::Command { request: RequestId(2), command: Command::Connect { addr, expected: None } });
+    one.m.handle(T0, Input::Dialed { dial: DialId(1), conn: ConnId(2) });
+    drain(&mut one.m);
+    one.m.handle(T0, Input::Packet { conn: ConnId(2), packet: hello });
+    assert_eq!(
+        drain(&mut one.m),
+        vec![
+            Output::Close { conn: ConnId(2), reason: CloseReason::Duplicate },
+            Output::Reply { request: RequestId(2), result: Ok(Reply::Connected(big)) },
+        ]
+    );
+    assert_eq!(one.m.connection_count(), 1);
+}
+
+#[test]
+fn broadcasts_are_relayed_delivered_and_deduplicated_exactly() {
+    let mut one = One::established(1);
+    let other = pid(8);
+    one.m.handle(T0, Input::Incoming { conn: ConnId(2) });
+    let hello = one.hello_from(&other, vec![0x2f]);
+    one.m.handle(T0, Input::Packet { conn: ConnId(2), packet: hello });
+    drain(&mut one.m);
+    // From the peer on link 1: relayed to link 2, then delivered.
+    let f = text_frame(&one.peer, T0, "hi");
+    one.m.handle(T0, Input::Packet { conn: ConnId(1), packet: packet(f.clone()) });
+    assert_eq!(
+        drain(&mut one.m),
+        vec![
+            Output::Send { conn: ConnId(2), frame: f.clone() },
+            Output::Event(Event::Message(Delivery {
+                conn: ConnId(1),
+                packet: packet(f.clone()),
+                for_application: true
+            })),
+        ]
+    );
+    // A copy through the other link: nothing at all.
+    one.m.handle(T0, Input::Packet { conn: ConnId(2), packet: packet(f) });
+    assert_eq!(drain(&mut one.m), vec![]);
+    assert_eq!(one.m.stats().duplicates, 1);
+    // An application sub-flag is delivered, but not for the receive queue.
+    let custom = Frame::build(MsgType::Broadcast, &one.peer, T0.unix(), 0x40u64, &[Value::from(1)]);
+    one.m.handle(T0, Input::Packet { conn: ConnId(1), packet: packet(custom.clone()) });
+    assert_eq!(
+        drain(&mut one.m),
+        vec![
+            Output::Send { conn: ConnId(2), frame: custom.clone() },
+            Output::Event(Event::Message(Delivery { conn: ConnId(1), packet: packet(custom), for_application: false })),
+        ]
+    );
+}
+
+#[test]
+fn commands_are_answered_exactly_once() {
+    let mut one = One::established(1);
+    let peer = one.peer.clone();
+    one.m.handle(
+        T0,
+        Input::Command {
+            request: RequestId(1),
+            command: Command::Whisper { peer: peer.clone(), packets: vec![Value::from("w")] },
+        },
+    );
+    let w = Frame::build(MsgType::Whisper, one.m.id(), T0.unix(), SubFlag::Whisper, &[Value::from("w")]);
+    assert_eq!(
+        drain(&mut one.m),
+        vec![
+            Output::Send { conn: ConnId(1), frame: w.clone() },
+            Output::Reply { request: RequestId(1), result: Ok(Reply::Sent(w.id())) },
+        ]
+    );
+    one.m.handle(
+        T0,
+        Input::Command { request: RequestId(2), command: Command::Whisper { peer: pid(99), packets: vec![] } },
+    );
+    assert_eq!(
+        drain(&mut one.m),
+        vec![Output::Reply { request: RequestId(2), result: Err(CommandError::NotConnected(pid(99))) }]
+    );
+    let mut small = config_for(0, &Protocol::default());
+    small.max_frame_len = 100;
+    let mut m = Mesh::new(small, 1);
+    m.handle(
+        T0,
+        Input::Command {
+            request: RequestId(3),
+            command: Command::Broadcast { subflag: 0, packets: vec![Value::Binary(vec![0; 200])] },
+        },
+    );
+    assert!(matches!(
+        &drain(&mut m)[..],
+        [Output::Reply { request: RequestId(3), result: Err(CommandError::TooLarge { max: 100, .. }) }]
+    ));
+    one.m.handle(T0, Input::Command { request: RequestId(4), command: Command::Disconnect { peer: peer.clone() } });
+    assert_eq!(
+        drain(&mut one.m),
+        vec![
+            Output::Close { conn: ConnId(1), reason: CloseReason::Requested },
+            Output::Event(Event::PeerDown { conn: ConnId(1), peer, reason: CloseReason::Requested }),
+            Output::Reply { request: RequestId(4), result: Ok(Reply::Done) },
+        ]
+    );
+}
+
+#[test]
+fn timeouts_are_exact_and_harmless_when_early() {
+    let mut one = One::new();
+    one.m.handle(T0, Input::Incoming { conn: ConnId(1) });
+    drain(&mut one.m);
+    // Short of outgoing links: it asks to be woken for upkeep soon; the
+    // handshake deadline is 10 s out.
+    assert_eq!(one.m.poll_timeout(), Some(0));
+    one.m.handle(T0, Input::Timeout);
+    assert_eq!(drain(&mut one.m), vec![], "nothing known to dial, nobody to ask");
+    assert_eq!(one.m.poll_timeout(), Some(T0.mono_ms + one.m.config().maintain_interval_ms));
+    let mut quiet = config_for(0, &Protocol::default());
+    quiet.maintain_outgoing = false;
+    let mut m = Mesh::new(quiet, 1);
+    assert_eq!(m.poll_timeout(), None, "an idle node sleeps");
+    m.handle(T0, Input::Incoming { conn: ConnId(1) });
+    drain(&mut m);
+    assert_eq!(m.poll_timeout(), Some(T0.mono_ms + 10_000));
+    m.handle(T0.plus_ms(9_999), Input::Timeout);
+    assert_eq!(drain(&mut m), vec![]);
+    m.handle(T0.plus_ms(10_000), Input::Timeout);
+    assert_eq!(
+        drain(&mut m),
+        vec![
+            Output::Close { conn: ConnId(1), reason: CloseReason::HandshakeTimeout },
+            Output::Event(Event::ConnectFailed {
+                conn: Some(ConnId(1)),
+                peer: None,
+                addr: None,
+                reason: CloseReason::HandshakeTimeout
+            }),
+        ]
+    );
+    assert_eq!(m.poll_timeout(), None);
 }
 
 #[test]
@@ -42,21 +366,34 @@ fn conflict_rule_exhaustive() {
 #[test]
 fn simultaneous_dials_leave_one_connection_on_both_sides() {
     let mut sim = Sim::new(2);
-    let _ = sim.nodes[0].mesh.connect(addr_of(1), None);
-    let _ = sim.nodes[1].mesh.connect(addr_of(0), None);
+    let dial = |i: usize, j: usize| node::Input::Command {
+        request: RequestId(i as u64 + 1),
+        command: Command::Connect { addr: addr_of(j), expected: None }.into(),
+    };
+    let now = sim.now;
+    sim.nodes[0].handle(now, dial(0, 1));
+    sim.nodes[1].handle(now, dial(1, 0));
     sim.drain(0);
     sim.drain(1);
     sim.run();
-    let p0 = sim.nodes[0].mesh.peers();
-    let p1 = sim.nodes[1].mesh.peers();
+    let p0 = sim.nodes[0].mesh().peers();
+    let p1 = sim.nodes[1].mesh().peers();
     assert_eq!(p0.len(), 1);
     assert_eq!(p1.len(), 1);
     // Both kept the same TCP connection: one side outgoing, the other not.
     assert_ne!(p0[0].outgoing, p1[0].outgoing);
-    assert_eq!(sim.nodes[0].mesh.connection_count(), 1);
-    assert_eq!(sim.nodes[1].mesh.connection_count(), 1);
-    let greater = if sim.nodes[0].mesh.id().numeric_cmp(sim.nodes[1].mesh.id()).is_gt() { 0 } else { 1 };
-    assert!(sim.nodes[greater].mesh.peers()[0].outgoing, "kept the link dialed by the greater id");
+    assert_eq!(sim.nodes[0].mesh().connection_count(), 1);
+    assert_eq!(sim.nodes[1].mesh().connection_count(), 1);
+    let greater = if sim.nodes[0].mesh().id().numeric_cmp(sim.nodes[1].mesh().id()).is_gt() { 0 } else { 1 };
+    assert!(sim.nodes[greater].mesh().peers()[0].outgoing, "kept the link dialed by the greater id");
+    // Both connect() calls succeeded, the loser's through the other link.
+    for i in 0..2 {
+        assert!(
+            matches!(sim.replies[i][..], [(_, Ok(node::Reply::Mesh(Reply::Connected(_))))]),
+            "{:?}",
+            sim.replies[i]
+        );
+    }
 }
 
 #[test]
@@ -74,9 +411,9 @@ fn handshake_from_both_ends_emits_peer_up_and_connect() {
             .collect();
         assert_eq!(ups, vec![(true, i == 0)]);
     }
-    assert_eq!(sim.nodes[0].mesh.peers()[0].id, *sim.nodes[1].mesh.id());
-    assert!(sim.nodes[0].mesh.peers()[0].rs2p);
-    assert_eq!(sim.nodes[1].mesh.peers()[0].addr, Some(addr_of(0)));
+    assert_eq!(sim.nodes[0].mesh().peers()[0].id, *sim.nodes[1].mesh().id());
+    assert!(sim.nodes[0].mesh().peers()[0].rs2p);
+    assert_eq!(sim.nodes[1].mesh().peers()[0].addr, Some(addr_of(0)));
 }
 
 #[test]
@@ -87,10 +424,10 @@ fn foreign_subnet_is_refused_with_a_reason() {
     sim.connect(0, 1);
     sim.run();
     for i in 0..2 {
-        assert!(sim.nodes[i].mesh.peers().is_empty());
+        assert!(sim.nodes[i].mesh().peers().is_empty());
         let refused = sim.events[i].iter().any(|e| {
             matches!(e, Event::ConnectFailed { reason: CloseReason::ProtocolMismatch { .. }, .. })
-                || matches!(e, Event::ConnectFailed { reason: CloseReason::Io(_), .. })
+                || matches!(e, Event::ConnectFailed { reason: CloseReason::ClosedByPeer, .. })
         });
         assert!(refused, "node {i}: {:?}", sim.events[i]);
     }
@@ -98,33 +435,34 @@ fn foreign_subnet_is_refused_with_a_reason() {
         .iter()
         .chain(sim.events[1].iter())
         .any(|e| matches!(e, Event::ConnectFailed { reason: CloseReason::ProtocolMismatch { .. }, .. })));
+    assert!(matches!(
+        sim.replies[0][..],
+        [(
+            _,
+            Err(node::CommandError::Mesh(CommandError::Connect {
+                reason: CloseReason::ProtocolMismatch { .. } | CloseReason::ClosedByPeer,
+                ..
+            }))
+        )]
+    ));
 }
 
 #[test]
 fn message_before_handshake_closes() {
-    let cfg = config_for(0, &Protocol::default());
-    let mut m = Mesh::new(cfg, 1);
-    let now = Now { mono_ms: 0, unix_ms: 100_000 };
-    m.handle_incoming(now, ConnId(1));
-    while m.poll_output().is_some() {}
-    let f = Frame::build(0, &pid(5), 100, 0, &[Value::from("x")]);
-    m.handle_packet(now, ConnId(1), Packet::parse(f, &Limits::default()).unwrap());
-    let outs: Vec<Output> = std::iter::from_fn(|| m.poll_output()).collect();
-    assert!(outs.iter().any(|o| matches!(o, Output::Close { reason: CloseReason::ProtocolViolation(_), .. })));
-    assert_eq!(m.stats().protocol_errors, 1);
-}
-
-#[test]
-fn handshake_timeout_closes() {
     let mut m = Mesh::new(config_for(0, &Protocol::default()), 1);
-    let now = Now { mono_ms: 0, unix_ms: 100_000 };
-    m.handle_incoming(now, ConnId(1));
-    while m.poll_output().is_some() {}
-    m.handle_tick(now.plus_ms(9_999));
-    assert!(std::iter::from_fn(|| m.poll_output()).all(|o| !matches!(o, Output::Close { .. })));
-    m.handle_tick(now.plus_ms(10_000));
-    assert!(std::iter::from_fn(|| m.poll_output())
-        .any(|o| matches!(o, Output::Close { reason: CloseReason::HandshakeTimeout, .. })));
+    m.handle(T0, Input::Incoming { conn: ConnId(1) });
+    drain(&mut m);
+    let f = Frame::build(MsgType::Broadcast, &pid(5), T0.unix(), 0u64, &[Value::from("x")]);
+    m.handle(T0, Input::Packet { conn: ConnId(1), packet: packet(f) });
+    let reason = CloseReason::ProtocolViolation("message before handshake");
+    assert_eq!(
+        drain(&mut m),
+        vec![
+            Output::Close { conn: ConnId(1), reason: reason.clone() },
+            Output::Event(Event::ConnectFailed { conn: Some(ConnId(1)), peer: None, addr: None, reason }),
+        ]
+    );
+    assert_eq!(m.stats().protocol_errors, 1);
 }
 
 #[test]
@@ -134,41 +472,40 @@ fn dedup_window_and_stale_broadcasts() {
     sim.connect(1, 2);
     sim.run();
     let now = sim.now;
-    let f = crate::sim::text_frame(&sim.nodes[0].mesh, now, "hello");
-    sim.nodes[0].mesh.broadcast_frame(now, f.clone());
-    sim.drain(0);
+    let sender = sim.nodes[0].mesh().id().clone();
+    let f = text_frame(&sender, now, "hello");
+    sim.broadcast_text(0, "hello");
     sim.run();
     assert_eq!(sim.received(1, "hello"), 1);
     assert_eq!(sim.received(2, "hello"), 1);
     // The same frame again: suppressed everywhere.
-    let conn = sim.nodes[1].mesh.conn_of(sim.nodes[0].mesh.id()).unwrap();
-    let p = Packet::parse(f.clone(), &Limits::default()).unwrap();
-    let dups = sim.nodes[1].mesh.stats().duplicates;
-    sim.nodes[1].mesh.handle_packet(now, conn, p.clone());
-    assert_eq!(sim.nodes[1].mesh.stats().duplicates, dups + 1);
-    sim.drain(1);
+    let conn = sim.nodes[1].mesh().conn_of(&sender).unwrap();
+    let dups = sim.nodes[1].mesh().stats().duplicates;
+    sim.input(1, node::Input::Packet { conn, packet: packet(f.clone()) });
+    assert_eq!(sim.nodes[1].mesh().stats().duplicates, dups + 1);
     sim.run();
     assert_eq!(sim.received(1, "hello"), 1);
     assert_eq!(sim.received(2, "hello"), 1);
     // A broadcast 61 s old is ignored.
-    let old = Frame::build(0, sim.nodes[0].mesh.id(), now.unix() - 61, 0, &[Value::from("old")]);
-    sim.nodes[1].mesh.handle_packet(now, conn, Packet::parse(old, &Limits::default()).unwrap());
-    sim.drain(1);
+    let old = Frame::build(MsgType::Broadcast, &sender, now.unix() - 61, 0u64, &[Value::from("old")]);
+    sim.input(1, node::Input::Packet { conn, packet: packet(old) });
     sim.run();
     assert_eq!(sim.received(1, "old"), 0);
-    assert_eq!(sim.nodes[1].mesh.stats().stale, 1);
+    assert_eq!(sim.nodes[1].mesh().stats().stale, 1);
     // Exactly 60 s old is still inside the window.
-    let edge = Frame::build(0, sim.nodes[0].mesh.id(), now.unix() - 60, 0, &[Value::from("edge")]);
-    sim.nodes[1].mesh.handle_packet(now, conn, Packet::parse(edge, &Limits::default()).unwrap());
-    sim.drain(1);
+    let edge = Frame::build(MsgType::Broadcast, &sender, now.unix() - 60, 0u64, &[Value::from("edge")]);
+    sim.input(1, node::Input::Packet { conn, packet: packet(edge) });
     sim.run();
     assert_eq!(sim.received(1, "edge"), 1);
     assert_eq!(sim.received(2, "edge"), 1);
     // After the cache forgets (window + skew), an old copy is still refused
     // by the window check.
     sim.advance(400_000);
-    sim.nodes[1].mesh.handle_packet(sim.now, conn, p);
+    let conn = sim.nodes[1].mesh().conn_of(&sender).unwrap();
+    let stale = sim.nodes[1].mesh().stats().stale;
+    sim.input(1, node::Input::Packet { conn, packet: packet(f) });
     assert_eq!(sim.received(1, "hello"), 1);
+    assert_eq!(sim.nodes[1].mesh().stats().stale, stale + 1);
 }
 
 #[test]
@@ -183,14 +520,14 @@ fn peer_exchange_fills_outgoing_target() {
     sim.advance(10_000);
     assert!(sim.connected());
     for i in 0..n {
-        let peers = sim.nodes[i].mesh.peers();
+        let peers = sim.nodes[i].mesh().peers();
         let out = peers.iter().filter(|p| p.outgoing).count();
         // The target is met, or the node already knows everyone.
         assert!(out == 4 || peers.len() == n - 1, "node {i}: {out} outgoing of {}", peers.len());
-        assert!(sim.nodes[i].mesh.outgoing_count() <= 4);
+        assert!(sim.nodes[i].mesh().outgoing_count() <= 4);
     }
     // Peer exchange, not the initial star, made most links.
-    let links: usize = (0..n).map(|i| sim.nodes[i].mesh.peers().len()).sum::<usize>() / 2;
+    let links: usize = (0..n).map(|i| sim.nodes[i].mesh().peers().len()).sum::<usize>() / 2;
     assert!(links >= 4 * (n - 1) - n, "only {links} links");
 }
 
@@ -204,18 +541,15 @@ fn flood_reaches_every_node_exactly_once() {
     }
     sim.advance(5_000);
     for (k, src) in [0usize, 5, 11].into_iter().enumerate() {
-        let now = sim.now;
         let text = format!("msg-{k}");
-        let f = crate::sim::text_frame(&sim.nodes[src].mesh, now, &text);
-        sim.nodes[src].mesh.broadcast_frame(now, f);
-        sim.drain(src);
+        sim.broadcast_text(src, &text);
         sim.run();
         for i in 0..n {
             let expect = usize::from(i != src);
             assert_eq!(sim.received(i, &text), expect, "node {i} msg {k}");
         }
     }
-    let dups: u64 = sim.nodes.iter().map(|m| m.mesh.stats().duplicates).sum();
+    let dups: u64 = sim.nodes.iter().map(|m| m.mesh().stats().duplicates).sum();
     assert!(dups > 0, "a meshed graph has redundant paths");
 }
 
@@ -232,13 +566,10 @@ fn routes_around_a_node_that_leaves() {
     sim.advance(20_000);
     assert!(sim.connected(), "mesh healed");
     for i in (0..n).filter(|&i| i != 4) {
-        let out = sim.nodes[i].mesh.peers().iter().filter(|p| p.outgoing).count();
-        assert!(out >= 3 || sim.nodes[i].mesh.peers().len() >= 4, "node {i} has {out} outgoing");
+        let out = sim.nodes[i].mesh().peers().iter().filter(|p| p.outgoing).count();
+        assert!(out >= 3 || sim.nodes[i].mesh().peers().len() >= 4, "node {i} has {out} outgoing");
     }
-    let now = sim.now;
-    let f = crate::sim::text_frame(&sim.nodes[0].mesh, now, "after");
-    sim.nodes[0].mesh.broadcast_frame(now, f);
-    sim.drain(0);
+    sim.broadcast_text(0, "after");
     sim.run();
     for i in 1..n {
         assert_eq!(sim.received(i, "after"), usize::from(i != 4), "node {i}");
@@ -261,73 +592,74 @@ fn reply_routes_to_an_unconnected_node() {
     sim.connect(0, 1);
     sim.connect(2, 1);
     sim.run();
-    let to = sim.nodes[2].mesh.id().clone();
-    assert!(sim.nodes[0].mesh.conn_of(&to).is_none());
-    let now = sim.now;
-    let r = sim.nodes[0].mesh.reply(now, &to, &[Value::from("routed")]).unwrap();
-    assert_eq!(r, ReplyRoute::Routing);
-    sim.drain(0);
+    let to = sim.nodes[2].mesh().id().clone();
+    assert!(sim.nodes[0].mesh().conn_of(&to).is_none());
+    let r = sim.command(0, Command::Reply { to: to.clone(), packets: vec![Value::from("routed")] });
+    assert_eq!(r, Some(Ok(node::Reply::Mesh(Reply::Routed(ReplyRoute::Routing)))));
     sim.run();
     assert_eq!(sim.received(2, "routed"), 1);
-    assert!(sim.nodes[0].mesh.conn_of(&to).is_some());
+    assert!(sim.nodes[0].mesh().conn_of(&to).is_some());
 }
 
 #[test]
 fn renegotiation_is_answered_once_and_resend_resends() {
-    let mut sim = Sim::new(2);
-    sim.connect(0, 1);
-    sim.run();
-    let now = sim.now;
-    let peer1 = sim.nodes[1].mesh.id().clone();
-    let conn = sim.nodes[0].mesh.conn_of(&peer1).unwrap();
-    // Node 1 asks node 0 to stop compressing, as py2p does after a decode
-    // failure: node 0 answers once, with the intersection (empty).
-    let reneg = Frame::build(1, &peer1, now.unix(), subflag::COMPRESSION, &[Value::Array(vec![])]);
-    sim.nodes[0].mesh.handle_packet(now, conn, Packet::parse(reneg.clone(), &Limits::default()).unwrap());
-    let outs: Vec<Output> = std::iter::from_fn(|| sim.nodes[0].mesh.poll_output()).collect();
-    assert_eq!(outs.iter().filter(|o| matches!(o, Output::Send { .. })).count(), 1, "one answer");
-    assert!(outs
-        .iter()
-        .any(|o| matches!(o, Output::Configure { codec: LinkCodec { compression: None, coalesce: false }, .. })));
+    let mut one = One::established(1);
+    let peer = one.peer.clone();
+    // The peer asks us to stop compressing, as py2p does after a decode
+    // failure: we answer once, with the intersection (empty).
+    let reneg = packet(MeshMessage::Compression(vec![]).encode(&peer, T0.unix()));
+    one.m.handle(T0, Input::Packet { conn: ConnId(1), packet: reneg.clone() });
+    let answer = MeshMessage::Compression(vec![]).encode(one.m.id(), T0.unix());
+    assert_eq!(
+        drain(&mut one.m),
+        vec![
+            Output::Configure { conn: ConnId(1), codec: LinkCodec::HANDSHAKE },
+            Output::Send { conn: ConnId(1), frame: answer },
+        ]
+    );
     // The same (unchanged) list again gets no answer: no loop.
-    sim.nodes[0].mesh.handle_packet(now, conn, Packet::parse(reneg, &Limits::default()).unwrap());
-    assert!(std::iter::from_fn(|| sim.nodes[0].mesh.poll_output()).all(|o| !matches!(o, Output::Send { .. })));
+    one.m.handle(T0, Input::Packet { conn: ConnId(1), packet: reneg });
+    assert_eq!(drain(&mut one.m), vec![Output::Configure { conn: ConnId(1), codec: LinkCodec::HANDSHAKE }]);
     // On such a (py2p-like) link the last user message is kept, and a
     // resend request resends exactly it, once.
-    let id = sim.nodes[0].mesh.whisper(now, &peer1, subflag::WHISPER, &[Value::from("w")]).unwrap();
-    while sim.nodes[0].mesh.poll_output().is_some() {}
-    let resend = Frame::build(1, &peer1, now.unix(), subflag::RESEND, &[]);
-    sim.nodes[0].mesh.handle_packet(now, conn, Packet::parse(resend, &Limits::default()).unwrap());
-    let sends: Vec<Frame> = std::iter::from_fn(|| sim.nodes[0].mesh.poll_output())
-        .filter_map(|o| match o {
-            Output::Send { frame, .. } => Some(frame),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(sends.len(), 1);
-    assert_eq!(sends[0].id(), id);
+    one.m.handle(
+        T0,
+        Input::Command {
+            request: RequestId(1),
+            command: Command::Whisper { peer: peer.clone(), packets: vec![Value::from("w")] },
+        },
+    );
+    let sent = drain(&mut one.m);
+    let Output::Send { frame: w, .. } = &sent[0] else { panic!("{sent:?}") };
+    let resend = packet(MeshMessage::Resend.encode(&peer, T0.unix()));
+    one.m.handle(T0, Input::Packet { conn: ConnId(1), packet: resend });
+    assert_eq!(drain(&mut one.m), vec![Output::Send { conn: ConnId(1), frame: w.clone() }]);
+    // A malformed compression list breaks the protocol.
+    let bad = Frame::build(MsgType::Renegotiate, &peer, T0.unix(), SubFlag::Compression, &[Value::from(1)]);
+    one.m.handle(T0, Input::Packet { conn: ConnId(1), packet: packet(bad) });
+    assert!(matches!(
+        &drain(&mut one.m)[..],
+        [
+            Output::Close { reason: CloseReason::ProtocolViolation("compression renegotiation"), .. },
+            Output::Event(Event::PeerDown { .. })
+        ]
+    ));
 }
 
 #[test]
 fn peers_request_answers_str_and_bin_star() {
-    let mut sim = Sim::new(2);
-    sim.connect(0, 1);
-    sim.run();
-    let now = sim.now;
-    let peer1 = sim.nodes[1].mesh.id().clone();
-    let conn = sim.nodes[0].mesh.conn_of(&peer1).unwrap();
     for star in [Value::from("*"), Value::Binary(b"*".to_vec())] {
-        let f = Frame::build(2, &peer1, now.unix(), subflag::REQUEST, &[star]);
-        sim.nodes[0].mesh.handle_packet(now, conn, Packet::parse(f, &Limits::default()).unwrap());
-        let outs: Vec<Output> = std::iter::from_fn(|| sim.nodes[0].mesh.poll_output()).collect();
-        let peers_sent = outs.iter().any(|o| match o {
-            Output::Send { frame, .. } => {
-                Packet::parse(frame.clone(), &Limits::default()).unwrap().header.subflag == subflag::PEERS
-            }
-            _ => false,
-        });
-        assert!(peers_sent);
+        let mut one = One::established(1);
+        let f = Frame::build(MsgType::Whisper, &one.peer, T0.unix(), SubFlag::Request, &[star]);
+        one.m.handle(T0, Input::Packet { conn: ConnId(1), packet: packet(f) });
+        let list = one.peers_frame(vec![(one.peer_addr.clone(), one.peer.clone())]);
+        assert_eq!(drain(&mut one.m), vec![Output::Send { conn: ConnId(1), frame: list }]);
     }
+    // Anything else is ignored.
+    let mut one = One::established(1);
+    let f = Frame::build(MsgType::Whisper, &one.peer, T0.unix(), SubFlag::Request, &[Value::from("?")]);
+    one.m.handle(T0, Input::Packet { conn: ConnId(1), packet: packet(f) });
+    assert_eq!(drain(&mut one.m), vec![]);
 }
 
 #[test]
@@ -336,16 +668,17 @@ fn disconnect_and_shutdown() {
     sim.connect(0, 1);
     sim.connect(0, 2);
     sim.run();
-    let p1 = sim.nodes[1].mesh.id().clone();
-    sim.nodes[0].mesh.disconnect(&p1).unwrap();
-    sim.drain(0);
+    let p1 = sim.nodes[1].mesh().id().clone();
+    assert_eq!(sim.command(0, Command::Disconnect { peer: p1.clone() }), Some(Ok(node::Reply::Mesh(Reply::Done))));
     sim.run();
-    assert!(sim.nodes[0].mesh.conn_of(&p1).is_none());
-    assert!(sim.nodes[1].mesh.peers().iter().all(|p| &p.id != sim.nodes[0].mesh.id()));
-    assert!(matches!(sim.nodes[0].mesh.disconnect(&p1), Err(CommandError::NotConnected(_))));
-    sim.nodes[0].mesh.shutdown();
-    sim.drain(0);
+    assert!(sim.nodes[0].mesh().conn_of(&p1).is_none());
+    assert!(sim.nodes[1].mesh().peers().iter().all(|p| &p.id != sim.nodes[0].mesh().id()));
+    assert!(matches!(
+        sim.command(0, Command::Disconnect { peer: p1 }),
+        Some(Err(node::CommandError::Mesh(CommandError::NotConnected(_))))
+    ));
+    sim.command(0, Command::Shutdown);
     sim.run();
-    assert!(sim.nodes[0].mesh.peers().is_empty());
-    assert_eq!(sim.nodes[0].mesh.connection_count(), 0);
+    assert!(sim.nodes[0].mesh().peers().is_empty());
+    assert_eq!(sim.nodes[0].mesh().connection_count(), 0);
 }

@@ -7,6 +7,7 @@ use rmpv::Value;
 use sha2::{Digest, Sha256};
 
 use crate::id::PeerId;
+use crate::wire::message::{EntryRecord, FieldRecord};
 use crate::wire::msgpack::write_value;
 
 /// When and by whom a write was made. Versions are totally ordered
@@ -195,59 +196,35 @@ impl Entry {
         u64::from_be_bytes([d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]])
     }
 
-    /// The entry on the wire (rs2p anti-entropy):
-    /// `[key, [ts_ms, owner], base, [[field, ts_ms, owner, value], ...]]`.
-    pub fn to_wire(&self, key: &Bytes) -> Value {
-        Value::Array(vec![
-            Value::Binary(key.to_vec()),
-            Value::Array(vec![
-                Value::from(self.base_version.ts_ms),
-                Value::Binary(self.base_version.owner.as_bytes().to_vec()),
-            ]),
-            self.base.clone(),
-            Value::Array(
-                self.fields
-                    .iter()
-                    .map(|f| {
-                        Value::Array(vec![
-                            f.key.clone(),
-                            Value::from(f.version.ts_ms),
-                            Value::Binary(f.version.owner.as_bytes().to_vec()),
-                            f.value.clone(),
-                        ])
-                    })
-                    .collect(),
-            ),
-        ])
+    /// The entry as anti-entropy sends it.
+    pub fn to_record(&self, key: &Bytes) -> EntryRecord {
+        EntryRecord {
+            key: key.clone(),
+            base_ts_ms: self.base_version.ts_ms,
+            base_owner: Bytes::copy_from_slice(self.base_version.owner.as_bytes()),
+            base: self.base.clone(),
+            fields: self
+                .fields
+                .iter()
+                .map(|f| FieldRecord {
+                    key: f.key.clone(),
+                    ts_ms: f.version.ts_ms,
+                    owner: f.version.owner.clone(),
+                    value: f.value.clone(),
+                })
+                .collect(),
+        }
     }
 
-    /// Parses [`Entry::to_wire`]; `None` if malformed.
-    pub fn from_wire(v: &Value) -> Option<(Bytes, Entry)> {
-        let a = v.as_array()?;
-        if a.len() != 4 {
-            return None;
+    /// An entry from the network. Its fields go through
+    /// [`Entry::apply_delta`], so the invariants (sorted, newer than the
+    /// base) hold whatever the sender sent.
+    pub fn from_record(rec: EntryRecord) -> (Bytes, Entry) {
+        let mut e = Entry::new(Version::new(rec.base_ts_ms, PeerId::from_bytes(rec.base_owner)), rec.base);
+        for FieldRecord { key, ts_ms, owner, value } in rec.fields {
+            e.apply_delta(&Version::new(ts_ms, owner), &[(key, value)]);
         }
-        let key = super::key_bytes(&a[0])?;
-        let bv = a[1].as_array()?;
-        if bv.len() != 2 {
-            return None;
-        }
-        // The base of an entry created by a delta is the zero version with
-        // an empty owner.
-        let base_owner = super::key_bytes(&bv[1]).filter(|b| b.len() <= crate::id::MAX_ID_LEN)?;
-        let base_version = Version::new(bv[0].as_u64()?, PeerId::from_bytes(base_owner));
-        let mut e = Entry::new(base_version, a[2].clone());
-        for f in a[3].as_array()? {
-            let f = f.as_array()?;
-            if f.len() != 4 {
-                return None;
-            }
-            let version = Version::new(f[1].as_u64()?, super::owner_of(&f[2])?);
-            // Through apply_delta so the invariants (sorted, newer than
-            // base) hold whatever the sender sent.
-            e.apply_delta(&version, &[(f[0].clone(), f[3].clone())]);
-        }
-        Some((key, e))
+        (rec.key, e)
     }
 }
 
@@ -311,7 +288,7 @@ mod tests {
         let mut e = Entry::new(v(1000, "A"), Value::Map(vec![(Value::from("x"), Value::from(1))]));
         e.apply_delta(&v(2000, "B"), &[(Value::from("y"), Value::Binary(vec![1]))]);
         let key = Bytes::from_static(b"k");
-        let (k, back) = Entry::from_wire(&e.to_wire(&key)).unwrap();
+        let (k, back) = Entry::from_record(e.to_record(&key));
         assert_eq!(k, key);
         assert_eq!(back, e);
         assert_eq!(back.digest(&k), e.digest(&k));

@@ -30,7 +30,7 @@
 //!   a later set of the whole value supersedes older fields. Merging is
 //!   commutative, so deltas from concurrent writers all survive.
 //! - **Anti-entropy** (`0x20` digest, `0x21` entries, whispers between rs2p
-//!   peers only). Keys hash into 65,536 leaf buckets, 256 at the top level;
+//!   peers only; `anti_entropy.rs`). Keys hash into 65,536 leaf buckets, 256 at the top level;
 //!   each bucket's digest is the XOR of its entries' digests. On every new
 //!   connection to an rs2p peer, and every
 //!   [`Config::anti_entropy_interval_ms`] with a random rs2p peer, a node
@@ -58,41 +58,41 @@
 //! stores, apply py2p's lease check, forget deletes, and are repaired only by
 //! the per-key state transfer on new connections. They can therefore
 //! disagree with the rs2p replicas after concurrent writes or partitions.
-//! rs2p applies py2p's lease rule to writes that come from py2p nodes.
+//! rs2p applies py2p's lease rule to writes that come from py2p nodes
+//! (both lease rules are in `lease.rs`).
+//!
+//! # Driving it
+//! As the mesh: [`Replica::handle`] takes an [`Input`] (a peer up or down, a
+//! sync message the mesh delivered, the timer, or a local [`Command`]);
+//! drain [`Replica::poll_output`]; wake it at [`Replica::poll_timeout`].
+//! Message layouts are in [`crate::wire::message`].
 
+mod anti_entropy;
 pub mod entry;
+mod lease;
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 use bytes::Bytes;
 use rand::rngs::StdRng;
-use rand::seq::IteratorRandom;
 use rand::SeedableRng;
 use rmpv::Value;
-use sha2::{Digest, Sha256};
+use sha2::{Digest as _, Sha256};
 
 pub use entry::{Entry, Field, Version};
+pub use lease::LEASE_MS;
 
 use crate::id::PeerId;
 use crate::mesh::ConnId;
-use crate::wire::{subflag, Frame, MsgType, Packet};
-use crate::Now;
-
-/// rs2p sub-flag: anti-entropy digest (whisper, rs2p peers only).
-pub const SUBFLAG_DIGEST: u64 = 0x20;
-/// rs2p sub-flag: anti-entropy entries (whisper, rs2p peers only).
-pub const SUBFLAG_ENTRIES: u64 = 0x21;
-
-/// py2p's lease: one hour after the holder's last write.
-pub const LEASE_MS: u64 = 3_600_000;
+use crate::wire::message::SyncMessage;
+use crate::wire::{Frame, Packet};
+use crate::{Now, RequestId};
 
 /// Most distinct owner ids a replica shares among its entries; owners past
 /// it get a copy each (so a flood of made-up ids cannot grow the table).
 const MAX_INTERNED_OWNERS: usize = 4096;
-const TOP_BUCKETS: usize = 256;
-const LEAF_BUCKETS: usize = 65_536;
-const DIGEST_BYTES: usize = TOP_BUCKETS * 8;
-
+const TOP_BUCKETS: usize = crate::wire::message::DIGEST_BUCKETS;
+const LEAF_BUCKETS: usize = TOP_BUCKETS * TOP_BUCKETS;
 /// Settings of a replica.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -111,8 +111,8 @@ pub struct Config {
     pub max_batch_bytes: usize,
     /// Largest frame body a local write may produce (peers close links that
     /// send more than their limit). Default
-    /// [`crate::wire::DEFAULT_MAX_FRAME_LEN`]; the driver sets it to its own
-    /// frame limit.
+    /// [`crate::wire::DEFAULT_MAX_FRAME_LEN`]; a [`crate::node::Node`] sets
+    /// it to its mesh's limit.
     pub max_frame_len: usize,
 }
 
@@ -179,15 +179,107 @@ pub enum WriteError {
     },
 }
 
-/// What the replica asks of the mesh below it.
-#[derive(Debug, Clone)]
-pub enum Action {
+/// Something that happens to a replica.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Input {
+    /// A peer completed its handshake on `conn`; `rs2p` tells whether it is
+    /// rs2p (anti-entropy) or py2p (per-key state transfer).
+    PeerUp {
+        /// The connection.
+        conn: ConnId,
+        /// Whether the peer is rs2p.
+        rs2p: bool,
+    },
+    /// The peer on `conn` went away.
+    PeerDown {
+        /// The connection.
+        conn: ConnId,
+    },
+    /// A sync message (store, delta, digest, entries) the mesh delivered on
+    /// `conn`. Malformed messages are ignored, as py2p does.
+    Message {
+        /// The connection.
+        conn: ConnId,
+        /// The packet.
+        packet: Packet,
+    },
+    /// The time [`Replica::poll_timeout`] asked for has come.
+    Timeout,
+    /// A local write; answered by one [`Output::Reply`].
+    Command {
+        /// Echoed in the reply.
+        request: RequestId,
+        /// What to do.
+        command: Command,
+    },
+}
+
+/// A local write to the dictionary.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Command {
+    /// Set `key` to `value` (nil deletes, as in py2p).
+    Set {
+        /// The key.
+        key: Bytes,
+        /// The value.
+        value: Value,
+    },
+    /// Set several pairs in order (py2p's `update`); stops at the first
+    /// refused key (earlier ones stay written).
+    Update {
+        /// The pairs.
+        pairs: Vec<(Bytes, Value)>,
+    },
+    /// Delete `key` ([`WriteError::NotFound`] if it holds no value).
+    Delete {
+        /// The key.
+        key: Bytes,
+    },
+    /// Merge `delta` into the map at `key` (creating it).
+    Delta {
+        /// The key.
+        key: Bytes,
+        /// The fields to set.
+        delta: Vec<(Value, Value)>,
+    },
+    /// Delete `key` (or, with `None`, some key) and give back its value
+    /// (py2p's `pop` and `popitem`).
+    Pop {
+        /// The key, or `None` for any.
+        key: Option<Bytes>,
+    },
+}
+
+/// What a successful write gives back.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reply {
+    /// Applied locally and flooded.
+    Done,
+    /// [`Command::Pop`]: the key removed and the value it held.
+    Popped(Bytes, Value),
+}
+
+/// What the replica asks of the mesh below it, and tells the application.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Output {
     /// Flood this frame.
     Broadcast(Frame),
     /// Send this frame to one connection.
-    Send(ConnId, Frame),
+    Send {
+        /// The connection.
+        conn: ConnId,
+        /// The frame.
+        frame: Frame,
+    },
     /// Tell the application.
     Event(Event),
+    /// The answer to a command.
+    Reply {
+        /// The command answered.
+        request: RequestId,
+        /// Its result.
+        result: Result<Reply, WriteError>,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -202,7 +294,7 @@ struct Slot {
 #[derive(Debug)]
 pub struct Replica {
     me: PeerId,
-    cfg: Config,
+    pub(crate) cfg: Config,
     /// Keys are remote input: hashed with a keyed hash seeded per replica
     /// (random in a real node, fixed in a simulation, which keeps its runs
     /// reproducible).
@@ -223,12 +315,12 @@ pub struct Replica {
     next_ae_ms: u64,
     clock_ms: u64,
     rng: StdRng,
-    out: VecDeque<Action>,
+    out: VecDeque<Output>,
     /// Owner ids shared by the entries: an entry must not hold a slice of
     /// the frame it came in (that would pin the whole read buffer), and a
     /// copy per entry would cost ~100 bytes per key.
     owners: HashSet<PeerId, foldhash::quality::FixedState>,
-    /// Whether changes produce [`Action::Event`]s.
+    /// Whether changes produce [`Output::Event`]s.
     report_changes: bool,
 }
 
@@ -251,19 +343,7 @@ pub fn bucket(key: &[u8]) -> u16 {
     u16::from_be_bytes([h[0], h[1]])
 }
 
-pub(crate) fn key_bytes(v: &Value) -> Option<Bytes> {
-    match v {
-        Value::Binary(b) => Some(Bytes::copy_from_slice(b)),
-        Value::String(s) => Some(Bytes::copy_from_slice(s.as_bytes())),
-        _ => None,
-    }
-}
-
-pub(crate) fn owner_of(v: &Value) -> Option<PeerId> {
-    let b = key_bytes(v)?;
-    (!b.is_empty() && b.len() <= crate::id::MAX_ID_LEN).then(|| PeerId::from_bytes(b))
-}
-
+/// py2p's truthiness, for its state-transfer rule.
 fn truthy(v: &Value) -> bool {
     match v {
         Value::Nil => false,
@@ -301,15 +381,50 @@ impl Replica {
         }
     }
 
+    // ----- the door ---------------------------------------------------------
+
+    /// Feeds one input. Drain [`Replica::poll_output`] afterwards.
+    pub fn handle(&mut self, now: Now, input: Input) {
+        match input {
+            Input::PeerUp { conn, rs2p } => self.on_peer_up(now, conn, rs2p),
+            Input::PeerDown { conn } => {
+                self.peers.remove(&conn);
+                self.receiving_from.remove(&conn);
+            }
+            Input::Message { conn, packet } => self.on_message(now, conn, &packet),
+            Input::Timeout => self.on_timeout(now),
+            Input::Command { request, command } => {
+                let result = self.on_command(now, command);
+                self.out.push_back(Output::Reply { request, result });
+            }
+        }
+    }
+
+    /// The next output. Drain after every input.
+    #[must_use]
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.out.pop_front()
+    }
+
+    /// When the replica next needs an [`Input::Timeout`] (monotonic ms):
+    /// the next anti-entropy round while an rs2p peer is connected, the next
+    /// tombstone purge while tombstones exist.
+    pub fn poll_timeout(&self) -> Option<u64> {
+        let ae = self.peers.values().any(|&rs2p| rs2p).then_some(self.next_ae_ms);
+        let purge = (self.entries.len() > self.live).then_some(self.next_purge_ms);
+        ae.into_iter().chain(purge).min()
+    }
+
+    /// Whether changes produce [`Output::Event`]s (on by default). A driver
+    /// whose application does not listen turns them off, which spares a
+    /// copy of every changed value.
+    pub fn set_report_changes(&mut self, on: bool) {
+        self.report_changes = on;
+    }
+
     /// The settings.
     pub fn config(&self) -> &Config {
         &self.cfg
-    }
-
-    /// The next action for the mesh. Drain after every input.
-    #[must_use]
-    pub fn poll_action(&mut self) -> Option<Action> {
-        self.out.pop_front()
     }
 
     // ----- reads ------------------------------------------------------------
@@ -352,6 +467,11 @@ impl Replica {
         self.entries.iter().filter_map(|(k, s)| Some((k, s.entry.value()?, s.entry.latest())))
     }
 
+    /// Every entry, tombstones included (for comparing replicas).
+    pub fn entries(&self) -> impl Iterator<Item = (&Bytes, &Entry)> + '_ {
+        self.entries.iter().map(|(k, s)| (k, &s.entry))
+    }
+
     /// A digest of the whole replica (tombstones included): two replicas
     /// with equal digests hold the same state.
     pub fn state_digest(&self) -> u64 {
@@ -360,15 +480,26 @@ impl Replica {
 
     // ----- local writes -----------------------------------------------------
 
-    /// The lease holder blocking a write by us to `entry`, if any.
-    fn lease_error(&self, now: Now, entry: &Entry) -> Option<WriteError> {
-        if !self.cfg.leasing || entry.is_tombstone() {
-            return None;
+    fn on_command(&mut self, now: Now, command: Command) -> Result<Reply, WriteError> {
+        match command {
+            Command::Set { key, value } => self.set(now, key, value).map(|()| Reply::Done),
+            Command::Update { pairs } => {
+                for (key, value) in pairs {
+                    self.set(now, key, value)?;
+                }
+                Ok(Reply::Done)
+            }
+            Command::Delete { key } => self.delete(now, key).map(|()| Reply::Done),
+            Command::Delta { key, delta } => self.apply_delta(now, key, delta).map(|()| Reply::Done),
+            Command::Pop { key } => {
+                let key = key.or_else(|| self.items().next().map(|(k, _, _)| k.clone()));
+                let Some((key, value)) = key.and_then(|k| self.get(&k).map(|v| (k, v))) else {
+                    return Err(WriteError::NotFound);
+                };
+                self.set(now, key.clone(), Value::Nil)?;
+                Ok(Reply::Popped(key, value))
+            }
         }
-        let v = entry.latest();
-        let until = v.ts_ms.saturating_add(self.cfg.lease_ms);
-        (v.owner != self.me && until > now.unix_ms)
-            .then(|| WriteError::Leased { owner: v.owner.clone(), until: until / 1000 })
     }
 
     /// Checks a local write (lease, delta target, frame size) and stamps it
@@ -378,12 +509,11 @@ impl Replica {
         &mut self,
         now: Now,
         key: &Bytes,
-        subflag: u64,
-        payload: Value,
+        payload: Result<&Value, &[(Value, Value)]>,
     ) -> Result<(Version, Frame), WriteError> {
         let current = self.entries.get(key).map(|s| &s.entry);
         if let Some(e) = current {
-            if subflag == subflag::DELTA && matches!(e.value(), Some(v) if !v.is_map()) {
+            if payload.is_err() && matches!(e.value(), Some(v) if !v.is_map()) {
                 return Err(WriteError::NotAMap);
             }
             if let Some(err) = self.lease_error(now, e) {
@@ -395,13 +525,10 @@ impl Replica {
         let floor = current.map(|e| e.latest().ts_ms + 1).unwrap_or(0);
         let ts = now.unix_ms.max(self.clock_ms + 1).max(floor);
         let version = Version::new(ts, self.me.clone());
-        let frame = Frame::build(
-            MsgType::Broadcast as u8,
-            &self.me,
-            version.secs(),
-            subflag,
-            &[Value::Binary(key.to_vec()), payload, Value::Array(vec![Value::from(ts)])],
-        );
+        let frame = match payload {
+            Ok(value) => SyncMessage::encode_store(&self.me, version.secs(), key, value, Some(ts)),
+            Err(fields) => SyncMessage::encode_delta(&self.me, version.secs(), key, fields, Some(ts)),
+        };
         // Peers close links that send frames above their limit: refuse
         // before anything is applied.
         let len = frame.body().len();
@@ -412,38 +539,24 @@ impl Replica {
         Ok((version, frame))
     }
 
-    /// Sets `key` to `value` (nil deletes, as in py2p) and floods the write.
-    ///
-    /// # Errors
-    /// [`WriteError::Leased`] when another node holds the key's lease,
-    /// [`WriteError::TooLarge`] above the frame limit.
-    pub fn set(&mut self, now: Now, key: Bytes, value: Value) -> Result<(), WriteError> {
-        let (version, frame) = self.prepare_write(now, &key, subflag::STORE, value.clone())?;
+    fn set(&mut self, now: Now, key: Bytes, value: Value) -> Result<(), WriteError> {
+        let (version, frame) = self.prepare_write(now, &key, Ok(&value))?;
         self.apply(key, |e| e.apply_set(&version, &value), Some((&version, &value)));
-        self.out.push_back(Action::Broadcast(frame));
+        self.out.push_back(Output::Broadcast(frame));
         Ok(())
     }
 
-    /// Deletes `key`.
-    ///
-    /// # Errors
-    /// [`WriteError::NotFound`] if it holds no value, [`WriteError::Leased`].
-    pub fn delete(&mut self, now: Now, key: Bytes) -> Result<(), WriteError> {
+    fn delete(&mut self, now: Now, key: Bytes) -> Result<(), WriteError> {
         if self.get(&key).is_none() {
             return Err(WriteError::NotFound);
         }
         self.set(now, key, Value::Nil)
     }
 
-    /// Merges `delta` into the map at `key` (creating it) and floods it.
-    ///
-    /// # Errors
-    /// [`WriteError::NotAMap`] if `key` holds something else,
-    /// [`WriteError::Leased`], [`WriteError::TooLarge`].
-    pub fn apply_delta(&mut self, now: Now, key: Bytes, delta: Vec<(Value, Value)>) -> Result<(), WriteError> {
-        let (version, frame) = self.prepare_write(now, &key, subflag::DELTA, Value::Map(delta.clone()))?;
+    fn apply_delta(&mut self, now: Now, key: Bytes, delta: Vec<(Value, Value)>) -> Result<(), WriteError> {
+        let (version, frame) = self.prepare_write(now, &key, Err(&delta))?;
         self.apply(key, |e| e.apply_delta(&version, &delta), None);
-        self.out.push_back(Action::Broadcast(frame));
+        self.out.push_back(Output::Broadcast(frame));
         Ok(())
     }
 
@@ -493,92 +606,66 @@ impl Replica {
             _ => {}
         }
         if let Some(e) = event {
-            self.out.push_back(Action::Event(e));
+            self.out.push_back(Output::Event(e));
         }
     }
 
-    /// Whether [`Action::Event`]s are produced (on by default). A driver
-    /// whose application does not listen turns them off, which spares a
-    /// copy of every changed value.
-    pub fn set_report_changes(&mut self, on: bool) {
-        self.report_changes = on;
+    /// The shared copy of an owner id (see `owners`).
+    fn intern(&mut self, id: &PeerId) -> PeerId {
+        if let Some(shared) = self.owners.get(id) {
+            return shared.clone();
+        }
+        let own = PeerId::from_bytes(Bytes::copy_from_slice(id.as_bytes()));
+        if self.owners.len() < MAX_INTERNED_OWNERS {
+            self.owners.insert(own.clone());
+        }
+        own
     }
 
-    /// py2p's `__check_lease` for a write that came from a py2p node.
-    fn py2p_accepts(&self, now: Now, key: &[u8], owner: &PeerId, ts_secs: u64, delta: bool) -> bool {
-        let Some(s) = self.slot(key).filter(|s| !s.entry.is_tombstone()) else {
-            return true;
-        };
-        let meta = s.entry.latest();
-        let (m_owner, m_ts) = (meta.owner.as_bytes(), meta.secs());
-        m_owner == owner.as_bytes()
-            || (delta && !self.cfg.leasing)
-            || m_ts.saturating_add(self.cfg.lease_ms / 1000) < now.unix()
-            || (m_ts == ts_secs && m_owner > owner.as_bytes())
-            || (m_ts < ts_secs && !self.cfg.leasing)
+    fn observe(&mut self, v: &Version) {
+        // The hybrid clock never falls behind what it has seen (bounded, so
+        // one bogus future stamp cannot stall local writes for long).
+        self.clock_ms = self.clock_ms.max(v.ts_ms.min(self.clock_ms.max(1) + 3_600_000));
     }
 
     // ----- inputs -----------------------------------------------------------
 
     /// A peer completed its handshake: rs2p peers get a digest, py2p peers
     /// py2p's per-key state transfer.
-    pub fn on_peer_up(&mut self, now: Now, conn: ConnId, rs2p: bool) {
+    fn on_peer_up(&mut self, now: Now, conn: ConnId, rs2p: bool) {
         self.peers.insert(conn, rs2p);
         if rs2p {
             self.send_top_digest(conn);
         } else {
             let frames: Vec<Frame> = self
                 .items()
-                .map(|(k, v, ver)| {
-                    Frame::build(
-                        MsgType::Whisper as u8,
-                        &self.me,
-                        now.unix(),
-                        subflag::STORE,
-                        &[
-                            Value::Binary(k.to_vec()),
-                            v,
-                            Value::Binary(ver.owner.as_bytes().to_vec()),
-                            Value::from(ver.secs()),
-                        ],
-                    )
+                .map(|(key, value, ver)| {
+                    SyncMessage::StateTransfer {
+                        key: key.clone(),
+                        value,
+                        owner: ver.owner.clone(),
+                        timestamp: ver.secs(),
+                    }
+                    .encode(&self.me, now.unix())
                 })
                 .collect();
-            for f in frames {
-                self.out.push_back(Action::Send(conn, f));
+            for frame in frames {
+                self.out.push_back(Output::Send { conn, frame });
             }
         }
     }
 
-    /// A peer's connection closed.
-    pub fn on_peer_down(&mut self, conn: ConnId) {
-        self.peers.remove(&conn);
-        self.receiving_from.remove(&conn);
-    }
-
-    /// Whether entries from `conn` arrived within the last anti-entropy
-    /// interval.
-    fn transfer_under_way(&self, now: Now, conn: ConnId) -> bool {
-        self.receiving_from.get(&conn).is_some_and(|&t| now.mono_ms < t + self.cfg.anti_entropy_interval_ms)
-    }
-
     /// Periodic work: tombstone purge, anti-entropy rounds.
-    pub fn handle_tick(&mut self, now: Now) {
+    fn on_timeout(&mut self, now: Now) {
         if now.mono_ms >= self.next_purge_ms {
             // A scan of every entry: not on every tick. Tombstones live for
             // their TTL plus at most a sixteenth of it (and a minute).
             self.next_purge_ms = now.mono_ms + (self.cfg.tombstone_ttl_ms / 16).min(60_000);
             self.purge(now);
         }
-        if now.mono_ms < self.next_ae_ms {
-            return;
-        }
-        self.next_ae_ms = now.mono_ms + self.cfg.anti_entropy_interval_ms;
-        let idle: Vec<ConnId> =
-            self.peers.iter().filter(|&(&c, &r)| r && !self.transfer_under_way(now, c)).map(|(c, _)| *c).collect();
-        let pick = idle.into_iter().choose(&mut self.rng);
-        if let Some(conn) = pick {
-            self.send_top_digest(conn);
+        if now.mono_ms >= self.next_ae_ms {
+            self.next_ae_ms = now.mono_ms + self.cfg.anti_entropy_interval_ms;
+            self.start_round(now);
         }
     }
 
@@ -602,21 +689,35 @@ impl Replica {
         }
     }
 
-    /// A sync message (store, delta, digest, entries) delivered by the mesh
-    /// on `conn`. Malformed messages are ignored, as py2p does.
-    pub fn handle(&mut self, now: Now, conn: ConnId, packet: &Packet) {
+    fn on_message(&mut self, now: Now, conn: ConnId, packet: &Packet) {
         let h = &packet.header;
-        let Ok(v) = packet.values() else { return };
-        match (h.subflag, h.msg_type) {
-            (subflag::STORE, 0) => self.on_store(now, &h.sender, h.time, &v),
-            (subflag::STORE, 2) => self.on_state_transfer(now, &v),
-            (subflag::DELTA, 0) => self.on_delta(now, &h.sender, h.time, &v),
-            (SUBFLAG_DIGEST, 2) => self.on_digest(now, conn, &v),
-            (SUBFLAG_ENTRIES, 2) => {
-                self.receiving_from.insert(conn, now.mono_ms);
-                self.on_entries(now, &v);
+        let Ok(msg) = SyncMessage::decode(packet) else { return };
+        match msg {
+            SyncMessage::Store { key, value, ts_ms } => {
+                let Some(version) = self.write_version(now, &key, &h.sender, h.time, ts_ms, false) else { return };
+                self.apply(key, |e| e.apply_set(&version, &value), Some((&version, &value)));
             }
-            _ => {}
+            SyncMessage::StateTransfer { key, value, owner, timestamp } => {
+                // py2p applies a transferred key only where it holds nothing truthy.
+                if self.get(&key).is_some_and(|cur| truthy(&cur)) {
+                    return;
+                }
+                if !self.py2p_accepts(now, &key, &owner, timestamp, false) {
+                    return;
+                }
+                let version = Version::new(timestamp.saturating_mul(1000), self.intern(&owner));
+                self.observe(&version);
+                self.apply(key, |e| e.apply_set(&version, &value), Some((&version, &value)));
+            }
+            SyncMessage::Delta { key, fields, ts_ms } => {
+                let Some(version) = self.write_version(now, &key, &h.sender, h.time, ts_ms, true) else { return };
+                self.apply(key, |e| e.apply_delta(&version, &fields), None);
+            }
+            SyncMessage::Digest(d) => self.on_digest(now, conn, d),
+            SyncMessage::Entries(records) => {
+                self.receiving_from.insert(conn, now.mono_ms);
+                self.on_entries(now, records);
+            }
         }
     }
 
@@ -630,11 +731,10 @@ impl Replica {
         key: &[u8],
         sender: &PeerId,
         time: u64,
-        ext: Option<&Value>,
+        ts_ms: Option<u64>,
         delta: bool,
     ) -> Option<Version> {
-        let rs2p = ext.and_then(|e| e.as_array()?.first()?.as_u64());
-        let version = match rs2p {
+        let version = match ts_ms {
             Some(ts_ms) => Version::new(ts_ms, self.intern(sender)),
             None if self.py2p_accepts(now, key, sender, time, delta) => {
                 Version::new(time.saturating_mul(1000), self.intern(sender))
@@ -643,197 +743,6 @@ impl Replica {
         };
         self.observe(&version);
         Some(version)
-    }
-
-    /// The shared copy of an owner id (see `owners`).
-    fn intern(&mut self, id: &PeerId) -> PeerId {
-        if let Some(shared) = self.owners.get(id) {
-            return shared.clone();
-        }
-        let own = PeerId::from_bytes(Bytes::copy_from_slice(id.as_bytes()));
-        if self.owners.len() < MAX_INTERNED_OWNERS {
-            self.owners.insert(own.clone());
-        }
-        own
-    }
-
-    /// Interns every owner in an entry that came from the network.
-    fn intern_entry(&mut self, e: &mut Entry) {
-        e.base_version.owner = self.intern(&e.base_version.owner);
-        for f in &mut e.fields {
-            f.version.owner = self.intern(&f.version.owner);
-        }
-    }
-
-    fn observe(&mut self, v: &Version) {
-        // The hybrid clock never falls behind what it has seen (bounded, so
-        // one bogus future stamp cannot stall local writes for long).
-        self.clock_ms = self.clock_ms.max(v.ts_ms.min(self.clock_ms.max(1) + 3_600_000));
-    }
-
-    fn on_store(&mut self, now: Now, sender: &PeerId, time: u64, v: &[Value]) {
-        if v.len() < 2 {
-            return;
-        }
-        let Some(key) = key_bytes(&v[0]) else { return };
-        let Some(version) = self.write_version(now, &key, sender, time, v.get(2), false) else { return };
-        let value = &v[1];
-        self.apply(key, |e| e.apply_set(&version, value), Some((&version, value)));
-    }
-
-    fn on_state_transfer(&mut self, now: Now, v: &[Value]) {
-        if v.len() != 4 {
-            return;
-        }
-        let (Some(key), Some(owner), Some(ts)) = (key_bytes(&v[0]), owner_of(&v[2]), v[3].as_u64()) else {
-            return;
-        };
-        // py2p applies a transferred key only where it holds nothing truthy.
-        if self.get(&key).is_some_and(|cur| truthy(&cur)) {
-            return;
-        }
-        if !self.py2p_accepts(now, &key, &owner, ts, false) {
-            return;
-        }
-        let version = Version::new(ts.saturating_mul(1000), self.intern(&owner));
-        let value = &v[1];
-        self.observe(&version);
-        self.apply(key, |e| e.apply_set(&version, value), Some((&version, value)));
-    }
-
-    fn on_delta(&mut self, now: Now, sender: &PeerId, time: u64, v: &[Value]) {
-        if v.len() < 2 {
-            return;
-        }
-        let Some(key) = key_bytes(&v[0]) else { return };
-        let Some(map) = v[1].as_map() else { return };
-        let Some(version) = self.write_version(now, &key, sender, time, v.get(2), true) else { return };
-        self.apply(key, |e| e.apply_delta(&version, map), None);
-    }
-
-    // ----- anti-entropy -----------------------------------------------------
-
-    fn pack(hashes: &[u64]) -> Value {
-        let mut b = Vec::with_capacity(hashes.len() * 8);
-        for h in hashes {
-            b.extend_from_slice(&h.to_be_bytes());
-        }
-        Value::Binary(b)
-    }
-
-    fn unpack(v: &Value) -> Option<Vec<u64>> {
-        let b = v.as_slice()?;
-        if b.len() != DIGEST_BYTES {
-            return None;
-        }
-        Some(b.chunks_exact(8).map(|c| u64::from_be_bytes(c.try_into().unwrap_or([0; 8]))).collect())
-    }
-
-    fn whisper(&mut self, conn: ConnId, subflag: u64, packets: &[Value]) {
-        let frame = Frame::build(MsgType::Whisper as u8, &self.me, self.clock_ms / 1000, subflag, packets);
-        self.out.push_back(Action::Send(conn, frame));
-    }
-
-    fn send_top_digest(&mut self, conn: ConnId) {
-        let d = Self::pack(&self.top);
-        self.whisper(conn, SUBFLAG_DIGEST, &[Value::from(0), d]);
-    }
-
-    fn on_digest(&mut self, now: Now, conn: ConnId, v: &[Value]) {
-        match v.first().and_then(Value::as_u64) {
-            // A new round from a peer whose entries are still arriving:
-            // answering would make it resend them. Its next round will do.
-            Some(0) if self.transfer_under_way(now, conn) => {}
-            Some(0) => {
-                let Some(theirs) = v.get(1).and_then(Self::unpack) else { return };
-                let replies: Vec<Value> = (0..TOP_BUCKETS)
-                    .filter(|&b| theirs[b] != self.top[b])
-                    .map(|b| Value::Array(vec![Value::from(b), Self::pack(&self.leaf[b * 256..(b + 1) * 256])]))
-                    .collect();
-                for chunk in replies.chunks(64) {
-                    self.whisper(conn, SUBFLAG_DIGEST, &[Value::from(1), Value::Array(chunk.to_vec())]);
-                }
-            }
-            Some(1) => {
-                let Some(list) = v.get(1).and_then(Value::as_array) else { return };
-                let mut leaves = Vec::new();
-                for item in list.iter().take(TOP_BUCKETS) {
-                    let Some(pair) = item.as_array().filter(|p| p.len() == 2) else { continue };
-                    let (Some(b), Some(theirs)) = (pair[0].as_u64(), Self::unpack(&pair[1])) else { continue };
-                    let Ok(b) = usize::try_from(b) else { continue };
-                    if b >= TOP_BUCKETS {
-                        continue;
-                    }
-                    for (s, their) in theirs.iter().enumerate() {
-                        let leaf = b * 256 + s;
-                        if self.leaf[leaf] != *their {
-                            leaves.push(leaf as u16);
-                        }
-                    }
-                }
-                self.send_leaves(conn, &leaves);
-            }
-            _ => {}
-        }
-    }
-
-    fn send_leaves(&mut self, conn: ConnId, leaves: &[u16]) {
-        let mut batch = Vec::new();
-        let mut size = 0;
-        let mut batches = Vec::new();
-        if leaves.is_empty() {
-            return;
-        }
-        // One pass over the entries, whatever the number of leaves asked.
-        let mut wanted = vec![false; LEAF_BUCKETS];
-        for &leaf in leaves {
-            wanted[usize::from(leaf)] = true;
-        }
-        for (k, s) in self.entries.iter().filter(|(_, s)| wanted[usize::from(s.leaf)]) {
-            let w = s.entry.to_wire(k);
-            size += k.len() + 64 + approx_size(&s.entry.base);
-            batch.push(w);
-            if size >= self.cfg.max_batch_bytes {
-                batches.push(std::mem::take(&mut batch));
-                size = 0;
-            }
-        }
-        if !batch.is_empty() {
-            batches.push(batch);
-        }
-        for b in batches {
-            self.whisper(conn, SUBFLAG_ENTRIES, &[Value::Array(b)]);
-        }
-    }
-
-    fn on_entries(&mut self, now: Now, v: &[Value]) {
-        let Some(list) = v.first().and_then(Value::as_array) else { return };
-        let cutoff = now.unix_ms.saturating_sub(self.cfg.tombstone_ttl_ms);
-        for item in list {
-            let Some((key, mut remote)) = Entry::from_wire(item) else { continue };
-            // A tombstone older than the purge horizon is already forgotten
-            // here; taking it back would only be purged again.
-            if remote.is_tombstone() && remote.base_version.ts_ms < cutoff && self.slot(&key).is_none() {
-                continue;
-            }
-            self.observe(remote.latest());
-            self.intern_entry(&mut remote);
-            let create = (remote.fields.is_empty()).then(|| (remote.base_version.clone(), remote.base.clone()));
-            match create {
-                Some((ver, val)) => self.apply(key, |e| e.merge(&remote), Some((&ver, &val))),
-                None => self.apply(key, |e| e.merge(&remote), None),
-            }
-        }
-    }
-}
-
-fn approx_size(v: &Value) -> usize {
-    match v {
-        Value::String(s) => s.as_bytes().len(),
-        Value::Binary(b) => b.len(),
-        Value::Array(a) => a.iter().map(approx_size).sum::<usize>() + 1,
-        Value::Map(m) => m.iter().map(|(k, v)| approx_size(k) + approx_size(v)).sum::<usize>() + 1,
-        _ => 9,
     }
 }
 

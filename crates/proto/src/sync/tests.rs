@@ -9,6 +9,7 @@ use rand::{Rng, SeedableRng};
 
 use super::*;
 use crate::sim::Sim;
+use crate::wire::{MsgType, SubFlag};
 
 fn pid(s: &str) -> PeerId {
     PeerId::from_bytes(s.as_bytes().to_vec())
@@ -18,6 +19,10 @@ fn at(secs: u64) -> Now {
     Now { mono_ms: secs * 1000, unix_ms: secs * 1000 }
 }
 
+fn deliver(r: &mut Replica, now: Now, conn: ConnId, packet: &Packet) {
+    r.handle(now, Input::Message { conn, packet: packet.clone() });
+}
+
 fn replica(me: &str, leasing: bool) -> Replica {
     Replica::new(pid(me), Config { leasing, ..Config::default() }, 1)
 }
@@ -25,16 +30,22 @@ fn replica(me: &str, leasing: bool) -> Replica {
 /// A py2p-style store broadcast (no rs2p version field) from `owner` at
 /// `secs`.
 fn py2p_store(owner: &str, secs: u64, key: &str, value: Value) -> Packet {
-    let f = Frame::build(0, &pid(owner), secs, subflag::STORE, &[Value::Binary(key.as_bytes().to_vec()), value]);
+    let f = Frame::build(
+        MsgType::Broadcast,
+        &pid(owner),
+        secs,
+        SubFlag::Store,
+        &[Value::Binary(key.as_bytes().to_vec()), value],
+    );
     Packet::parse(f, &Default::default()).unwrap()
 }
 
 fn py2p_delta(owner: &str, secs: u64, key: &str, delta: Vec<(Value, Value)>) -> Packet {
     let f = Frame::build(
-        0,
+        MsgType::Broadcast,
         &pid(owner),
         secs,
-        subflag::DELTA,
+        SubFlag::Delta,
         &[Value::Binary(key.as_bytes().to_vec()), Value::Map(delta)],
     );
     Packet::parse(f, &Default::default()).unwrap()
@@ -58,7 +69,7 @@ fn py2p_lease_rule_every_branch() {
     ];
     for &(leasing, owner, ts, delta, accepted, branch) in cases {
         let mut r = replica("me", leasing);
-        r.handle(now, ConnId(1), &py2p_store("M", 10_000, "k", Value::from("stored")));
+        deliver(&mut r, now, ConnId(1), &py2p_store("M", 10_000, "k", Value::from("stored")));
         assert_eq!(r.get(b"k"), Some(Value::from("stored")));
         assert_eq!(r.py2p_accepts(now, b"k", &pid(owner), ts, delta), accepted, "{branch}");
     }
@@ -66,7 +77,7 @@ fn py2p_lease_rule_every_branch() {
     let r = replica("me", true);
     assert!(r.py2p_accepts(now, b"k", &pid("Z"), 1, false), "no entry");
     let mut r = replica("me", true);
-    r.handle(now, ConnId(1), &py2p_store("M", 10_000, "k", Value::from("stored")));
+    deliver(&mut r, now, ConnId(1), &py2p_store("M", 10_000, "k", Value::from("stored")));
     assert!(r.py2p_accepts(at(13_601), b"k", &pid("Z"), 13_601, false), "lease lapsed");
     assert!(!r.py2p_accepts(at(13_600), b"k", &pid("Z"), 13_600, false), "lease still held at exactly an hour");
 }
@@ -75,17 +86,22 @@ fn py2p_lease_rule_every_branch() {
 fn py2p_writes_are_gated_and_applied() {
     let now = at(10_100);
     let mut r = replica("me", true);
-    r.handle(now, ConnId(1), &py2p_store("M", 10_000, "k", Value::from("first")));
-    r.handle(now, ConnId(1), &py2p_store("Z", 10_050, "k", Value::from("refused")));
+    deliver(&mut r, now, ConnId(1), &py2p_store("M", 10_000, "k", Value::from("first")));
+    deliver(&mut r, now, ConnId(1), &py2p_store("Z", 10_050, "k", Value::from("refused")));
     assert_eq!(r.get(b"k"), Some(Value::from("first")));
     assert_eq!(r.meta(b"k"), Some((pid("M"), 10_000)));
-    r.handle(now, ConnId(1), &py2p_store("M", 10_060, "k", Value::Nil));
+    deliver(&mut r, now, ConnId(1), &py2p_store("M", 10_060, "k", Value::Nil));
     assert_eq!(r.get(b"k"), None, "owner's delete");
     assert!(r.entry(b"k").unwrap().is_tombstone());
     // Without leasing, deltas from anyone merge.
     let mut r = replica("me", false);
     for (i, who) in ["A", "B", "C"].iter().enumerate() {
-        r.handle(now, ConnId(1), &py2p_delta(who, 10_000 + i as u64, "d", vec![(Value::from(*who), Value::from(i))]));
+        deliver(
+            &mut r,
+            now,
+            ConnId(1),
+            &py2p_delta(who, 10_000 + i as u64, "d", vec![(Value::from(*who), Value::from(i))]),
+        );
     }
     let v = r.get(b"d").unwrap();
     assert_eq!(v.as_map().unwrap().len(), 3);
@@ -94,7 +110,7 @@ fn py2p_writes_are_gated_and_applied() {
 #[test]
 fn local_lease_blocks_and_frees() {
     let mut r = replica("me", true);
-    r.handle(at(100), ConnId(1), &py2p_store("other", 100, "k", Value::from("theirs")));
+    deliver(&mut r, at(100), ConnId(1), &py2p_store("other", 100, "k", Value::from("theirs")));
     match r.set(at(200), Bytes::from_static(b"k"), Value::from("mine")) {
         Err(WriteError::Leased { owner, until }) => {
             assert_eq!(owner, pid("other"));
@@ -114,12 +130,12 @@ fn local_lease_blocks_and_frees() {
     // Our own key: always writable; without leasing anyone's is.
     r.set(at(100 + 3601), Bytes::from_static(b"k"), Value::from("again")).unwrap();
     let mut free = replica("me", false);
-    free.handle(at(100), ConnId(1), &py2p_store("other", 100, "k", Value::from("theirs")));
+    deliver(&mut free, at(100), ConnId(1), &py2p_store("other", 100, "k", Value::from("theirs")));
     free.set(at(101), Bytes::from_static(b"k"), Value::from("mine")).unwrap();
     // A deleted key holds no lease.
     let mut r = replica("me", true);
-    r.handle(at(100), ConnId(1), &py2p_store("other", 100, "k", Value::from("x")));
-    r.handle(at(100), ConnId(1), &py2p_store("other", 101, "k", Value::Nil));
+    deliver(&mut r, at(100), ConnId(1), &py2p_store("other", 100, "k", Value::from("x")));
+    deliver(&mut r, at(100), ConnId(1), &py2p_store("other", 101, "k", Value::Nil));
     r.set(at(102), Bytes::from_static(b"k"), Value::from("mine")).unwrap();
 }
 
@@ -135,8 +151,8 @@ fn local_api_errors() {
     r.set(at(3), Bytes::from_static(b"s"), Value::from("one")).unwrap();
     r.set(at(3), Bytes::from_static(b"s"), Value::from("two")).unwrap();
     assert_eq!(r.get(b"s"), Some(Value::from("two")));
-    let events: Vec<Action> = std::iter::from_fn(|| r.poll_action()).collect();
-    let updates = events.iter().filter(|a| matches!(a, Action::Event(Event::Update { .. }))).count();
+    let events: Vec<Output> = std::iter::from_fn(|| r.poll_output()).collect();
+    let updates = events.iter().filter(|a| matches!(a, Output::Event(Event::Update { .. }))).count();
     assert_eq!(updates, 4);
 }
 
@@ -148,15 +164,15 @@ fn change_events_only_while_reported_and_counts_stay_right() {
     r.set(at(2), Bytes::from_static(b"b"), Value::from(2)).unwrap();
     r.delete(at(3), Bytes::from_static(b"a")).unwrap();
     assert_eq!(r.len(), 1, "liveness is tracked without events");
-    let quiet: Vec<Action> = std::iter::from_fn(|| r.poll_action()).collect();
-    assert!(quiet.iter().all(|a| !matches!(a, Action::Event(_))), "{quiet:?}");
+    let quiet: Vec<Output> = std::iter::from_fn(|| r.poll_output()).collect();
+    assert!(quiet.iter().all(|a| !matches!(a, Output::Event(_))), "{quiet:?}");
     r.set_report_changes(true);
     r.set(at(4), Bytes::from_static(b"a"), Value::from(3)).unwrap();
     r.delete(at(5), Bytes::from_static(b"b")).unwrap();
     assert_eq!(r.len(), 1);
-    let events: Vec<Event> = std::iter::from_fn(|| r.poll_action())
+    let events: Vec<Event> = std::iter::from_fn(|| r.poll_output())
         .filter_map(|a| match a {
-            Action::Event(e) => Some(e),
+            Output::Event(e) => Some(e),
             _ => None,
         })
         .collect();
@@ -183,13 +199,13 @@ fn op() -> impl Strategy<Value = Op> {
 fn frame_of(op: &Op) -> Packet {
     let owners = ["A", "B", "C"];
     let (sub, key, ts, owner, payload) = match op {
-        Op::Set(k, t, o, v) => (subflag::STORE, *k, *t, *o, v.map(Value::from).unwrap_or(Value::Nil)),
+        Op::Set(k, t, o, v) => (SubFlag::Store, *k, *t, *o, v.map(Value::from).unwrap_or(Value::Nil)),
         Op::Delta(k, t, o, f, v) => {
-            (subflag::DELTA, *k, *t, *o, Value::Map(vec![(Value::from(format!("f{f}")), Value::from(*v))]))
+            (SubFlag::Delta, *k, *t, *o, Value::Map(vec![(Value::from(format!("f{f}")), Value::from(*v))]))
         }
     };
     let f = Frame::build(
-        0,
+        MsgType::Broadcast,
         &pid(owners[owner as usize]),
         1_000 + ts / 1000,
         sub,
@@ -213,7 +229,7 @@ proptest! {
         let now = at(2_000);
         let mut a = replica("me", false);
         for o in &ops {
-            a.handle(now, ConnId(1), &frame_of(o));
+            deliver(&mut a, now, ConnId(1), &frame_of(o));
         }
         let mut shuffled = ops.clone();
         let mut rng = StdRng::seed_from_u64(seed);
@@ -223,7 +239,7 @@ proptest! {
         // Deliver some twice, too: duplicates must not matter.
         let mut b = replica("me", false);
         for o in shuffled.iter().chain(ops.iter().take(3)) {
-            b.handle(now, ConnId(1), &frame_of(o));
+            deliver(&mut b, now, ConnId(1), &frame_of(o));
         }
         prop_assert_eq!(snapshot(&a), snapshot(&b));
         prop_assert_eq!(a.state_digest(), b.state_digest());
@@ -237,7 +253,7 @@ proptest! {
         let parts: Vec<Replica> = (0..3).map(|p| {
             let mut r = replica("me", false);
             for (i, o) in ops.iter().enumerate() {
-                if (i + split) % 3 == p { r.handle(now, ConnId(1), &frame_of(o)); }
+                if (i + split) % 3 == p { deliver(&mut r, now, ConnId(1), &frame_of(o)); }
             }
             r
         }).collect();
@@ -302,23 +318,18 @@ fn run_seed(seed: u64, n: usize, leasing: bool) -> (usize, usize) {
     for round in 0..40 {
         let node = rng.random_range(0..n);
         let key = keys[rng.random_range(0..keys.len())].clone();
-        let now = sim.now;
-        let result = match rng.random_range(0..10) {
-            0..=5 => sim.nodes[node]
-                .with_replica(now, |r, now| r.set(now, key.clone(), Value::from(format!("v{round}-{node}")))),
-            6..=7 => sim.nodes[node].with_replica(now, |r, now| r.delete(now, key.clone())),
-            _ => sim.nodes[node].with_replica(now, |r, now| {
-                r.apply_delta(now, key.clone(), vec![(Value::from(format!("f{}", round % 3)), Value::from(round))])
-            }),
+        let command = match rng.random_range(0..10) {
+            0..=5 => Command::Set { key: key.clone(), value: Value::from(format!("v{round}-{node}")) },
+            6..=7 => Command::Delete { key: key.clone() },
+            _ => Command::Delta {
+                key: key.clone(),
+                delta: vec![(Value::from(format!("f{}", round % 3)), Value::from(round))],
+            },
         };
-        match result {
-            Ok(()) => {
-                let r = sim.nodes[node].sync.as_ref().unwrap();
-                ledger.record(&key, r);
-            }
+        match sim.command(node, command).expect("writes are answered at once") {
+            Ok(_) => ledger.record(&key, sim.nodes[node].replica().unwrap()),
             Err(_) => refused += 1,
         }
-        sim.drain(node);
         // Deliver part of what is in flight, so writes overlap.
         let steps = rng.random_range(0..40);
         sim.run_steps(steps);
@@ -347,9 +358,9 @@ fn run_seed(seed: u64, n: usize, leasing: bool) -> (usize, usize) {
     // Let maintenance redial and anti-entropy repair.
     sim.advance(30_000);
     assert!(sim.connected(), "seed {seed}: mesh did not heal");
-    let reference = snapshot(sim.nodes[0].sync.as_ref().unwrap());
+    let reference = snapshot(sim.nodes[0].replica().unwrap());
     for i in 1..n {
-        let s = snapshot(sim.nodes[i].sync.as_ref().unwrap());
+        let s = snapshot(sim.nodes[i].replica().unwrap());
         assert_eq!(s, reference, "seed {seed}: node {i} differs from node 0");
     }
     // No acknowledged write lost: every key is exactly the fold of them.
@@ -376,9 +387,11 @@ fn simulated_networks_converge_without_losing_acknowledged_writes() {
          {acked} acknowledged writes, {refused} refused by leases: all replicas identical, none lost\n"
     );
     eprint!("{report}");
-    // The test command prints this file, since cargo hides passing tests' output.
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../target/sync-simulation-report.txt");
-    let _ = std::fs::write(path, report);
+    // The test command asks for this report in a file and prints it, since
+    // cargo hides passing tests' output.
+    if let Ok(path) = std::env::var("RS2P_SIM_REPORT") {
+        std::fs::write(&path, report).unwrap_or_else(|e| panic!("writing {path}: {e}"));
+    }
 }
 
 #[test]
@@ -387,16 +400,15 @@ fn joining_node_gets_the_whole_state_by_anti_entropy() {
     sim.connect(1, 0);
     sim.run();
     for i in 0..500u32 {
-        let now = sim.now;
-        sim.nodes[0].with_replica(now, |r, now| r.set(now, Bytes::from(format!("k{i}")), Value::from(i))).unwrap();
-        sim.drain(0);
+        let set = Command::Set { key: Bytes::from(format!("k{i}")), value: Value::from(i) };
+        assert_eq!(sim.command(0, set), Some(Ok(crate::node::Reply::Sync(Reply::Done))));
     }
     sim.run();
-    assert_eq!(sim.nodes[1].sync.as_ref().unwrap().len(), 500);
+    assert_eq!(sim.nodes[1].replica().unwrap().len(), 500);
     // Node 2 joins after the writes were flooded: only anti-entropy can
     // bring it the 500 keys (rs2p peers get no per-key state transfer).
     sim.connect(2, 1);
     sim.run();
-    assert_eq!(sim.nodes[2].sync.as_ref().unwrap().len(), 500);
-    assert_eq!(sim.nodes[2].sync.as_ref().unwrap().state_digest(), sim.nodes[0].sync.as_ref().unwrap().state_digest());
+    assert_eq!(sim.nodes[2].replica().unwrap().len(), 500);
+    assert_eq!(sim.nodes[2].replica().unwrap().state_digest(), sim.nodes[0].replica().unwrap().state_digest());
 }

@@ -6,8 +6,8 @@ use rmpv::Value;
 use sha2::{Digest, Sha256};
 
 use super::msgpack::{self, read_array_len, read_bytes_range, read_uint};
-use super::{compress, Compression, DecodeError, Limits};
-use crate::id::{MsgId, PeerId, MAX_ID_LEN};
+use super::{compress, Compression, DecodeError, Limits, MsgType};
+use crate::id::{MsgId, PeerId};
 
 /// Bytes before the payload: the length prefix and the sha256 checksum.
 const HEADER: usize = 4 + 32;
@@ -29,20 +29,12 @@ impl std::fmt::Debug for Frame {
 
 impl Frame {
     /// Builds a frame for `[msg_type, sender, time, subflag, packets...]`.
-    pub fn build(msg_type: u8, sender: &PeerId, time: u64, subflag: u64, packets: &[Value]) -> Frame {
-        // Encoded in place after room for the prefix and checksum, which are
-        // filled in last: one allocation, no copy.
-        let mut buf = Vec::with_capacity(HEADER + 96 + sender.as_bytes().len() + 32 * packets.len());
-        buf.resize(HEADER, 0);
-        rmp::encode::write_array_len(&mut buf, 4 + packets.len() as u32).expect("vec write");
-        rmp::encode::write_uint(&mut buf, u64::from(msg_type)).expect("vec write");
-        rmp::encode::write_bin(&mut buf, sender.as_bytes()).expect("vec write");
-        rmp::encode::write_uint(&mut buf, time).expect("vec write");
-        rmp::encode::write_uint(&mut buf, subflag).expect("vec write");
+    pub fn build(msg_type: MsgType, sender: &PeerId, time: u64, subflag: impl Into<u64>, packets: &[Value]) -> Frame {
+        let mut b = FrameBuilder::new(msg_type, sender, time, subflag, packets.len());
         for p in packets {
-            msgpack::write_value(&mut buf, p);
+            b.value(p);
         }
-        Frame::seal(buf)
+        b.finish()
     }
 
     /// Builds a frame around an already encoded msgpack payload.
@@ -103,6 +95,79 @@ impl Frame {
     }
 }
 
+/// Writes a frame's payload field by field, straight into the frame's one
+/// buffer (no intermediate [`Value`] tree, no copy): the encoders of
+/// [`super::message`] use it.
+#[derive(Debug)]
+pub struct FrameBuilder {
+    buf: Vec<u8>,
+}
+
+impl FrameBuilder {
+    /// Starts `[msg_type, sender, time, subflag, ...]` with `packets` more
+    /// values to come after the sub-flag.
+    pub fn new(msg_type: MsgType, sender: &PeerId, time: u64, subflag: impl Into<u64>, packets: usize) -> Self {
+        // Encoded in place after room for the prefix and checksum, which are
+        // filled in last: one allocation, no copy.
+        let mut buf = Vec::with_capacity(HEADER + 96 + sender.as_bytes().len() + 32 * packets);
+        buf.resize(HEADER, 0);
+        let mut b = FrameBuilder { buf };
+        b.array_len(4 + packets);
+        b.uint(msg_type.code());
+        b.bin(sender.as_bytes());
+        b.uint(time);
+        b.uint(subflag.into());
+        b
+    }
+
+    /// Appends an array header of `n` items (the items follow).
+    pub fn array_len(&mut self, n: usize) -> &mut Self {
+        // Lengths come from in-memory collections: below u32::MAX in practice,
+        // and a saturated header is rejected by every peer's size check.
+        rmp::encode::write_array_len(&mut self.buf, u32::try_from(n).unwrap_or(u32::MAX)).expect("vec write");
+        self
+    }
+
+    /// Appends a map header of `n` pairs (the keys and values follow).
+    pub fn map_len(&mut self, n: usize) -> &mut Self {
+        rmp::encode::write_map_len(&mut self.buf, u32::try_from(n).unwrap_or(u32::MAX)).expect("vec write");
+        self
+    }
+
+    /// Appends an unsigned integer in its smallest encoding.
+    pub fn uint(&mut self, v: u64) -> &mut Self {
+        rmp::encode::write_uint(&mut self.buf, v).expect("vec write");
+        self
+    }
+
+    /// Appends msgpack bin (py2p's `bytes`).
+    pub fn bin(&mut self, b: &[u8]) -> &mut Self {
+        rmp::encode::write_bin(&mut self.buf, b).expect("vec write");
+        self
+    }
+
+    /// Appends any value.
+    pub fn value(&mut self, v: &Value) -> &mut Self {
+        msgpack::write_value(&mut self.buf, v);
+        self
+    }
+
+    /// Bytes written so far (prefix and checksum room included).
+    pub fn len(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Whether nothing but the header has been written.
+    pub fn is_empty(&self) -> bool {
+        self.buf.len() <= HEADER
+    }
+
+    /// Fills in the length prefix and checksum.
+    pub fn finish(self) -> Frame {
+        Frame::seal(self.buf)
+    }
+}
+
 /// The fixed fields every py2p message starts with.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Header {
@@ -112,8 +177,20 @@ pub struct Header {
     pub sender: PeerId,
     /// `packets[2]`: the sender's UNIX time in seconds.
     pub time: u64,
-    /// `packets[3]`: the sub-flag (see [`super::subflag`]).
+    /// `packets[3]`: the sub-flag (see [`super::SubFlag`]).
     pub subflag: u64,
+}
+
+impl Header {
+    /// The message type, if py2p defines it.
+    pub fn kind(&self) -> Option<MsgType> {
+        MsgType::from_u64(self.msg_type)
+    }
+
+    /// Whether the message has type `t` and sub-flag `f`.
+    pub fn is(&self, t: MsgType, f: super::SubFlag) -> bool {
+        self.msg_type == t.code() && self.subflag == f.code()
+    }
 }
 
 /// A checked frame from the network: checksum verified, payload validated as
@@ -152,7 +229,7 @@ impl Packet {
         }
         let msg_type = read_uint(payload, &mut pos)?;
         let sender = read_bytes_range(payload, &mut pos)?;
-        if sender.is_empty() || sender.len() > MAX_ID_LEN {
+        if !PeerId::valid_len(sender.len()) {
             return Err(DecodeError::Malformed("sender id length"));
         }
         let time = read_uint(payload, &mut pos)?;
@@ -183,11 +260,6 @@ impl Packet {
     /// returns [`DecodeError::Msgpack`] rather than panicking.
     pub fn values(&self) -> Result<Vec<Value>, DecodeError> {
         msgpack::decode_values(self.frame.payload(), self.rest_offset, self.rest_count)
-    }
-
-    /// The raw msgpack bytes of the packets after the sub-flag.
-    pub fn rest_bytes(&self) -> &[u8] {
-        &self.frame.payload()[self.rest_offset..]
     }
 }
 
@@ -323,7 +395,13 @@ mod tests {
 
     #[test]
     fn build_parse_round_trip() {
-        let f = Frame::build(0, &id(), 1_795_279_776, 0, &[Value::from("hello"), Value::Binary(vec![1])]);
+        let f = Frame::build(
+            MsgType::Broadcast,
+            &id(),
+            1_795_279_776,
+            0u64,
+            &[Value::from("hello"), Value::Binary(vec![1])],
+        );
         let p = Packet::parse(f.clone(), &Limits::default()).unwrap();
         assert_eq!(p.header.msg_type, 0);
         assert_eq!(p.header.sender, id());
@@ -333,7 +411,7 @@ mod tests {
 
     #[test]
     fn decoder_handles_every_split_point_and_compression() {
-        let f = Frame::build(2, &id(), 7, 2, &[Value::from("x".repeat(500))]);
+        let f = Frame::build(MsgType::Whisper, &id(), 7, 2u64, &[Value::from("x".repeat(500))]);
         for method in [
             None,
             Some(Compression::Zlib),
@@ -371,7 +449,7 @@ mod tests {
 
     #[test]
     fn release_buffer_keeps_partial_frames() {
-        let f = Frame::build(0, &id(), 7, 0, &[Value::from("x".repeat(100))]);
+        let f = Frame::build(MsgType::Broadcast, &id(), 7, 0u64, &[Value::from("x".repeat(100))]);
         let wire = f.wire_bytes();
         let mut d = FrameDecoder::new(Limits::default(), &[]);
         d.buffer().reserve(64 * 1024);
@@ -386,7 +464,7 @@ mod tests {
 
     #[test]
     fn bad_checksum_is_rejected() {
-        let f = Frame::build(0, &id(), 7, 0, &[]);
+        let f = Frame::build(MsgType::Broadcast, &id(), 7, 0u64, &[]);
         let mut bytes = f.wire_bytes().to_vec();
         bytes[10] ^= 1;
         let mut d = FrameDecoder::new(Limits::default(), &Compression::DEFAULT_PREFERENCE);

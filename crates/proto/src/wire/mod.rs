@@ -7,15 +7,19 @@
 //! bytes untouched so the id never changes.
 //!
 //! Everything here is pure: [`FrameDecoder`] turns bytes into [`Packet`]s,
-//! [`Frame::build`] turns values into bytes. Every check on remote input is a
-//! [`DecodeError`], never a panic.
+//! [`Frame::build`] turns values into bytes, and [`message`] gives every
+//! protocol message its typed form (`decode(&Packet)` / `encode(..) ->
+//! Frame`). Every check on remote input is a [`DecodeError`] or a
+//! [`Malformed`], never a panic.
 
 mod compress;
 mod frame;
+pub mod message;
 pub mod msgpack;
 
 pub use compress::{compress, decompress, detect, Compression};
-pub use frame::{Frame, FrameDecoder, Header, Packet};
+pub use frame::{Frame, FrameBuilder, FrameDecoder, Header, Packet};
+pub use message::Malformed;
 
 use thiserror::Error;
 
@@ -47,49 +51,111 @@ impl MsgType {
             _ => return None,
         })
     }
+
+    /// The value on the wire.
+    pub fn code(self) -> u64 {
+        self as u64
+    }
 }
 
-/// Sub-flags (`packets[3]`): what a message means. Values below
-/// [`subflag::RESERVED_BELOW`] belong to the protocol.
-pub mod subflag {
+/// Sub-flags (`packets[3]`): what a message means. py2p's flags module,
+/// plus rs2p's own (`0x20` and up, below [`SubFlag::RESERVED_BELOW`]).
+///
+/// Headers keep the sub-flag as a plain `u64`, because applications layered
+/// on the mesh use their own values from [`SubFlag::RESERVED_BELOW`] up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum SubFlag {
     /// User broadcast (also a message type).
-    pub const BROADCAST: u64 = 0x00;
+    Broadcast = 0x00,
     /// Compression renegotiation.
-    pub const COMPRESSION: u64 = 0x01;
+    Compression = 0x01,
     /// User whisper (also a message type).
-    pub const WHISPER: u64 = 0x02;
+    Whisper = 0x02,
     /// Reserved by py2p.
-    pub const PING: u64 = 0x03;
+    Ping = 0x03,
     /// Reserved by py2p.
-    pub const PONG: u64 = 0x04;
+    Pong = 0x04,
     /// Handshake, sent by both ends of a new connection.
-    pub const HANDSHAKE: u64 = 0x05;
+    Handshake = 0x05,
     /// Reserved by py2p (unused by mesh).
-    pub const NOTIFY: u64 = 0x06;
+    Notify = 0x06,
     /// A peer list.
-    pub const PEERS: u64 = 0x07;
+    Peers = 0x07,
     /// A request for peers (`'*'`) or for a route to a node.
-    pub const REQUEST: u64 = 0x08;
+    Request = 0x08,
     /// A request to resend the last user message.
-    pub const RESEND: u64 = 0x09;
+    Resend = 0x09,
     /// The answer to a route request.
-    pub const RESPONSE: u64 = 0x0A;
+    Response = 0x0A,
     /// Sync: store a value.
-    pub const STORE: u64 = 0x0B;
+    Store = 0x0B,
     /// Reserved by py2p (chord).
-    pub const RETRIEVE: u64 = 0x0C;
+    Retrieve = 0x0C,
     /// Reserved by py2p (chord).
-    pub const RETRIEVED: u64 = 0x0D;
+    Retrieved = 0x0D,
     /// Reserved by py2p (chord).
-    pub const FORWARD: u64 = 0x0E;
+    Forward = 0x0E,
     /// Reserved by py2p (chord).
-    pub const NEW_PATHS: u64 = 0x0F;
+    NewPaths = 0x0F,
     /// Reserved by py2p (chord).
-    pub const REVOKE_PATHS: u64 = 0x10;
+    RevokePaths = 0x10,
     /// Sync: merge a map into the map at a key.
-    pub const DELTA: u64 = 0x11;
+    Delta = 0x11,
+    /// rs2p: anti-entropy digest (whisper, rs2p peers only).
+    Digest = 0x20,
+    /// rs2p: anti-entropy entries (whisper, rs2p peers only).
+    Entries = 0x21,
+}
+
+impl SubFlag {
     /// Sub-flags below this value are reserved for the protocol.
     pub const RESERVED_BELOW: u64 = 0x30;
+
+    /// The sub-flag for a wire value, if the protocol defines it.
+    pub fn from_u64(v: u64) -> Option<Self> {
+        use SubFlag::*;
+        Some(match v {
+            0x00 => Broadcast,
+            0x01 => Compression,
+            0x02 => Whisper,
+            0x03 => Ping,
+            0x04 => Pong,
+            0x05 => Handshake,
+            0x06 => Notify,
+            0x07 => Peers,
+            0x08 => Request,
+            0x09 => Resend,
+            0x0A => Response,
+            0x0B => Store,
+            0x0C => Retrieve,
+            0x0D => Retrieved,
+            0x0E => Forward,
+            0x0F => NewPaths,
+            0x10 => RevokePaths,
+            0x11 => Delta,
+            0x20 => Digest,
+            0x21 => Entries,
+            _ => return None,
+        })
+    }
+
+    /// The value on the wire.
+    pub fn code(self) -> u64 {
+        self as u64
+    }
+
+    /// Whether messages with this sub-flag are the application's own: user
+    /// broadcasts and whispers (not protocol traffic).
+    pub fn is_user(code: u64) -> bool {
+        code == SubFlag::Broadcast.code() || code == SubFlag::Whisper.code()
+    }
+}
+
+impl From<SubFlag> for u64 {
+    fn from(f: SubFlag) -> u64 {
+        f.code()
+    }
 }
 
 /// Limits applied to everything that arrives from the network.

@@ -20,7 +20,7 @@ impl BuildHasher for KeyedIdHash {
 
 /// A multiply-xor hasher for keys that are already well spread or not
 /// chosen remotely: 64-bit id prefixes (keyed, see [`SeenCache`]) and the
-/// driver's sequential connection ids ([`super::ConnMap`]).
+/// driver's sequential connection ids ([`crate::mesh::ConnMap`]).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct MixHasher(u64);
 
@@ -95,6 +95,7 @@ impl SeenCache {
     }
 
     /// Whether `id` is remembered.
+    #[cfg(test)]
     pub fn contains(&self, id: &MsgId) -> bool {
         self.set.contains(&Self::key(id))
     }
@@ -108,6 +109,11 @@ impl SeenCache {
             self.order.pop_front();
             self.set.remove(&k);
         }
+    }
+
+    /// When the oldest entry expires (monotonic ms), if any.
+    pub fn next_expiry(&self) -> Option<u64> {
+        self.order.front().map(|&(t, _)| t.saturating_add(self.keep_ms))
     }
 
     /// Number of remembered ids.

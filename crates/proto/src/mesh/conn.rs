@@ -1,0 +1,85 @@
+//! Connections as the machine sees them: ids, direction, handshake state.
+
+use std::collections::HashMap;
+
+use super::dissemination::MixHasher;
+use super::LinkCodec;
+use crate::addr::PeerAddr;
+use crate::id::PeerId;
+use crate::wire::Frame;
+use crate::RequestId;
+
+/// Identifies one TCP connection, handshaken or not. Assigned by the driver.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnId(pub u64);
+
+/// A map keyed by [`ConnId`]: the driver's sequential ids are not remote
+/// input, so the keyed SipHash of `HashMap` buys nothing on this hot path.
+pub type ConnMap<V> = HashMap<ConnId, V, std::hash::BuildHasherDefault<MixHasher>>;
+
+/// Identifies one dial attempt, so its outcome can be matched to its cause.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DialId(pub u64);
+
+/// Which end opened a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Direction {
+    /// We dialed.
+    Outgoing,
+    /// They dialed.
+    Incoming,
+}
+
+#[derive(Debug)]
+pub(super) enum ConnState {
+    Handshaking,
+    Established(PeerId),
+}
+
+/// One connection's state.
+#[derive(Debug)]
+pub(super) struct Conn {
+    pub(super) dir: Direction,
+    /// The `Connect` command waiting for its handshake, if any.
+    pub(super) request: Option<RequestId>,
+    /// The address we dialed, if we dialed.
+    pub(super) target: Option<PeerAddr>,
+    pub(super) state: ConnState,
+    /// The peer's advertised address (or the one we dialed).
+    pub(super) addr: Option<PeerAddr>,
+    pub(super) peer_methods: Vec<u64>,
+    pub(super) codec: LinkCodec,
+    /// The last user frame sent, for py2p's resend request.
+    pub(super) last_user: Option<Frame>,
+    /// The id from the handshake, once it arrived.
+    pub(super) claimed: Option<PeerId>,
+}
+
+impl Conn {
+    /// A new connection; `dialed` is the `Connect` command waiting for it
+    /// (if any) and the address dialed, for an outgoing one.
+    pub(super) fn new(dir: Direction, dialed: Option<(Option<RequestId>, PeerAddr)>) -> Self {
+        let (request, target) = match dialed {
+            Some((r, a)) => (r, Some(a)),
+            None => (None, None),
+        };
+        Conn {
+            dir,
+            request,
+            target,
+            state: ConnState::Handshaking,
+            addr: None,
+            peer_methods: Vec::new(),
+            codec: LinkCodec::HANDSHAKE,
+            last_user: None,
+            claimed: None,
+        }
+    }
+
+    pub(super) fn peer(&self) -> Option<&PeerId> {
+        match &self.state {
+            ConnState::Established(p) => Some(p),
+            ConnState::Handshaking => None,
+        }
+    }
+}

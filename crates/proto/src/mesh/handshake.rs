@@ -1,0 +1,153 @@
+//! Opening and closing connections: the handshake, the routing table, and
+//! what a lost connection leaves behind.
+//!
+//! Both ends send a handshake as soon as a connection opens. A handshake
+//! from another network (protocol id) or from ourselves closes the link; one
+//! from a peer already connected goes through the conflict rule
+//! ([`super::resolve_conflict`]). A handshaken peer enters the routing
+//! table, gets our peer list and any replies that waited for its route.
+
+use super::conflict::{resolve_conflict, Keep};
+use super::conn::{Conn, ConnState};
+use super::link::{codec_for, is_rs2p};
+use super::peers::KnownPeer;
+use super::{CloseReason, CommandError, ConnId, DialId, Event, LinkCodec, Mesh, Output, Reply};
+use crate::wire::message::{Handshake, MeshMessage};
+use crate::Now;
+
+impl Mesh {
+    /// A new connection: send our handshake, start its deadline.
+    pub(super) fn open(&mut self, now: Now, conn: ConnId, c: Conn) {
+        self.conns.insert(conn, c);
+        self.handshake_deadlines.push_back((now.mono_ms + self.cfg.handshake_timeout_ms, conn));
+        let frame = MeshMessage::Handshake(Handshake {
+            id: self.cfg.id.clone(),
+            protocol: self.protocol_id.as_bytes().to_vec(),
+            addr: Some(self.cfg.out_addr.clone()),
+            methods: self.advertised_methods(),
+        })
+        .encode(&self.cfg.id, now.unix());
+        self.out.push_back(Output::Configure { conn, codec: LinkCodec::HANDSHAKE });
+        self.send(conn, frame);
+    }
+
+    pub(super) fn on_handshake(&mut self, now: Now, conn: ConnId, hs: Handshake) {
+        if hs.protocol != self.protocol_id.as_bytes() {
+            let reason = CloseReason::ProtocolMismatch {
+                ours: self.protocol_id.to_string(),
+                theirs: String::from_utf8_lossy(&hs.protocol).into_owned(),
+            };
+            tracing::info!(%reason, "refusing connection");
+            return self.close(conn, reason);
+        }
+        let peer = hs.id;
+        if peer == self.cfg.id {
+            return self.close(conn, CloseReason::SelfConnection);
+        }
+        let Some(c) = self.conns.get_mut(&conn) else { return };
+        c.claimed = Some(peer.clone());
+        let new_outgoing = c.dir == super::Direction::Outgoing;
+        if let Some(&existing) = self.routing.get(&peer) {
+            match resolve_conflict(&self.cfg.id, &peer, new_outgoing) {
+                Keep::Existing => return self.close(conn, CloseReason::Duplicate),
+                Keep::New => {
+                    // Move the routing entry first so closing the old link
+                    // does not report the peer as gone.
+                    self.routing.insert(peer.clone(), conn);
+                    self.close(existing, CloseReason::Duplicate);
+                }
+            }
+        }
+        // py2p's `connect` event: the routing table goes from empty to one.
+        let first = self.routing.is_empty();
+        let codec = codec_for(&self.cfg.compression, &hs.methods);
+        let rs2p = is_rs2p(&hs.methods);
+        let Some(c) = self.conns.get_mut(&conn) else { return };
+        c.state = ConnState::Established(peer.clone());
+        c.addr = hs.addr.clone().or_else(|| c.target.clone());
+        c.peer_methods = hs.methods;
+        c.codec = codec;
+        let outgoing = c.dir == super::Direction::Outgoing;
+        let request = c.request.take();
+        self.routing.insert(peer.clone(), conn);
+        self.known.remove(&peer);
+        self.dissemination.link_up(conn, rs2p);
+        self.out.push_back(Output::Configure { conn, codec });
+        self.event(Event::PeerUp { conn, peer: peer.clone(), addr: hs.addr, outgoing, first, rs2p });
+        if let Some(request) = request {
+            self.out.push_back(Output::Reply { request, result: Ok(Reply::Connected(peer.clone())) });
+        }
+        self.send_peers(now, conn);
+        if let Some(replies) = self.deferred.remove(&peer) {
+            for r in replies {
+                self.send_user(conn, r.frame);
+            }
+        }
+    }
+
+    pub(super) fn on_dial_failed(&mut self, now: Now, dial: DialId, reason: CloseReason) {
+        let Some(d) = self.dials.remove(&dial) else { return };
+        if let Some(expected) = &d.expected {
+            self.backoff(expected, now);
+        }
+        if let Some(request) = d.request {
+            let result = Err(CommandError::Connect { addr: d.addr.clone(), reason: reason.clone() });
+            self.out.push_back(Output::Reply { request, result });
+        }
+        self.event(Event::ConnectFailed { conn: None, peer: None, addr: Some(d.addr), reason });
+    }
+
+    /// Everything a closed connection leaves behind: the routing entry (and
+    /// a redial candidate), or a failed connection attempt.
+    pub(super) fn forget(&mut self, now: Now, conn: ConnId, c: Conn, reason: CloseReason) {
+        match c.state {
+            ConnState::Established(peer) => {
+                self.dissemination.link_down(conn);
+                if self.routing.get(&peer) != Some(&conn) {
+                    return; // replaced by another link to the same peer
+                }
+                self.routing.remove(&peer);
+                // Remember it as a redial candidate unless we chose to drop it.
+                let chosen = matches!(reason, CloseReason::Requested | CloseReason::Shutdown);
+                if let (Some(addr), false) = (c.addr, chosen) {
+                    if self.known.len() < self.cfg.max_known_peers {
+                        let next_try_ms = now.mono_ms + self.cfg.redial_backoff_ms;
+                        self.known.insert(peer.clone(), KnownPeer { addr, next_try_ms, failures: 0 });
+                    }
+                }
+                let lost = !matches!(reason, CloseReason::Shutdown | CloseReason::Duplicate);
+                self.event(Event::PeerDown { conn, peer, reason });
+                // py2p asks its peers for theirs whenever a link drops.
+                if lost && !self.routing.is_empty() && self.cfg.maintain_outgoing {
+                    self.next_peer_request_ms = 0;
+                    self.next_maintain_ms = 0;
+                }
+            }
+            ConnState::Handshaking => {
+                if let Some(target) = &c.target {
+                    if let Some((id, _)) = self.known.iter().find(|(_, k)| &k.addr == target) {
+                        let id = id.clone();
+                        self.backoff(&id, now);
+                    }
+                }
+                // The loser of the conflict rule leaves its peer connected
+                // through the other link: a connect() that dialed it succeeded.
+                let duplicate = reason == CloseReason::Duplicate;
+                if let Some(request) = c.request {
+                    let result = match (&c.claimed, duplicate) {
+                        (Some(p), true) => Ok(Reply::Connected(p.clone())),
+                        _ => Err(match (&reason, c.target.clone()) {
+                            (CloseReason::Shutdown, _) => CommandError::ShuttingDown,
+                            (_, Some(addr)) => CommandError::Connect { addr, reason: reason.clone() },
+                            (_, None) => CommandError::ShuttingDown,
+                        }),
+                    };
+                    self.out.push_back(Output::Reply { request, result });
+                }
+                if !duplicate {
+                    self.event(Event::ConnectFailed { conn: Some(conn), peer: c.claimed, addr: c.target, reason });
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,42 @@
+//! py2p's leases: a key written by one node cannot be written by another
+//! for an hour after that node's last write (unless leasing is off).
+//!
+//! Two rules, both here: the check on local writes ([`Replica::lease_error`],
+//! against the entry the replica holds) and py2p's own `__check_lease` for
+//! writes that come from py2p nodes ([`Replica::py2p_accepts`], with its
+//! same-second tie rule).
+
+use super::{Entry, Replica, WriteError};
+use crate::id::PeerId;
+use crate::Now;
+
+/// py2p's lease: one hour after the holder's last write.
+pub const LEASE_MS: u64 = 3_600_000;
+
+impl Replica {
+    /// The lease holder blocking a write by us to `entry`, if any.
+    pub(super) fn lease_error(&self, now: Now, entry: &Entry) -> Option<WriteError> {
+        if !self.cfg.leasing || entry.is_tombstone() {
+            return None;
+        }
+        let v = entry.latest();
+        let until = v.ts_ms.saturating_add(self.cfg.lease_ms);
+        (v.owner != self.me && until > now.unix_ms)
+            .then(|| WriteError::Leased { owner: v.owner.clone(), until: until / 1000 })
+    }
+
+    /// py2p's `__check_lease` for a write by `owner` at `ts_secs` that came
+    /// from a py2p node.
+    pub(super) fn py2p_accepts(&self, now: Now, key: &[u8], owner: &PeerId, ts_secs: u64, delta: bool) -> bool {
+        let Some(s) = self.slot(key).filter(|s| !s.entry.is_tombstone()) else {
+            return true;
+        };
+        let meta = s.entry.latest();
+        let (m_owner, m_ts) = (meta.owner.as_bytes(), meta.secs());
+        m_owner == owner.as_bytes()
+            || (delta && !self.cfg.leasing)
+            || m_ts.saturating_add(self.cfg.lease_ms / 1000) < now.unix()
+            || (m_ts == ts_secs && m_owner > owner.as_bytes())
+            || (m_ts < ts_secs && !self.cfg.leasing)
+    }
+}

@@ -1,0 +1,267 @@
+//! The mesh's own messages: handshake, peer exchange, routed-reply
+//! requests and responses, link renegotiation.
+
+use rmpv::Value;
+
+use super::{bytes_of, peer_id_of, uint_list, Malformed};
+use crate::addr::PeerAddr;
+use crate::id::PeerId;
+use crate::wire::{Frame, FrameBuilder, MsgType, Packet, SubFlag};
+
+/// The first message on every connection, sent by both ends (a whisper):
+/// `[2, id, t, 0x05, node_id, protocol_id, [host, port], [methods]]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Handshake {
+    /// The sender's node id.
+    pub id: PeerId,
+    /// The sender's protocol id, as raw bytes (compared, never parsed).
+    pub protocol: Vec<u8>,
+    /// Where the sender says it can be dialled (`None` if unparseable:
+    /// py2p does not check it either).
+    pub addr: Option<PeerAddr>,
+    /// Compression methods the sender accepts, in its preference order.
+    pub methods: Vec<u64>,
+}
+
+/// A message the mesh handles itself. Anything else (user broadcasts and
+/// whispers, sync messages, applications' own sub-flags) is a payload for
+/// the layers above: [`MeshMessage::decode`] answers `Ok(None)` for it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MeshMessage {
+    /// Whisper `0x05`: see [`Handshake`].
+    Handshake(Handshake),
+    /// Whisper `0x07`: `[[[host, port], id], ...]`, the sender's peers.
+    /// Entries that do not parse are skipped.
+    Peers(Vec<(PeerAddr, PeerId)>),
+    /// Whisper `0x08` with `'*'` (str or bin): "send me your peers".
+    PeerRequest,
+    /// Broadcast `0x08`: `[request_id, wanted_id]`, "who is connected to
+    /// `wanted`?" (flooded).
+    RouteRequest {
+        /// The asker's token, echoed in the response (py2p sends a str).
+        request_id: Value,
+        /// The node the asker wants to reach.
+        wanted: PeerId,
+    },
+    /// Broadcast `0x0A`: `[request_id, [[host, port], id]]`, "`id` is at
+    /// `addr`" (flooded back to the asker).
+    RouteResponse {
+        /// The token of the request answered.
+        request_id: Value,
+        /// The wanted node's advertised address.
+        addr: PeerAddr,
+        /// The wanted node.
+        id: PeerId,
+    },
+    /// Renegotiate `0x01`: `[[methods]]`, the sender's new method list.
+    Compression(Vec<u64>),
+    /// Renegotiate `0x09`: "resend your last user message".
+    Resend,
+}
+
+fn values(p: &Packet) -> Result<Vec<Value>, Malformed> {
+    p.values().map_err(|_| Malformed("undecodable packets"))
+}
+
+impl MeshMessage {
+    /// Reads a mesh message; `Ok(None)` for a payload of the layers above.
+    ///
+    /// # Errors
+    /// [`Malformed`] when the header names a mesh message (or a type py2p
+    /// reserves) whose fields do not fit.
+    pub fn decode(p: &Packet) -> Result<Option<MeshMessage>, Malformed> {
+        let h = &p.header;
+        let Some(kind) = h.kind() else { return Err(Malformed("unknown message type")) };
+        let flag = SubFlag::from_u64(h.subflag);
+        Ok(Some(match (kind, flag) {
+            (MsgType::Whisper, Some(SubFlag::Handshake)) => MeshMessage::Handshake(decode_handshake(&values(p)?)?),
+            (MsgType::Whisper, Some(SubFlag::Peers)) => MeshMessage::Peers(decode_peers(&values(p)?)?),
+            (MsgType::Whisper, Some(SubFlag::Request)) => {
+                // py2p's own request sends a str '*', which py2p itself fails
+                // to match; both forms are a request.
+                let v = values(p)?;
+                if v.first().and_then(bytes_of) != Some(b"*") {
+                    return Err(Malformed("peer request without '*'"));
+                }
+                MeshMessage::PeerRequest
+            }
+            (MsgType::Broadcast, Some(SubFlag::Request)) => {
+                let mut v = values(p)?;
+                if v.len() < 2 {
+                    return Err(Malformed("route request field count"));
+                }
+                let wanted = peer_id_of(&v[1]).ok_or(Malformed("route request id"))?;
+                MeshMessage::RouteRequest { request_id: v.swap_remove(0), wanted }
+            }
+            (MsgType::Broadcast, Some(SubFlag::Response)) => {
+                let mut v = values(p)?;
+                if v.len() < 2 || bytes_of(&v[0]).is_none() {
+                    return Err(Malformed("route response request id"));
+                }
+                let route = v[1].as_array().filter(|a| a.len() == 2).ok_or(Malformed("route response route"))?;
+                let addr = PeerAddr::from_value(&route[0]).ok_or(Malformed("route response address"))?;
+                let id = peer_id_of(&route[1]).ok_or(Malformed("route response id"))?;
+                MeshMessage::RouteResponse { request_id: v.swap_remove(0), addr, id }
+            }
+            (MsgType::Renegotiate, Some(SubFlag::Compression)) => {
+                let v = values(p)?;
+                MeshMessage::Compression(v.first().and_then(uint_list).ok_or(Malformed("compression renegotiation"))?)
+            }
+            (MsgType::Renegotiate, Some(SubFlag::Resend)) => MeshMessage::Resend,
+            (MsgType::Renegotiate, _) => return Err(Malformed("unknown renegotiation")),
+            (MsgType::Ping | MsgType::Pong, _) => return Err(Malformed("reserved message type")),
+            (MsgType::Broadcast | MsgType::Whisper, _) => return Ok(None),
+        }))
+    }
+
+    /// The message's type and sub-flag.
+    pub fn kind(&self) -> (MsgType, SubFlag) {
+        match self {
+            MeshMessage::Handshake(_) => (MsgType::Whisper, SubFlag::Handshake),
+            MeshMessage::Peers(_) => (MsgType::Whisper, SubFlag::Peers),
+            MeshMessage::PeerRequest => (MsgType::Whisper, SubFlag::Request),
+            MeshMessage::RouteRequest { .. } => (MsgType::Broadcast, SubFlag::Request),
+            MeshMessage::RouteResponse { .. } => (MsgType::Broadcast, SubFlag::Response),
+            MeshMessage::Compression(_) => (MsgType::Renegotiate, SubFlag::Compression),
+            MeshMessage::Resend => (MsgType::Renegotiate, SubFlag::Resend),
+        }
+    }
+
+    /// The message as a frame from `sender` at `time` (UNIX seconds).
+    pub fn encode(&self, sender: &PeerId, time: u64) -> Frame {
+        let (t, f) = self.kind();
+        let start = |n| FrameBuilder::new(t, sender, time, f, n);
+        match self {
+            MeshMessage::Handshake(hs) => {
+                let mut b = start(4);
+                b.bin(hs.id.as_bytes()).bin(&hs.protocol);
+                match &hs.addr {
+                    Some(a) => b.value(&a.to_value()),
+                    None => b.value(&Value::Nil),
+                };
+                b.array_len(hs.methods.len());
+                for &m in &hs.methods {
+                    b.uint(m);
+                }
+                b.finish()
+            }
+            MeshMessage::Peers(list) => {
+                let mut b = start(1);
+                b.array_len(list.len());
+                for (addr, id) in list {
+                    b.array_len(2).value(&addr.to_value()).bin(id.as_bytes());
+                }
+                b.finish()
+            }
+            // As bin: py2p compares it with b'*' and only answers that form.
+            MeshMessage::PeerRequest => {
+                let mut b = start(1);
+                b.bin(b"*");
+                b.finish()
+            }
+            MeshMessage::RouteRequest { request_id, wanted } => {
+                let mut b = start(2);
+                b.value(request_id).bin(wanted.as_bytes());
+                b.finish()
+            }
+            MeshMessage::RouteResponse { request_id, addr, id } => {
+                let mut b = start(2);
+                b.value(request_id).array_len(2).value(&addr.to_value()).bin(id.as_bytes());
+                b.finish()
+            }
+            MeshMessage::Compression(methods) => {
+                let mut b = start(1);
+                b.array_len(methods.len());
+                for &m in methods {
+                    b.uint(m);
+                }
+                b.finish()
+            }
+            MeshMessage::Resend => start(0).finish(),
+        }
+    }
+}
+
+fn decode_handshake(v: &[Value]) -> Result<Handshake, Malformed> {
+    if v.len() != 4 {
+        return Err(Malformed("handshake field count"));
+    }
+    let (Some(id), Some(protocol)) = (bytes_of(&v[0]), bytes_of(&v[1])) else {
+        return Err(Malformed("handshake id fields must be bytes"));
+    };
+    let id = PeerId::from_wire(id).ok_or(Malformed("handshake id length"))?;
+    let methods = uint_list(&v[3]).ok_or(Malformed("handshake compression list"))?;
+    Ok(Handshake { id, protocol: protocol.to_vec(), addr: PeerAddr::from_value(&v[2]), methods })
+}
+
+fn decode_peers(v: &[Value]) -> Result<Vec<(PeerAddr, PeerId)>, Malformed> {
+    let list = v.first().and_then(Value::as_array).ok_or(Malformed("peer list"))?;
+    Ok(list
+        .iter()
+        .filter_map(|e| {
+            let pair = e.as_array().filter(|p| p.len() == 2)?;
+            Some((PeerAddr::from_value(&pair[0])?, peer_id_of(&pair[1])?))
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::Limits;
+
+    fn round_trip(m: MeshMessage) {
+        let sender = PeerId::random(b"sender");
+        let f = m.encode(&sender, 1_700_000_000);
+        let p = Packet::parse(f, &Limits::default()).unwrap();
+        assert_eq!(p.header.sender, sender);
+        assert_eq!(MeshMessage::decode(&p), Ok(Some(m)));
+    }
+
+    #[test]
+    fn every_mesh_message_round_trips() {
+        let id = PeerId::random(b"x");
+        let addr = PeerAddr::new("127.0.0.1", 4444);
+        round_trip(MeshMessage::Handshake(Handshake {
+            id: id.clone(),
+            protocol: b"proto".to_vec(),
+            addr: Some(addr.clone()),
+            methods: vec![0x13, 0x2f],
+        }));
+        round_trip(MeshMessage::Peers(vec![(addr.clone(), id.clone())]));
+        round_trip(MeshMessage::PeerRequest);
+        round_trip(MeshMessage::RouteRequest { request_id: Value::from("r1"), wanted: id.clone() });
+        round_trip(MeshMessage::RouteResponse { request_id: Value::from("r1"), addr, id });
+        round_trip(MeshMessage::Compression(vec![0x13, 0x11]));
+        round_trip(MeshMessage::Resend);
+    }
+
+    #[test]
+    fn payloads_are_not_mesh_messages_and_junk_is_malformed() {
+        let s = PeerId::random(b"s");
+        let parse = |t, f: u64, v: &[Value]| Packet::parse(Frame::build(t, &s, 1, f, v), &Limits::default()).unwrap();
+        let user = parse(MsgType::Broadcast, 0, &[Value::from("hi")]);
+        assert_eq!(MeshMessage::decode(&user), Ok(None));
+        let store = parse(MsgType::Broadcast, SubFlag::Store.code(), &[]);
+        assert_eq!(MeshMessage::decode(&store), Ok(None));
+        let short = parse(MsgType::Whisper, SubFlag::Handshake.code(), &[Value::from(1)]);
+        assert_eq!(MeshMessage::decode(&short), Err(Malformed("handshake field count")));
+        let no_star = parse(MsgType::Whisper, SubFlag::Request.code(), &[Value::from("?")]);
+        assert!(MeshMessage::decode(&no_star).is_err());
+        let str_star = parse(MsgType::Whisper, SubFlag::Request.code(), &[Value::from("*")]);
+        assert_eq!(MeshMessage::decode(&str_star), Ok(Some(MeshMessage::PeerRequest)));
+        let ping = parse(MsgType::Ping, 0, &[]);
+        assert!(MeshMessage::decode(&ping).is_err());
+        // A peer list keeps its good entries and skips the rest.
+        let list = Value::Array(vec![
+            Value::from(3),
+            Value::Array(vec![PeerAddr::new("h", 1).to_value(), Value::Binary(b"id".to_vec())]),
+            Value::Array(vec![PeerAddr::new("h", 2).to_value(), Value::Binary(vec![b'x'; 500])]),
+        ]);
+        let peers = parse(MsgType::Whisper, SubFlag::Peers.code(), &[list]);
+        assert_eq!(
+            MeshMessage::decode(&peers),
+            Ok(Some(MeshMessage::Peers(vec![(PeerAddr::new("h", 1), PeerId::from_bytes(b"id".to_vec()))])))
+        );
+    }
+}

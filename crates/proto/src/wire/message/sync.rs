@@ -1,0 +1,341 @@
+//! The replicated dictionary's messages: py2p's stores and deltas, and
+//! rs2p's anti-entropy digests and entries.
+
+use bytes::Bytes;
+use rmpv::Value;
+
+use super::{bytes_of, key_of, peer_id_of, Malformed};
+use crate::id::PeerId;
+use crate::wire::{Frame, FrameBuilder, MsgType, Packet, SubFlag};
+
+/// Buckets in an anti-entropy digest (top level) and leaves per bucket.
+pub const DIGEST_BUCKETS: usize = 256;
+/// Bytes of one packed digest: [`DIGEST_BUCKETS`] big-endian `u64`s.
+const DIGEST_BYTES: usize = DIGEST_BUCKETS * 8;
+
+/// An anti-entropy digest (rs2p only; whisper `0x20`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Digest {
+    /// `[0, bin]`: the sender's 256 top-level bucket digests.
+    Top(Vec<u64>),
+    /// `[1, [[bucket, bin], ...]]`: the 256 leaf digests under each listed
+    /// top bucket. Items that do not parse are skipped.
+    Leaves(Vec<(u8, Vec<u64>)>),
+}
+
+/// One field of an [`EntryRecord`]: `[field, ts_ms, owner, value]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FieldRecord {
+    /// The field's key within the map.
+    pub key: Value,
+    /// When the delta that set it was written (ms).
+    pub ts_ms: u64,
+    /// Who wrote it.
+    pub owner: PeerId,
+    /// Its value.
+    pub value: Value,
+}
+
+/// One key's replicated state as anti-entropy sends it:
+/// `[key, [ts_ms, owner], base, [[field, ts_ms, owner, value], ...]]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EntryRecord {
+    /// The key.
+    pub key: Bytes,
+    /// When the latest set or delete was written (ms).
+    pub base_ts_ms: u64,
+    /// Who wrote it (empty for an entry created by a delta).
+    pub base_owner: Bytes,
+    /// Its value (nil: deleted).
+    pub base: Value,
+    /// Fields set by later deltas.
+    pub fields: Vec<FieldRecord>,
+}
+
+/// A message of the replicated dictionary.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SyncMessage {
+    /// Broadcast `0x0B`: `[key, value]`, plus rs2p's `[ts_ms]` when an rs2p
+    /// node wrote it. The owner is the sender, the time the header's. A nil
+    /// value deletes.
+    Store {
+        /// The key.
+        key: Bytes,
+        /// The new value (nil: delete).
+        value: Value,
+        /// rs2p's millisecond version, if present.
+        ts_ms: Option<u64>,
+    },
+    /// Whisper `0x0B`: `[key, value, owner, timestamp]`, py2p's state
+    /// transfer on a new connection (one per key).
+    StateTransfer {
+        /// The key.
+        key: Bytes,
+        /// Its value.
+        value: Value,
+        /// Its owner.
+        owner: PeerId,
+        /// Its timestamp, UNIX seconds.
+        timestamp: u64,
+    },
+    /// Broadcast `0x11`: `[key, {field: value, ...}]` (plus `[ts_ms]` from
+    /// rs2p): merge the map into the map at `key`.
+    Delta {
+        /// The key.
+        key: Bytes,
+        /// The fields to set.
+        fields: Vec<(Value, Value)>,
+        /// rs2p's millisecond version, if present.
+        ts_ms: Option<u64>,
+    },
+    /// Whisper `0x20` (rs2p): see [`Digest`].
+    Digest(Digest),
+    /// Whisper `0x21` (rs2p): entries of the leaves the peer lacks. Entries
+    /// that do not parse are skipped.
+    Entries(Vec<EntryRecord>),
+}
+
+/// rs2p's trailing version field: `[ts_ms]` (py2p never looks at it).
+fn ext_ts(v: Option<&Value>) -> Option<u64> {
+    v?.as_array()?.first()?.as_u64()
+}
+
+fn pack(b: &mut FrameBuilder, hashes: &[u64]) {
+    let mut bytes = Vec::with_capacity(hashes.len() * 8);
+    for h in hashes {
+        bytes.extend_from_slice(&h.to_be_bytes());
+    }
+    b.bin(&bytes);
+}
+
+fn unpack(v: &Value) -> Option<Vec<u64>> {
+    let b = v.as_slice()?;
+    if b.len() != DIGEST_BYTES {
+        return None;
+    }
+    Some(b.chunks_exact(8).map(|c| u64::from_be_bytes(c.try_into().unwrap_or([0; 8]))).collect())
+}
+
+impl SyncMessage {
+    /// Reads a sync message. Only the sync sub-flags with their message
+    /// types are sync messages.
+    ///
+    /// # Errors
+    /// [`Malformed`] for anything else, or fields of the wrong shape.
+    pub fn decode(p: &Packet) -> Result<SyncMessage, Malformed> {
+        let h = &p.header;
+        let (Some(kind), Some(flag)) = (h.kind(), SubFlag::from_u64(h.subflag)) else {
+            return Err(Malformed("not a sync message"));
+        };
+        let mut v = p.values().map_err(|_| Malformed("undecodable packets"))?;
+        Ok(match (flag, kind) {
+            (SubFlag::Store, MsgType::Broadcast) => {
+                if v.len() < 2 {
+                    return Err(Malformed("store field count"));
+                }
+                let key = key_of(&v[0]).ok_or(Malformed("store key"))?;
+                let ts_ms = ext_ts(v.get(2));
+                SyncMessage::Store { key, value: v.swap_remove(1), ts_ms }
+            }
+            (SubFlag::Store, MsgType::Whisper) => {
+                if v.len() != 4 {
+                    return Err(Malformed("state transfer field count"));
+                }
+                let (Some(key), Some(owner), Some(timestamp)) = (key_of(&v[0]), peer_id_of(&v[2]), v[3].as_u64())
+                else {
+                    return Err(Malformed("state transfer fields"));
+                };
+                SyncMessage::StateTransfer { key, value: v.swap_remove(1), owner, timestamp }
+            }
+            (SubFlag::Delta, MsgType::Broadcast) => {
+                if v.len() < 2 {
+                    return Err(Malformed("delta field count"));
+                }
+                let key = key_of(&v[0]).ok_or(Malformed("delta key"))?;
+                let ts_ms = ext_ts(v.get(2));
+                match v.swap_remove(1) {
+                    Value::Map(fields) => SyncMessage::Delta { key, fields, ts_ms },
+                    _ => return Err(Malformed("delta is not a map")),
+                }
+            }
+            (SubFlag::Digest, MsgType::Whisper) => match v.first().and_then(Value::as_u64) {
+                Some(0) => SyncMessage::Digest(Digest::Top(v.get(1).and_then(unpack).ok_or(Malformed("digest size"))?)),
+                Some(1) => {
+                    let list = v.get(1).and_then(Value::as_array).ok_or(Malformed("leaf digest list"))?;
+                    let leaves = list
+                        .iter()
+                        .take(DIGEST_BUCKETS)
+                        .filter_map(|item| {
+                            let pair = item.as_array().filter(|p| p.len() == 2)?;
+                            let bucket = u8::try_from(pair[0].as_u64()?).ok()?;
+                            Some((bucket, unpack(&pair[1])?))
+                        })
+                        .collect();
+                    SyncMessage::Digest(Digest::Leaves(leaves))
+                }
+                _ => return Err(Malformed("digest level")),
+            },
+            (SubFlag::Entries, MsgType::Whisper) => {
+                let list = match v.into_iter().next() {
+                    Some(Value::Array(list)) => list,
+                    _ => return Err(Malformed("entry list")),
+                };
+                SyncMessage::Entries(list.into_iter().filter_map(decode_entry).collect())
+            }
+            _ => return Err(Malformed("not a sync message")),
+        })
+    }
+
+    /// The message as a frame from `sender` at `time` (UNIX seconds).
+    pub fn encode(&self, sender: &PeerId, time: u64) -> Frame {
+        match self {
+            SyncMessage::Store { key, value, ts_ms } => Self::encode_store(sender, time, key, value, *ts_ms),
+            SyncMessage::StateTransfer { key, value, owner, timestamp } => {
+                let mut b = FrameBuilder::new(MsgType::Whisper, sender, time, SubFlag::Store, 4);
+                b.bin(key).value(value).bin(owner.as_bytes()).uint(*timestamp);
+                b.finish()
+            }
+            SyncMessage::Delta { key, fields, ts_ms } => Self::encode_delta(sender, time, key, fields, *ts_ms),
+            SyncMessage::Digest(Digest::Top(top)) => {
+                let mut b = FrameBuilder::new(MsgType::Whisper, sender, time, SubFlag::Digest, 2);
+                b.uint(0);
+                pack(&mut b, top);
+                b.finish()
+            }
+            SyncMessage::Digest(Digest::Leaves(leaves)) => {
+                let mut b = FrameBuilder::new(MsgType::Whisper, sender, time, SubFlag::Digest, 2);
+                b.uint(1).array_len(leaves.len());
+                for (bucket, digests) in leaves {
+                    b.array_len(2).uint(u64::from(*bucket));
+                    pack(&mut b, digests);
+                }
+                b.finish()
+            }
+            SyncMessage::Entries(entries) => {
+                let mut b = FrameBuilder::new(MsgType::Whisper, sender, time, SubFlag::Entries, 1);
+                b.array_len(entries.len());
+                for e in entries {
+                    b.array_len(4).bin(&e.key);
+                    b.array_len(2).uint(e.base_ts_ms).bin(&e.base_owner);
+                    b.value(&e.base).array_len(e.fields.len());
+                    for f in &e.fields {
+                        b.array_len(4).value(&f.key).uint(f.ts_ms).bin(f.owner.as_bytes()).value(&f.value);
+                    }
+                }
+                b.finish()
+            }
+        }
+    }
+
+    /// [`SyncMessage::Store`] from borrowed parts (a local write need not
+    /// copy its value into a message first).
+    pub fn encode_store(sender: &PeerId, time: u64, key: &[u8], value: &Value, ts_ms: Option<u64>) -> Frame {
+        let mut b =
+            FrameBuilder::new(MsgType::Broadcast, sender, time, SubFlag::Store, 2 + usize::from(ts_ms.is_some()));
+        b.bin(key).value(value);
+        if let Some(ts) = ts_ms {
+            b.array_len(1).uint(ts);
+        }
+        b.finish()
+    }
+
+    /// [`SyncMessage::Delta`] from borrowed parts.
+    pub fn encode_delta(
+        sender: &PeerId,
+        time: u64,
+        key: &[u8],
+        fields: &[(Value, Value)],
+        ts_ms: Option<u64>,
+    ) -> Frame {
+        let mut b =
+            FrameBuilder::new(MsgType::Broadcast, sender, time, SubFlag::Delta, 2 + usize::from(ts_ms.is_some()));
+        b.bin(key);
+        b.map_len(fields.len());
+        for (k, v) in fields {
+            b.value(k).value(v);
+        }
+        if let Some(ts) = ts_ms {
+            b.array_len(1).uint(ts);
+        }
+        b.finish()
+    }
+}
+
+fn decode_entry(v: Value) -> Option<EntryRecord> {
+    let Value::Array(a) = v else { return None };
+    let [key, base_version, base, fields]: [Value; 4] = a.try_into().ok()?;
+    let key = key_of(&key)?;
+    let bv = base_version.as_array().filter(|b| b.len() == 2)?;
+    // The base of an entry created by a delta is the zero version with an
+    // empty owner: the one place an empty owner is allowed.
+    let base_owner = bytes_of(&bv[1]).filter(|b| b.is_empty() || PeerId::valid_len(b.len()))?;
+    let base_owner = Bytes::copy_from_slice(base_owner);
+    let base_ts_ms = bv[0].as_u64()?;
+    let Value::Array(fields) = fields else { return None };
+    let fields = fields
+        .into_iter()
+        .map(|f| {
+            let Value::Array(f) = f else { return None };
+            let [key, ts, owner, value]: [Value; 4] = f.try_into().ok()?;
+            Some(FieldRecord { key, ts_ms: ts.as_u64()?, owner: peer_id_of(&owner)?, value })
+        })
+        .collect::<Option<Vec<_>>>()?;
+    Some(EntryRecord { key, base_ts_ms, base_owner, base, fields })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::Limits;
+
+    fn round_trip(m: SyncMessage) {
+        let sender = PeerId::random(b"s");
+        let p = Packet::parse(m.encode(&sender, 1_700_000_000), &Limits::default()).unwrap();
+        assert_eq!(SyncMessage::decode(&p), Ok(m));
+    }
+
+    #[test]
+    fn every_sync_message_round_trips() {
+        let owner = PeerId::random(b"o");
+        let key = Bytes::from_static(b"k");
+        round_trip(SyncMessage::Store { key: key.clone(), value: Value::from("v"), ts_ms: None });
+        round_trip(SyncMessage::Store { key: key.clone(), value: Value::Nil, ts_ms: Some(1_700_000_000_123) });
+        round_trip(SyncMessage::StateTransfer {
+            key: key.clone(),
+            value: Value::from(1),
+            owner: owner.clone(),
+            timestamp: 9,
+        });
+        let fields = vec![(Value::from("a"), Value::from(1)), (Value::from("b"), Value::Nil)];
+        round_trip(SyncMessage::Delta { key: key.clone(), fields: fields.clone(), ts_ms: Some(5) });
+        round_trip(SyncMessage::Delta { key: key.clone(), fields: Vec::new(), ts_ms: None });
+        round_trip(SyncMessage::Digest(Digest::Top((0..256).collect())));
+        round_trip(SyncMessage::Digest(Digest::Leaves(vec![(3, (0..256).rev().collect())])));
+        round_trip(SyncMessage::Entries(vec![EntryRecord {
+            key,
+            base_ts_ms: 0,
+            base_owner: Bytes::new(),
+            base: Value::Nil,
+            fields: vec![FieldRecord { key: Value::from("f"), ts_ms: 7, owner, value: Value::from(2) }],
+        }]));
+    }
+
+    #[test]
+    fn wrong_shapes_are_malformed() {
+        let s = PeerId::random(b"s");
+        let parse =
+            |t, f: SubFlag, v: &[Value]| Packet::parse(Frame::build(t, &s, 1, f, v), &Limits::default()).unwrap();
+        let cases = [
+            parse(MsgType::Broadcast, SubFlag::Store, &[Value::from("k")]),
+            parse(MsgType::Whisper, SubFlag::Store, &[Value::from("k"), Value::Nil, Value::Nil]),
+            parse(MsgType::Broadcast, SubFlag::Delta, &[Value::from("k"), Value::from(1)]),
+            parse(MsgType::Whisper, SubFlag::Digest, &[Value::from(0), Value::Binary(vec![0; 7])]),
+            parse(MsgType::Whisper, SubFlag::Entries, &[Value::from(1)]),
+            parse(MsgType::Whisper, SubFlag::Delta, &[Value::from("k"), Value::Map(vec![])]),
+            parse(MsgType::Broadcast, SubFlag::Broadcast, &[]),
+        ];
+        for p in cases {
+            assert!(SyncMessage::decode(&p).is_err(), "{p:?}");
+        }
+    }
+}

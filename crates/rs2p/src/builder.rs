@@ -1,0 +1,268 @@
+//! [`Builder`]: a [`MeshSocket`]'s settings, resolved once into the node's
+//! configuration.
+
+use std::time::Duration;
+
+use rs2p_proto::id::{Encryption, PeerId, Protocol};
+use rs2p_proto::mesh::{self, PeerAddr};
+use rs2p_proto::wire::{Compression, Limits};
+use tokio::net::TcpListener;
+
+use crate::config::{DriverConfig, NodeConfig};
+use crate::config::{
+    DEFAULT_BACKPRESSURE_GRACE, DEFAULT_DIAL_TIMEOUT, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_PENDING_HANDSHAKES, DEFAULT_RECV_QUEUE_CAP, DEFAULT_SEND_QUEUE_CAP, DEFAULT_SLOW_PEER_TIMEOUT,
+    DEFAULT_STALL_TIMEOUT,
+};
+use crate::{Error, MeshSocket};
+
+/// Builds a [`MeshSocket`]. Every setting has a default; see each method.
+#[derive(Debug, Clone)]
+pub struct Builder {
+    bind: String,
+    out_addr: Option<PeerAddr>,
+    protocol: Protocol,
+    max_outgoing: usize,
+    compression: Vec<Compression>,
+    limits: Limits,
+    max_connections: usize,
+    max_pending: usize,
+    send_queue_cap: usize,
+    recv_queue_cap: usize,
+    stall_timeout: Duration,
+    slow_peer_timeout: Duration,
+    backpressure_grace: Duration,
+    dial_timeout: Duration,
+    handshake_timeout: Duration,
+    maintain_outgoing: bool,
+    seed: Option<u64>,
+    tls: Option<crate::TlsConfig>,
+    pub(crate) sync: Option<rs2p_proto::sync::Config>,
+}
+
+impl Default for Builder {
+    fn default() -> Self {
+        Builder {
+            bind: "127.0.0.1:0".into(),
+            out_addr: None,
+            protocol: Protocol::default(),
+            max_outgoing: 4,
+            compression: Compression::DEFAULT_PREFERENCE.to_vec(),
+            limits: Limits::default(),
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_pending: DEFAULT_MAX_PENDING_HANDSHAKES,
+            send_queue_cap: DEFAULT_SEND_QUEUE_CAP,
+            recv_queue_cap: DEFAULT_RECV_QUEUE_CAP,
+            stall_timeout: DEFAULT_STALL_TIMEOUT,
+            slow_peer_timeout: DEFAULT_SLOW_PEER_TIMEOUT,
+            backpressure_grace: DEFAULT_BACKPRESSURE_GRACE,
+            dial_timeout: DEFAULT_DIAL_TIMEOUT,
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            maintain_outgoing: true,
+            seed: None,
+            tls: None,
+            sync: None,
+        }
+    }
+}
+
+impl Builder {
+    /// Address to listen on, `HOST:PORT` (port 0 picks a free port).
+    /// Default `127.0.0.1:0`.
+    pub fn bind(mut self, addr: impl Into<String>) -> Self {
+        self.bind = addr.into();
+        self
+    }
+
+    /// The address other nodes should dial to reach this one (py2p's
+    /// `out_addr`). Default: the bound address (with `127.0.0.1` when bound
+    /// to an unspecified address).
+    pub fn out_addr(mut self, addr: PeerAddr) -> Self {
+        self.out_addr = Some(addr);
+        self
+    }
+
+    /// The network's protocol: subnet and encryption. Default
+    /// `Protocol("mesh", Plaintext)`.
+    pub fn protocol(mut self, protocol: Protocol) -> Self {
+        self.protocol = protocol;
+        self
+    }
+
+    /// Outgoing connections to keep. Default 4 (py2p's `max_outgoing`).
+    pub fn max_outgoing(mut self, n: usize) -> Self {
+        self.max_outgoing = n;
+        self
+    }
+
+    /// Compression methods to accept, in preference order. Default
+    /// [`Compression::DEFAULT_PREFERENCE`]. Drop
+    /// [`Compression::Identity`] to compress between rs2p nodes too.
+    pub fn compression(mut self, methods: Vec<Compression>) -> Self {
+        self.compression = methods;
+        self
+    }
+
+    /// Limits on frames from the network (frame size, decompressed size,
+    /// nesting). Default [`Limits::default`].
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Most connections at once; further incoming ones are closed at accept.
+    /// Default [`crate::DEFAULT_MAX_CONNECTIONS`].
+    pub fn max_connections(mut self, n: usize) -> Self {
+        self.max_connections = n;
+        self
+    }
+
+    /// Most connections still in their handshake; further incoming ones are
+    /// closed at accept (so silent connections cannot crowd out real
+    /// peers). Default [`crate::DEFAULT_MAX_PENDING_HANDSHAKES`].
+    pub fn max_pending_handshakes(mut self, n: usize) -> Self {
+        self.max_pending = n;
+        self
+    }
+
+    /// Frames queued per connection (held in batches of at most 256 frames
+    /// or 32 KiB, so large frames reach the bound sooner). Default
+    /// [`crate::DEFAULT_SEND_QUEUE_CAP`].
+    pub fn send_queue_capacity(mut self, n: usize) -> Self {
+        self.send_queue_cap = n;
+        self
+    }
+
+    /// Messages held for [`MeshSocket::recv`]. Default
+    /// [`crate::DEFAULT_RECV_QUEUE_CAP`].
+    pub fn recv_queue_capacity(mut self, n: usize) -> Self {
+        self.recv_queue_cap = n;
+        self
+    }
+
+    /// How long a frame may take from its first byte to its last (py2p
+    /// closes a connection whose frame stays unfinished for 60 s). Default
+    /// [`crate::DEFAULT_STALL_TIMEOUT`].
+    pub fn stall_timeout(mut self, d: Duration) -> Self {
+        self.stall_timeout = d;
+        self
+    }
+
+    /// How long a peer's full send queue may go without the peer taking
+    /// anything from it before the peer is disconnected. Default
+    /// [`crate::DEFAULT_SLOW_PEER_TIMEOUT`].
+    pub fn slow_peer_timeout(mut self, d: Duration) -> Self {
+        self.slow_peer_timeout = d;
+        self
+    }
+
+    /// How long a full send queue may hold the node back. While a peer's
+    /// queue is full the node keeps its frames aside, stops reading from
+    /// its connections (TCP then slows the senders down) and answers local
+    /// sends only once the queue has room: a burst is slowed, not lost.
+    /// Queries (peers, status, reads of the dictionary) are always answered
+    /// at once. A peer still full after this long no longer holds anything
+    /// back: what does not fit its queue is dropped and counted
+    /// ([`crate::Status::dropped_frames`], [`crate::Event::PeerLagging`]).
+    /// Default [`crate::DEFAULT_BACKPRESSURE_GRACE`].
+    pub fn backpressure_grace(mut self, d: Duration) -> Self {
+        self.backpressure_grace = d;
+        self
+    }
+
+    /// How long a TCP connect (and a TLS handshake after it) may take.
+    /// Default [`crate::DEFAULT_DIAL_TIMEOUT`].
+    pub fn dial_timeout(mut self, d: Duration) -> Self {
+        self.dial_timeout = d;
+        self
+    }
+
+    /// How long a new connection may take to handshake. Default
+    /// [`crate::DEFAULT_HANDSHAKE_TIMEOUT`].
+    pub fn handshake_timeout(mut self, d: Duration) -> Self {
+        self.handshake_timeout = d;
+        self
+    }
+
+    /// Whether to redial and ask for peers to keep `max_outgoing`
+    /// connections after losses. Default on.
+    pub fn maintain_outgoing(mut self, on: bool) -> Self {
+        self.maintain_outgoing = on;
+        self
+    }
+
+    /// TLS on every connection (py2p's "SSL" mode): switches the protocol's
+    /// encryption to SSL, so the node only talks to SSL nodes. A protocol
+    /// set to [`Encryption::Ssl`] without this gets
+    /// [`crate::TlsConfig::new`] (self-signed, unverified, like py2p).
+    pub fn tls(mut self, tls: crate::TlsConfig) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// Seed for the node's randomness (peer choice); default from the OS.
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
+        self
+    }
+
+    /// Binds the listener and starts the node.
+    ///
+    /// Must be called within a tokio runtime.
+    ///
+    /// # Errors
+    /// [`Error::Bind`] if the address cannot be bound, [`Error::Config`] for
+    /// invalid settings.
+    pub async fn spawn(self) -> Result<MeshSocket, Error> {
+        if self.send_queue_cap == 0 || self.recv_queue_cap == 0 || self.max_connections == 0 || self.max_pending == 0 {
+            return Err(Error::Config("capacities must be at least 1".into()));
+        }
+        if self.compression.is_empty() {
+            return Err(Error::Config("at least one compression method (Identity means none)".into()));
+        }
+        let mut protocol = self.protocol.clone();
+        let tls = match (&self.tls, protocol.encryption) {
+            (Some(t), _) => Some(t.clone()),
+            (None, Encryption::Ssl) => Some(crate::TlsConfig::new()),
+            (None, _) => None,
+        };
+        if tls.is_some() {
+            protocol.encryption = Encryption::Ssl;
+        }
+        let tls = tls.map(|t| crate::tls::Tls::build(&t)).transpose()?;
+        let listener =
+            TcpListener::bind(&self.bind).await.map_err(|source| Error::Bind { addr: self.bind.clone(), source })?;
+        let local_addr = listener.local_addr().map_err(|source| Error::Bind { addr: self.bind.clone(), source })?;
+        let out_addr = self.out_addr.clone().unwrap_or_else(|| {
+            let ip =
+                if local_addr.ip().is_unspecified() { "127.0.0.1".to_string() } else { local_addr.ip().to_string() };
+            PeerAddr::new(ip, local_addr.port())
+        });
+        let salt: [u8; 16] = rand::random();
+        let id = PeerId::derive(&out_addr.host, out_addr.port, &protocol.id(), &salt);
+        let mut mesh = mesh::Config::new(protocol, id, out_addr);
+        mesh.max_outgoing = self.max_outgoing;
+        mesh.max_frame_len = self.limits.max_frame_len;
+        mesh.compression = self.compression;
+        mesh.handshake_timeout_ms = self.handshake_timeout.as_millis() as u64;
+        mesh.maintain_outgoing = self.maintain_outgoing;
+        let cfg = NodeConfig {
+            mesh,
+            sync: self.sync,
+            driver: DriverConfig {
+                limits: self.limits,
+                max_connections: self.max_connections,
+                max_pending: self.max_pending,
+                tls,
+                send_queue_cap: self.send_queue_cap,
+                stall_timeout: self.stall_timeout,
+                slow_peer_timeout: self.slow_peer_timeout,
+                backpressure_grace: self.backpressure_grace,
+                dial_timeout: self.dial_timeout,
+                recv_queue_cap: self.recv_queue_cap,
+            },
+            seed: self.seed.unwrap_or_else(rand::random),
+        };
+        Ok(MeshSocket::start(cfg, listener, local_addr))
+    }
+}

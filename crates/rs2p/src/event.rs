@@ -1,0 +1,132 @@
+//! What a node tells its application: [`Event`]s, their stream, and the
+//! node's [`Status`].
+
+use rs2p_proto::id::PeerId;
+use rs2p_proto::mesh::{CloseReason, PeerAddr, Stats};
+use rs2p_proto::Value;
+use tokio::sync::broadcast;
+
+use crate::Message;
+
+/// The event channel, created when first subscribed to.
+pub(crate) type EventHub = std::sync::Arc<std::sync::OnceLock<broadcast::Sender<Event>>>;
+
+/// Something that happened on the node.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum Event {
+    /// The first peer joined the routing table (py2p's `connect` event).
+    Connected {
+        /// That peer.
+        peer: PeerId,
+    },
+    /// A peer completed its handshake.
+    PeerUp {
+        /// Its id.
+        peer: PeerId,
+        /// Its advertised address.
+        addr: Option<PeerAddr>,
+        /// Whether we dialed.
+        outgoing: bool,
+    },
+    /// A peer left the routing table.
+    PeerDown {
+        /// Its id.
+        peer: PeerId,
+        /// Why.
+        reason: CloseReason,
+    },
+    /// A connection failed before its handshake (refused, timed out, foreign
+    /// subnet, ...).
+    ConnectFailed {
+        /// The address we dialed, if we dialed.
+        addr: Option<PeerAddr>,
+        /// Why.
+        reason: CloseReason,
+    },
+    /// A peer's send queue stayed full longer than the backpressure grace:
+    /// the node stopped waiting for it, and drops what does not fit its
+    /// queue until it takes some (it is disconnected if it takes nothing for
+    /// the slow-peer timeout).
+    PeerLagging {
+        /// The peer.
+        peer: PeerId,
+        /// Frames dropped so far for it.
+        dropped_frames: u64,
+    },
+    /// A user message was queued for [`crate::MeshSocket::recv`] (py2p's
+    /// `message` event).
+    Message(Message),
+    /// This subscriber fell behind and missed this many events.
+    Lagged(u64),
+    /// A key of the synced dictionary changed ([`crate::SyncSocket`] only;
+    /// py2p's `update` event).
+    Update {
+        /// The key.
+        key: bytes::Bytes,
+        /// Its new value.
+        value: Value,
+        /// The node that wrote (the newest part of) it.
+        owner: PeerId,
+        /// When, in UNIX seconds.
+        timestamp: u64,
+    },
+    /// A key of the synced dictionary was deleted (py2p's `delete` event).
+    Delete {
+        /// The key.
+        key: bytes::Bytes,
+    },
+}
+
+/// A subscription to a node's [`Event`]s.
+#[derive(Debug)]
+pub struct EventStream(pub(crate) broadcast::Receiver<Event>);
+
+impl EventStream {
+    /// The next event; `None` once the node has stopped.
+    ///
+    /// # Cancel safety
+    /// Cancel safe.
+    pub async fn recv(&mut self) -> Option<Event> {
+        match self.0.recv().await {
+            Ok(e) => Some(e),
+            Err(broadcast::error::RecvError::Lagged(n)) => Some(Event::Lagged(n)),
+            Err(broadcast::error::RecvError::Closed) => None,
+        }
+    }
+
+    /// The next event if one is ready.
+    pub fn try_recv(&mut self) -> Option<Event> {
+        match self.0.try_recv() {
+            Ok(e) => Some(e),
+            Err(broadcast::error::TryRecvError::Lagged(n)) => Some(Event::Lagged(n)),
+            Err(_) => None,
+        }
+    }
+}
+
+/// A node's health (py2p's `status`) and counters.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Status {
+    /// `true` when no connection was closed for misbehaviour recently
+    /// (py2p's `"Nominal"`).
+    pub nominal: bool,
+    /// The latest protocol errors, newest last (at most 32).
+    pub recent_errors: Vec<String>,
+    /// Protocol counters.
+    pub stats: Stats,
+    /// Handshaken peers.
+    pub peers: usize,
+    /// Open connections, handshaken or not.
+    pub connections: usize,
+    /// Messages dropped because the [`crate::MeshSocket::recv`] queue was
+    /// full.
+    pub dropped_messages: u64,
+    /// Frames dropped because a lagging peer's send queue was full.
+    pub dropped_frames: u64,
+    /// Peers disconnected for not draining their send queue.
+    pub slow_peers: u64,
+    /// Incoming connections closed at accept (connection or handshake caps).
+    pub refused_connections: u64,
+}

@@ -1,0 +1,114 @@
+//! [`Message`]: a message received from the network (py2p's `Message`).
+
+use rs2p_proto::id::{MsgId, PeerId};
+use rs2p_proto::mesh::{self, ReplyRoute};
+use rs2p_proto::wire::{DecodeError, MsgType, Packet};
+use rs2p_proto::Value;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::command::{Command, Responder};
+use crate::Error;
+
+/// Whether a message was flooded or whispered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MessageKind {
+    /// Flooded to the network.
+    Broadcast,
+    /// Sent to this node only.
+    Whisper,
+}
+
+impl MessageKind {
+    /// `"broadcast"` or `"whisper"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MessageKind::Broadcast => "broadcast",
+            MessageKind::Whisper => "whisper",
+        }
+    }
+}
+
+/// A message received from the network (py2p's `Message`).
+///
+/// Its packets are decoded on demand, so a node that only relays never pays
+/// for decoding.
+#[derive(Clone)]
+pub struct Message {
+    packet: Packet,
+    /// The node it arrived at, for [`Message::reply`] (weak: a message kept
+    /// by the application does not keep its node alive).
+    node: mpsc::WeakSender<Command>,
+}
+
+impl std::fmt::Debug for Message {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Message")
+            .field("sender", &self.sender())
+            .field("time", &self.time())
+            .field("subflag", &self.subflag())
+            .finish()
+    }
+}
+
+impl Message {
+    pub(crate) fn new(packet: Packet, node: &mpsc::WeakSender<Command>) -> Self {
+        Message { packet, node: node.clone() }
+    }
+
+    /// Broadcast or whisper (by message type).
+    pub fn kind(&self) -> MessageKind {
+        if self.packet.header.msg_type == MsgType::Broadcast.code() {
+            MessageKind::Broadcast
+        } else {
+            MessageKind::Whisper
+        }
+    }
+
+    /// The original sender's id.
+    pub fn sender(&self) -> &PeerId {
+        &self.packet.header.sender
+    }
+
+    /// The sender's UNIX time in seconds.
+    pub fn time(&self) -> u64 {
+        self.packet.header.time
+    }
+
+    /// The message id (sha256 of the payload).
+    pub fn id(&self) -> MsgId {
+        self.packet.frame.id()
+    }
+
+    /// The sub-flag (0 for broadcasts, 2 for whispers, others for protocols
+    /// layered on the mesh).
+    pub fn subflag(&self) -> u64 {
+        self.packet.header.subflag
+    }
+
+    /// The user's packets (after the sub-flag), decoded.
+    ///
+    /// # Errors
+    /// Only on an internal bug: payloads are validated on arrival.
+    pub fn packets(&self) -> Result<Vec<Value>, DecodeError> {
+        self.packet.values()
+    }
+
+    /// The checked packet, with the original frame bytes.
+    pub fn raw(&self) -> &Packet {
+        &self.packet
+    }
+
+    /// Whispers `packets` back to the sender, through the network if we are
+    /// not directly connected (py2p's `Message.reply`, which works here in
+    /// that case too).
+    ///
+    /// # Errors
+    /// [`Error::Closed`] if the node has stopped, [`Error::TooManyPending`].
+    pub async fn reply(&self, packets: Vec<Value>) -> Result<ReplyRoute, Error> {
+        let node = self.node.upgrade().ok_or(Error::Closed)?;
+        let (tx, rx) = oneshot::channel();
+        let command = mesh::Command::Reply { to: self.sender().clone(), packets }.into();
+        node.send(Command::Node { command, reply: Responder::Routed(tx) }).await?;
+        rx.await?
+    }
+}
