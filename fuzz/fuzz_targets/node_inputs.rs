@@ -6,12 +6,15 @@
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
+use std::collections::{HashMap, HashSet};
+use std::io::ErrorKind;
+
 use rs2p_proto::id::{PeerId, Protocol};
-use rs2p_proto::mesh::{CloseReason, Config, ConnId, DialId, Mesh, PeerAddr};
-use rs2p_proto::node::Node;
+use rs2p_proto::mesh::{self, CloseReason, Config, ConnId, DialId, Mesh, PeerAddr};
+use rs2p_proto::node::{self, Input as NodeInput, Node};
 use rs2p_proto::sync::{self, Replica};
-use rs2p_proto::wire::{Frame, FrameDecoder, Limits, Compression};
-use rs2p_proto::{Now, Value};
+use rs2p_proto::wire::{Compression, Frame, FrameDecoder, Limits, MsgType};
+use rs2p_proto::{Now, RequestId, Value};
 
 #[derive(Arbitrary, Debug)]
 enum V {
@@ -65,6 +68,9 @@ enum Input {
     RequestPeers,
 }
 
+/// Most inputs taken from one fuzz case.
+const MAX_INPUTS: usize = 256;
+
 fuzz_target!(|inputs: Vec<Input>| {
     let me = PeerId::random(b"fuzz");
     let cfg = Config::new(Protocol::new("sync1", rs2p_proto::id::Encryption::Plaintext), me.clone(), PeerAddr::new("127.0.0.1", 9));
@@ -72,57 +78,105 @@ fuzz_target!(|inputs: Vec<Input>| {
     let mut now = Now { mono_ms: 0, unix_ms: 1_700_000_000_000 };
     let mut decoders: std::collections::HashMap<u8, FrameDecoder> = Default::default();
     let peers: Vec<PeerId> = (0..4u8).map(|i| PeerId::random(&[i])).collect();
-    for input in inputs.into_iter().take(256) {
-        match input {
-            Input::Incoming(c) => node.handle_incoming(now, ConnId(u64::from(c))),
-            Input::Dialed(d, c) => node.handle_dialed(now, DialId(u64::from(d)), ConnId(u64::from(c))),
-            Input::DialFailed(d) => node.handle_dial_failed(now, DialId(u64::from(d)), "refused".into()),
-            Input::Closed(c) => node.handle_closed(now, ConnId(u64::from(c)), CloseReason::Io("eof".into())),
+    let mut next_request = 0u64;
+    // Replies seen per request, and the requests answered only later
+    // (Connect); every other command must be answered during its own input.
+    let mut replies: HashMap<RequestId, usize> = HashMap::new();
+    let mut later: HashSet<RequestId> = HashSet::new();
+    for input in inputs.into_iter().take(MAX_INPUTS) {
+        let mut command = |c: node::Command, deferred: bool| {
+            next_request += 1;
+            let request = RequestId(next_request);
+            if deferred {
+                later.insert(request);
+            }
+            (request, NodeInput::Command { request, command: c })
+        };
+        let (asked, input) = match input {
+            Input::Incoming(c) => (None, NodeInput::Incoming { conn: ConnId(u64::from(c)) }),
+            Input::Dialed(d, c) => (None, NodeInput::Dialed { dial: DialId(u64::from(d)), conn: ConnId(u64::from(c)) }),
+            Input::DialFailed(d) => {
+                (None, NodeInput::DialFailed { dial: DialId(u64::from(d)), reason: CloseReason::Io(ErrorKind::ConnectionRefused) })
+            }
+            Input::Closed(c) => (None, NodeInput::Closed { conn: ConnId(u64::from(c)), reason: CloseReason::ClosedByPeer }),
             Input::Frame { conn, msg_type, sender, time, subflag, packets } => {
                 let sender = &peers[usize::from(sender % 4)];
                 let t = now.unix().saturating_add_signed(i64::from(time));
                 let values: Vec<Value> = packets.iter().map(|v| v.to_value(0)).collect();
-                let f = Frame::build(msg_type % 5, sender, t, u64::from(subflag % 0x30), &values);
-                if let Ok(p) = rs2p_proto::wire::Packet::parse(f, &Limits::default()) {
-                    node.handle_packet(now, ConnId(u64::from(conn)), p);
+                let kind = MsgType::from_u64(u64::from(msg_type % 5)).expect("0..5 are message types");
+                let f = Frame::build(kind, sender, t, u64::from(subflag % 0x30), &values);
+                match rs2p_proto::wire::Packet::parse(f, &Limits::default()) {
+                    Ok(packet) => (None, NodeInput::Packet { conn: ConnId(u64::from(conn)), packet }),
+                    Err(_) => continue,
                 }
             }
             Input::Bytes { conn, bytes } => {
                 let dec = decoders.entry(conn).or_insert_with(|| FrameDecoder::new(Limits::default(), &Compression::DEFAULT_PREFERENCE));
                 dec.buffer().extend_from_slice(&bytes);
-                while let Ok(Some(p)) = dec.next_packet() {
-                    node.handle_packet(now, ConnId(u64::from(conn)), p);
+                while let Ok(Some(packet)) = dec.next_packet() {
+                    node.handle(now, NodeInput::Packet { conn: ConnId(u64::from(conn)), packet });
                 }
+                (None, NodeInput::Timeout)
             }
             Input::Tick(ms) => {
                 now = now.plus_ms(u64::from(ms));
-                node.handle_tick(now);
+                (None, NodeInput::Timeout)
             }
             Input::Broadcast(p) => {
-                let values: Vec<Value> = p.iter().map(|v| v.to_value(0)).collect();
-                let _ = node.mesh.broadcast(now, 0, &values);
+                let packets: Vec<Value> = p.iter().map(|v| v.to_value(0)).collect();
+                let (r, i) = command(mesh::Command::Broadcast { subflag: 0, packets }.into(), false);
+                (Some(r), i)
             }
             Input::Connect(port) => {
-                let _ = node.mesh.connect(PeerAddr::new("127.0.0.1", port), None);
+                let addr = PeerAddr::new("127.0.0.1", port);
+                let (r, i) = command(mesh::Command::Connect { addr, expected: None }.into(), true);
+                (Some(r), i)
             }
             Input::Set(k, v) => {
-                let _ = node.with_replica(now, |r, now| r.set(now, k.into(), v.to_value(0)));
+                let (r, i) = command(sync::Command::Set { key: k.into(), value: v.to_value(0) }.into(), false);
+                (Some(r), i)
             }
             Input::Delete(k) => {
-                let _ = node.with_replica(now, |r, now| r.delete(now, k.into()));
+                let (r, i) = command(sync::Command::Delete { key: k.into() }.into(), false);
+                (Some(r), i)
             }
             Input::Delta(k, d) => {
-                let d = d.iter().map(|(a, b)| (a.to_value(0), b.to_value(0))).collect();
-                let _ = node.with_replica(now, |r, now| r.apply_delta(now, k.into(), d));
+                let delta = d.iter().map(|(a, b)| (a.to_value(0), b.to_value(0))).collect();
+                let (r, i) = command(sync::Command::Delta { key: k.into(), delta }.into(), false);
+                (Some(r), i)
             }
-            Input::RequestPeers => node.mesh.request_peers(now),
+            Input::RequestPeers => {
+                let (r, i) = command(mesh::Command::RequestPeers.into(), false);
+                (Some(r), i)
+            }
+        };
+        let timeout = matches!(input, NodeInput::Timeout);
+        node.handle(now, input);
+        while let Some(o) = node.poll_output() {
+            if let node::Output::Reply { request, .. } = o {
+                *replies.entry(request).or_default() += 1;
+            }
         }
-        while node.poll_output().is_some() {}
         // Invariants.
-        assert!(node.mesh.outgoing_count() <= node.mesh.connection_count() + 1024);
-        let replica = node.sync.as_ref().unwrap();
+        // Every command is answered, exactly once; at once unless it waits
+        // for a handshake.
+        assert!(replies.values().all(|&n| n == 1), "a command answered twice: {replies:?}");
+        if let Some(r) = asked {
+            assert!(later.contains(&r) || replies.contains_key(&r), "command {r:?} not answered");
+        }
+        // A machine woken for its deadline never asks to be woken again at
+        // once (a driver would spin).
+        if timeout {
+            if let Some(t) = node.poll_timeout() {
+                assert!(t > now.mono_ms, "asked to wake at {t} right after a timeout at {}", now.mono_ms);
+            }
+        }
+        let mesh = node.mesh();
+        assert!(mesh.peer_count() <= mesh.connection_count(), "routing entries without connections");
+        assert!(mesh.handshaking_count() <= mesh.connection_count());
+        let replica = node.replica().unwrap();
         assert_eq!(replica.len(), replica.items().count());
-        for p in node.mesh.peers() {
+        for p in mesh.peers() {
             assert_ne!(p.id, me, "never routes to itself");
         }
     }

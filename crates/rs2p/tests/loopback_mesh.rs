@@ -328,3 +328,82 @@ async fn full_recv_queue_drops_and_counts_but_keeps_relaying() {
     a.close().await.unwrap();
     c.close().await.unwrap();
 }
+
+/// A real TCP peer that handshakes, then never reads again (as a peer whose
+/// packets silently vanish looks to the sender once the kernel's buffers are
+/// full). The node must keep answering at once, keep relaying to its healthy
+/// peer, and drop the silent one at the slow-peer timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_tcp_peer_never_stalls_the_node() {
+    use rs2p::proto::wire::message::{Handshake, MeshMessage};
+    use rs2p::proto::wire::{Compression, FrameDecoder, Limits};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let a =
+        MeshSocket::builder().slow_peer_timeout(Duration::from_secs(3)).maintain_outgoing(false).spawn().await.unwrap();
+    let b = MeshSocket::builder().maintain_outgoing(false).spawn().await.unwrap();
+    b.connect(a.out_addr().clone()).await.unwrap();
+    let mut events = a.events();
+    // The silent peer: a raw socket speaking py2p's handshake as an rs2p node.
+    let mut raw = tokio::net::TcpStream::connect(a.local_addr()).await.unwrap();
+    let silent = PeerId::random(b"silent tcp peer");
+    let hs = MeshMessage::Handshake(Handshake {
+        id: silent.clone(),
+        protocol: Protocol::default().id().as_bytes().to_vec(),
+        addr: Some(rs2p::PeerAddr::new("127.0.0.1", 1)),
+        methods: vec![u64::from(Compression::Identity.code())],
+    })
+    .encode(&silent, std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs());
+    raw.write_all(hs.wire_bytes()).await.unwrap();
+    let mut dec = FrameDecoder::new(Limits::default(), &Compression::DEFAULT_PREFERENCE);
+    while dec.next_packet().unwrap().is_none() {
+        raw.read_buf(dec.buffer()).await.unwrap();
+    }
+    wait_for(5, "a sees both", || async { a.routing_table().await.unwrap().len() == 2 }).await;
+    // From now on the raw socket reads nothing: tens of MB go its way.
+    let payload = Value::Binary(vec![3; 4096]);
+    let mut slowest = Duration::ZERO;
+    let mut sent = 0usize;
+    let mut got = 0;
+    for round in 0..100 {
+        let batch: Vec<Vec<Value>> = (0..100).map(|i| vec![Value::from(round * 100 + i), payload.clone()]).collect();
+        a.broadcast_many(batch).await.unwrap();
+        sent += 100;
+        let t = std::time::Instant::now();
+        a.status().await.unwrap();
+        slowest = slowest.max(t.elapsed());
+        // b takes its share meanwhile.
+        got += b.recv(usize::MAX).len();
+    }
+    // A generous functional bound (a stalled actor took 10 s per peer): the
+    // speed itself is the benchmarks' business.
+    assert!(slowest < Duration::from_secs(1), "a status query waited {slowest:?}");
+    let down = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            if let Some(Event::PeerDown { peer, reason }) = events.recv().await {
+                if peer == silent {
+                    return reason;
+                }
+            }
+        }
+    })
+    .await
+    .expect("the silent peer is dropped");
+    assert_eq!(down, CloseReason::SlowPeer);
+    let st = a.status().await.unwrap();
+    assert_eq!(st.slow_peers, 1);
+    assert!(st.dropped_frames > 0, "frames for the silent peer were dropped, not queued without bound");
+    // b received every broadcast.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while got < sent {
+        got += b.recv(10_000).len();
+        if got < sent {
+            assert!(tokio::time::Instant::now() < deadline, "b got {got} of {sent}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    assert_eq!(got, sent);
+    drop(raw);
+    a.close().await.unwrap();
+    b.close().await.unwrap();
+}

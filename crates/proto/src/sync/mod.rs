@@ -47,7 +47,7 @@
 //! anywhere reaches every connected rs2p replica (flooding, plus
 //! anti-entropy for whatever a replica missed while cut off), and replicas
 //! that received the same writes hold the same dictionary whatever the
-//! order. A write acknowledged by [`Replica::set`] is in the local replica at
+//! order. A write acknowledged by [`Command::Set`]'s reply is in the local replica at
 //! once and is not lost while that replica, or any other that received it,
 //! stays in the network. Reads are local: they may lag other replicas.
 //! Leases are checked locally when a write is made: during a partition two
