@@ -41,8 +41,9 @@ use crate::config::{
 use crate::conn::{read_loop, write_loop, ConnEvent, RoomSignal, WriterCmd};
 use crate::event::EventHub;
 use crate::inbox::InboxSender;
+use crate::message::Handler;
 use crate::transport::{self, Io, Ready};
-use crate::{Event, Handler, Message, Status};
+use crate::{Event, Message, Status};
 
 /// A connection's frames kept aside may reach this many times its queue's
 /// capacity (local senders wait meanwhile; beyond it frames are dropped).

@@ -12,8 +12,9 @@ use rs2p_proto::node;
 use rs2p_proto::{sync, Value};
 use tokio::sync::oneshot;
 
+use crate::message::Handler;
 use crate::transport::Stream;
-use crate::{Error, Handler, Status};
+use crate::{Error, Status};
 
 /// A request from a handle to the actor; each carries its reply channel.
 pub(crate) enum Command {

@@ -104,12 +104,12 @@ pub use config::{
 };
 pub use error::Error;
 pub use event::{Event, EventStream, Status};
-pub use message::{Message, MessageKind};
+pub use message::{Handler, Message, MessageKind};
 pub use rs2p_proto as proto;
 pub use rs2p_proto::id::{Encryption, MsgId, PeerId, Protocol};
 pub use rs2p_proto::mesh::{AddrParseError, CloseReason, PeerAddr, PeerInfo, ReplyRoute, Stats, TlsFailure};
 pub use rs2p_proto::wire::{Compression, Limits};
 pub use rs2p_proto::Value;
-pub use socket::{Handler, MeshSocket};
+pub use socket::MeshSocket;
 pub use sync_socket::{SyncBuilder, SyncSocket};
 pub use tls::TlsConfig;

@@ -9,6 +9,10 @@ use tokio::sync::{mpsc, oneshot};
 use crate::command::{Command, Responder};
 use crate::Error;
 
+/// A user message handler: return `true` to stop the chain (the message is
+/// then not queued for [`crate::MeshSocket::recv`]).
+pub type Handler = std::sync::Arc<dyn Fn(&Message) -> bool + Send + Sync>;
+
 /// Whether a message was flooded or whispered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum MessageKind {

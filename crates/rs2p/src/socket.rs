@@ -20,10 +20,6 @@ use crate::inbox::InboxSender;
 use crate::transport::Stream;
 use crate::{Builder, Error, Message, Status};
 
-/// A user message handler: return `true` to stop the chain (the message is
-/// then not queued for [`MeshSocket::recv`]).
-pub type Handler = Arc<dyn Fn(&Message) -> bool + Send + Sync>;
-
 #[derive(Debug)]
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
