@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The test command: installs the pinned py2p peer, then runs every test of
-# the workspace (unit, property, simulation, loopback, hostile input, TLS and
-# py2p interop), then a short run of every fuzz target.
+# the workspace (unit, property, simulation, driver, loopback, hostile
+# input, TLS and py2p interop), then the Python package's tests (its own
+# suite, and py2p's own test modules against it), then a short run of every
+# fuzz target.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -10,7 +12,9 @@ export RS2P_PY2P_PYTHON="$root/.venv-py2p/bin/python"
 report=$(mktemp)
 trap 'rm -f "$report"' EXIT
 export RS2P_SIM_REPORT="$report"
-cargo test --workspace --exclude rs2p-bench-libp2p --release "$@"
+# The Python extension (rs2p-py) is tested from Python, below.
+cargo test --workspace --exclude rs2p-bench-libp2p --exclude rs2p-py --release "$@"
 cat "$report"
+./scripts/test-python.sh
 # A short run of every fuzz target (the long campaign: ./scripts/fuzz.sh).
 ./scripts/fuzz.sh "${RS2P_FUZZ_SECONDS:-20}"

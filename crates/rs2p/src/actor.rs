@@ -710,8 +710,9 @@ impl Actor {
             mesh::Event::PeerDown { peer, reason, .. } => self.emit(Event::PeerDown { peer, reason }),
             mesh::Event::ConnectFailed { addr, reason, .. } => self.emit(Event::ConnectFailed { addr, reason }),
             mesh::Event::Message(d) => {
-                let for_application = d.for_application;
-                self.on_message(Message::new(d.packet, &self.weak_cmd), for_application)
+                let for_application = d.for_application || self.cfg.driver.queue_all_subflags;
+                let via = self.conns.get(&d.conn).and_then(|h| h.peer.clone());
+                self.on_message(Message::new(d.packet, via, &self.weak_cmd), for_application)
             }
         }
     }

@@ -35,6 +35,7 @@ pub struct Builder {
     dial_timeout: Duration,
     handshake_timeout: Duration,
     maintain_outgoing: bool,
+    queue_all_subflags: bool,
     seed: Option<u64>,
     tls: Option<crate::TlsConfig>,
     pub(crate) sync: Option<rs2p_proto::sync::Config>,
@@ -59,6 +60,7 @@ impl Default for Builder {
             dial_timeout: DEFAULT_DIAL_TIMEOUT,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             maintain_outgoing: true,
+            queue_all_subflags: false,
             seed: None,
             tls: None,
             sync: None,
@@ -191,6 +193,16 @@ impl Builder {
         self
     }
 
+    /// Whether messages with sub-flags other than user broadcasts and
+    /// whispers (applications' own, from `0x30` up, and protocol ones the
+    /// node does not handle) go to the [`MeshSocket::recv`] queue too, not
+    /// only to handlers. For bindings whose handlers run on their own
+    /// thread, fed from the queue. Default off.
+    pub fn queue_all_subflags(mut self, on: bool) -> Self {
+        self.queue_all_subflags = on;
+        self
+    }
+
     /// TLS on every connection (py2p's "SSL" mode): switches the protocol's
     /// encryption to SSL, so the node only talks to SSL nodes. A protocol
     /// set to [`Encryption::Ssl`] without this gets
@@ -260,6 +272,7 @@ impl Builder {
                 backpressure_grace: self.backpressure_grace,
                 dial_timeout: self.dial_timeout,
                 recv_queue_cap: self.recv_queue_cap,
+                queue_all_subflags: self.queue_all_subflags,
             },
             seed: self.seed.unwrap_or_else(rand::random),
         };

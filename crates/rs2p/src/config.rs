@@ -77,6 +77,7 @@ pub(crate) struct DriverConfig {
     pub(crate) backpressure_grace: Duration,
     pub(crate) dial_timeout: Duration,
     pub(crate) recv_queue_cap: usize,
+    pub(crate) queue_all_subflags: bool,
 }
 
 /// A node's whole configuration, built once by the builder: each setting

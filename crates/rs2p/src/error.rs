@@ -63,6 +63,10 @@ pub enum Error {
     /// A message's packets could not be decoded.
     #[error(transparent)]
     Decode(#[from] rs2p_proto::wire::DecodeError),
+    /// A frame given to [`crate::MeshSocket::publish`] that this node
+    /// cannot publish (not a broadcast, or not from this node).
+    #[error("cannot publish this frame: {0}")]
+    BadFrame(&'static str),
     /// The node holds no replica of the dictionary (a dictionary command on
     /// a plain mesh node).
     #[error("this node holds no replica of the dictionary")]
@@ -85,6 +89,7 @@ impl From<rs2p_proto::mesh::CommandError> for Error {
             C::TooLarge { len, max } => Error::MessageTooLarge { len, max },
             C::Connect { addr, reason } => Error::Connect { addr, reason },
             C::ShuttingDown => Error::Closed,
+            C::BadFrame(why) => Error::BadFrame(why),
         }
     }
 }

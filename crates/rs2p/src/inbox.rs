@@ -145,7 +145,7 @@ mod tests {
         (0..n)
             .map(|i| {
                 let f = Frame::build(MsgType::Broadcast, &me, i, 0u64, &[]);
-                Message::new(Packet::parse(f, &Limits::default()).unwrap(), &weak)
+                Message::new(Packet::parse(f, &Limits::default()).unwrap(), None, &weak)
             })
             .collect()
     }

@@ -110,6 +110,6 @@ pub use rs2p_proto::id::{Encryption, MsgId, PeerId, Protocol};
 pub use rs2p_proto::mesh::{AddrParseError, CloseReason, PeerAddr, PeerInfo, ReplyRoute, Stats, TlsFailure};
 pub use rs2p_proto::wire::{Compression, Limits};
 pub use rs2p_proto::Value;
-pub use socket::MeshSocket;
+pub use socket::{MeshSocket, Pending};
 pub use sync_socket::{SyncBuilder, SyncSocket};
 pub use tls::TlsConfig;

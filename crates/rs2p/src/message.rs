@@ -39,6 +39,8 @@ impl MessageKind {
 #[derive(Clone)]
 pub struct Message {
     packet: Packet,
+    /// The direct peer it arrived from (the sender, or the last relay).
+    via: Option<PeerId>,
     /// The node it arrived at, for [`Message::reply`] (weak: a message kept
     /// by the application does not keep its node alive).
     node: mpsc::WeakSender<Command>,
@@ -55,8 +57,14 @@ impl std::fmt::Debug for Message {
 }
 
 impl Message {
-    pub(crate) fn new(packet: Packet, node: &mpsc::WeakSender<Command>) -> Self {
-        Message { packet, node: node.clone() }
+    pub(crate) fn new(packet: Packet, via: Option<PeerId>, node: &mpsc::WeakSender<Command>) -> Self {
+        Message { packet, via, node: node.clone() }
+    }
+
+    /// The directly connected peer this message arrived from: its sender, or
+    /// the last node that relayed it (py2p hands handlers this connection).
+    pub fn via(&self) -> Option<&PeerId> {
+        self.via.as_ref()
     }
 
     /// Broadcast or whisper (by message type).

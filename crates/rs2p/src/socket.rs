@@ -7,7 +7,7 @@ use bytes::Bytes;
 use rs2p_proto::id::{MsgId, PeerId, Protocol};
 use rs2p_proto::mesh::{self, PeerAddr, PeerInfo, ReplyRoute};
 use rs2p_proto::node;
-use rs2p_proto::wire::SubFlag;
+use rs2p_proto::wire::{Frame, SubFlag};
 use rs2p_proto::Value;
 use tokio::net::TcpListener;
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -41,6 +41,41 @@ struct Inner {
     out_addr: PeerAddr,
     #[allow(dead_code)] // held for its Drop
     task: AbortOnDrop,
+}
+
+/// The answer to a command submitted without waiting
+/// ([`MeshSocket::publish_blocking`]).
+#[derive(Debug)]
+pub struct Pending<T>(oneshot::Receiver<Result<T, Error>>);
+
+impl<T> Pending<T> {
+    /// Waits for the answer.
+    ///
+    /// # Errors
+    /// The command's error, or [`Error::Closed`] if the node stopped first.
+    pub async fn wait(self) -> Result<T, Error> {
+        self.0.await?
+    }
+
+    /// The answer if it has come.
+    pub fn try_take(&mut self) -> Option<Result<T, Error>> {
+        match self.0.try_recv() {
+            Ok(r) => Some(r),
+            Err(oneshot::error::TryRecvError::Empty) => None,
+            Err(oneshot::error::TryRecvError::Closed) => Some(Err(Error::Closed)),
+        }
+    }
+
+    /// Waits for the answer from a thread outside the async runtime.
+    ///
+    /// # Errors
+    /// As [`Pending::wait`].
+    ///
+    /// # Panics
+    /// If called from within an async runtime.
+    pub fn blocking_wait(self) -> Result<T, Error> {
+        self.0.blocking_recv()?
+    }
 }
 
 /// A node of a py2p-compatible mesh network (py2p's `MeshSocket`).
@@ -213,12 +248,56 @@ impl MeshSocket {
         self.run(mesh::Command::Broadcast { subflag, packets }, Responder::Sent).await
     }
 
+    /// Floods a broadcast frame built by the caller (with
+    /// [`rs2p_proto::wire::Frame::build`], this node's id as sender): the
+    /// encoding and the size check happen on the caller's thread.
+    ///
+    /// # Errors
+    /// [`Error::BadFrame`] if it is not a broadcast from this node,
+    /// [`Error::MessageTooLarge`], [`Error::Closed`].
+    pub async fn publish(&self, frame: Frame) -> Result<MsgId, Error> {
+        self.run(mesh::Command::Publish { frame }, Responder::Sent).await
+    }
+
+    /// [`MeshSocket::publish`] from a thread outside the async runtime (a
+    /// binding's caller thread): the frame is queued in order at once,
+    /// blocking only while the node's command queue is full, and the answer
+    /// is collected later from the returned [`Pending`]. Keeping a bounded
+    /// window of them pipelines sends while a slow network still slows the
+    /// sender down.
+    ///
+    /// # Errors
+    /// [`Error::Closed`].
+    ///
+    /// # Panics
+    /// If called from within an async runtime (use
+    /// [`MeshSocket::publish`] there).
+    pub fn publish_blocking(&self, frame: Frame) -> Result<Pending<MsgId>, Error> {
+        let (tx, rx) = oneshot::channel();
+        let command = Command::Node { command: mesh::Command::Publish { frame }.into(), reply: Responder::Sent(tx) };
+        self.inner.cmd.blocking_send(command).map_err(|_| Error::Closed)?;
+        Ok(Pending(rx))
+    }
+
+    /// Whispers `packets` with a custom sub-flag to a directly connected
+    /// peer (py2p's `connection.send(whisper, subflag, ...)`).
+    ///
+    /// # Errors
+    /// [`Error::NotConnected`], [`Error::MessageTooLarge`], [`Error::Closed`].
+    pub async fn whisper_flagged(&self, peer: &PeerId, subflag: u64, packets: Vec<Value>) -> Result<MsgId, Error> {
+        self.run(mesh::Command::Whisper { peer: peer.clone(), subflag, packets }, Responder::Sent).await
+    }
+
     /// Sends `packets` to a directly connected peer only.
     ///
     /// # Errors
     /// [`Error::NotConnected`] if `peer` is not directly connected.
     pub async fn whisper(&self, peer: &PeerId, packets: Vec<Value>) -> Result<MsgId, Error> {
-        self.run(mesh::Command::Whisper { peer: peer.clone(), packets }, Responder::Sent).await
+        self.run(
+            mesh::Command::Whisper { peer: peer.clone(), subflag: SubFlag::Whisper.code(), packets },
+            Responder::Sent,
+        )
+        .await
     }
 
     /// Whispers `packets` to `peer`, routing through the network when not

@@ -250,6 +250,10 @@ pub enum CommandError {
         /// Why it failed.
         reason: CloseReason,
     },
+    /// A frame handed to [`super::Command::Publish`] that this node cannot
+    /// publish.
+    #[error("cannot publish this frame: {0}")]
+    BadFrame(&'static str),
     /// The node shut down before the command completed.
     #[error("the node is shutting down")]
     ShuttingDown,

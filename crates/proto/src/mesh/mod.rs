@@ -155,13 +155,24 @@ pub enum Command {
         /// Each message's packets.
         messages: Vec<Vec<Value>>,
     },
-    /// Whisper `packets` to a directly connected peer; answered with
-    /// [`Reply::Sent`].
+    /// Whisper `packets` with `subflag` to a directly connected peer;
+    /// answered with [`Reply::Sent`]. User whispers use
+    /// [`SubFlag::Whisper`].
     Whisper {
         /// The peer.
         peer: PeerId,
+        /// The sub-flag.
+        subflag: u64,
         /// The packets.
         packets: Vec<Value>,
+    },
+    /// Flood a broadcast frame the application built itself (so it can
+    /// encode on its own thread and check the size before it hands the
+    /// frame over); answered with [`Reply::Sent`]. The frame must be a
+    /// broadcast whose sender is this node, within the frame limit.
+    Publish {
+        /// The frame.
+        frame: Frame,
     },
     /// Whisper `packets` to `to`, directly if connected, otherwise by
     /// flooding a route request, dialing the node that answers and sending
@@ -416,7 +427,8 @@ impl Mesh {
                 .map(|p| self.broadcast(now, SubFlag::Broadcast.code(), p))
                 .collect::<Result<Vec<MsgId>, _>>()
                 .map(Reply::SentMany),
-            Command::Whisper { peer, packets } => self.whisper(now, &peer, &packets).map(Reply::Sent),
+            Command::Whisper { peer, subflag, packets } => self.whisper(now, &peer, subflag, &packets).map(Reply::Sent),
+            Command::Publish { frame } => self.publish(now, frame).map(Reply::Sent),
             Command::Reply { to, packets } => self.reply(now, &to, &packets).map(Reply::Routed),
             Command::RequestPeers => {
                 self.request_peers(now);
@@ -437,9 +449,22 @@ impl Mesh {
         Ok(self.broadcast_frame(now, frame))
     }
 
-    fn whisper(&mut self, now: Now, peer: &PeerId, packets: &[Value]) -> Result<MsgId, CommandError> {
+    fn publish(&mut self, now: Now, frame: Frame) -> Result<MsgId, CommandError> {
+        self.check_size(&frame)?;
+        let limits = crate::wire::Limits { max_frame_len: self.cfg.max_frame_len, ..Default::default() };
+        let packet = Packet::parse(frame, &limits).map_err(|_| CommandError::BadFrame("not a well-formed frame"))?;
+        if packet.header.kind() != Some(MsgType::Broadcast) {
+            return Err(CommandError::BadFrame("not a broadcast"));
+        }
+        if &packet.header.sender != self.id() {
+            return Err(CommandError::BadFrame("its sender is not this node"));
+        }
+        Ok(self.broadcast_frame(now, packet.frame))
+    }
+
+    fn whisper(&mut self, now: Now, peer: &PeerId, subflag: u64, packets: &[Value]) -> Result<MsgId, CommandError> {
         let conn = *self.routing.get(peer).ok_or_else(|| CommandError::NotConnected(peer.clone()))?;
-        let frame = Frame::build(MsgType::Whisper, &self.cfg.id, now.unix(), SubFlag::Whisper, packets);
+        let frame = Frame::build(MsgType::Whisper, &self.cfg.id, now.unix(), subflag, packets);
         self.check_size(&frame)?;
         let id = frame.id();
         self.send_user(conn, frame);

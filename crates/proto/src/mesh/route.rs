@@ -26,7 +26,7 @@ pub(super) struct PendingReply {
 impl Mesh {
     pub(super) fn reply(&mut self, now: Now, to: &PeerId, packets: &[Value]) -> Result<ReplyRoute, CommandError> {
         if self.routing.contains_key(to) {
-            self.whisper(now, to, packets)?;
+            self.whisper(now, to, SubFlag::Whisper.code(), packets)?;
             return Ok(ReplyRoute::Direct);
         }
         if self.requests.len() >= self.cfg.max_pending_replies {

@@ -253,7 +253,7 @@ fn commands_are_answered_exactly_once() {
         T0,
         Input::Command {
             request: RequestId(1),
-            command: Command::Whisper { peer: peer.clone(), packets: vec![Value::from("w")] },
+            command: Command::Whisper { peer: peer.clone(), subflag: 2, packets: vec![Value::from("w")] },
         },
     );
     let w = Frame::build(MsgType::Whisper, one.m.id(), T0.unix(), SubFlag::Whisper, &[Value::from("w")]);
@@ -266,7 +266,10 @@ fn commands_are_answered_exactly_once() {
     );
     one.m.handle(
         T0,
-        Input::Command { request: RequestId(2), command: Command::Whisper { peer: pid(99), packets: vec![] } },
+        Input::Command {
+            request: RequestId(2),
+            command: Command::Whisper { peer: pid(99), subflag: 2, packets: vec![] },
+        },
     );
     assert_eq!(
         drain(&mut one.m),
@@ -626,7 +629,7 @@ fn renegotiation_is_answered_once_and_resend_resends() {
         T0,
         Input::Command {
             request: RequestId(1),
-            command: Command::Whisper { peer: peer.clone(), packets: vec![Value::from("w")] },
+            command: Command::Whisper { peer: peer.clone(), subflag: 2, packets: vec![Value::from("w")] },
         },
     );
     let sent = drain(&mut one.m);
