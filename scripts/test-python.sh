@@ -3,7 +3,8 @@
 # virtualenv (.venv-py, with pytest and the pinned py2p reference peer),
 # runs the package's own pytest suite, then py2p 0.7.878's own test modules
 # (shipped inside the py2p package) with py2p's modules mapped to rs2p's.
-# A missing Python is an error, not a skip.
+# A missing Python is an error, not a skip. With --setup-only it stops after
+# the install (the Python benchmark uses the same virtualenv).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -26,6 +27,9 @@ fi
 # The README's install command, into this virtualenv.
 "$venv/bin/pip" install --quiet --disable-pip-version-check --force-reinstall --no-deps ./crates/py
 "$venv/bin/python" -c "import rs2p, py2p.flags; print('rs2p', rs2p.__version__, 'installed')"
+if [ "${1:-}" = "--setup-only" ]; then
+    exit 0
+fi
 cd crates/py/tests
 "$venv/bin/python" -m pytest -q -p no:cacheprovider .
 # py2p's own suite, from the installed py2p package, on rs2p.

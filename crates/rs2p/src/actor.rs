@@ -38,7 +38,7 @@ use crate::command::{Command, Query, Responder};
 use crate::config::{
     NodeConfig, ACCEPT_BACKOFF, INBOUND_CHANNEL_CAP, MAX_BATCH_BYTES, MAX_BATCH_FRAMES, RECENT_ERRORS, SHUTDOWN_FLUSH,
 };
-use crate::conn::{read_loop, write_loop, ConnEvent, RoomSignal, WriterCmd};
+use crate::conn::{read_loop, wire_len, write_loop, ConnEvent, QueueLevel, RoomSignal, WriterCmd};
 use crate::event::EventHub;
 use crate::inbox::InboxSender;
 use crate::message::Handler;
@@ -64,6 +64,8 @@ struct ConnHandle {
     reader: JoinHandle<()>,
     /// Taken at shutdown, to wait for the flush.
     writer: Option<JoinHandle<()>>,
+    /// How full the writer's queue is (the actor adds, the writer takes).
+    level: Arc<QueueLevel>,
     /// Raised when frames wait aside, so the writer says when it has room.
     wanted: Arc<AtomicBool>,
     /// Writer commands kept aside because the queue was full, in order.
@@ -76,6 +78,44 @@ struct ConnHandle {
     lagging: bool,
     dropped: u64,
     peer: Option<PeerId>,
+}
+
+/// A writer command that did not go to the writer.
+enum NotHanded {
+    /// The queue is full: keep it aside.
+    Full(WriterCmd),
+    /// The writer is gone.
+    Closed,
+}
+
+impl ConnHandle {
+    /// Hands `cmd` to the writer if its queue has room under the frame and
+    /// byte bounds (codec changes and closes always fit).
+    fn hand(&self, cmd: WriterCmd, max_frames: usize, max_bytes: usize) -> Result<(), NotHanded> {
+        let counted = match &cmd {
+            WriterCmd::Frames(f) => {
+                let (n, bytes) = (f.len(), wire_len(f));
+                if !self.level.fits(n, bytes, max_frames, max_bytes) {
+                    return Err(NotHanded::Full(cmd));
+                }
+                self.level.add(n, bytes);
+                Some((n, bytes))
+            }
+            _ => None,
+        };
+        match self.tx.try_send(cmd) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                if let Some((n, bytes)) = counted {
+                    self.level.sub(n, bytes);
+                }
+                match e {
+                    mpsc::error::TrySendError::Full(cmd) => Err(NotHanded::Full(cmd)),
+                    mpsc::error::TrySendError::Closed(_) => Err(NotHanded::Closed),
+                }
+            }
+        }
+    }
 }
 
 impl Drop for ConnHandle {
@@ -459,6 +499,7 @@ impl Actor {
 
     /// A writer took a command: its queue has room again.
     fn on_room(&mut self, conn: ConnId) {
+        let (max_frames, max_bytes) = (self.cfg.driver.send_queue_cap, self.cfg.driver.send_queue_bytes);
         let Some(h) = self.conns.get_mut(&conn) else { return };
         h.lagging = false;
         h.full_since = None;
@@ -467,15 +508,15 @@ impl Actor {
                 WriterCmd::Frames(f) => f.len(),
                 _ => 0,
             };
-            match h.tx.try_send(cmd) {
+            match h.hand(cmd, max_frames, max_bytes) {
                 Ok(()) => h.backlog_frames -= frames,
-                Err(mpsc::error::TrySendError::Full(cmd)) => {
+                Err(NotHanded::Full(cmd)) => {
                     h.backlog.push_front(cmd);
                     h.wanted.store(true, Ordering::Release);
                     h.full_since = Some(Instant::now());
                     return;
                 }
-                Err(mpsc::error::TrySendError::Closed(_)) => {
+                Err(NotHanded::Closed) => {
                     h.backlog.clear();
                     h.backlog_frames = 0;
                     break;
@@ -536,12 +577,14 @@ impl Actor {
             self.conn_tx.clone(),
         ));
         let wanted = Arc::new(AtomicBool::new(false));
-        let room = RoomSignal { wanted: wanted.clone(), tx: self.room_tx.clone() };
+        let level = Arc::new(QueueLevel::default());
+        let room = RoomSignal { level: level.clone(), wanted: wanted.clone(), tx: self.room_tx.clone() };
         let writer = tokio::spawn(write_loop(conn, wr, rx, self.conn_tx.clone(), room));
         let handle = ConnHandle {
             tx,
             reader,
             writer: Some(writer),
+            level,
             wanted,
             backlog: VecDeque::new(),
             backlog_frames: 0,
@@ -568,12 +611,13 @@ impl Actor {
     /// Hands a command to a connection's writer without waiting: a full
     /// queue keeps it aside (see the module docs).
     fn queue_for_writer(&mut self, conn: ConnId, cmd: WriterCmd) {
-        let cap = self.cfg.driver.send_queue_cap * BACKLOG_FACTOR;
+        let (max_frames, max_bytes) = (self.cfg.driver.send_queue_cap, self.cfg.driver.send_queue_bytes);
+        let cap = max_frames * BACKLOG_FACTOR;
         let Some(h) = self.conns.get_mut(&conn) else { return };
         let cmd = if h.backlog.is_empty() {
-            match h.tx.try_send(cmd) {
-                Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => return,
-                Err(mpsc::error::TrySendError::Full(cmd)) => cmd,
+            match h.hand(cmd, max_frames, max_bytes) {
+                Ok(()) | Err(NotHanded::Closed) => return,
+                Err(NotHanded::Full(cmd)) => cmd,
             }
         } else {
             cmd // behind what already waits

@@ -11,8 +11,8 @@ use tokio::net::TcpListener;
 use crate::config::{DriverConfig, NodeConfig};
 use crate::config::{
     DEFAULT_BACKPRESSURE_GRACE, DEFAULT_DIAL_TIMEOUT, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_CONNECTIONS,
-    DEFAULT_MAX_PENDING_HANDSHAKES, DEFAULT_RECV_QUEUE_CAP, DEFAULT_SEND_QUEUE_CAP, DEFAULT_SLOW_PEER_TIMEOUT,
-    DEFAULT_STALL_TIMEOUT,
+    DEFAULT_MAX_PENDING_HANDSHAKES, DEFAULT_RECV_QUEUE_CAP, DEFAULT_SEND_QUEUE_BYTES, DEFAULT_SEND_QUEUE_CAP,
+    DEFAULT_SLOW_PEER_TIMEOUT, DEFAULT_STALL_TIMEOUT,
 };
 use crate::{Error, MeshSocket};
 
@@ -28,6 +28,7 @@ pub struct Builder {
     max_connections: usize,
     max_pending: usize,
     send_queue_cap: usize,
+    send_queue_bytes: usize,
     recv_queue_cap: usize,
     stall_timeout: Duration,
     slow_peer_timeout: Duration,
@@ -53,6 +54,7 @@ impl Default for Builder {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_pending: DEFAULT_MAX_PENDING_HANDSHAKES,
             send_queue_cap: DEFAULT_SEND_QUEUE_CAP,
+            send_queue_bytes: DEFAULT_SEND_QUEUE_BYTES,
             recv_queue_cap: DEFAULT_RECV_QUEUE_CAP,
             stall_timeout: DEFAULT_STALL_TIMEOUT,
             slow_peer_timeout: DEFAULT_SLOW_PEER_TIMEOUT,
@@ -127,11 +129,17 @@ impl Builder {
         self
     }
 
-    /// Frames queued per connection (held in batches of at most 256 frames
-    /// or 32 KiB, so large frames reach the bound sooner). Default
+    /// Frames queued per connection. Default
     /// [`crate::DEFAULT_SEND_QUEUE_CAP`].
     pub fn send_queue_capacity(mut self, n: usize) -> Self {
         self.send_queue_cap = n;
+        self
+    }
+
+    /// Bytes queued per connection (a single larger frame still goes out,
+    /// alone). Default [`crate::DEFAULT_SEND_QUEUE_BYTES`].
+    pub fn send_queue_bytes(mut self, n: usize) -> Self {
+        self.send_queue_bytes = n;
         self
     }
 
@@ -226,7 +234,12 @@ impl Builder {
     /// [`Error::Bind`] if the address cannot be bound, [`Error::Config`] for
     /// invalid settings.
     pub async fn spawn(self) -> Result<MeshSocket, Error> {
-        if self.send_queue_cap == 0 || self.recv_queue_cap == 0 || self.max_connections == 0 || self.max_pending == 0 {
+        if self.send_queue_cap == 0
+            || self.send_queue_bytes == 0
+            || self.recv_queue_cap == 0
+            || self.max_connections == 0
+            || self.max_pending == 0
+        {
             return Err(Error::Config("capacities must be at least 1".into()));
         }
         if self.compression.is_empty() {
@@ -267,6 +280,7 @@ impl Builder {
                 max_pending: self.max_pending,
                 tls,
                 send_queue_cap: self.send_queue_cap,
+                send_queue_bytes: self.send_queue_bytes,
                 stall_timeout: self.stall_timeout,
                 slow_peer_timeout: self.slow_peer_timeout,
                 backpressure_grace: self.backpressure_grace,

@@ -35,10 +35,13 @@ pub(crate) const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 /// How long [`crate::MeshSocket::close`] waits for writers to flush.
 pub(crate) const SHUTDOWN_FLUSH: Duration = Duration::from_secs(1);
 
-/// Default capacity of each connection's send queue, in frames. The queue
-/// holds `capacity / 256` batches (at least 4), so the default keeps about
-/// 4,096 small frames or 512 KiB of large ones, whichever is reached first.
+/// Default capacity of each connection's send queue, in frames (see also
+/// [`DEFAULT_SEND_QUEUE_BYTES`]: the queue is full at whichever bound it
+/// reaches first).
 pub const DEFAULT_SEND_QUEUE_CAP: usize = 4096;
+/// Default capacity of each connection's send queue, in bytes. A single
+/// frame larger than this still goes out, alone.
+pub const DEFAULT_SEND_QUEUE_BYTES: usize = 512 * 1024;
 /// Default capacity of the [`crate::MeshSocket::recv`] queue, in messages.
 /// When it is full, new messages are dropped and counted in
 /// [`crate::Status::dropped_messages`] (the mesh keeps relaying them).
@@ -72,6 +75,7 @@ pub(crate) struct DriverConfig {
     pub(crate) max_pending: usize,
     pub(crate) tls: Option<crate::tls::Tls>,
     pub(crate) send_queue_cap: usize,
+    pub(crate) send_queue_bytes: usize,
     pub(crate) stall_timeout: Duration,
     pub(crate) slow_peer_timeout: Duration,
     pub(crate) backpressure_grace: Duration,
@@ -98,8 +102,10 @@ impl NodeConfig {
         Duration::from_millis(self.mesh.handshake_timeout_ms)
     }
 
-    /// Batches a connection's send queue holds.
+    /// Batches a connection's send queue channel holds: as many as frames
+    /// (a batch holds at least one), so the channel never fills before the
+    /// frame and byte bounds, which the actor keeps.
     pub(crate) fn send_queue_batches(&self) -> usize {
-        (self.driver.send_queue_cap / MAX_BATCH_FRAMES).max(4)
+        self.driver.send_queue_cap.max(1)
     }
 }

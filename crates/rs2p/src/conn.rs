@@ -1,6 +1,6 @@
 //! Per-connection tasks: one reader, one writer, nothing per message.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -154,14 +154,48 @@ pub(crate) async fn read_loop<R: ReadHalf>(
     let _ = to_actor.send(ConnEvent::Closed(conn, reason)).await;
 }
 
-/// How a writer tells the actor that its queue has room again: the actor
-/// raises `wanted` when it had to keep frames aside; the writer, on taking
-/// the next command, lowers it and sends its id on `tx` (once per raise, so
-/// the channel never holds more than one entry per connection).
+/// A connection's send queue as both ends see it: how full it is (the
+/// actor adds what it queues, the writer takes off what it takes), and how
+/// the writer says it has room again: the actor raises `wanted` when it had
+/// to keep frames aside; the writer, on taking the next command, lowers it
+/// and sends its id on `tx` (once per raise, so the channel never holds
+/// more than one entry per connection).
 #[derive(Debug, Clone)]
 pub(crate) struct RoomSignal {
+    pub(crate) level: Arc<QueueLevel>,
     pub(crate) wanted: Arc<AtomicBool>,
     pub(crate) tx: mpsc::Sender<ConnId>,
+}
+
+/// Frames and bytes in a send queue.
+#[derive(Debug, Default)]
+pub(crate) struct QueueLevel {
+    pub(crate) frames: AtomicUsize,
+    pub(crate) bytes: AtomicUsize,
+}
+
+impl QueueLevel {
+    /// Whether `frames` more frames of `bytes` bytes fit under the bounds (a
+    /// batch always fits an empty queue, however large).
+    pub(crate) fn fits(&self, frames: usize, bytes: usize, max_frames: usize, max_bytes: usize) -> bool {
+        let (f, b) = (self.frames.load(Ordering::Acquire), self.bytes.load(Ordering::Acquire));
+        f == 0 || (f + frames <= max_frames && b + bytes <= max_bytes)
+    }
+
+    pub(crate) fn add(&self, frames: usize, bytes: usize) {
+        self.frames.fetch_add(frames, Ordering::AcqRel);
+        self.bytes.fetch_add(bytes, Ordering::AcqRel);
+    }
+
+    pub(crate) fn sub(&self, frames: usize, bytes: usize) {
+        self.frames.fetch_sub(frames, Ordering::AcqRel);
+        self.bytes.fetch_sub(bytes, Ordering::AcqRel);
+    }
+}
+
+/// Bytes a batch of frames takes on the wire (before compression).
+pub(crate) fn wire_len(frames: &[Frame]) -> usize {
+    frames.iter().map(|f| f.wire_bytes().len()).sum()
 }
 
 /// Writes queued frames with the link's codec.
@@ -180,11 +214,14 @@ pub(crate) async fn write_loop<W: AsyncWrite + Unpin>(
     let mut buf = BytesMut::new();
     let mut closing = false;
     'outer: while let Some(cmd) = rx.recv().await {
-        if room.wanted.swap(false, Ordering::AcqRel) {
-            let _ = room.tx.try_send(conn);
-        }
         let mut next = Some(cmd);
         while let Some(cmd) = next.take() {
+            if let WriterCmd::Frames(frames) = &cmd {
+                room.level.sub(frames.len(), wire_len(frames));
+            }
+            if room.wanted.swap(false, Ordering::AcqRel) {
+                let _ = room.tx.try_send(conn);
+            }
             match cmd {
                 WriterCmd::Codec(c) => codec = c,
                 WriterCmd::Close => {

@@ -1,17 +1,29 @@
 """A pyee-compatible event emitter (the API py2p's sockets inherit)."""
 
-import asyncio
 import threading
 import warnings
-from typing import Any, Callable, Dict, List, Optional, Set, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Set, Tuple
+
+if TYPE_CHECKING:  # asyncio costs ~10 MB to import: only when a coroutine listener needs it
+    import asyncio
 
 Listener = Callable[..., Any]
 
+#: ``CO_COROUTINE`` in a code object's flags: an ``async def`` function.
+_CO_COROUTINE = 0x0080
 
-def _registration_loop() -> asyncio.AbstractEventLoop:
+
+def _is_coroutine_function(f: Listener) -> bool:
+    code = getattr(getattr(f, "__func__", f), "__code__", None)
+    return bool(code is not None and code.co_flags & _CO_COROUTINE)
+
+
+def _registration_loop() -> "asyncio.AbstractEventLoop":
     """The event loop a coroutine listener registered now will run on:
     the running loop, else this thread's loop (``asyncio.get_event_loop()``,
     as pyee defaults to), created if the thread has none."""
+    import asyncio
+
     try:
         return asyncio.get_running_loop()
     except RuntimeError:
@@ -38,7 +50,7 @@ class EventEmitter:
     def __init__(self) -> None:
         self._ee_lock = threading.RLock()
         # event -> [(the function given, the function called, its loop)]
-        self._ee_listeners: Dict[str, List[Tuple[Listener, Listener, Optional[asyncio.AbstractEventLoop]]]] = {}
+        self._ee_listeners: Dict[str, List[Tuple[Listener, Listener, Optional["asyncio.AbstractEventLoop"]]]] = {}
 
     def on(self, event: str, f: Optional[Listener] = None) -> Any:
         """Registers ``f`` for ``event``; without ``f``, a decorator that does."""
@@ -55,7 +67,7 @@ class EventEmitter:
         return self._add(event, f, f, once=True)
 
     def _add(self, event: str, given: Listener, call: Listener, once: bool) -> Listener:
-        loop = _registration_loop() if asyncio.iscoroutinefunction(call) else None
+        loop = _registration_loop() if _is_coroutine_function(call) else None
         if once:
             original = call
 
@@ -92,6 +104,8 @@ class EventEmitter:
             if loop is None:
                 call(*args, **kwargs)
                 continue
+            import asyncio
+
             coro = call(*args, **kwargs)
             try:
                 running = asyncio.get_running_loop()

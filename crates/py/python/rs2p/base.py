@@ -9,7 +9,6 @@ and its exception lands in :attr:`BaseSocket.status`, as py2p records them.
 """
 
 import atexit
-import inspect
 import logging
 import socket as _socket
 import threading
@@ -366,6 +365,8 @@ class BaseSocket(EventEmitter):
         Raises:
             ValueError: If the method signature doesn't parse correctly
         """
+        import inspect
+
         args = inspect.signature(method)
         if len(args.parameters) != (3 if args.parameters.get("self") else 2):
             raise ValueError("This method must contain exactly two arguments (or three if first is self)")

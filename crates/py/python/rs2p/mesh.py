@@ -6,7 +6,6 @@ Moving a py2p program to rs2p is one line: ``from rs2p import mesh`` for
 ``from py2p import mesh``.
 """
 
-import asyncio
 import time
 from typing import Any, Iterator, List, Optional, Tuple, Union
 
@@ -237,6 +236,8 @@ class MeshSocket(BaseSocket):
     async def next_message(self, timeout: Optional[float] = None) -> Optional[Message]:
         """(rs2p) Awaits the next message (``None`` after ``timeout`` seconds
         or once the socket is closed), without blocking the event loop."""
+        import asyncio
+
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(None, self._wait_one, timeout)
 
