@@ -288,3 +288,25 @@ def test_tls_sockets_and_pins(sockets):
     except ConnectionError:
         pass  # or refused at the TLS layer
     wait_for("no plaintext peer on a TLS node", lambda: plain.id not in a.routing_table)
+
+
+def test_every_public_name_is_documented():
+    import inspect
+
+    from rs2p import _rs2p
+
+    missing = []
+    for mod in (base, mesh, sync, flags, _rs2p, rs2p):
+        assert mod.__doc__, mod
+        for name in getattr(mod, "__all__", [n for n in dir(mod) if not n.startswith("_")]):
+            obj = getattr(mod, name)
+            if inspect.ismodule(obj) or not (inspect.isclass(obj) or callable(obj)):
+                continue
+            if not obj.__doc__:
+                missing.append(f"{mod.__name__}.{name}")
+            if inspect.isclass(obj):
+                for attr, member in vars(obj).items():
+                    public = not attr.startswith("_") or attr in ("__getitem__", "__setitem__", "__delitem__", "__len__", "__iter__", "__contains__")
+                    if public and (callable(member) or isinstance(member, property)) and not member.__doc__:
+                        missing.append(f"{mod.__name__}.{name}.{attr}")
+    assert missing == []

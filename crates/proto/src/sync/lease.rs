@@ -14,14 +14,19 @@ use crate::Now;
 pub const LEASE_MS: u64 = 3_600_000;
 
 impl Replica {
-    /// The lease holder blocking a write by us to `entry`, if any.
+    /// The lease holder blocking a write by us to `entry`, if any. py2p's
+    /// rule, as its `__check_lease` applies it to its own writes: free if
+    /// leasing is off, the key deleted, the holder us, the lease (an hour
+    /// after the holder's last write) over, or, py2p's tie rule, the
+    /// holder's write in this very second with a greater id than ours.
     pub(super) fn lease_error(&self, now: Now, entry: &Entry) -> Option<WriteError> {
         if !self.cfg.leasing || entry.is_tombstone() {
             return None;
         }
         let v = entry.latest();
         let until = v.ts_ms.saturating_add(self.cfg.lease_ms);
-        (v.owner != self.me && until > now.unix_ms)
+        let tie_won = v.secs() == now.unix() && v.owner.as_bytes() > self.me.as_bytes();
+        (v.owner != self.me && until > now.unix_ms && !tie_won)
             .then(|| WriteError::Leased { owner: v.owner.clone(), until: until / 1000 })
     }
 

@@ -108,6 +108,25 @@ fn py2p_writes_are_gated_and_applied() {
 }
 
 #[test]
+fn local_writes_follow_py2ps_same_second_tie_rule() {
+    // The holder wrote at second 100. In that same second py2p lets a node
+    // with a smaller id take the key ("meta.owner > new_meta.owner"), and
+    // refuses one with a greater id; a second later, neither may.
+    for (me, same_second_ok) in [("aaa", true), ("zzz", false)] {
+        let mut r = replica(me, true);
+        deliver(&mut r, at(100), ConnId(1), &py2p_store("mmm", 100, "k", Value::from("theirs")));
+        let same = Now { mono_ms: 100_500, unix_ms: 100_500 };
+        assert_eq!(r.set(same, Bytes::from_static(b"k"), Value::from("mine")).is_ok(), same_second_ok, "{me}");
+        let mut r = replica(me, true);
+        deliver(&mut r, at(100), ConnId(1), &py2p_store("mmm", 100, "k", Value::from("theirs")));
+        assert!(matches!(
+            r.set(at(101), Bytes::from_static(b"k"), Value::from("mine")),
+            Err(WriteError::Leased { .. })
+        ));
+    }
+}
+
+#[test]
 fn local_lease_blocks_and_frees() {
     let mut r = replica("me", true);
     deliver(&mut r, at(100), ConnId(1), &py2p_store("other", 100, "k", Value::from("theirs")));

@@ -111,7 +111,7 @@ class Message:
         return self._packets
 
     def __len__(self) -> int:
-        """Bytes on the wire."""
+        """Bytes on the wire (length prefix included, uncompressed)."""
         return self.msg.wire_len
 
     def __repr__(self) -> str:

@@ -149,11 +149,13 @@ class SyncSocket(MeshSocket):
         self._node.delete(_key(key))
 
     def __contains__(self, key: object) -> bool:
+        """Whether ``key`` holds a value."""
         if not isinstance(key, (str, bytes, bytearray, memoryview)):
             return False
         return self._node.get(_key(key)) is not None
 
     def __len__(self) -> int:
+        """Number of keys holding a value."""
         return self._node.len()
 
     def _snapshot(self) -> List[Tuple[bytes, Any, bytes, int]]:
@@ -164,6 +166,7 @@ class SyncSocket(MeshSocket):
         return iter([k for k, _, _, _ in self._snapshot()])
 
     def __iter__(self) -> Iterator[bytes]:
+        """Iterates the keys (see :meth:`keys`)."""
         return self.keys()
 
     def values(self) -> Iterator[Any]:
