@@ -40,7 +40,9 @@ async fn dictionary_api_and_events() {
     let (_, owner, ts) = b.get_with_meta("str").await.unwrap().unwrap();
     assert_eq!(&owner, a.id());
     assert!(ts > 1_600_000_000);
-    // Lease: b cannot overwrite a's key.
+    // Lease: b cannot overwrite a's key (a second later: within a's second,
+    // py2p's tie rule lets the node with the smaller id take it).
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     match b.set("str", "mine").await {
         Err(Error::Leased { owner, until }) => {
             assert_eq!(&owner, a.id());
