@@ -187,7 +187,7 @@ impl Sim {
                 node::Output::Mesh(o) => o,
             };
             match o {
-                mesh::Output::Send { conn, frame } => {
+                mesh::Output::Send { conn, frame, .. } => {
                     if let Some(l) = self.links.get(&conn) {
                         let bytes = frame.encode_for(l.codec.compression);
                         self.queues.entry(l.peer_conn).or_default().push_back(bytes);

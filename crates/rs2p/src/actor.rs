@@ -26,7 +26,7 @@ use rs2p_proto::id::PeerId;
 use rs2p_proto::mesh::{self, CloseReason, ConnId, ConnMap, DialId};
 use rs2p_proto::node::{self, Input, Node};
 use rs2p_proto::sync::{self, Replica};
-use rs2p_proto::wire::Frame;
+use rs2p_proto::wire::{Frame, SubFlag};
 use rs2p_proto::{Now, RequestId};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -38,7 +38,7 @@ use crate::command::{Command, Query, Responder};
 use crate::config::{
     NodeConfig, ACCEPT_BACKOFF, INBOUND_CHANNEL_CAP, MAX_BATCH_BYTES, MAX_BATCH_FRAMES, RECENT_ERRORS, SHUTDOWN_FLUSH,
 };
-use crate::conn::{read_loop, wire_len, write_loop, ConnEvent, QueueLevel, RoomSignal, WriterCmd};
+use crate::conn::{read_loop, wire_len, write_loop, ConnEvent, Lanes, QueueLevel, RoomSignal, Traffic, WriterCmd};
 use crate::event::EventHub;
 use crate::inbox::InboxSender;
 use crate::message::Handler;
@@ -48,6 +48,8 @@ use crate::{Event, Message, Status};
 /// A connection's frames kept aside may reach this many times its queue's
 /// capacity (local senders wait meanwhile; beyond it frames are dropped).
 const BACKLOG_FACTOR: usize = 4;
+/// Batches of control frames a connection's control lane holds.
+const CONTROL_QUEUE_CAP: usize = 256;
 
 /// What one turn of the loop handles.
 enum Turn {
@@ -61,6 +63,9 @@ enum Turn {
 
 struct ConnHandle {
     tx: mpsc::Sender<WriterCmd>,
+    /// The control lane: ahead of payload, never waited for (a full one
+    /// drops: the tree and keepalives recover from a lost control frame).
+    control: mpsc::Sender<Vec<Frame>>,
     reader: JoinHandle<()>,
     /// Taken at shutdown, to wait for the flush.
     writer: Option<JoinHandle<()>>,
@@ -144,6 +149,10 @@ pub(crate) struct Actor {
     /// Frames gathered per connection during one flush (kept to reuse its
     /// allocation).
     batches: ConnMap<(Vec<Frame>, usize)>,
+    /// Control frames gathered per connection during one flush.
+    control: ConnMap<Vec<Frame>>,
+    /// What crossed the connections, both ways.
+    traffic: Arc<Traffic>,
     next_conn: u64,
     conn_tx: mpsc::Sender<ConnEvent>,
     conn_rx: mpsc::Receiver<ConnEvent>,
@@ -168,6 +177,9 @@ pub(crate) struct Actor {
     recent_errors: VecDeque<String>,
     dropped_messages: u64,
     dropped_frames: u64,
+    dropped_control: u64,
+    /// User broadcasts handed to the application (handlers or the queue).
+    delivered_broadcasts: u64,
     slow_peers: u64,
     refused: u64,
 }
@@ -200,6 +212,8 @@ impl Actor {
             inbox_room: 0,
             conns: ConnMap::default(),
             batches: ConnMap::default(),
+            control: ConnMap::default(),
+            traffic: Arc::new(Traffic::default()),
             next_conn: 0,
             conn_tx,
             conn_rx,
@@ -217,6 +231,8 @@ impl Actor {
             recent_errors: VecDeque::new(),
             dropped_messages: 0,
             dropped_frames: 0,
+            dropped_control: 0,
+            delivered_broadcasts: 0,
             slow_peers: 0,
             refused: 0,
         }
@@ -364,8 +380,16 @@ impl Actor {
             connections: mesh.connection_count(),
             dropped_messages: self.dropped_messages,
             dropped_frames: self.dropped_frames,
+            dropped_control: self.dropped_control,
             slow_peers: self.slow_peers,
             refused_connections: self.refused,
+            delivered: self.delivered_broadcasts,
+            duplicates: mesh.stats().duplicates,
+            frames_in: self.traffic.frames_in.load(Ordering::Relaxed),
+            bytes_in: self.traffic.bytes_in.load(Ordering::Relaxed),
+            frames_out: self.traffic.frames_out.load(Ordering::Relaxed),
+            bytes_out: self.traffic.bytes_out.load(Ordering::Relaxed),
+            tree: mesh.tree_stats(),
         }
     }
 
@@ -564,10 +588,10 @@ impl Actor {
     {
         self.next_conn += 1;
         let conn = ConnId(self.next_conn);
-        // The queue holds batches of at most MAX_BATCH_FRAMES frames or
-        // MAX_BATCH_BYTES bytes (a larger frame travels alone): about
-        // `send_queue_cap` small frames, fewer large ones.
+        // The payload queue is bounded in frames and bytes by the actor
+        // (QueueLevel); its channel never fills before those bounds.
         let (tx, rx) = mpsc::channel(self.cfg.send_queue_batches());
+        let (control_tx, control_rx) = mpsc::channel(CONTROL_QUEUE_CAP);
         let reader = tokio::spawn(read_loop(
             conn,
             rd,
@@ -575,13 +599,16 @@ impl Actor {
             self.cfg.mesh.compression.clone(),
             self.cfg.driver.stall_timeout,
             self.conn_tx.clone(),
+            self.traffic.clone(),
         ));
         let wanted = Arc::new(AtomicBool::new(false));
         let level = Arc::new(QueueLevel::default());
         let room = RoomSignal { level: level.clone(), wanted: wanted.clone(), tx: self.room_tx.clone() };
-        let writer = tokio::spawn(write_loop(conn, wr, rx, self.conn_tx.clone(), room));
+        let lanes = Lanes { data: rx, control: control_rx };
+        let writer = tokio::spawn(write_loop(conn, wr, lanes, self.conn_tx.clone(), room, self.traffic.clone()));
         let handle = ConnHandle {
             tx,
+            control: control_tx,
             reader,
             writer: Some(writer),
             level,
@@ -603,6 +630,7 @@ impl Actor {
         self.holding.retain(|&c| c != conn);
         self.full.retain(|&c| c != conn);
         self.batches.remove(&conn);
+        self.control.remove(&conn);
         let h = self.conns.remove(&conn);
         self.release_if_free();
         h
@@ -661,7 +689,10 @@ impl Actor {
         self.inbox_room = self.inbox.0.room();
         while let Some(o) = self.node.poll_output() {
             match o {
-                node::Output::Mesh(mesh::Output::Send { conn, frame }) => {
+                node::Output::Mesh(mesh::Output::Send { conn, frame, lane: mesh::Lane::Control }) => {
+                    self.control.entry(conn).or_default().push(frame);
+                }
+                node::Output::Mesh(mesh::Output::Send { conn, frame, lane: mesh::Lane::Payload }) => {
                     let (frames, bytes) = batches.entry(conn).or_default();
                     *bytes += frame.wire_bytes().len();
                     frames.push(frame);
@@ -716,6 +747,18 @@ impl Actor {
             }
         }
         self.batches = batches;
+        for (conn, frames) in self.control.iter_mut() {
+            if frames.is_empty() {
+                continue;
+            }
+            let batch = std::mem::take(frames);
+            let n = batch.len() as u64;
+            if let Some(h) = self.conns.get(conn) {
+                if h.control.try_send(batch).is_err() {
+                    self.dropped_control += n;
+                }
+            }
+        }
         // One lock and one wake-up for the whole step.
         self.dropped_messages += self.inbox.0.push(&mut self.to_inbox) as u64;
     }
@@ -762,9 +805,13 @@ impl Actor {
     }
 
     fn on_message(&mut self, msg: Message, for_application: bool) {
+        let user_broadcast = msg.kind() == crate::MessageKind::Broadcast && SubFlag::is_user(msg.subflag());
         for h in &self.handlers {
             match std::panic::catch_unwind(AssertUnwindSafe(|| h(&msg))) {
-                Ok(true) => return,
+                Ok(true) => {
+                    self.delivered_broadcasts += u64::from(user_broadcast);
+                    return;
+                }
                 Ok(false) => {}
                 Err(_) => tracing::error!("a message handler panicked; continuing with the next"),
             }
@@ -778,6 +825,7 @@ impl Actor {
             return;
         }
         self.inbox_room -= 1;
+        self.delivered_broadcasts += u64::from(user_broadcast);
         if self.has_listeners() {
             self.emit(Event::Message(msg.clone()));
         }

@@ -36,6 +36,8 @@ pub struct Builder {
     dial_timeout: Duration,
     handshake_timeout: Duration,
     maintain_outgoing: bool,
+    broadcast: mesh::Broadcast,
+    keepalive: (Duration, Duration),
     queue_all_subflags: bool,
     seed: Option<u64>,
     tls: Option<crate::TlsConfig>,
@@ -62,6 +64,8 @@ impl Default for Builder {
             dial_timeout: DEFAULT_DIAL_TIMEOUT,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             maintain_outgoing: true,
+            broadcast: mesh::Broadcast::Tree,
+            keepalive: (Duration::from_secs(3), Duration::from_secs(9)),
             queue_all_subflags: false,
             seed: None,
             tls: None,
@@ -201,6 +205,23 @@ impl Builder {
         self
     }
 
+    /// How broadcasts travel between rs2p peers: an epidemic broadcast tree
+    /// (default, [`mesh::Broadcast::Tree`]) or py2p's flood. py2p peers are
+    /// always flooded, so either works in a mixed network.
+    pub fn broadcast(mut self, strategy: mesh::Broadcast) -> Self {
+        self.broadcast = strategy;
+        self
+    }
+
+    /// Keepalives on tree links (rs2p peers): a link silent for `interval`
+    /// is pinged; one silent for `dead_after` is closed as
+    /// [`rs2p_proto::mesh::CloseReason::Unresponsive`]. Default 3 s and 9 s;
+    /// a zero `interval` turns them off.
+    pub fn keepalive(mut self, interval: Duration, dead_after: Duration) -> Self {
+        self.keepalive = (interval, dead_after);
+        self
+    }
+
     /// Whether messages with sub-flags other than user broadcasts and
     /// whispers (applications' own, from `0x30` up, and protocol ones the
     /// node does not handle) go to the [`MeshSocket::recv`] queue too, not
@@ -271,6 +292,9 @@ impl Builder {
         mesh.compression = self.compression;
         mesh.handshake_timeout_ms = self.handshake_timeout.as_millis() as u64;
         mesh.maintain_outgoing = self.maintain_outgoing;
+        mesh.broadcast = self.broadcast;
+        mesh.keepalive_interval_ms = self.keepalive.0.as_millis() as u64;
+        mesh.dead_after_ms = self.keepalive.1.as_millis().max(1) as u64;
         let cfg = NodeConfig {
             mesh,
             sync: self.sync,

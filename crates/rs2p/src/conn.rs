@@ -1,6 +1,6 @@
 //! Per-connection tasks: one reader, one writer, nothing per message.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -74,6 +74,7 @@ pub(crate) async fn read_loop<R: ReadHalf>(
     compression: Vec<Compression>,
     stall: Duration,
     to_actor: mpsc::Sender<ConnEvent>,
+    traffic: Arc<Traffic>,
 ) {
     let mut dec = FrameDecoder::new(limits, &compression);
     // When the current partial frame began: it must be complete within
@@ -104,7 +105,10 @@ pub(crate) async fn read_loop<R: ReadHalf>(
             Ok(0) => break CloseReason::ClosedByPeer,
             // Only a read that filled all the free space suggests more is
             // waiting; one large message (a peer list) is not a burst.
-            Ok(n) => chunk = if n >= free { READ_CHUNK_BUSY } else { READ_CHUNK_IDLE },
+            Ok(n) => {
+                traffic.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+                chunk = if n >= free { READ_CHUNK_BUSY } else { READ_CHUNK_IDLE }
+            }
             Err(e) => break CloseReason::Io(e.kind()),
         }
         let mut batch = Vec::new();
@@ -115,6 +119,7 @@ pub(crate) async fn read_loop<R: ReadHalf>(
             match dec.next_packet() {
                 Ok(Some(p)) => {
                     completed = true;
+                    traffic.frames_in.fetch_add(1, Ordering::Relaxed);
                     batch_bytes += p.frame.wire_bytes().len();
                     batch.push(p);
                     if batch.len() >= MAX_BATCH_FRAMES || batch_bytes >= MAX_BATCH_BYTES {
@@ -198,7 +203,29 @@ pub(crate) fn wire_len(frames: &[Frame]) -> usize {
     frames.iter().map(|f| f.wire_bytes().len()).sum()
 }
 
-/// Writes queued frames with the link's codec.
+/// A connection's two queues, as its writer sees them: control frames
+/// (the broadcast tree's, keepalives) go ahead of queued payload.
+pub(crate) struct Lanes {
+    pub(crate) data: mpsc::Receiver<WriterCmd>,
+    pub(crate) control: mpsc::Receiver<Vec<Frame>>,
+}
+
+enum Next {
+    Control(Vec<Frame>),
+    Data(WriterCmd),
+}
+
+/// Frames and bytes that crossed the node's connections (both ways),
+/// shared by every reader and writer of a node.
+#[derive(Debug, Default)]
+pub(crate) struct Traffic {
+    pub(crate) frames_in: AtomicU64,
+    pub(crate) bytes_in: AtomicU64,
+    pub(crate) frames_out: AtomicU64,
+    pub(crate) bytes_out: AtomicU64,
+}
+
+/// Writes queued frames with the link's codec, control lane first.
 ///
 /// Toward rs2p peers (`coalesce`), everything queued is gathered into one
 /// write; toward py2p, each frame gets its own write (see
@@ -206,47 +233,77 @@ pub(crate) fn wire_len(frames: &[Frame]) -> usize {
 pub(crate) async fn write_loop<W: AsyncWrite + Unpin>(
     conn: ConnId,
     mut wr: W,
-    mut rx: mpsc::Receiver<WriterCmd>,
+    mut lanes: Lanes,
     to_actor: mpsc::Sender<ConnEvent>,
     room: RoomSignal,
+    traffic: Arc<Traffic>,
 ) {
     let mut codec = LinkCodec::HANDSHAKE;
     let mut buf = BytesMut::new();
     let mut closing = false;
-    'outer: while let Some(cmd) = rx.recv().await {
-        let mut next = Some(cmd);
-        while let Some(cmd) = next.take() {
-            if let WriterCmd::Frames(frames) = &cmd {
-                room.level.sub(frames.len(), wire_len(frames));
-            }
-            if room.wanted.swap(false, Ordering::AcqRel) {
-                let _ = room.tx.try_send(conn);
-            }
-            match cmd {
-                WriterCmd::Codec(c) => codec = c,
-                WriterCmd::Close => {
-                    closing = true;
-                    break;
-                }
-                WriterCmd::Frames(frames) => {
-                    for f in frames {
-                        if codec.compression.is_none() {
-                            buf.extend_from_slice(f.wire_bytes());
-                        } else {
-                            buf.extend_from_slice(&f.encode_for(codec.compression));
+    loop {
+        let first = tokio::select! {
+            biased;
+            Some(c) = lanes.control.recv() => Next::Control(c),
+            cmd = lanes.data.recv() => match cmd {
+                Some(c) => Next::Data(c),
+                None => break,
+            },
+        };
+        let mut next = Some(first);
+        while let Some(item) = next.take() {
+            let frames = match item {
+                Next::Control(frames) => frames,
+                Next::Data(cmd) => {
+                    if let WriterCmd::Frames(frames) = &cmd {
+                        room.level.sub(frames.len(), wire_len(frames));
+                    }
+                    if room.wanted.swap(false, Ordering::AcqRel) {
+                        let _ = room.tx.try_send(conn);
+                    }
+                    match cmd {
+                        WriterCmd::Codec(c) => {
+                            codec = c;
+                            Vec::new()
                         }
-                        if !codec.coalesce {
-                            if let Err(e) = wr.write_all(&buf).await {
-                                let _ = to_actor.send(ConnEvent::Closed(conn, CloseReason::Io(e.kind()))).await;
-                                return;
-                            }
-                            buf.clear();
+                        WriterCmd::Close => {
+                            closing = true;
+                            Vec::new()
                         }
+                        WriterCmd::Frames(frames) => frames,
                     }
                 }
+            };
+            let mut bytes = 0;
+            let count = frames.len();
+            for f in frames {
+                let before = buf.len();
+                if codec.compression.is_none() {
+                    buf.extend_from_slice(f.wire_bytes());
+                } else {
+                    buf.extend_from_slice(&f.encode_for(codec.compression));
+                }
+                bytes += buf.len() - before;
+                if !codec.coalesce {
+                    if let Err(e) = wr.write_all(&buf).await {
+                        let _ = to_actor.send(ConnEvent::Closed(conn, CloseReason::Io(e.kind()))).await;
+                        return;
+                    }
+                    buf.clear();
+                }
+            }
+            if count > 0 {
+                traffic.frames_out.fetch_add(count as u64, Ordering::Relaxed);
+                traffic.bytes_out.fetch_add(bytes as u64, Ordering::Relaxed);
+            }
+            if closing {
+                break;
             }
             if buf.len() < MAX_COALESCED_WRITE {
-                next = rx.try_recv().ok();
+                next = match lanes.control.try_recv() {
+                    Ok(c) => Some(Next::Control(c)),
+                    Err(_) => lanes.data.try_recv().ok().map(Next::Data),
+                };
             }
         }
         if !buf.is_empty() {
@@ -256,12 +313,12 @@ pub(crate) async fn write_loop<W: AsyncWrite + Unpin>(
             }
             buf.clear();
         }
-        if buf.capacity() > WRITE_BUF_KEEP || rx.is_empty() {
+        if buf.capacity() > WRITE_BUF_KEEP || lanes.data.is_empty() {
             // Idle, or a burst grew it: do not hold on to that memory.
             buf = BytesMut::new();
         }
         if closing {
-            break 'outer;
+            break;
         }
     }
     let _ = wr.flush().await;

@@ -125,8 +125,27 @@ pub struct Status {
     pub dropped_messages: u64,
     /// Frames dropped because a lagging peer's send queue was full.
     pub dropped_frames: u64,
+    /// Control frames (broadcast tree, keepalives) dropped because a peer's
+    /// control lane was full.
+    pub dropped_control: u64,
     /// Peers disconnected for not draining their send queue.
     pub slow_peers: u64,
     /// Incoming connections closed at accept (connection or handshake caps).
     pub refused_connections: u64,
+    /// User broadcasts handed to the application (by a handler or the
+    /// receive queue); a node's own broadcasts are not delivered to it.
+    pub delivered: u64,
+    /// Broadcast copies received and suppressed as already seen.
+    pub duplicates: u64,
+    /// Frames received, on every connection.
+    pub frames_in: u64,
+    /// Bytes received, on every connection (as on the wire).
+    pub bytes_in: u64,
+    /// Frames sent, on every connection.
+    pub frames_out: u64,
+    /// Bytes sent, on every connection (as on the wire).
+    pub bytes_out: u64,
+    /// The broadcast tree's counters (prunes, grafts, announcements), if
+    /// the node runs it.
+    pub tree: Option<rs2p_proto::mesh::dissemination::TreeStats>,
 }

@@ -1,8 +1,21 @@
 //! The mesh machine's settings.
 
+use super::dissemination::TreeConfig;
 use crate::addr::PeerAddr;
 use crate::id::{PeerId, Protocol};
 use crate::wire::Compression;
+
+/// How broadcasts travel between rs2p peers (py2p peers are always
+/// flooded).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Broadcast {
+    /// py2p's flood on every link.
+    Flood,
+    /// An epidemic broadcast tree between rs2p peers that both advertise
+    /// it (see [`super::dissemination::Tree`]), with keepalives on those
+    /// links; flood toward everyone else.
+    Tree,
+}
 
 /// Settings of the mesh state machine. Every field has a documented default
 /// ([`Config::new`]).
@@ -48,6 +61,20 @@ pub struct Config {
     pub max_known_peers: usize,
     /// Most entries accepted from one peer list. Default 256.
     pub max_peer_list: usize,
+    /// How broadcasts travel between rs2p peers. Default
+    /// [`Broadcast::Tree`].
+    pub broadcast: Broadcast,
+    /// Settings of the broadcast tree.
+    pub tree: TreeConfig,
+    /// A tree link that brought nothing for this long is sent a ping (rs2p
+    /// peers only; py2p peers get no traffic they do not understand).
+    /// Default 3 s; 0 turns keepalives off.
+    pub keepalive_interval_ms: u64,
+    /// A tree link that brought nothing (not even a pong) for this long is
+    /// declared dead and closed ([`super::CloseReason::Unresponsive`]), so a
+    /// peer that vanished without closing its socket is routed around.
+    /// Default 9 s (so it is noticed within 10 s).
+    pub dead_after_ms: u64,
     /// Largest frame body this node sends (checksum + payload). Peers close
     /// a connection that sends them more than their own limit, so local
     /// messages above it are refused. Default
@@ -76,6 +103,10 @@ impl Config {
             max_pending_replies: 1024,
             max_known_peers: 1024,
             max_peer_list: 256,
+            broadcast: Broadcast::Tree,
+            tree: TreeConfig::default(),
+            keepalive_interval_ms: 3_000,
+            dead_after_ms: 9_000,
             max_frame_len: crate::wire::DEFAULT_MAX_FRAME_LEN,
         }
     }

@@ -53,6 +53,12 @@ pub(super) struct Conn {
     pub(super) last_user: Option<Frame>,
     /// The id from the handshake, once it arrived.
     pub(super) claimed: Option<PeerId>,
+    /// Whether both ends speak the broadcast tree (and keepalives).
+    pub(super) tree: bool,
+    /// When the link last brought a frame (monotonic ms).
+    pub(super) last_rx_ms: u64,
+    /// Whether a ping went out since then.
+    pub(super) pinged: bool,
 }
 
 impl Conn {
@@ -73,6 +79,9 @@ impl Conn {
             codec: LinkCodec::HANDSHAKE,
             last_user: None,
             claimed: None,
+            tree: false,
+            last_rx_ms: 0,
+            pinged: false,
         }
     }
 

@@ -64,6 +64,13 @@ pub enum CloseReason {
     Stalled,
     /// The peer did not drain its send queue in time.
     SlowPeer,
+    /// An rs2p peer sent nothing, not even a pong, for this long: it
+    /// vanished without closing (power loss, a cut cable, a forgotten NAT
+    /// flow).
+    Unresponsive {
+        /// How long it had been silent, in milliseconds.
+        silent_ms: u64,
+    },
     /// Closed on request ([`super::Command::Disconnect`]).
     Requested,
     /// The node is shutting down.
@@ -98,6 +105,9 @@ impl fmt::Display for CloseReason {
             CloseReason::ConnectionLimit => f.write_str("connection limit reached"),
             CloseReason::Stalled => f.write_str("partial frame stalled"),
             CloseReason::SlowPeer => f.write_str("peer too slow to receive"),
+            CloseReason::Unresponsive { silent_ms } => {
+                write!(f, "timeout: no sign of life for {:.1} s", *silent_ms as f64 / 1000.0)
+            }
             CloseReason::Requested => f.write_str("disconnected on request"),
             CloseReason::Shutdown => f.write_str("node shutting down"),
         }
@@ -177,6 +187,17 @@ pub enum Reply {
     Routed(ReplyRoute),
 }
 
+/// Which queue a frame waits in on its way out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lane {
+    /// Payload and everything in the link's order (handshakes, peer lists,
+    /// broadcasts, whispers).
+    Payload,
+    /// The broadcast tree's control messages and keepalives (rs2p tree
+    /// links only): they go ahead of queued payload.
+    Control,
+}
+
 /// An action for the driver.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Output {
@@ -186,6 +207,8 @@ pub enum Output {
         conn: ConnId,
         /// The frame to write.
         frame: Frame,
+        /// The queue it waits in.
+        lane: Lane,
     },
     /// From now on, encode frames to `conn` with `codec`.
     Configure {
@@ -274,6 +297,10 @@ pub struct Stats {
     pub sent: u64,
     /// Connections closed for misbehaviour or decode errors.
     pub protocol_errors: u64,
+    /// Broadcast-tree and keepalive control messages sent.
+    pub control_sent: u64,
+    /// Tree links closed for silence (peers that vanished).
+    pub unresponsive: u64,
 }
 
 /// What a connection looks like from the machine.

@@ -9,7 +9,7 @@
 
 use super::conflict::{resolve_conflict, Keep};
 use super::conn::{Conn, ConnState};
-use super::link::{codec_for, is_rs2p};
+use super::link::{codec_for, is_rs2p, speaks_tree};
 use super::peers::KnownPeer;
 use super::{CloseReason, CommandError, ConnId, DialId, Event, LinkCodec, Mesh, Output, Reply};
 use crate::wire::message::{Handshake, MeshMessage};
@@ -62,16 +62,22 @@ impl Mesh {
         let first = self.routing.is_empty();
         let codec = codec_for(&self.cfg.compression, &hs.methods);
         let rs2p = is_rs2p(&hs.methods);
+        let tree = self.cfg.broadcast == super::Broadcast::Tree && speaks_tree(&hs.methods);
         let Some(c) = self.conns.get_mut(&conn) else { return };
         c.state = ConnState::Established(peer.clone());
         c.addr = hs.addr.clone().or_else(|| c.target.clone());
         c.peer_methods = hs.methods;
         c.codec = codec;
+        c.tree = tree;
+        c.last_rx_ms = now.mono_ms;
         let outgoing = c.dir == super::Direction::Outgoing;
         let request = c.request.take();
         self.routing.insert(peer.clone(), conn);
         self.known.remove(&peer);
-        self.dissemination.link_up(conn, rs2p);
+        self.dissemination.link_up(conn, tree);
+        if tree {
+            self.tree_links += 1;
+        }
         self.out.push_back(Output::Configure { conn, codec });
         self.event(Event::PeerUp { conn, peer: peer.clone(), addr: hs.addr, outgoing, first, rs2p });
         if let Some(request) = request {
@@ -103,6 +109,9 @@ impl Mesh {
         match c.state {
             ConnState::Established(peer) => {
                 self.dissemination.link_down(conn);
+                if c.tree {
+                    self.tree_links -= 1;
+                }
                 if self.routing.get(&peer) != Some(&conn) {
                     return; // replaced by another link to the same peer
                 }

@@ -10,7 +10,7 @@
 
 use super::{ConnId, Mesh, Output};
 use crate::wire::message::MeshMessage;
-use crate::wire::Compression;
+use crate::wire::{capability, Compression};
 use crate::Now;
 
 /// How a link encodes outgoing frames.
@@ -33,13 +33,19 @@ impl LinkCodec {
 /// Whether a peer's method list marks it as rs2p (the one place this is
 /// decided).
 pub(crate) fn is_rs2p(methods: &[u64]) -> bool {
-    methods.contains(&u64::from(Compression::Identity.code()))
+    methods.contains(&capability::RS2P)
+}
+
+/// Whether a peer's method list says it speaks the broadcast tree.
+pub(crate) fn speaks_tree(methods: &[u64]) -> bool {
+    methods.contains(&capability::TREE)
 }
 
 /// The codec toward a peer that accepts `peer_methods`, given our
 /// preference order.
 pub(crate) fn codec_for(ours: &[Compression], peer_methods: &[u64]) -> LinkCodec {
     let compression = ours.iter().copied().find(|m| peer_methods.contains(&u64::from(m.code())));
+    debug_assert_eq!(u64::from(Compression::Identity.code()), capability::RS2P);
     LinkCodec { compression: compression.filter(|m| *m != Compression::Identity), coalesce: is_rs2p(peer_methods) }
 }
 
@@ -67,8 +73,12 @@ impl Mesh {
         }
     }
 
-    /// The methods we advertise, as wire values.
+    /// The methods we advertise, as wire values, then the capabilities.
     pub(super) fn advertised_methods(&self) -> Vec<u64> {
-        self.cfg.compression.iter().map(|m| u64::from(m.code())).collect()
+        let mut m: Vec<u64> = self.cfg.compression.iter().map(|m| u64::from(m.code())).collect();
+        if self.cfg.broadcast == super::Broadcast::Tree {
+            m.push(capability::TREE);
+        }
+        m
     }
 }

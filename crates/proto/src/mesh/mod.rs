@@ -53,6 +53,7 @@ mod conn;
 pub mod dissemination;
 mod event;
 mod handshake;
+mod keepalive;
 mod link;
 mod peers;
 mod route;
@@ -64,14 +65,16 @@ use rand::{Rng, SeedableRng};
 use rmpv::Value;
 
 pub use crate::addr::{AddrParseError, PeerAddr};
-pub use config::Config;
+pub use config::{Broadcast, Config};
 pub use conflict::{resolve_conflict, Keep};
 pub use conn::{ConnId, ConnMap, DialId, Direction};
-pub use event::{CloseReason, CommandError, Delivery, Event, Output, PeerInfo, Reply, ReplyRoute, Stats, TlsFailure};
+pub use event::{
+    CloseReason, CommandError, Delivery, Event, Lane, Output, PeerInfo, Reply, ReplyRoute, Stats, TlsFailure,
+};
 pub use link::LinkCodec;
 
 use conn::{Conn, ConnState};
-use dissemination::{Dissemination, Flood, Verdict};
+use dissemination::{Dissemination, Flood, Push, TreeControl, Verdict};
 use peers::KnownPeer;
 use route::PendingReply;
 
@@ -219,10 +222,13 @@ pub struct Mesh {
     handshake_deadlines: VecDeque<(u64, ConnId)>,
     next_peer_request_ms: u64,
     next_maintain_ms: u64,
+    next_liveness_ms: u64,
+    /// Established links that speak the tree (and keepalives).
+    tree_links: usize,
     /// The latest time an input brought; used where an action has no `now`.
     clock: Now,
-    /// Reused buffer for relay targets.
-    scratch: Vec<ConnId>,
+    /// Reused buffer for what the dissemination strategy sends.
+    pushes: Vec<Push>,
     out: VecDeque<Output>,
     stats: Stats,
 }
@@ -232,7 +238,11 @@ impl Mesh {
     pub fn new(cfg: Config, seed: u64) -> Self {
         let mut rng = StdRng::seed_from_u64(seed);
         let seen_keep_ms = (cfg.broadcast_window_secs + cfg.max_clock_skew_secs) * 1000;
-        let dissemination = Box::new(Flood::new(seen_keep_ms, cfg.seen_capacity, rng.random()));
+        let key = rng.random();
+        let dissemination: Box<dyn Dissemination> = match cfg.broadcast {
+            Broadcast::Flood => Box::new(Flood::new(seen_keep_ms, cfg.seen_capacity, key)),
+            Broadcast::Tree => Box::new(dissemination::Tree::new(cfg.tree, seen_keep_ms, cfg.seen_capacity, key)),
+        };
         Mesh {
             protocol_id: cfg.protocol.id(),
             cfg,
@@ -249,8 +259,10 @@ impl Mesh {
             handshake_deadlines: VecDeque::new(),
             next_peer_request_ms: 0,
             next_maintain_ms: 0,
+            next_liveness_ms: 0,
+            tree_links: 0,
             clock: Now::default(),
-            scratch: Vec::new(),
+            pushes: Vec::new(),
             out: VecDeque::new(),
             stats: Stats::default(),
         }
@@ -281,6 +293,11 @@ impl Mesh {
             Input::Timeout => self.on_timeout(now),
             Input::Command { request, command } => self.on_command(now, request, command),
         }
+        // What the strategy batched during this input (announcements).
+        let mut pushes = std::mem::take(&mut self.pushes);
+        self.dissemination.flush(&mut pushes);
+        self.apply_pushes(now, &mut pushes, false);
+        self.pushes = pushes;
     }
 
     /// The next action for the driver. Drain it after every input.
@@ -295,10 +312,12 @@ impl Mesh {
     pub fn poll_timeout(&self) -> Option<u64> {
         let maintain = (self.cfg.maintain_outgoing && self.outgoing_count() < self.cfg.max_outgoing)
             .then_some(self.next_maintain_ms);
+        let liveness = (self.tree_links > 0 && self.cfg.keepalive_interval_ms > 0).then_some(self.next_liveness_ms);
         [
             self.handshake_deadlines.front().map(|&(t, _)| t),
             self.reply_deadlines.front().copied(),
             maintain,
+            liveness,
             self.dissemination.poll_timeout(),
         ]
         .into_iter()
@@ -390,14 +409,39 @@ impl Mesh {
     pub(crate) fn broadcast_frame(&mut self, now: Now, frame: Frame) -> MsgId {
         self.clock = self.clock.max(now);
         let id = frame.id();
-        let mut targets = std::mem::take(&mut self.scratch);
-        self.dissemination.publish(now, &id, &mut targets);
-        for &conn in &targets {
-            self.send_user(conn, frame.clone());
-        }
-        targets.clear();
-        self.scratch = targets;
+        let mut pushes = std::mem::take(&mut self.pushes);
+        self.dissemination.publish(now, &frame, &mut pushes);
+        self.apply_pushes(now, &mut pushes, false);
+        self.pushes = pushes;
         id
+    }
+
+    /// Sends what the dissemination strategy asked for (`relay`: counted as
+    /// relayed payload).
+    fn apply_pushes(&mut self, now: Now, pushes: &mut Vec<Push>, relay: bool) {
+        for p in pushes.drain(..) {
+            match p {
+                Push::Payload(conn, frame) => {
+                    if relay {
+                        self.stats.relayed += 1;
+                    }
+                    self.send_user(conn, frame);
+                }
+                Push::Control(conn, control) => {
+                    let msg = match control {
+                        TreeControl::IHave(ids) => MeshMessage::IHave(ids),
+                        TreeControl::Graft(ids) => MeshMessage::Graft(ids),
+                        TreeControl::Prune => MeshMessage::Prune,
+                    };
+                    self.send_control(conn, msg.encode(&self.cfg.id, now.unix()));
+                }
+            }
+        }
+    }
+
+    /// The broadcast tree's counters, if the node runs it.
+    pub fn tree_stats(&self) -> Option<dissemination::TreeStats> {
+        self.dissemination.tree_stats()
     }
 
     /// Sends an already built frame on a handshaken connection (for layers
@@ -502,7 +546,11 @@ impl Mesh {
     // ----- inputs -----------------------------------------------------------
 
     fn on_timeout(&mut self, now: Now) {
-        self.dissemination.handle_timeout(now);
+        let mut pushes = std::mem::take(&mut self.pushes);
+        self.dissemination.handle_timeout(now, &mut pushes);
+        self.apply_pushes(now, &mut pushes, false);
+        self.pushes = pushes;
+        self.check_liveness(now);
         while let Some(&(deadline, conn)) = self.handshake_deadlines.front() {
             if deadline > now.mono_ms {
                 break;
@@ -520,9 +568,13 @@ impl Mesh {
     }
 
     fn on_packet(&mut self, now: Now, conn: ConnId, packet: Packet) {
-        let Some(c) = self.conns.get(&conn) else {
+        let Some(c) = self.conns.get_mut(&conn) else {
             return; // closed meanwhile
         };
+        // Any frame is a sign of life.
+        c.last_rx_ms = now.mono_ms;
+        c.pinged = false;
+        let tree = c.tree;
         if c.peer().is_none() {
             if packet.header.is(MsgType::Whisper, SubFlag::Handshake) {
                 match MeshMessage::decode(&packet) {
@@ -541,8 +593,12 @@ impl Mesh {
                 Ok(None) => self.deliver(conn, packet),
                 Ok(Some(MeshMessage::Peers(list))) => self.on_peers(list),
                 Ok(Some(MeshMessage::PeerRequest)) => self.send_peers(now, conn),
-                // A repeated handshake, or junk: nothing to act on (py2p
-                // ignores it too).
+                Ok(Some(MeshMessage::IHave(ids))) if tree => self.tree_control(now, conn, TreeControl::IHave(ids)),
+                Ok(Some(MeshMessage::Graft(ids))) if tree => self.tree_control(now, conn, TreeControl::Graft(ids)),
+                Ok(Some(MeshMessage::Prune)) if tree => self.tree_control(now, conn, TreeControl::Prune),
+                // A repeated handshake, tree messages on a link that did
+                // not negotiate the tree, or junk: nothing to act on (py2p
+                // ignores such messages too).
                 Ok(Some(_)) | Err(_) => {}
             },
             Some(MsgType::Renegotiate) => match MeshMessage::decode(&packet) {
@@ -553,9 +609,18 @@ impl Mesh {
                 }
                 _ => {}
             },
-            // Reserved and unused by py2p: ignore, as py2p does.
+            // Keepalives, on tree links; py2p reserves these types and
+            // never sends them.
+            Some(MsgType::Ping) if tree => self.send_control(conn, MeshMessage::Pong.encode(&self.cfg.id, now.unix())),
             Some(MsgType::Ping | MsgType::Pong) | None => {}
         }
+    }
+
+    fn tree_control(&mut self, now: Now, conn: ConnId, control: TreeControl) {
+        let mut pushes = std::mem::take(&mut self.pushes);
+        self.dissemination.on_control(now, conn, control, &mut pushes);
+        self.apply_pushes(now, &mut pushes, false);
+        self.pushes = pushes;
     }
 
     fn on_broadcast(&mut self, now: Now, conn: ConnId, packet: Packet) {
@@ -569,18 +634,14 @@ impl Mesh {
         // The original sender's own link gets no copy back (the lookup only
         // matters with other peers).
         let origin = if self.routing.len() > 1 { self.routing.get(&h.sender).copied() } else { None };
-        let mut targets = std::mem::take(&mut self.scratch);
-        if self.dissemination.receive(now, conn, origin, &packet.frame.id(), &mut targets) == Verdict::Duplicate {
+        let mut pushes = std::mem::take(&mut self.pushes);
+        let verdict = self.dissemination.receive(now, conn, origin, &packet.frame, &mut pushes);
+        self.apply_pushes(now, &mut pushes, true);
+        self.pushes = pushes;
+        if verdict == Verdict::Duplicate {
             self.stats.duplicates += 1;
-            self.scratch = targets;
             return;
         }
-        for &c in &targets {
-            self.stats.relayed += 1;
-            self.send_user(c, packet.frame.clone());
-        }
-        targets.clear();
-        self.scratch = targets;
         match MeshMessage::decode(&packet) {
             Ok(None) => self.deliver(conn, packet),
             Ok(Some(MeshMessage::RouteRequest { request_id, wanted })) => {
@@ -597,7 +658,14 @@ impl Mesh {
 
     fn send(&mut self, conn: ConnId, frame: Frame) {
         self.stats.sent += 1;
-        self.out.push_back(Output::Send { conn, frame });
+        self.out.push_back(Output::Send { conn, frame, lane: Lane::Payload });
+    }
+
+    /// Sends a control frame (tree, keepalive) ahead of queued payload.
+    fn send_control(&mut self, conn: ConnId, frame: Frame) {
+        self.stats.sent += 1;
+        self.stats.control_sent += 1;
+        self.out.push_back(Output::Send { conn, frame, lane: Lane::Control });
     }
 
     fn send_user(&mut self, conn: ConnId, frame: Frame) {

@@ -34,6 +34,14 @@ impl One {
         One { m: Mesh::new(config_for(0, &Protocol::default()), 1), peer: pid(7), peer_addr: addr_of(1) }
     }
 
+    /// A machine that does no upkeep of its own (no redials, no peer
+    /// requests): only what the test provokes.
+    fn quiet() -> Self {
+        let mut cfg = config_for(0, &Protocol::default());
+        cfg.maintain_outgoing = false;
+        One { m: Mesh::new(cfg, 1), peer: pid(7), peer_addr: addr_of(1) }
+    }
+
     fn hello_from(&self, peer: &PeerId, methods: Vec<u64>) -> Packet {
         let hs = Handshake {
             id: peer.clone(),
@@ -49,7 +57,11 @@ impl One {
             id: self.m.id().clone(),
             protocol: self.m.protocol_id().as_bytes().to_vec(),
             addr: Some(addr_of(0)),
-            methods: Compression::DEFAULT_PREFERENCE.iter().map(|c| u64::from(c.code())).collect(),
+            methods: Compression::DEFAULT_PREFERENCE
+                .iter()
+                .map(|c| u64::from(c.code()))
+                .chain([crate::wire::capability::TREE])
+                .collect(),
         })
         .encode(self.m.id(), T0.unix())
     }
@@ -58,9 +70,9 @@ impl One {
         MeshMessage::Peers(list).encode(self.m.id(), T0.unix())
     }
 
-    /// An rs2p peer handshaken on `conn`, outputs drained.
+    /// An rs2p peer handshaken on `conn`, outputs drained (a quiet node).
     fn established(conn: u64) -> Self {
-        let mut one = One::new();
+        let mut one = One::quiet();
         one.m.handle(T0, Input::Incoming { conn: ConnId(conn) });
         let hello = one.hello_from(&one.peer.clone(), vec![0x2f]);
         one.m.handle(T0, Input::Packet { conn: ConnId(conn), packet: hello });
@@ -79,7 +91,7 @@ fn incoming_connection_sends_our_handshake_and_arms_its_deadline() {
         drain(&mut one.m),
         vec![
             Output::Configure { conn: ConnId(1), codec: LinkCodec::HANDSHAKE },
-            Output::Send { conn: ConnId(1), frame: one.our_handshake() },
+            Output::Send { conn: ConnId(1), frame: one.our_handshake(), lane: Lane::Payload },
         ]
     );
     assert_eq!(one.m.poll_timeout(), Some(0), "short of outgoing links: upkeep is due at once");
@@ -102,7 +114,11 @@ fn a_handshake_makes_a_peer_with_exact_outputs() {
             first: true,
             rs2p: true,
         }),
-        Output::Send { conn: ConnId(1), frame: one.peers_frame(vec![(one.peer_addr.clone(), one.peer.clone())]) },
+        Output::Send {
+            conn: ConnId(1),
+            frame: one.peers_frame(vec![(one.peer_addr.clone(), one.peer.clone())]),
+            lane: Lane::Payload,
+        },
     ];
     assert_eq!(drain(&mut one.m), expected);
     assert_eq!(one.m.peer_count(), 1);
@@ -122,7 +138,7 @@ fn connect_is_answered_when_the_handshake_completes() {
         drain(&mut one.m),
         vec![
             Output::Configure { conn: ConnId(3), codec: LinkCodec::HANDSHAKE },
-            Output::Send { conn: ConnId(3), frame: one.our_handshake() },
+            Output::Send { conn: ConnId(3), frame: one.our_handshake(), lane: Lane::Payload },
         ]
     );
     // A py2p peer (no identity method): zlib, one frame per write.
@@ -142,7 +158,11 @@ fn connect_is_answered_when_the_handshake_completes() {
                 rs2p: false,
             }),
             Output::Reply { request: RequestId(9), result: Ok(Reply::Connected(one.peer.clone())) },
-            Output::Send { conn: ConnId(3), frame: one.peers_frame(vec![(addr, one.peer.clone())]) },
+            Output::Send {
+                conn: ConnId(3),
+                frame: one.peers_frame(vec![(addr, one.peer.clone())]),
+                lane: Lane::Payload
+            },
         ]
     );
 }
@@ -221,7 +241,7 @@ fn broadcasts_are_relayed_delivered_and_deduplicated_exactly() {
     assert_eq!(
         drain(&mut one.m),
         vec![
-            Output::Send { conn: ConnId(2), frame: f.clone() },
+            Output::Send { conn: ConnId(2), frame: f.clone(), lane: Lane::Payload },
             Output::Event(Event::Message(Delivery {
                 conn: ConnId(1),
                 packet: packet(f.clone()),
@@ -239,7 +259,7 @@ fn broadcasts_are_relayed_delivered_and_deduplicated_exactly() {
     assert_eq!(
         drain(&mut one.m),
         vec![
-            Output::Send { conn: ConnId(2), frame: custom.clone() },
+            Output::Send { conn: ConnId(2), frame: custom.clone(), lane: Lane::Payload },
             Output::Event(Event::Message(Delivery { conn: ConnId(1), packet: packet(custom), for_application: false })),
         ]
     );
@@ -260,7 +280,7 @@ fn commands_are_answered_exactly_once() {
     assert_eq!(
         drain(&mut one.m),
         vec![
-            Output::Send { conn: ConnId(1), frame: w.clone() },
+            Output::Send { conn: ConnId(1), frame: w.clone(), lane: Lane::Payload },
             Output::Reply { request: RequestId(1), result: Ok(Reply::Sent(w.id())) },
         ]
     );
@@ -498,7 +518,9 @@ fn dedup_window_and_stale_broadcasts() {
     // Exactly 60 s old is still inside the window.
     let edge = Frame::build(MsgType::Broadcast, &sender, now.unix() - 60, 0u64, &[Value::from("edge")]);
     sim.input(1, node::Input::Packet { conn, packet: packet(edge) });
-    sim.run();
+    // (Node 2 may only have it announced, if the tree made its link to node
+    // 1 lazy: it then grafts it after the graft timeout.)
+    sim.advance(1_000);
     assert_eq!(sim.received(1, "edge"), 1);
     assert_eq!(sim.received(2, "edge"), 1);
     // After the cache forgets (window + skew), an old copy is still refused
@@ -617,7 +639,7 @@ fn renegotiation_is_answered_once_and_resend_resends() {
         drain(&mut one.m),
         vec![
             Output::Configure { conn: ConnId(1), codec: LinkCodec::HANDSHAKE },
-            Output::Send { conn: ConnId(1), frame: answer },
+            Output::Send { conn: ConnId(1), frame: answer, lane: Lane::Payload },
         ]
     );
     // The same (unchanged) list again gets no answer: no loop.
@@ -636,7 +658,7 @@ fn renegotiation_is_answered_once_and_resend_resends() {
     let Output::Send { frame: w, .. } = &sent[0] else { panic!("{sent:?}") };
     let resend = packet(MeshMessage::Resend.encode(&peer, T0.unix()));
     one.m.handle(T0, Input::Packet { conn: ConnId(1), packet: resend });
-    assert_eq!(drain(&mut one.m), vec![Output::Send { conn: ConnId(1), frame: w.clone() }]);
+    assert_eq!(drain(&mut one.m), vec![Output::Send { conn: ConnId(1), frame: w.clone(), lane: Lane::Payload }]);
     // A malformed compression list breaks the protocol.
     let bad = Frame::build(MsgType::Renegotiate, &peer, T0.unix(), SubFlag::Compression, &[Value::from(1)]);
     one.m.handle(T0, Input::Packet { conn: ConnId(1), packet: packet(bad) });
@@ -656,7 +678,7 @@ fn peers_request_answers_str_and_bin_star() {
         let f = Frame::build(MsgType::Whisper, &one.peer, T0.unix(), SubFlag::Request, &[star]);
         one.m.handle(T0, Input::Packet { conn: ConnId(1), packet: packet(f) });
         let list = one.peers_frame(vec![(one.peer_addr.clone(), one.peer.clone())]);
-        assert_eq!(drain(&mut one.m), vec![Output::Send { conn: ConnId(1), frame: list }]);
+        assert_eq!(drain(&mut one.m), vec![Output::Send { conn: ConnId(1), frame: list, lane: Lane::Payload }]);
     }
     // Anything else is ignored.
     let mut one = One::established(1);
@@ -684,4 +706,59 @@ fn disconnect_and_shutdown() {
     sim.run();
     assert!(sim.nodes[0].mesh().peers().is_empty());
     assert_eq!(sim.nodes[0].mesh().connection_count(), 0);
+}
+
+#[test]
+fn a_silent_tree_link_is_pinged_then_declared_dead() {
+    let mut one = One::quiet();
+    one.m.handle(T0, Input::Incoming { conn: ConnId(1) });
+    let hello = one.hello_from(&one.peer.clone(), vec![0x2f, crate::wire::capability::TREE]);
+    one.m.handle(T0, Input::Packet { conn: ConnId(1), packet: hello });
+    drain(&mut one.m);
+    let ping = MeshMessage::Ping.encode(one.m.id(), T0.plus_ms(3_499).unix());
+    // Nothing before the keepalive interval. (Links are checked every
+    // 500 ms: the next check after this one is at 3,499.)
+    one.m.handle(T0.plus_ms(2_999), Input::Timeout);
+    assert_eq!(drain(&mut one.m), vec![]);
+    assert_eq!(one.m.poll_timeout(), Some(T0.mono_ms + 3_499));
+    one.m.handle(T0.plus_ms(3_499), Input::Timeout);
+    assert_eq!(drain(&mut one.m), vec![Output::Send { conn: ConnId(1), frame: ping, lane: Lane::Control }]);
+    // One ping per silence.
+    one.m.handle(T0.plus_ms(3_999), Input::Timeout);
+    assert_eq!(drain(&mut one.m), vec![]);
+    // Any frame is a sign of life: a pong resets the clock.
+    let pong = MeshMessage::Pong.encode(&one.peer, T0.unix());
+    one.m.handle(T0.plus_ms(4_000), Input::Packet { conn: ConnId(1), packet: packet(pong) });
+    one.m.handle(T0.plus_ms(12_999), Input::Timeout);
+    let outs = drain(&mut one.m);
+    assert!(outs.iter().all(|o| !matches!(o, Output::Close { .. })), "alive 9.0 s after the pong: {outs:?}");
+    one.m.handle(T0.plus_ms(13_499), Input::Timeout);
+    let reason = CloseReason::Unresponsive { silent_ms: 9_499 };
+    assert_eq!(
+        drain(&mut one.m),
+        vec![
+            Output::Close { conn: ConnId(1), reason: reason.clone() },
+            Output::Event(Event::PeerDown { conn: ConnId(1), peer: one.peer.clone(), reason }),
+        ]
+    );
+    assert_eq!(one.m.stats().unresponsive, 1);
+}
+
+#[test]
+fn pings_are_answered_on_tree_links_only() {
+    // A tree link answers a ping with a pong, ahead of payload.
+    let mut one = One::quiet();
+    one.m.handle(T0, Input::Incoming { conn: ConnId(1) });
+    let hello = one.hello_from(&one.peer.clone(), vec![0x2f, crate::wire::capability::TREE]);
+    one.m.handle(T0, Input::Packet { conn: ConnId(1), packet: hello });
+    drain(&mut one.m);
+    let ping = MeshMessage::Ping.encode(&one.peer, T0.unix());
+    one.m.handle(T0, Input::Packet { conn: ConnId(1), packet: packet(ping.clone()) });
+    let pong = MeshMessage::Pong.encode(one.m.id(), T0.unix());
+    assert_eq!(drain(&mut one.m), vec![Output::Send { conn: ConnId(1), frame: pong, lane: Lane::Control }]);
+    // A link without the tree (py2p, older rs2p) gets no keepalive traffic.
+    let mut plain = One::established(1);
+    plain.m.handle(T0, Input::Packet { conn: ConnId(1), packet: packet(ping) });
+    plain.m.handle(T0.plus_ms(60_000), Input::Timeout);
+    assert!(drain(&mut plain.m).iter().all(|o| !matches!(o, Output::Send { .. } | Output::Close { .. })));
 }

@@ -57,6 +57,12 @@ impl Frame {
         Frame(Bytes::from(buf))
     }
 
+    /// The same frame in an allocation of its own (a received frame is a
+    /// slice of its read buffer, which it keeps alive while it lives).
+    pub fn detached(&self) -> Frame {
+        Frame(Bytes::copy_from_slice(&self.0))
+    }
+
     /// The whole frame, length prefix included, as sent on an uncompressed
     /// link.
     pub fn wire_bytes(&self) -> &Bytes {

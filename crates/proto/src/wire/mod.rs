@@ -106,6 +106,14 @@ pub enum SubFlag {
     Digest = 0x20,
     /// rs2p: anti-entropy entries (whisper, rs2p peers only).
     Entries = 0x21,
+    /// rs2p: lazy announcement of broadcast ids (broadcast tree, rs2p
+    /// peers that advertise [`capability::TREE`] only).
+    IHave = 0x22,
+    /// rs2p: "send me these broadcasts, and from now on push to me"
+    /// (broadcast tree).
+    Graft = 0x23,
+    /// rs2p: "stop pushing broadcasts to me, announce them" (broadcast tree).
+    Prune = 0x24,
 }
 
 impl SubFlag {
@@ -136,6 +144,9 @@ impl SubFlag {
             0x11 => Delta,
             0x20 => Digest,
             0x21 => Entries,
+            0x22 => IHave,
+            0x23 => Graft,
+            0x24 => Prune,
             _ => return None,
         })
     }
@@ -150,6 +161,19 @@ impl SubFlag {
     pub fn is_user(code: u64) -> bool {
         code == SubFlag::Broadcast.code() || code == SubFlag::Whisper.code()
     }
+}
+
+/// Codes rs2p adds to the handshake's list of compression methods to say
+/// what else it speaks. py2p only uses the codes it knows, so it ignores
+/// these; two rs2p nodes that both advertise a code use the feature on
+/// their link.
+pub mod capability {
+    /// rs2p itself (also the "identity" compression: uncompressed frames
+    /// that may share a write).
+    pub const RS2P: u64 = 0x2F;
+    /// The broadcast tree (sub-flags `0x22`-`0x24`) and keepalives (message
+    /// types ping `0x03` and pong `0x04`).
+    pub const TREE: u64 = 0x2E;
 }
 
 impl From<SubFlag> for u64 {

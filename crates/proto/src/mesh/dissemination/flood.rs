@@ -1,8 +1,9 @@
 //! py2p's flood: relay every new broadcast to every other link.
 
-use super::{Dissemination, SeenCache, Verdict};
+use super::{Dissemination, Push, SeenCache, TreeControl, Verdict};
 use crate::id::MsgId;
 use crate::mesh::ConnId;
+use crate::wire::Frame;
 use crate::Now;
 
 /// Expiry of remembered ids is batched: at most one wake-up a second for it.
@@ -26,7 +27,7 @@ impl Flood {
 }
 
 impl Dissemination for Flood {
-    fn link_up(&mut self, conn: ConnId, _rs2p: bool) {
+    fn link_up(&mut self, conn: ConnId, _tree: bool) {
         if !self.links.contains(&conn) {
             self.links.push(conn);
         }
@@ -36,9 +37,9 @@ impl Dissemination for Flood {
         self.links.retain(|&c| c != conn);
     }
 
-    fn publish(&mut self, now: Now, id: &MsgId, targets: &mut Vec<ConnId>) {
-        self.seen.insert(id, now.mono_ms);
-        targets.extend_from_slice(&self.links);
+    fn publish(&mut self, now: Now, frame: &Frame, out: &mut Vec<Push>) {
+        self.seen.insert(&frame.id(), now.mono_ms);
+        out.extend(self.links.iter().map(|&c| Push::Payload(c, frame.clone())));
     }
 
     fn mark_seen(&mut self, now: Now, id: &MsgId) {
@@ -50,21 +51,26 @@ impl Dissemination for Flood {
         now: Now,
         from: ConnId,
         origin: Option<ConnId>,
-        id: &MsgId,
-        targets: &mut Vec<ConnId>,
+        frame: &Frame,
+        out: &mut Vec<Push>,
     ) -> Verdict {
-        if !self.seen.insert(id, now.mono_ms) {
+        if !self.seen.insert(&frame.id(), now.mono_ms) {
             return Verdict::Duplicate;
         }
-        targets.extend(self.links.iter().copied().filter(|&c| c != from && Some(c) != origin));
+        let targets = self.links.iter().copied().filter(|&c| c != from && Some(c) != origin);
+        out.extend(targets.map(|c| Push::Payload(c, frame.clone())));
         Verdict::Fresh
     }
+
+    fn on_control(&mut self, _now: Now, _from: ConnId, _control: TreeControl, _out: &mut Vec<Push>) {}
+
+    fn flush(&mut self, _out: &mut Vec<Push>) {}
 
     fn poll_timeout(&self) -> Option<u64> {
         self.seen.next_expiry().map(|t| t.div_ceil(EXPIRY_GRANULARITY_MS) * EXPIRY_GRANULARITY_MS)
     }
 
-    fn handle_timeout(&mut self, now: Now) {
+    fn handle_timeout(&mut self, now: Now, _out: &mut Vec<Push>) {
         self.seen.expire(now.mono_ms);
     }
 }
@@ -72,6 +78,8 @@ impl Dissemination for Flood {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::id::PeerId;
+    use crate::wire::MsgType;
 
     #[test]
     fn relays_to_every_other_link_once() {
@@ -80,18 +88,19 @@ mod tests {
             f.link_up(ConnId(c), false);
         }
         let now = Now { mono_ms: 10, unix_ms: 0 };
-        let id = MsgId([7; 32]);
-        let mut t = Vec::new();
-        assert_eq!(f.receive(now, ConnId(2), Some(ConnId(3)), &id, &mut t), Verdict::Fresh);
-        assert_eq!(t, vec![ConnId(1), ConnId(4)]);
-        t.clear();
-        assert_eq!(f.receive(now, ConnId(1), None, &id, &mut t), Verdict::Duplicate);
-        assert!(t.is_empty());
+        let frame = Frame::build(MsgType::Broadcast, &PeerId::random(b"s"), 1, 0u64, &[]);
+        let mut out = Vec::new();
+        assert_eq!(f.receive(now, ConnId(2), Some(ConnId(3)), &frame, &mut out), Verdict::Fresh);
+        assert_eq!(out, vec![Push::Payload(ConnId(1), frame.clone()), Push::Payload(ConnId(4), frame.clone())]);
+        out.clear();
+        assert_eq!(f.receive(now, ConnId(1), None, &frame, &mut out), Verdict::Duplicate);
+        assert!(out.is_empty());
         f.link_down(ConnId(4));
-        f.publish(now, &MsgId([8; 32]), &mut t);
-        assert_eq!(t, vec![ConnId(1), ConnId(2), ConnId(3)]);
+        let other = Frame::build(MsgType::Broadcast, &PeerId::random(b"s"), 2, 0u64, &[]);
+        f.publish(now, &other, &mut out);
+        assert_eq!(out.len(), 3);
         assert_eq!(f.poll_timeout(), Some(61_000));
-        f.handle_timeout(Now { mono_ms: 60_010, unix_ms: 0 });
+        f.handle_timeout(Now { mono_ms: 60_010, unix_ms: 0 }, &mut out);
         assert_eq!(f.poll_timeout(), None);
     }
 }

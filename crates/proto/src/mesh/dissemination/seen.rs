@@ -95,7 +95,6 @@ impl SeenCache {
     }
 
     /// Whether `id` is remembered.
-    #[cfg(test)]
     pub fn contains(&self, id: &MsgId) -> bool {
         self.set.contains(&Self::key(id))
     }

@@ -5,7 +5,7 @@ use rmpv::Value;
 
 use super::{bytes_of, peer_id_of, uint_list, Malformed};
 use crate::addr::PeerAddr;
-use crate::id::PeerId;
+use crate::id::{MsgId, PeerId};
 use crate::wire::{Frame, FrameBuilder, MsgType, Packet, SubFlag};
 
 /// The first message on every connection, sent by both ends (a whisper):
@@ -57,6 +57,37 @@ pub enum MeshMessage {
     Compression(Vec<u64>),
     /// Renegotiate `0x09`: "resend your last user message".
     Resend,
+    /// Whisper `0x22` (rs2p, tree links): `[bin]`, message ids (32 bytes
+    /// each) the sender has, announced instead of pushed.
+    IHave(Vec<MsgId>),
+    /// Whisper `0x23` (rs2p, tree links): `[bin]`, "push to me from now
+    /// on, and send me these messages" (ids, possibly none).
+    Graft(Vec<MsgId>),
+    /// Whisper `0x24` (rs2p, tree links): "stop pushing to me".
+    Prune,
+    /// Message type `0x03` (rs2p, tree links): "are you there?".
+    Ping,
+    /// Message type `0x04` (rs2p, tree links): "here I am".
+    Pong,
+}
+
+/// Most ids in one announcement or graft message.
+pub const MAX_IDS_PER_MESSAGE: usize = 1024;
+
+fn ids_of(v: &[Value]) -> Result<Vec<MsgId>, Malformed> {
+    let b = v.first().and_then(Value::as_slice).ok_or(Malformed("message id list"))?;
+    if b.len() % 32 != 0 || b.len() / 32 > MAX_IDS_PER_MESSAGE {
+        return Err(Malformed("message id list size"));
+    }
+    Ok(b.chunks_exact(32).map(|c| MsgId(c.try_into().unwrap_or([0; 32]))).collect())
+}
+
+fn write_ids(b: &mut FrameBuilder, ids: &[MsgId]) {
+    let mut bytes = Vec::with_capacity(32 * ids.len());
+    for id in ids {
+        bytes.extend_from_slice(&id.0);
+    }
+    b.bin(&bytes);
 }
 
 fn values(p: &Packet) -> Result<Vec<Value>, Malformed> {
@@ -109,7 +140,11 @@ impl MeshMessage {
             }
             (MsgType::Renegotiate, Some(SubFlag::Resend)) => MeshMessage::Resend,
             (MsgType::Renegotiate, _) => return Err(Malformed("unknown renegotiation")),
-            (MsgType::Ping | MsgType::Pong, _) => return Err(Malformed("reserved message type")),
+            (MsgType::Whisper, Some(SubFlag::IHave)) => MeshMessage::IHave(ids_of(&values(p)?)?),
+            (MsgType::Whisper, Some(SubFlag::Graft)) => MeshMessage::Graft(ids_of(&values(p)?)?),
+            (MsgType::Whisper, Some(SubFlag::Prune)) => MeshMessage::Prune,
+            (MsgType::Ping, _) => MeshMessage::Ping,
+            (MsgType::Pong, _) => MeshMessage::Pong,
             (MsgType::Broadcast | MsgType::Whisper, _) => return Ok(None),
         }))
     }
@@ -124,6 +159,11 @@ impl MeshMessage {
             MeshMessage::RouteResponse { .. } => (MsgType::Broadcast, SubFlag::Response),
             MeshMessage::Compression(_) => (MsgType::Renegotiate, SubFlag::Compression),
             MeshMessage::Resend => (MsgType::Renegotiate, SubFlag::Resend),
+            MeshMessage::IHave(_) => (MsgType::Whisper, SubFlag::IHave),
+            MeshMessage::Graft(_) => (MsgType::Whisper, SubFlag::Graft),
+            MeshMessage::Prune => (MsgType::Whisper, SubFlag::Prune),
+            MeshMessage::Ping => (MsgType::Ping, SubFlag::Ping),
+            MeshMessage::Pong => (MsgType::Pong, SubFlag::Pong),
         }
     }
 
@@ -177,7 +217,12 @@ impl MeshMessage {
                 }
                 b.finish()
             }
-            MeshMessage::Resend => start(0).finish(),
+            MeshMessage::Resend | MeshMessage::Prune | MeshMessage::Ping | MeshMessage::Pong => start(0).finish(),
+            MeshMessage::IHave(ids) | MeshMessage::Graft(ids) => {
+                let mut b = start(1);
+                write_ids(&mut b, ids);
+                b.finish()
+            }
         }
     }
 }
@@ -234,6 +279,12 @@ mod tests {
         round_trip(MeshMessage::RouteResponse { request_id: Value::from("r1"), addr, id });
         round_trip(MeshMessage::Compression(vec![0x13, 0x11]));
         round_trip(MeshMessage::Resend);
+        round_trip(MeshMessage::IHave(vec![MsgId([1; 32]), MsgId([2; 32])]));
+        round_trip(MeshMessage::Graft(vec![]));
+        round_trip(MeshMessage::Graft(vec![MsgId([3; 32])]));
+        round_trip(MeshMessage::Prune);
+        round_trip(MeshMessage::Ping);
+        round_trip(MeshMessage::Pong);
     }
 
     #[test]
@@ -250,8 +301,8 @@ mod tests {
         assert!(MeshMessage::decode(&no_star).is_err());
         let str_star = parse(MsgType::Whisper, SubFlag::Request.code(), &[Value::from("*")]);
         assert_eq!(MeshMessage::decode(&str_star), Ok(Some(MeshMessage::PeerRequest)));
-        let ping = parse(MsgType::Ping, 0, &[]);
-        assert!(MeshMessage::decode(&ping).is_err());
+        let odd = parse(MsgType::Whisper, SubFlag::IHave.code(), &[Value::Binary(vec![0; 33])]);
+        assert!(MeshMessage::decode(&odd).is_err());
         // A peer list keeps its good entries and skips the rest.
         let list = Value::Array(vec![
             Value::from(3),
