@@ -49,6 +49,8 @@ enum Cmd {
     Memory(Opts),
     /// 6. Sync: 100,000 keys along a 5-chain; a node joining 1,000,000 keys.
     Sync(Opts),
+    /// 7. Broadcast in random meshes: the tree against py2p's flood.
+    Mesh(Opts),
     /// Internal: one measurement in this process, printed as JSON.
     #[command(hide = true)]
     Child { workload: String, args: Vec<String> },
@@ -113,13 +115,14 @@ fn main() -> Result<()> {
     }
     let mut table = Table::default();
     let (opts, which): (&Opts, &[&str]) = match &cli.cmd {
-        Cmd::All(o) => (o, &["throughput", "latency", "formation", "scale", "memory", "sync"]),
+        Cmd::All(o) => (o, &["throughput", "latency", "formation", "scale", "memory", "sync", "mesh"]),
         Cmd::Throughput(o) => (o, &["throughput"]),
         Cmd::Latency(o) => (o, &["latency"]),
         Cmd::Formation(o) => (o, &["formation"]),
         Cmd::Scale(o) => (o, &["scale"]),
         Cmd::Memory(o) => (o, &["memory"]),
         Cmd::Sync(o) => (o, &["sync"]),
+        Cmd::Mesh(o) => (o, &["mesh"]),
         Cmd::Child { .. } => unreachable!(),
     };
     if opts.systems.iter().any(|s| s == "libp2p") {
@@ -144,6 +147,14 @@ async fn child(workload: &str, args: &[String]) -> Result<Json> {
         "rs2p-memory" => rs2p_sys::idle_memory(num(0)?).await?,
         "rs2p-sync-chain" => rs2p_sys::sync_chain(num(0)?, num(1)?).await?,
         "rs2p-sync-join" => rs2p_sys::sync_join(num(0)?).await?,
+        "rs2p-mesh" | "rs2p-flood-mesh" | "rs2p-ahead-mesh" => {
+            let variant = match workload {
+                "rs2p-flood-mesh" => "flood",
+                "rs2p-ahead-mesh" => "ahead",
+                _ => "tree",
+            };
+            rs2p_sys::mesh_broadcast(num(0)?, num(1)?, num(2)?, num(3)?, num(4)? as u64, variant).await?
+        }
         other => bail!("unknown workload {other}"),
     };
     out["peak_rss_kib"] = json!(peak_kib());
@@ -153,7 +164,7 @@ async fn child(workload: &str, args: &[String]) -> Result<Json> {
 /// Runs one measurement in a fresh process (so peak RSS is its own).
 fn measure(system: &str, workload: &str, args: &[String]) -> Result<Json> {
     let mut cmd = match system {
-        "rs2p" | "limit" => {
+        "rs2p" | "rs2p-flood" | "rs2p-ahead" | "limit" => {
             let mut c = std::process::Command::new(std::env::current_exe()?);
             c.arg("child").arg(format!("{system}-{workload}")).args(args);
             c
@@ -474,6 +485,35 @@ fn run_workload(w: &str, opts: &Opts, t: &mut Table) -> Result<()> {
                         field(&rs, "ms"),
                         "ms",
                     );
+                }
+            }
+        }
+        "mesh" => {
+            // The tree (rs2p's default) against py2p's flood between the
+            // same rs2p nodes, side by side; "rs2p" is the base of the ratio.
+            for (n, senders, count, pace) in [(20, 4, 20_000, 0), (100, 3, 1_000, 5)] {
+                let name = if pace == 0 {
+                    format!("7. mesh {n} nodes, {senders} senders x {count} in batches")
+                } else {
+                    format!("7. mesh {n} nodes, {senders} senders x {count} every {pace} ms")
+                };
+                // "rs2p-ahead": the tree with announcements ahead of payload
+                // (TreeConfig::announce_ahead), the choice rs2p did not make.
+                for sys in ["rs2p", "rs2p-flood", "rs2p-ahead"] {
+                    if has("rs2p") {
+                        let rs = runs(opts, sys, "mesh", &s(&[n, senders, count, 100, pace]));
+                        t.add(&name, sys, "deliveries/s, whole mesh", field(&rs, "rate"), "msg/s");
+                        t.add(&name, sys, "lost", field(&rs, "lost"), "msgs");
+                        t.add(&name, sys, "RMR", field(&rs, "rmr"), "copies/delivery");
+                        t.add(&name, sys, "grafts", field(&rs, "grafts"), "grafts");
+                        t.add(
+                            &name,
+                            sys,
+                            "peak RSS",
+                            field(&rs, "peak_rss_kib").iter().map(|k| k / 1024.0).collect(),
+                            "MiB",
+                        );
+                    }
                 }
             }
         }

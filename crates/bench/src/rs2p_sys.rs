@@ -142,14 +142,27 @@ pub fn pct(v: &mut [f64], p: f64) -> f64 {
     v[((v.len() - 1) as f64 * p).round() as usize]
 }
 
-/// Workload 3 and 4: `n` nodes that all join at the same moment through a
-/// random earlier node; time until the graph is connected and every node
-/// has its outgoing target (or knows everyone); then one broadcast, time
-/// until every node has it.
-pub async fn formation(n: usize, timeout: Duration, broadcast: bool) -> Result<Json> {
+/// `n` nodes that all join at the same moment through a random earlier
+/// node; returns them once the graph is connected and every node has its
+/// outgoing target (or knows everyone), with the time that took (`None`:
+/// not within `timeout`).
+async fn form(
+    n: usize,
+    broadcast: rs2p::Broadcast,
+    tree: rs2p::TreeConfig,
+    timeout: Duration,
+) -> Result<(Vec<MeshSocket>, Option<Duration>)> {
     let mut nodes = Vec::with_capacity(n);
     for _ in 0..n {
-        nodes.push(MeshSocket::builder().max_connections(4096).max_pending_handshakes(4096).spawn().await?);
+        nodes.push(
+            MeshSocket::builder()
+                .max_connections(4096)
+                .max_pending_handshakes(4096)
+                .broadcast(broadcast)
+                .tree(tree)
+                .spawn()
+                .await?,
+        );
     }
     let index: HashMap<PeerId, usize> = nodes.iter().enumerate().map(|(i, s)| (s.id().clone(), i)).collect();
     let mut seed = 0x9e37_79b9_u64 ^ n as u64;
@@ -179,6 +192,13 @@ pub async fn formation(n: usize, timeout: Duration, broadcast: bool) -> Result<J
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    Ok((nodes, formed))
+}
+
+/// Workload 3 and 4: formation (see [`form`]); then one broadcast, time
+/// until every node has it.
+pub async fn formation(n: usize, timeout: Duration, broadcast: bool) -> Result<Json> {
+    let (nodes, formed) = form(n, rs2p::Broadcast::Tree, rs2p::TreeConfig::default(), timeout).await?;
     let mut out = json!({"formed_ms": formed.map(|d| d.as_secs_f64() * 1e3), "nodes": n});
     if broadcast && formed.is_some() {
         let counters = drain(&nodes);
@@ -200,6 +220,121 @@ pub async fn formation(n: usize, timeout: Duration, broadcast: bool) -> Result<J
         node.close().await.ok();
     }
     Ok(out)
+}
+
+/// Workload 7: broadcast in a random mesh of `n` (formed as in [`form`]):
+/// `senders` nodes each broadcast `count` messages of `size` bytes, in
+/// batches of 256 (`pace_ms` = 0) or one every `pace_ms`; deliveries per
+/// second over the whole mesh until every node has every message, losses,
+/// and the redundancy (copies suppressed per delivery). `variant`: "tree"
+/// (the default), "flood" (py2p's flood between the rs2p nodes) or
+/// "ahead" (the tree with announcements ahead of payload).
+pub async fn mesh_broadcast(
+    n: usize,
+    senders: usize,
+    count: usize,
+    size: usize,
+    pace_ms: u64,
+    variant: &str,
+) -> Result<Json> {
+    let (strategy, tree) = match variant {
+        "tree" => (rs2p::Broadcast::Tree, rs2p::TreeConfig::default()),
+        "flood" => (rs2p::Broadcast::Flood, rs2p::TreeConfig::default()),
+        "ahead" => (rs2p::Broadcast::Tree, rs2p::TreeConfig { announce_ahead: true, ..Default::default() }),
+        other => bail!("unknown variant {other}"),
+    };
+    let (nodes, formed) = form(n, strategy, tree, Duration::from_secs(30)).await?;
+    if formed.is_none() {
+        bail!("the mesh did not form");
+    }
+    let counters = drain(&nodes);
+    let senders = senders.clamp(1, n);
+    let payload = Value::Binary(vec![0xAB; size]);
+    // Warm-up: the tree prunes its redundant links on the first messages.
+    for w in 0..20u64 {
+        for node in nodes.iter().take(senders) {
+            node.broadcast(vec![Value::from("warm-up"), Value::from(w)]).await?;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let total = |cs: &[Arc<AtomicU64>]| cs.iter().map(|c| c.load(Ordering::Relaxed)).sum::<u64>();
+    let base = total(&counters);
+    let mut dups_before = 0;
+    for node in &nodes {
+        dups_before += node.status().await?.duplicates;
+    }
+    let expected = (senders * count * (n - 1)) as u64;
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for (s, node) in nodes.iter().take(senders).enumerate() {
+        let (node, payload) = (node.clone(), payload.clone());
+        tasks.push(tokio::spawn(async move {
+            let msg = |i: usize| vec![Value::from(s as u64), Value::from(i as u64), payload.clone()];
+            let mut sent = 0;
+            while sent < count {
+                if pace_ms > 0 {
+                    node.broadcast(msg(sent)).await?;
+                    sent += 1;
+                    tokio::time::sleep(Duration::from_millis(pace_ms)).await;
+                } else {
+                    let k = 256.min(count - sent);
+                    node.broadcast_many((sent..sent + k).map(msg).collect()).await?;
+                    sent += k;
+                }
+            }
+            Ok::<_, rs2p::Error>(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    // Until everything arrived or nothing moved for 5 s.
+    let (mut last, mut last_change) = (0, Instant::now());
+    loop {
+        let got = total(&counters) - base;
+        if got != last {
+            (last, last_change) = (got, Instant::now());
+        }
+        if got >= expected || last_change.elapsed() > Duration::from_secs(5) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_micros(500)).await;
+    }
+    let secs = last_change.duration_since(start).as_secs_f64();
+    let (mut dups, mut dropped, mut dropped_control, mut grafts) = (0, 0, 0, 0);
+    let (mut ignored, mut given_up, mut unserved, mut postponed, mut wants) = (0, 0, 0, 0, 0);
+    for node in &nodes {
+        let st = node.status().await?;
+        dups += st.duplicates;
+        dropped += st.dropped_frames;
+        dropped_control += st.dropped_control;
+        if let Some(t) = st.tree {
+            grafts += t.grafts;
+            wants += t.wants;
+            ignored += t.ignored;
+            given_up += t.given_up;
+            unserved += t.unserved;
+            postponed += t.postponed;
+        }
+    }
+    for node in &nodes {
+        node.close().await.ok();
+    }
+    Ok(json!({
+        "rate": last as f64 / secs,
+        "lost": expected.saturating_sub(last),
+        "rmr": (dups - dups_before) as f64 / last.max(1) as f64,
+        "dropped_frames": dropped,
+        "dropped_control": dropped_control,
+        "grafts": grafts,
+        "tree_wants": wants,
+        "tree_ignored": ignored,
+        "tree_given_up": given_up,
+        "tree_unserved": unserved,
+        "tree_postponed": postponed,
+        "secs": secs,
+    }))
 }
 
 fn connected(adj: &[Vec<usize>]) -> bool {

@@ -29,6 +29,16 @@ pub struct DemoArgs {
     /// Keys each writer sets in the synced-dictionary part.
     #[arg(long, default_value_t = 1000)]
     pub keys: usize,
+    /// Milliseconds each sender waits between its broadcasts (0: a burst).
+    #[arg(long, default_value_t = 0)]
+    pub pace_ms: u64,
+    /// Broadcasts each sender makes before the measured ones, so that the
+    /// broadcast tree has settled (they are delivered, not counted).
+    #[arg(long, default_value_t = 20)]
+    pub warmup: usize,
+    /// py2p's flood between rs2p nodes instead of the broadcast tree.
+    #[arg(long)]
+    pub flood: bool,
 }
 
 #[derive(Default)]
@@ -36,6 +46,8 @@ struct NodeLog {
     seen: HashSet<(usize, u64)>,
     repeats: u64,
     latencies_us: Vec<u64>,
+    /// For each message, the node it arrived from (its tree parent).
+    via: HashMap<(usize, u64), usize>,
 }
 
 /// A tiny deterministic generator for picking bootstrap peers.
@@ -53,9 +65,10 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         "rs2p demo: {} nodes on 127.0.0.1, {} senders x {} broadcasts of {} B",
         args.nodes, senders, args.messages, args.size
     );
+    let strategy = if args.flood { rs2p::Broadcast::Flood } else { rs2p::Broadcast::Tree };
     let mut nodes = Vec::with_capacity(args.nodes);
     for _ in 0..args.nodes {
-        nodes.push(MeshSocket::builder().bind("127.0.0.1:0").spawn().await?);
+        nodes.push(MeshSocket::builder().bind("127.0.0.1:0").broadcast(strategy).spawn().await?);
     }
     let index: HashMap<PeerId, usize> = nodes.iter().enumerate().map(|(i, n)| (n.id().clone(), i)).collect();
 
@@ -115,8 +128,13 @@ pub async fn run(args: DemoArgs) -> Result<()> {
                     continue;
                 };
                 let from = index.get(m.sender()).copied().unwrap_or(usize::MAX);
+                let via = m.via().and_then(|v| index.get(v)).copied().unwrap_or(usize::MAX);
                 let mut l = log.lock().expect("log lock");
+                if seq >= WARMUP_BASE {
+                    continue; // a warm-up message: it shaped the tree, it is not counted
+                }
                 if l.seen.insert((from, seq)) {
+                    l.via.insert((from, seq), via);
                     l.latencies_us.push(now_us.saturating_sub(sent));
                 } else {
                     l.repeats += 1;
@@ -133,16 +151,33 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         expected
     );
     let payload = Value::Binary(vec![0xAB; args.size]);
+    // Warm-up broadcasts (numbered from WARMUP_BASE, not counted): the
+    // tree prunes its duplicate links on the first messages.
+    for w in 0..args.warmup as u64 {
+        for node in nodes.iter().take(senders) {
+            node.broadcast(vec![Value::from(WARMUP_BASE + w), Value::from(0), payload.clone()]).await?;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut dups_before = 0;
+    for n in &nodes {
+        dups_before += n.status().await?.duplicates;
+    }
     let flood_start = Instant::now();
     let mut tasks = Vec::new();
     for node in nodes.iter().take(senders) {
         let n = node.clone();
         let payload = payload.clone();
         let count = args.messages;
+        let pace = Duration::from_millis(args.pace_ms);
         tasks.push(tokio::spawn(async move {
             for seq in 0..count as u64 {
                 let sent = epoch.elapsed().as_micros() as u64;
                 n.broadcast(vec![Value::from(seq), Value::from(sent), payload.clone()]).await?;
+                if !pace.is_zero() {
+                    tokio::time::sleep(pace).await;
+                }
             }
             Ok::<_, rs2p::Error>(())
         }));
@@ -170,9 +205,19 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     let mut all_lat = Vec::new();
     let mut repeats = 0;
     let mut suppressed = 0;
+    let (mut grafts, mut prunes, mut served, mut postponed, mut dropped, mut wants) = (0, 0, 0, 0, 0, 0);
     for (i, n) in nodes.iter().enumerate() {
         let peers = n.routing_table().await?.len();
-        suppressed += n.status().await?.stats.duplicates;
+        let st = n.status().await?;
+        suppressed += st.duplicates;
+        dropped += st.dropped_frames;
+        if let Some(t) = st.tree {
+            grafts += t.grafts;
+            prunes += t.prunes;
+            served += t.served;
+            postponed += t.postponed;
+            wants += t.wants;
+        }
         let l = logs[i].lock().expect("log lock");
         let id: String = n.id().to_string().chars().take(12).collect();
         println!("      {i:>4}  {id:<12}  {peers:>5}  {:>8}  {:>8}", l.seen.len(), expected_per_node(i));
@@ -181,9 +226,24 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     }
     all_lat.sort_unstable();
     let pct = |p: f64| all_lat.get(((all_lat.len() as f64 - 1.0) * p) as usize).copied().unwrap_or(0);
+    let suppressed = suppressed - dups_before;
+    if !args.flood {
+        println!(
+            "      tree: {prunes} prunes, {grafts} grafts, {wants} messages asked for ({postponed} asks put off while busy), {served} sent on asks (whole run)"
+        );
+    }
+    println!("      frames dropped at full send queues (lagging peers): {dropped}");
+    let (mean_last_hop, max_hop) = hops(&logs, senders, args.messages);
     println!(
         "      deliveries: {delivered}/{expected} ({:.1}%), delivered twice: {repeats}, duplicate copies suppressed by the mesh: {suppressed}",
         100.0 * delivered as f64 / expected as f64
+    );
+    println!(
+        "      {}: relative message redundancy (RMR) {:.3} (duplicates / deliveries); last-delivery hop: mean {:.2}, max {}",
+        if args.flood { "flood" } else { "broadcast tree" },
+        suppressed as f64 / delivered.max(1) as f64,
+        mean_last_hop,
+        max_hop
     );
     println!(
         "      throughput: {:.0} deliveries/s ({} broadcasts flooded in {:.3} s)",
@@ -284,6 +344,44 @@ async fn sync_part(args: &DemoArgs, writers: usize) -> Result<bool> {
             Ok(false)
         }
     }
+}
+
+/// Warm-up broadcasts are numbered from here (the measured ones from 0).
+const WARMUP_BASE: u64 = 1 << 40;
+
+/// The hop count of each delivery, from the node each message arrived from
+/// (its parent on the path it took): the mean, over messages, of the hop
+/// count of its last delivery, and the largest hop count seen.
+fn hops(logs: &[Arc<Mutex<NodeLog>>], senders: usize, messages: usize) -> (f64, usize) {
+    let vias: Vec<HashMap<(usize, u64), usize>> =
+        logs.iter().map(|l| l.lock().expect("log lock").via.clone()).collect();
+    let (mut sum_last, mut count, mut max_hop) = (0usize, 0usize, 0usize);
+    for origin in 0..senders {
+        for seq in 0..messages as u64 {
+            let mut last = 0;
+            for node in 0..logs.len() {
+                // Follow the parents back to the origin (bounded: no cycles
+                // in first deliveries, but a lost record must not loop).
+                let (mut at, mut h) = (node, 0);
+                while at != origin && h <= logs.len() {
+                    match vias[at].get(&(origin, seq)) {
+                        Some(&p) if p != usize::MAX => {
+                            at = p;
+                            h += 1;
+                        }
+                        _ => break,
+                    }
+                }
+                if at == origin {
+                    last = last.max(h);
+                }
+            }
+            sum_last += last;
+            count += 1;
+            max_hop = max_hop.max(last);
+        }
+    }
+    (sum_last as f64 / count.max(1) as f64, max_hop)
 }
 
 fn connected(adj: &[Vec<usize>]) -> bool {

@@ -133,6 +133,35 @@ fn message_json(m: &Message) -> Json {
     })
 }
 
+/// The `status` event: the node's identity, health and counters.
+fn status_json(id: &PeerId, s: &rs2p::Status) -> Json {
+    let tree = s.tree.map(|t| {
+        json!({"prunes": t.prunes, "grafts": t.grafts, "announced": t.announced, "served": t.served,
+               "postponed": t.postponed})
+    });
+    json!({
+        "event": "status",
+        "id": id.to_string(),
+        "nominal": s.nominal,
+        "peers": s.peers,
+        "connections": s.connections,
+        "delivered": s.delivered,
+        "duplicates": s.duplicates,
+        "relayed": s.stats.relayed,
+        "frames_in": s.frames_in,
+        "frames_out": s.frames_out,
+        "bytes_in": s.bytes_in,
+        "bytes_out": s.bytes_out,
+        "dropped_messages": s.dropped_messages,
+        "dropped_frames": s.dropped_frames,
+        "dropped_control": s.dropped_control,
+        "slow_peers": s.slow_peers,
+        "refused_connections": s.refused_connections,
+        "tree": tree,
+        "recent_errors": s.recent_errors,
+    })
+}
+
 fn peers_json(peers: &[rs2p::PeerInfo]) -> Json {
     Json::Array(
         peers
@@ -310,6 +339,10 @@ async fn handle_json(
             let peers = node.routing_table().await.map_err(|e| e.to_string())?;
             let _ = out.send(json!({"event": "peers", "peers": peers_json(&peers)}).to_string()).await;
         }
+        "status" => {
+            let status = node.status().await.map_err(|e| e.to_string())?;
+            let _ = out.send(status_json(node.id(), &status).to_string()).await;
+        }
         "quit" => return Ok(true),
         "" => return Err("missing \"cmd\"".into()),
         other => return Err(format!("unknown command {other:?}")),
@@ -432,12 +465,22 @@ async fn run_human(node: MeshSocket, sync: Option<SyncSocket>, connect: Vec<Peer
             }
             "status" => match node.status().await {
                 Ok(s) => format!(
-                    "{} | peers {} | delivered {} | relayed {} | duplicates suppressed {}{}",
+                    "{} | peers {} | delivered {} | relayed {} | duplicates suppressed {} | frames in {} out {} | bytes in {} out {}{}{}",
                     if s.nominal { "nominal" } else { "errors seen" },
                     s.peers,
-                    s.stats.delivered,
+                    s.delivered,
                     s.stats.relayed,
-                    s.stats.duplicates,
+                    s.duplicates,
+                    s.frames_in,
+                    s.frames_out,
+                    s.bytes_in,
+                    s.bytes_out,
+                    s.tree
+                        .map(|t| format!(
+                            "\n  tree: {} prunes, {} grafts ({} put off while busy), {} announced, {} served",
+                            t.prunes, t.grafts, t.postponed, t.announced, t.served
+                        ))
+                        .unwrap_or_default(),
                     s.recent_errors.iter().map(|e| format!("\n  {e}")).collect::<String>()
                 ),
                 Err(e) => format!("! {e}"),

@@ -99,6 +99,20 @@ async fn json_lines_contract() {
     let m = a.expect(|j| j["event"] == "message").await;
     assert_eq!((m["kind"].clone(), m["packets"].clone()), (json!("whisper"), json!(["psst"])));
 
+    // Status: counters as the issue defines them (b got one broadcast; a's
+    // own broadcast is not delivered to a, a whisper is not a broadcast).
+    b.cmd(json!({"cmd": "status"})).await;
+    let st = b.expect(|j| j["event"] == "status").await;
+    assert_eq!((st["id"].clone(), st["peers"].clone()), (json!(b.id), json!(1)));
+    assert_eq!((st["delivered"].clone(), st["duplicates"].clone()), (json!(1), json!(0)));
+    for counter in ["frames_in", "frames_out", "bytes_in", "bytes_out"] {
+        assert!(st[counter].as_u64().is_some_and(|n| n > 0), "{counter}: {st}");
+    }
+    a.cmd(json!({"cmd": "status"})).await;
+    let st = a.expect(|j| j["event"] == "status").await;
+    assert_eq!((st["id"].clone(), st["delivered"].clone()), (json!(a.id), json!(0)));
+    assert!(st["frames_out"].as_u64().is_some_and(|n| n > 0), "{st}");
+
     let peers = a.peers().await;
     assert_eq!(peers.len(), 1);
     assert_eq!(peers[0]["id"], json!(b.id));

@@ -692,7 +692,18 @@ impl Actor {
                 node::Output::Mesh(mesh::Output::Send { conn, frame, lane: mesh::Lane::Control }) => {
                     self.control.entry(conn).or_default().push(frame);
                 }
-                node::Output::Mesh(mesh::Output::Send { conn, frame, lane: mesh::Lane::Payload }) => {
+                node::Output::Mesh(mesh::Output::Send { conn, frame, lane: mesh::Lane::Announce })
+                    if self.conns.get(&conn).is_some_and(|h| h.lagging) =>
+                {
+                    // Its payload is being dropped: the announcement must
+                    // not be, or the peer could not ask for what it missed.
+                    self.control.entry(conn).or_default().push(frame);
+                }
+                node::Output::Mesh(mesh::Output::Send {
+                    conn,
+                    frame,
+                    lane: mesh::Lane::Payload | mesh::Lane::Announce,
+                }) => {
                     let (frames, bytes) = batches.entry(conn).or_default();
                     *bytes += frame.wire_bytes().len();
                     frames.push(frame);

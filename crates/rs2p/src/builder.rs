@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use rs2p_proto::id::{Encryption, PeerId, Protocol};
+use rs2p_proto::mesh::dissemination::TreeConfig;
 use rs2p_proto::mesh::{self, PeerAddr};
 use rs2p_proto::wire::{Compression, Limits};
 use tokio::net::TcpListener;
@@ -37,6 +38,7 @@ pub struct Builder {
     handshake_timeout: Duration,
     maintain_outgoing: bool,
     broadcast: mesh::Broadcast,
+    tree: TreeConfig,
     keepalive: (Duration, Duration),
     queue_all_subflags: bool,
     seed: Option<u64>,
@@ -65,6 +67,7 @@ impl Default for Builder {
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             maintain_outgoing: true,
             broadcast: mesh::Broadcast::Tree,
+            tree: TreeConfig::default(),
             keepalive: (Duration::from_secs(3), Duration::from_secs(9)),
             queue_all_subflags: false,
             seed: None,
@@ -213,6 +216,12 @@ impl Builder {
         self
     }
 
+    /// The broadcast tree's timings and bounds (see [`TreeConfig`]).
+    pub fn tree(mut self, tree: TreeConfig) -> Self {
+        self.tree = tree;
+        self
+    }
+
     /// Keepalives on tree links (rs2p peers): a link silent for `interval`
     /// is pinged; one silent for `dead_after` is closed as
     /// [`rs2p_proto::mesh::CloseReason::Unresponsive`]. Default 3 s and 9 s;
@@ -293,6 +302,7 @@ impl Builder {
         mesh.handshake_timeout_ms = self.handshake_timeout.as_millis() as u64;
         mesh.maintain_outgoing = self.maintain_outgoing;
         mesh.broadcast = self.broadcast;
+        mesh.tree = self.tree;
         mesh.keepalive_interval_ms = self.keepalive.0.as_millis() as u64;
         mesh.dead_after_ms = self.keepalive.1.as_millis().max(1) as u64;
         let cfg = NodeConfig {

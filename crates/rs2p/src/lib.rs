@@ -107,6 +107,7 @@ pub use event::{Event, EventStream, Status};
 pub use message::{Handler, Message, MessageKind};
 pub use rs2p_proto as proto;
 pub use rs2p_proto::id::{Encryption, MsgId, PeerId, Protocol};
+pub use rs2p_proto::mesh::dissemination::{TreeConfig, TreeStats};
 pub use rs2p_proto::mesh::{AddrParseError, Broadcast, CloseReason, PeerAddr, PeerInfo, ReplyRoute, Stats, TlsFailure};
 pub use rs2p_proto::wire::{Compression, Limits};
 pub use rs2p_proto::Value;

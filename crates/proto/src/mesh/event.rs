@@ -196,6 +196,11 @@ pub enum Lane {
     /// The broadcast tree's control messages and keepalives (rs2p tree
     /// links only): they go ahead of queued payload.
     Control,
+    /// The broadcast tree's announcements: in the payload's order (after the
+    /// broadcasts queued before them), but never dropped with it: when the
+    /// driver drops payload for a lagging peer, they go in the control lane
+    /// instead, so the peer still learns what it missed and can ask for it.
+    Announce,
 }
 
 /// An action for the driver.

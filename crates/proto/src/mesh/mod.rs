@@ -295,7 +295,7 @@ impl Mesh {
         }
         // What the strategy batched during this input (announcements).
         let mut pushes = std::mem::take(&mut self.pushes);
-        self.dissemination.flush(&mut pushes);
+        self.dissemination.flush(now, &mut pushes);
         self.apply_pushes(now, &mut pushes, false);
         self.pushes = pushes;
     }
@@ -410,7 +410,7 @@ impl Mesh {
         self.clock = self.clock.max(now);
         let id = frame.id();
         let mut pushes = std::mem::take(&mut self.pushes);
-        self.dissemination.publish(now, &frame, &mut pushes);
+        self.dissemination.publish(now, &self.cfg.id, &frame, &mut pushes);
         self.apply_pushes(now, &mut pushes, false);
         self.pushes = pushes;
         id
@@ -427,13 +427,24 @@ impl Mesh {
                     }
                     self.send_user(conn, frame);
                 }
+                Push::Repair(conn, frame) => self.send_control(conn, frame),
                 Push::Control(conn, control) => {
                     let msg = match control {
-                        TreeControl::IHave(ids) => MeshMessage::IHave(ids),
-                        TreeControl::Graft(ids) => MeshMessage::Graft(ids),
-                        TreeControl::Prune => MeshMessage::Prune,
+                        TreeControl::IHave(groups) => MeshMessage::IHave(groups),
+                        TreeControl::Graft(groups) => MeshMessage::Graft(groups),
+                        TreeControl::Prune(origins) => MeshMessage::Prune(origins),
+                        TreeControl::Want(groups) => MeshMessage::Want(groups),
                     };
-                    self.send_control(conn, msg.encode(&self.cfg.id, now.unix()));
+                    // Announcements follow the broadcasts queued before them
+                    // (see `TreeConfig::announce_ahead`).
+                    if matches!(msg, MeshMessage::IHave(_)) && !self.cfg.tree.announce_ahead {
+                        self.stats.sent += 1;
+                        self.stats.control_sent += 1;
+                        let frame = msg.encode(&self.cfg.id, now.unix());
+                        self.out.push_back(Output::Send { conn, frame, lane: Lane::Announce });
+                    } else {
+                        self.send_control(conn, msg.encode(&self.cfg.id, now.unix()));
+                    }
                 }
             }
         }
@@ -593,9 +604,16 @@ impl Mesh {
                 Ok(None) => self.deliver(conn, packet),
                 Ok(Some(MeshMessage::Peers(list))) => self.on_peers(list),
                 Ok(Some(MeshMessage::PeerRequest)) => self.send_peers(now, conn),
-                Ok(Some(MeshMessage::IHave(ids))) if tree => self.tree_control(now, conn, TreeControl::IHave(ids)),
-                Ok(Some(MeshMessage::Graft(ids))) if tree => self.tree_control(now, conn, TreeControl::Graft(ids)),
-                Ok(Some(MeshMessage::Prune)) if tree => self.tree_control(now, conn, TreeControl::Prune),
+                Ok(Some(MeshMessage::IHave(groups))) if tree => {
+                    self.tree_control(now, conn, TreeControl::IHave(groups))
+                }
+                Ok(Some(MeshMessage::Graft(groups))) if tree => {
+                    self.tree_control(now, conn, TreeControl::Graft(groups))
+                }
+                Ok(Some(MeshMessage::Prune(origins))) if tree => {
+                    self.tree_control(now, conn, TreeControl::Prune(origins))
+                }
+                Ok(Some(MeshMessage::Want(groups))) if tree => self.tree_control(now, conn, TreeControl::Want(groups)),
                 // A repeated handshake, tree messages on a link that did
                 // not negotiate the tree, or junk: nothing to act on (py2p
                 // ignores such messages too).
@@ -635,7 +653,7 @@ impl Mesh {
         // matters with other peers).
         let origin = if self.routing.len() > 1 { self.routing.get(&h.sender).copied() } else { None };
         let mut pushes = std::mem::take(&mut self.pushes);
-        let verdict = self.dissemination.receive(now, conn, origin, &packet.frame, &mut pushes);
+        let verdict = self.dissemination.receive(now, conn, origin, &h.sender, &packet.frame, &mut pushes);
         self.apply_pushes(now, &mut pushes, true);
         self.pushes = pushes;
         if verdict == Verdict::Duplicate {

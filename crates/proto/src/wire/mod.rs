@@ -114,6 +114,9 @@ pub enum SubFlag {
     Graft = 0x23,
     /// rs2p: "stop pushing broadcasts to me, announce them" (broadcast tree).
     Prune = 0x24,
+    /// rs2p: "send me these broadcasts" (broadcast tree), leaving the tree
+    /// as it is.
+    Want = 0x25,
 }
 
 impl SubFlag {
@@ -147,6 +150,7 @@ impl SubFlag {
             0x22 => IHave,
             0x23 => Graft,
             0x24 => Prune,
+            0x25 => Want,
             _ => return None,
         })
     }

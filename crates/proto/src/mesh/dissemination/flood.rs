@@ -1,7 +1,7 @@
 //! py2p's flood: relay every new broadcast to every other link.
 
 use super::{Dissemination, Push, SeenCache, TreeControl, Verdict};
-use crate::id::MsgId;
+use crate::id::{MsgId, PeerId};
 use crate::mesh::ConnId;
 use crate::wire::Frame;
 use crate::Now;
@@ -37,7 +37,7 @@ impl Dissemination for Flood {
         self.links.retain(|&c| c != conn);
     }
 
-    fn publish(&mut self, now: Now, frame: &Frame, out: &mut Vec<Push>) {
+    fn publish(&mut self, now: Now, _sender: &PeerId, frame: &Frame, out: &mut Vec<Push>) {
         self.seen.insert(&frame.id(), now.mono_ms);
         out.extend(self.links.iter().map(|&c| Push::Payload(c, frame.clone())));
     }
@@ -51,6 +51,7 @@ impl Dissemination for Flood {
         now: Now,
         from: ConnId,
         origin: Option<ConnId>,
+        _sender: &PeerId,
         frame: &Frame,
         out: &mut Vec<Push>,
     ) -> Verdict {
@@ -64,7 +65,7 @@ impl Dissemination for Flood {
 
     fn on_control(&mut self, _now: Now, _from: ConnId, _control: TreeControl, _out: &mut Vec<Push>) {}
 
-    fn flush(&mut self, _out: &mut Vec<Push>) {}
+    fn flush(&mut self, _now: Now, _out: &mut Vec<Push>) {}
 
     fn poll_timeout(&self) -> Option<u64> {
         self.seen.next_expiry().map(|t| t.div_ceil(EXPIRY_GRANULARITY_MS) * EXPIRY_GRANULARITY_MS)
@@ -78,7 +79,6 @@ impl Dissemination for Flood {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::id::PeerId;
     use crate::wire::MsgType;
 
     #[test]
@@ -90,14 +90,15 @@ mod tests {
         let now = Now { mono_ms: 10, unix_ms: 0 };
         let frame = Frame::build(MsgType::Broadcast, &PeerId::random(b"s"), 1, 0u64, &[]);
         let mut out = Vec::new();
-        assert_eq!(f.receive(now, ConnId(2), Some(ConnId(3)), &frame, &mut out), Verdict::Fresh);
+        let s = PeerId::random(b"s");
+        assert_eq!(f.receive(now, ConnId(2), Some(ConnId(3)), &s, &frame, &mut out), Verdict::Fresh);
         assert_eq!(out, vec![Push::Payload(ConnId(1), frame.clone()), Push::Payload(ConnId(4), frame.clone())]);
         out.clear();
-        assert_eq!(f.receive(now, ConnId(1), None, &frame, &mut out), Verdict::Duplicate);
+        assert_eq!(f.receive(now, ConnId(1), None, &s, &frame, &mut out), Verdict::Duplicate);
         assert!(out.is_empty());
         f.link_down(ConnId(4));
         let other = Frame::build(MsgType::Broadcast, &PeerId::random(b"s"), 2, 0u64, &[]);
-        f.publish(now, &other, &mut out);
+        f.publish(now, &s, &other, &mut out);
         assert_eq!(out.len(), 3);
         assert_eq!(f.poll_timeout(), Some(61_000));
         f.handle_timeout(Now { mono_ms: 60_010, unix_ms: 0 }, &mut out);

@@ -17,7 +17,7 @@ pub use seen::{MixHasher, SeenCache};
 pub use tree::{Tree, TreeConfig, TreeStats};
 
 use super::ConnId;
-use crate::id::MsgId;
+use crate::id::{MsgId, PeerId};
 use crate::wire::Frame;
 use crate::Now;
 
@@ -30,15 +30,20 @@ pub enum Verdict {
     Duplicate,
 }
 
-/// The tree's own messages (see [`Tree`]).
+/// The tree's own messages (see [`Tree`]); each is about the trees of
+/// the origins it names.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TreeControl {
-    /// "I have these": ids announced instead of pushed.
-    IHave(Vec<MsgId>),
-    /// "Push to me from now on, and send me these."
-    Graft(Vec<MsgId>),
-    /// "Stop pushing to me."
-    Prune,
+    /// "I have these" (per origin): ids announced instead of pushed.
+    IHave(Vec<(PeerId, Vec<MsgId>)>),
+    /// "Push these origins' broadcasts to me from now on, and send me
+    /// these."
+    Graft(Vec<(PeerId, Vec<MsgId>)>),
+    /// "Stop pushing these origins' broadcasts to me."
+    Prune(Vec<PeerId>),
+    /// "Send me these", the tree unchanged (a hole in a stream that still
+    /// flows).
+    Want(Vec<(PeerId, Vec<MsgId>)>),
 }
 
 /// What a strategy asks the mesh to send.
@@ -48,6 +53,9 @@ pub enum Push {
     Payload(ConnId, Frame),
     /// A control message to a link (it must not wait behind payload).
     Control(ConnId, TreeControl),
+    /// A broadcast frame sent in answer to a graft: a repair, which goes
+    /// ahead of payload like control (the asker is missing it now).
+    Repair(ConnId, Frame),
 }
 
 /// A broadcast strategy: the seam between membership and relaying.
@@ -62,25 +70,26 @@ pub trait Dissemination: std::fmt::Debug + Send {
     fn link_up(&mut self, conn: ConnId, tree: bool);
     /// A link went away.
     fn link_down(&mut self, conn: ConnId);
-    /// We originate the broadcast `frame`.
-    fn publish(&mut self, now: Now, frame: &Frame, out: &mut Vec<Push>);
+    /// We (`sender`) originate the broadcast `frame`.
+    fn publish(&mut self, now: Now, sender: &PeerId, frame: &Frame, out: &mut Vec<Push>);
     /// Remembers `id` as seen without sending it anywhere (a message sent on
     /// one link only, whose flood must not come back through us).
     fn mark_seen(&mut self, now: Now, id: &MsgId);
-    /// The broadcast `frame` arrived on `from`; `origin` is the link to its
-    /// original sender, if direct.
+    /// The broadcast `frame` of `sender` arrived on `from`; `origin_link`
+    /// is the link to `sender`, if direct.
     fn receive(
         &mut self,
         now: Now,
         from: ConnId,
-        origin: Option<ConnId>,
+        origin_link: Option<ConnId>,
+        sender: &PeerId,
         frame: &Frame,
         out: &mut Vec<Push>,
     ) -> Verdict;
     /// A control message of the strategy arrived on `from`.
     fn on_control(&mut self, now: Now, from: ConnId, control: TreeControl, out: &mut Vec<Push>);
-    /// The end of one input: send what was batched during it.
-    fn flush(&mut self, out: &mut Vec<Push>);
+    /// The end of one input: send what was batched and is due.
+    fn flush(&mut self, now: Now, out: &mut Vec<Push>);
     /// When the strategy next needs [`Dissemination::handle_timeout`]
     /// (monotonic ms), if ever.
     fn poll_timeout(&self) -> Option<u64>;

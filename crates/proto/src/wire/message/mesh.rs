@@ -57,37 +57,68 @@ pub enum MeshMessage {
     Compression(Vec<u64>),
     /// Renegotiate `0x09`: "resend your last user message".
     Resend,
-    /// Whisper `0x22` (rs2p, tree links): `[bin]`, message ids (32 bytes
-    /// each) the sender has, announced instead of pushed.
-    IHave(Vec<MsgId>),
-    /// Whisper `0x23` (rs2p, tree links): `[bin]`, "push to me from now
-    /// on, and send me these messages" (ids, possibly none).
-    Graft(Vec<MsgId>),
-    /// Whisper `0x24` (rs2p, tree links): "stop pushing to me".
-    Prune,
+    /// Whisper `0x22` (rs2p, tree links): `[origin, ids, origin, ids,
+    /// ...]`, per origin (a node id, bin) the ids (32 bytes each,
+    /// concatenated in one bin) of its messages the sender has, announced
+    /// instead of pushed.
+    IHave(Vec<(PeerId, Vec<MsgId>)>),
+    /// Whisper `0x23` (rs2p, tree links): `[origin, ids, ...]` as
+    /// `IHave`: "push these origins' messages to me from now on, and send
+    /// me these ones" (ids, possibly none).
+    Graft(Vec<(PeerId, Vec<MsgId>)>),
+    /// Whisper `0x25` (rs2p, tree links): `[origin, ids, ...]` as `IHave`:
+    /// "send me these messages", leaving the tree as it is.
+    Want(Vec<(PeerId, Vec<MsgId>)>),
+    /// Whisper `0x24` (rs2p, tree links): `[origin, ...]`, "stop pushing
+    /// these origins' messages to me".
+    Prune(Vec<PeerId>),
     /// Message type `0x03` (rs2p, tree links): "are you there?".
     Ping,
     /// Message type `0x04` (rs2p, tree links): "here I am".
     Pong,
 }
 
-/// Most ids in one announcement or graft message.
+/// Most ids in one announcement or graft message (all origins together),
+/// and most origins in one prune.
 pub const MAX_IDS_PER_MESSAGE: usize = 1024;
 
-fn ids_of(v: &[Value]) -> Result<Vec<MsgId>, Malformed> {
-    let b = v.first().and_then(Value::as_slice).ok_or(Malformed("message id list"))?;
-    if b.len() % 32 != 0 || b.len() / 32 > MAX_IDS_PER_MESSAGE {
-        return Err(Malformed("message id list size"));
+/// Reads `[origin, ids, origin, ids, ...]`.
+fn id_groups_of(v: &[Value]) -> Result<Vec<(PeerId, Vec<MsgId>)>, Malformed> {
+    if v.len() % 2 != 0 {
+        return Err(Malformed("id groups must pair origins with ids"));
     }
-    Ok(b.chunks_exact(32).map(|c| MsgId(c.try_into().unwrap_or([0; 32]))).collect())
+    let mut total = 0;
+    let mut groups = Vec::with_capacity(v.len() / 2);
+    for pair in v.chunks_exact(2) {
+        let origin = peer_id_of(&pair[0]).ok_or(Malformed("id group origin"))?;
+        let b = pair[1].as_slice().ok_or(Malformed("message id list"))?;
+        total += b.len() / 32;
+        if b.len() % 32 != 0 || total > MAX_IDS_PER_MESSAGE {
+            return Err(Malformed("message id list size"));
+        }
+        groups.push((origin, b.chunks_exact(32).map(|c| MsgId(c.try_into().unwrap_or([0; 32]))).collect()));
+    }
+    Ok(groups)
 }
 
-fn write_ids(b: &mut FrameBuilder, ids: &[MsgId]) {
-    let mut bytes = Vec::with_capacity(32 * ids.len());
-    for id in ids {
-        bytes.extend_from_slice(&id.0);
+fn write_id_groups(groups: &[(PeerId, Vec<MsgId>)], start: impl FnOnce(usize) -> FrameBuilder) -> Frame {
+    let mut b = start(2 * groups.len());
+    for (origin, ids) in groups {
+        let mut bytes = Vec::with_capacity(32 * ids.len());
+        for id in ids {
+            bytes.extend_from_slice(&id.0);
+        }
+        b.bin(origin.as_bytes()).bin(&bytes);
     }
-    b.bin(&bytes);
+    b.finish()
+}
+
+/// Reads `[origin, ...]`.
+fn origins_of(v: &[Value]) -> Result<Vec<PeerId>, Malformed> {
+    if v.len() > MAX_IDS_PER_MESSAGE {
+        return Err(Malformed("too many origins"));
+    }
+    v.iter().map(|o| peer_id_of(o).ok_or(Malformed("prune origin"))).collect()
 }
 
 fn values(p: &Packet) -> Result<Vec<Value>, Malformed> {
@@ -140,9 +171,10 @@ impl MeshMessage {
             }
             (MsgType::Renegotiate, Some(SubFlag::Resend)) => MeshMessage::Resend,
             (MsgType::Renegotiate, _) => return Err(Malformed("unknown renegotiation")),
-            (MsgType::Whisper, Some(SubFlag::IHave)) => MeshMessage::IHave(ids_of(&values(p)?)?),
-            (MsgType::Whisper, Some(SubFlag::Graft)) => MeshMessage::Graft(ids_of(&values(p)?)?),
-            (MsgType::Whisper, Some(SubFlag::Prune)) => MeshMessage::Prune,
+            (MsgType::Whisper, Some(SubFlag::IHave)) => MeshMessage::IHave(id_groups_of(&values(p)?)?),
+            (MsgType::Whisper, Some(SubFlag::Graft)) => MeshMessage::Graft(id_groups_of(&values(p)?)?),
+            (MsgType::Whisper, Some(SubFlag::Want)) => MeshMessage::Want(id_groups_of(&values(p)?)?),
+            (MsgType::Whisper, Some(SubFlag::Prune)) => MeshMessage::Prune(origins_of(&values(p)?)?),
             (MsgType::Ping, _) => MeshMessage::Ping,
             (MsgType::Pong, _) => MeshMessage::Pong,
             (MsgType::Broadcast | MsgType::Whisper, _) => return Ok(None),
@@ -161,7 +193,8 @@ impl MeshMessage {
             MeshMessage::Resend => (MsgType::Renegotiate, SubFlag::Resend),
             MeshMessage::IHave(_) => (MsgType::Whisper, SubFlag::IHave),
             MeshMessage::Graft(_) => (MsgType::Whisper, SubFlag::Graft),
-            MeshMessage::Prune => (MsgType::Whisper, SubFlag::Prune),
+            MeshMessage::Prune(_) => (MsgType::Whisper, SubFlag::Prune),
+            MeshMessage::Want(_) => (MsgType::Whisper, SubFlag::Want),
             MeshMessage::Ping => (MsgType::Ping, SubFlag::Ping),
             MeshMessage::Pong => (MsgType::Pong, SubFlag::Pong),
         }
@@ -217,10 +250,15 @@ impl MeshMessage {
                 }
                 b.finish()
             }
-            MeshMessage::Resend | MeshMessage::Prune | MeshMessage::Ping | MeshMessage::Pong => start(0).finish(),
-            MeshMessage::IHave(ids) | MeshMessage::Graft(ids) => {
-                let mut b = start(1);
-                write_ids(&mut b, ids);
+            MeshMessage::Resend | MeshMessage::Ping | MeshMessage::Pong => start(0).finish(),
+            MeshMessage::IHave(groups) | MeshMessage::Graft(groups) | MeshMessage::Want(groups) => {
+                write_id_groups(groups, start)
+            }
+            MeshMessage::Prune(origins) => {
+                let mut b = start(origins.len());
+                for o in origins {
+                    b.bin(o.as_bytes());
+                }
                 b.finish()
             }
         }
@@ -276,13 +314,18 @@ mod tests {
         round_trip(MeshMessage::Peers(vec![(addr.clone(), id.clone())]));
         round_trip(MeshMessage::PeerRequest);
         round_trip(MeshMessage::RouteRequest { request_id: Value::from("r1"), wanted: id.clone() });
-        round_trip(MeshMessage::RouteResponse { request_id: Value::from("r1"), addr, id });
+        round_trip(MeshMessage::RouteResponse { request_id: Value::from("r1"), addr, id: id.clone() });
         round_trip(MeshMessage::Compression(vec![0x13, 0x11]));
         round_trip(MeshMessage::Resend);
-        round_trip(MeshMessage::IHave(vec![MsgId([1; 32]), MsgId([2; 32])]));
-        round_trip(MeshMessage::Graft(vec![]));
-        round_trip(MeshMessage::Graft(vec![MsgId([3; 32])]));
-        round_trip(MeshMessage::Prune);
+        let other = PeerId::random(b"o");
+        round_trip(MeshMessage::IHave(vec![
+            (id.clone(), vec![MsgId([1; 32]), MsgId([2; 32])]),
+            (other.clone(), vec![MsgId([4; 32])]),
+        ]));
+        round_trip(MeshMessage::Graft(vec![(id.clone(), vec![])]));
+        round_trip(MeshMessage::Graft(vec![(other.clone(), vec![MsgId([3; 32])])]));
+        round_trip(MeshMessage::Want(vec![(other.clone(), vec![MsgId([5; 32]), MsgId([6; 32])])]));
+        round_trip(MeshMessage::Prune(vec![id.clone(), other]));
         round_trip(MeshMessage::Ping);
         round_trip(MeshMessage::Pong);
     }
@@ -301,8 +344,14 @@ mod tests {
         assert!(MeshMessage::decode(&no_star).is_err());
         let str_star = parse(MsgType::Whisper, SubFlag::Request.code(), &[Value::from("*")]);
         assert_eq!(MeshMessage::decode(&str_star), Ok(Some(MeshMessage::PeerRequest)));
-        let odd = parse(MsgType::Whisper, SubFlag::IHave.code(), &[Value::Binary(vec![0; 33])]);
-        assert!(MeshMessage::decode(&odd).is_err());
+        let origin = Value::Binary(s.as_bytes().to_vec());
+        let odd = parse(MsgType::Whisper, SubFlag::IHave.code(), &[origin.clone(), Value::Binary(vec![0; 33])]);
+        assert_eq!(MeshMessage::decode(&odd), Err(Malformed("message id list size")));
+        let unpaired = parse(MsgType::Whisper, SubFlag::Graft.code(), std::slice::from_ref(&origin));
+        assert!(MeshMessage::decode(&unpaired).is_err());
+        let many = vec![origin.clone(), Value::Binary(vec![0; 32 * 600]), origin, Value::Binary(vec![0; 32 * 600])];
+        let too_many = parse(MsgType::Whisper, SubFlag::IHave.code(), &many);
+        assert_eq!(MeshMessage::decode(&too_many), Err(Malformed("message id list size")));
         // A peer list keeps its good entries and skips the rest.
         let list = Value::Array(vec![
             Value::from(3),
