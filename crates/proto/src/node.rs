@@ -153,6 +153,7 @@ impl Node {
             mesh::Input::DialFailed { dial, reason } => mesh::Input::DialFailed { dial, reason },
             mesh::Input::Packet { conn, packet } => mesh::Input::Packet { conn, packet },
             mesh::Input::Closed { conn, reason } => mesh::Input::Closed { conn, reason },
+            mesh::Input::NotReading => mesh::Input::NotReading,
             mesh::Input::Timeout => {
                 self.mesh.handle(now, mesh::Input::Timeout);
                 if let Some(r) = self.sync.as_mut() {

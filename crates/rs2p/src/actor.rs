@@ -483,6 +483,10 @@ impl Actor {
             self.accept_resume = None;
         }
         if self.node.poll_timeout().is_some_and(|ms| self.clock.instant(ms) <= now) {
+            if !self.holding.is_empty() {
+                // We stopped reading: a peer's silence is ours (keepalives).
+                self.handle(Input::NotReading);
+            }
             self.handle(Input::Timeout);
         }
         let full = self.full.clone();

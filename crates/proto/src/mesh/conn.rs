@@ -59,6 +59,8 @@ pub(super) struct Conn {
     pub(super) last_rx_ms: u64,
     /// Whether a ping went out since then.
     pub(super) pinged: bool,
+    /// When the next heartbeat goes out (monotonic ms).
+    pub(super) next_heartbeat_ms: u64,
 }
 
 impl Conn {
@@ -82,6 +84,7 @@ impl Conn {
             tree: false,
             last_rx_ms: 0,
             pinged: false,
+            next_heartbeat_ms: 0,
         }
     }
 

@@ -321,6 +321,9 @@ pub struct PeerInfo {
     pub conn: ConnId,
     /// Whether the peer advertised rs2p's identity method (it is rs2p).
     pub rs2p: bool,
+    /// Whether the link runs the broadcast tree and keepalives (both ends
+    /// advertised them; never with py2p).
+    pub tree: bool,
 }
 
 /// How a reply travels ([`super::Command::Reply`]).

@@ -70,6 +70,7 @@ impl Mesh {
         c.codec = codec;
         c.tree = tree;
         c.last_rx_ms = now.mono_ms;
+        c.next_heartbeat_ms = now.mono_ms + self.cfg.keepalive_interval_ms;
         let outgoing = c.dir == super::Direction::Outgoing;
         let request = c.request.take();
         self.routing.insert(peer.clone(), conn);

@@ -121,6 +121,11 @@ pub enum Input<C = Command> {
         /// Why.
         reason: CloseReason,
     },
+    /// The driver is not taking input from its connections at the moment
+    /// (backpressure: a send queue is full), so a link's silence is not its
+    /// peer's doing: no peer is counted silent for that time. Fed before
+    /// each [`Input::Timeout`] while it lasts (the driver's grace bounds it).
+    NotReading,
     /// The time [`Mesh::poll_timeout`] asked for has come (early or repeated
     /// timeouts are harmless).
     Timeout,
@@ -290,6 +295,11 @@ impl Mesh {
                     self.forget(now, conn, c, reason);
                 }
             }
+            Input::NotReading => {
+                for c in self.conns.values_mut() {
+                    c.last_rx_ms = c.last_rx_ms.max(now.mono_ms);
+                }
+            }
             Input::Timeout => self.on_timeout(now),
             Input::Command { request, command } => self.on_command(now, request, command),
         }
@@ -365,6 +375,7 @@ impl Mesh {
                     outgoing: conn.dir == Direction::Outgoing,
                     conn: *c,
                     rs2p: link::is_rs2p(&conn.peer_methods),
+                    tree: conn.tree,
                 })
             })
             .collect();

@@ -751,6 +751,56 @@ fn a_silent_tree_link_is_pinged_then_declared_dead() {
 }
 
 #[test]
+fn a_tree_link_that_keeps_talking_still_gets_our_heartbeats() {
+    // The peer sends all the time (it is never pinged), but we send it
+    // nothing: a heartbeat goes out every keepalive interval, so that a peer
+    // busy reading our backlog still hears from us ahead of it.
+    let mut one = One::quiet();
+    one.m.handle(T0, Input::Incoming { conn: ConnId(1) });
+    let hello = one.hello_from(&one.peer.clone(), vec![0x2f, crate::wire::capability::TREE]);
+    one.m.handle(T0, Input::Packet { conn: ConnId(1), packet: hello });
+    drain(&mut one.m);
+    let peer = one.peer.clone();
+    let me = one.m.id().clone();
+    let theirs = || packet(MeshMessage::Pong.encode(&peer, T0.unix()));
+    let heartbeat = |at: u64| Output::Send {
+        conn: ConnId(1),
+        frame: MeshMessage::Pong.encode(&me, T0.plus_ms(at).unix()),
+        lane: Lane::Control,
+    };
+    one.m.handle(T0.plus_ms(3_400), Input::Packet { conn: ConnId(1), packet: theirs() });
+    one.m.handle(T0.plus_ms(3_499), Input::Timeout);
+    assert_eq!(drain(&mut one.m), vec![heartbeat(3_499)]);
+    one.m.handle(T0.plus_ms(3_999), Input::Timeout);
+    assert_eq!(drain(&mut one.m), vec![]);
+    one.m.handle(T0.plus_ms(6_400), Input::Packet { conn: ConnId(1), packet: theirs() });
+    one.m.handle(T0.plus_ms(6_499), Input::Timeout);
+    assert_eq!(drain(&mut one.m), vec![heartbeat(6_499)]);
+}
+
+#[test]
+fn silence_does_not_count_while_the_driver_is_not_reading() {
+    let mut one = One::quiet();
+    one.m.handle(T0, Input::Incoming { conn: ConnId(1) });
+    let hello = one.hello_from(&one.peer.clone(), vec![0x2f, crate::wire::capability::TREE]);
+    one.m.handle(T0, Input::Packet { conn: ConnId(1), packet: hello });
+    drain(&mut one.m);
+    // Ten seconds of backpressure: the peer is not blamed.
+    for at in (499..10_000).step_by(500) {
+        one.m.handle(T0.plus_ms(at), Input::NotReading);
+        one.m.handle(T0.plus_ms(at), Input::Timeout);
+    }
+    let outs = drain(&mut one.m);
+    assert!(outs.iter().all(|o| !matches!(o, Output::Close { .. })), "{outs:?}");
+    // Reading again: dead 9 s after the last NotReading (at 9,999).
+    one.m.handle(T0.plus_ms(18_998), Input::Timeout);
+    assert!(drain(&mut one.m).iter().all(|o| !matches!(o, Output::Close { .. })));
+    one.m.handle(T0.plus_ms(19_498), Input::Timeout);
+    let reason = CloseReason::Unresponsive { silent_ms: 9_499 };
+    assert!(drain(&mut one.m).contains(&Output::Close { conn: ConnId(1), reason }));
+}
+
+#[test]
 fn pings_are_answered_on_tree_links_only() {
     // A tree link answers a ping with a pong, ahead of payload.
     let mut one = One::quiet();
