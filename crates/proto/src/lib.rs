@@ -32,6 +32,8 @@ pub mod mesh;
 pub mod node;
 #[cfg(any(test, feature = "sim"))]
 pub mod sim;
+#[cfg(any(test, feature = "sim"))]
+pub mod sim_broadcast;
 pub mod sync;
 pub mod wire;
 

@@ -10,8 +10,17 @@
 //!
 //! Every node is honest, so a frame that fails to decode is a bug in the
 //! encoder or the decoder: the simulation panics on it.
+//!
+//! # Latency
+//! By default a frame arrives the moment [`Sim::run`] gets to it. With
+//! [`Sim::set_latency`] every link gets a one-way delay (drawn once per
+//! link, seeded), frames keep their order on a link, and only
+//! [`Sim::advance`] moves them: the clock jumps from event to event (the
+//! next frame due, the next node timer), so thousands of nodes run in
+//! seconds. [`crate::sim_broadcast`] measures the broadcast tree with it.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, VecDeque};
 
 use bytes::Bytes;
 use rand::rngs::StdRng;
@@ -39,6 +48,25 @@ struct Link {
     peer_node: usize,
     peer_conn: ConnId,
     codec: LinkCodec,
+    /// One-way delay toward the peer (timed mode).
+    delay_ms: u64,
+    /// When the last frame sent on it arrives (frames keep their order).
+    last_arrival_ms: u64,
+}
+
+/// The timed mode's state (see the module docs).
+#[derive(Debug)]
+struct Timed {
+    min_ms: u64,
+    max_ms: u64,
+    rng: StdRng,
+    /// Frames in flight: (arrival, sequence, receiving end).
+    frames: BinaryHeap<Reverse<(u64, u64, ConnId)>>,
+    seq: u64,
+    /// Node wake-ups: (deadline, node); stale entries are skipped.
+    timers: BinaryHeap<Reverse<(u64, usize)>>,
+    /// The deadline each node was last scheduled for.
+    scheduled: Vec<Option<u64>>,
 }
 
 /// The in-memory network.
@@ -48,6 +76,11 @@ pub struct Sim {
     pub nodes: Vec<Node>,
     /// Mesh events each node emitted, in order.
     pub events: Vec<Vec<Event>>,
+    /// When each of those events happened (monotonic ms), in step.
+    pub event_ms: Vec<Vec<u64>>,
+    /// The node at the far end of every connection ever made (kept after
+    /// the link is gone).
+    pub conn_peer: HashMap<ConnId, usize>,
     /// Sync events each node emitted, in order.
     pub sync_events: Vec<Vec<sync::Event>>,
     /// Command replies each node emitted, in order.
@@ -65,6 +98,7 @@ pub struct Sim {
     /// Which side of a partition each node is on (equal = can talk).
     pub side: Vec<u8>,
     rng: Option<StdRng>,
+    timed: Option<Timed>,
 }
 
 /// The address of node `i`.
@@ -113,6 +147,8 @@ impl Sim {
         Sim {
             nodes,
             events: vec![Vec::new(); n],
+            event_ms: vec![Vec::new(); n],
+            conn_peer: HashMap::new(),
             sync_events: vec![Vec::new(); n],
             replies: vec![Vec::new(); n],
             links: BTreeMap::new(),
@@ -125,6 +161,41 @@ impl Sim {
             down: vec![false; n],
             side: vec![0; n],
             rng: None,
+            timed: None,
+        }
+    }
+
+    /// Gives every link a one-way delay drawn uniformly from
+    /// `min_ms..=max_ms` (seeded), from now on (see the module docs).
+    pub fn set_latency(&mut self, min_ms: u64, max_ms: u64, seed: u64) {
+        let n = self.nodes.len();
+        let mut t = Timed {
+            min_ms,
+            max_ms: max_ms.max(min_ms),
+            rng: StdRng::seed_from_u64(seed),
+            frames: BinaryHeap::new(),
+            seq: 0,
+            timers: BinaryHeap::new(),
+            scheduled: vec![None; n],
+        };
+        for i in 0..n {
+            if let Some(d) = self.nodes[i].poll_timeout() {
+                t.timers.push(Reverse((d, i)));
+                t.scheduled[i] = Some(d);
+            }
+        }
+        self.timed = Some(t);
+    }
+
+    /// Notes node `i`'s next wake-up (timed mode).
+    fn reschedule(&mut self, i: usize) {
+        let Some(t) = self.timed.as_mut() else { return };
+        let next = self.nodes[i].poll_timeout();
+        if next != t.scheduled[i] {
+            t.scheduled[i] = next;
+            if let Some(d) = next {
+                t.timers.push(Reverse((d, i)));
+            }
         }
     }
 
@@ -188,10 +259,18 @@ impl Sim {
             };
             match o {
                 mesh::Output::Send { conn, frame, .. } => {
-                    if let Some(l) = self.links.get(&conn) {
+                    if let Some(l) = self.links.get_mut(&conn) {
                         let bytes = frame.encode_for(l.codec.compression);
                         self.queues.entry(l.peer_conn).or_default().push_back(bytes);
-                        self.order.push_back(l.peer_conn);
+                        match self.timed.as_mut() {
+                            Some(t) => {
+                                let at = (self.now.mono_ms + l.delay_ms).max(l.last_arrival_ms);
+                                l.last_arrival_ms = at;
+                                t.seq += 1;
+                                t.frames.push(Reverse((at, t.seq, l.peer_conn)));
+                            }
+                            None => self.order.push_back(l.peer_conn),
+                        }
                     }
                 }
                 mesh::Output::Configure { conn, codec } => {
@@ -205,8 +284,22 @@ impl Sim {
                         let a = ConnId(self.next_conn);
                         self.next_conn += 1;
                         let b = ConnId(self.next_conn);
-                        self.links.insert(a, Link { node: i, peer_node: j, peer_conn: b, codec: LinkCodec::HANDSHAKE });
-                        self.links.insert(b, Link { node: j, peer_node: i, peer_conn: a, codec: LinkCodec::HANDSHAKE });
+                        let delay_ms = match self.timed.as_mut() {
+                            Some(t) => t.rng.random_range(t.min_ms..=t.max_ms),
+                            None => 0,
+                        };
+                        let link = |node, peer_node, peer_conn| Link {
+                            node,
+                            peer_node,
+                            peer_conn,
+                            codec: LinkCodec::HANDSHAKE,
+                            delay_ms,
+                            last_arrival_ms: 0,
+                        };
+                        self.links.insert(a, link(i, j, b));
+                        self.links.insert(b, link(j, i, a));
+                        self.conn_peer.insert(a, j);
+                        self.conn_peer.insert(b, i);
                         self.input(j, Input::Incoming { conn: b });
                         let now = self.now;
                         self.nodes[i].handle(now, Input::Dialed { dial, conn: a });
@@ -218,10 +311,14 @@ impl Sim {
                     }
                 },
                 mesh::Output::Close { conn, .. } => self.cut(conn, false),
-                mesh::Output::Event(e) => self.events[i].push(e),
+                mesh::Output::Event(e) => {
+                    self.events[i].push(e);
+                    self.event_ms[i].push(self.now.mono_ms);
+                }
                 mesh::Output::Reply { .. } => unreachable!("nodes lift replies into node::Output::Reply"),
             }
         }
+        self.reschedule(i);
     }
 
     /// Removes a link; the far end (and with `both`, the near end too) is
@@ -276,6 +373,22 @@ impl Sim {
     /// # Panics
     /// If the frame does not decode: every simulated node is honest.
     pub fn step(&mut self) -> bool {
+        if let Some(t) = self.timed.as_mut() {
+            // Timed: only frames already due.
+            let conn = loop {
+                match t.frames.peek() {
+                    Some(Reverse((at, _, _))) if *at <= self.now.mono_ms => {
+                        let Some(Reverse((_, _, c))) = t.frames.pop() else { return false };
+                        if self.links.contains_key(&c) {
+                            break c;
+                        }
+                    }
+                    _ => return false,
+                }
+            };
+            self.deliver_one(conn);
+            return true;
+        }
         let conn = loop {
             let pick = match &mut self.rng {
                 Some(rng) if !self.order.is_empty() => {
@@ -290,7 +403,13 @@ impl Sim {
                 Some(_) => continue, // link gone; its frames were dropped
             }
         };
-        let Some(bytes) = self.queues.get_mut(&conn).and_then(VecDeque::pop_front) else { return true };
+        self.deliver_one(conn);
+        true
+    }
+
+    /// Delivers the oldest frame queued toward `conn`.
+    fn deliver_one(&mut self, conn: ConnId) {
+        let Some(bytes) = self.queues.get_mut(&conn).and_then(VecDeque::pop_front) else { return };
         let node = self.links[&conn].node;
         let dec = self
             .decoders
@@ -310,7 +429,6 @@ impl Sim {
             self.nodes[node].handle(now, Input::Packet { conn, packet });
         }
         self.drain(node);
-        true
     }
 
     /// Runs until no frame is in flight (bounded).
@@ -337,6 +455,10 @@ impl Sim {
     /// wake-up.
     pub fn advance(&mut self, ms: u64) {
         let end = self.now.plus_ms(ms);
+        if self.timed.is_some() {
+            self.advance_timed(end);
+            return;
+        }
         for _ in 0..MAX_WAKEUPS {
             let next = (0..self.nodes.len())
                 .filter(|&i| !self.down[i])
@@ -357,6 +479,49 @@ impl Sim {
             self.run();
         }
         panic!("a node asked to be woken more than {MAX_WAKEUPS} times in {ms} ms");
+    }
+
+    /// [`Sim::advance`] in timed mode: event by event until `end`.
+    fn advance_timed(&mut self, end: Now) {
+        for _ in 0..MAX_WAKEUPS.saturating_mul(100) {
+            let Some(t) = self.timed.as_mut() else { return };
+            let frame_at = t.frames.peek().map(|Reverse((at, _, _))| *at);
+            let timer_at = loop {
+                match t.timers.peek() {
+                    Some(&Reverse((d, i))) if t.scheduled[i] != Some(d) || self.down[i] => {
+                        t.timers.pop();
+                        if self.down[i] && t.scheduled[i] == Some(d) {
+                            // Rescheduled when it is next touched.
+                            t.scheduled[i] = None;
+                        }
+                    }
+                    Some(&Reverse((d, _))) => break Some(d),
+                    None => break None,
+                }
+            };
+            let next = match (frame_at, timer_at) {
+                (Some(f), Some(d)) => f.min(d),
+                (a, b) => match a.or(b) {
+                    Some(x) => x,
+                    None => break,
+                },
+            };
+            if next > end.mono_ms {
+                break;
+            }
+            if next > self.now.mono_ms {
+                self.now = self.now.plus_ms(next - self.now.mono_ms);
+            }
+            if frame_at == Some(next) {
+                self.step();
+            } else if let Some(Reverse((_, i))) = t.timers.pop() {
+                t.scheduled[i] = None;
+                self.input(i, Input::Timeout);
+            }
+        }
+        if end.mono_ms > self.now.mono_ms {
+            self.now = self.now.plus_ms(end.mono_ms - self.now.mono_ms);
+        }
     }
 
     /// Wakes every live node once (without settling); a node with nothing

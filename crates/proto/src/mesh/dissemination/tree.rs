@@ -214,6 +214,9 @@ pub struct Tree {
     next_grafts: VecDeque<(u64, MsgId)>,
     /// Deadlines to start over with the first announcer.
     retry_grafts: VecDeque<(u64, MsgId)>,
+    /// Messages that arrived in answer to a want, until their eager copy
+    /// comes (or the cache time passes).
+    wanted_answers: Expiring,
     /// Announcements waiting to be sent, and when they are due.
     announce: ConnMap<Vec<(PeerId, MsgId)>>,
     announce_due: Option<u64>,
@@ -224,6 +227,46 @@ pub struct Tree {
 enum Kind {
     Graft,
     Other,
+}
+
+/// A bounded set of ids with their insertion time, oldest forgotten first.
+#[derive(Debug, Default)]
+struct Expiring {
+    ids: HashMap<MsgId, u64>,
+    order: VecDeque<(u64, MsgId)>,
+}
+
+impl Expiring {
+    fn insert(&mut self, id: MsgId, now_ms: u64) {
+        if self.ids.len() >= MAX_MISSING {
+            if let Some((_, old)) = self.order.pop_front() {
+                self.ids.remove(&old);
+            }
+        }
+        if self.ids.insert(id, now_ms).is_none() {
+            self.order.push_back((now_ms, id));
+        }
+    }
+
+    /// Whether `id` was there (it no longer is).
+    fn remove(&mut self, id: &MsgId) -> bool {
+        self.ids.remove(id).is_some()
+    }
+
+    fn expire(&mut self, now_ms: u64, keep_ms: u64) {
+        while let Some(&(t, id)) = self.order.front() {
+            if t.saturating_add(keep_ms) > now_ms {
+                break;
+            }
+            self.order.pop_front();
+            if self.ids.get(&id) == Some(&t) {
+                self.ids.remove(&id);
+            }
+        }
+        if self.ids.is_empty() {
+            self.order.clear();
+        }
+    }
 }
 
 /// A message announced to us that has not arrived.
@@ -238,6 +281,8 @@ struct Missing {
     since_ms: u64,
     /// Its number among its origin's announced messages.
     seq: u64,
+    /// Whether it was asked for with a want (the tree unchanged).
+    wanted: bool,
 }
 
 /// Groups `(origin, id)` pairs by origin, in first-seen order, at most
@@ -269,6 +314,7 @@ impl Tree {
             first_grafts: VecDeque::new(),
             next_grafts: VecDeque::new(),
             retry_grafts: VecDeque::new(),
+            wanted_answers: Expiring::default(),
             announce: ConnMap::default(),
             announce_due: None,
             stats: TreeStats::default(),
@@ -323,7 +369,7 @@ impl Tree {
         origin: &PeerId,
         frame: &Frame,
         id: MsgId,
-        skip: [Option<ConnId>; 2],
+        skip: [Option<ConnId>; 3],
         out: &mut Vec<Push>,
     ) {
         let keep = |c: &ConnId| !skip.contains(&Some(*c));
@@ -388,15 +434,20 @@ impl Tree {
         }
         let conn = m.announcers[m.next];
         m.next += 1;
+        let wanted = &mut m.wanted;
         // Re-parent (graft) when the origin's messages stopped coming or
         // this one waited out its patience; at most once a graft timeout
         // per origin (one new parent is enough, and more would only open
         // paths into the same backlog). Otherwise ask for the message alone.
-        let graft_timeout_ms = self.cfg.graft_timeout_ms;
-        let o = self.origin(&origin, now.mono_ms);
-        let regraft_ok = o.last_graft_ms.is_none_or(|t| t.saturating_add(graft_timeout_ms) <= now.mono_ms);
-        if (stalled || waited_out) && regraft_ok {
-            o.last_graft_ms = Some(now.mono_ms);
+        let regraft_ok = self
+            .origins
+            .get(&origin)
+            .and_then(|o| o.last_graft_ms)
+            .is_none_or(|t| t.saturating_add(self.cfg.graft_timeout_ms) <= now.mono_ms);
+        let graft = (stalled || waited_out) && regraft_ok;
+        *wanted = !graft;
+        if graft {
+            self.origin(&origin, now.mono_ms).last_graft_ms = Some(now.mono_ms);
             self.make_eager(&origin, conn);
             self.stats.grafts += 1;
             out.push(Push::Control(conn, TreeControl::Graft(vec![(origin, vec![id])])));
@@ -440,7 +491,7 @@ impl Dissemination for Tree {
         let id = frame.id();
         self.seen.insert(&id, now.mono_ms);
         self.cache.put(now.mono_ms, frame, self.cfg.cache_bytes);
-        self.forward(now, sender, frame, id, [None, None], out);
+        self.forward(now, sender, frame, id, [None, None, None], out);
     }
 
     fn mark_seen(&mut self, now: Now, id: &MsgId) {
@@ -458,6 +509,11 @@ impl Dissemination for Tree {
     ) -> Verdict {
         let id = frame.id();
         if !self.seen.insert(&id, now.mono_ms) {
+            // The eager copy of a message we fetched with a want is late,
+            // not redundant: the link stays our parent.
+            if self.wanted_answers.remove(&id) {
+                return Verdict::Duplicate;
+            }
             if self.links.contains(&from) && !self.is_lazy(sender, from) {
                 self.origin(sender, now.mono_ms).lazy.push(from);
                 self.stats.prunes += 1;
@@ -470,6 +526,9 @@ impl Dissemination for Tree {
         // that just took over (its stream is at another point).
         let missing = self.missing.remove(&id);
         let asked = missing.as_ref().is_some_and(|m| m.next > 0);
+        if missing.as_ref().is_some_and(|m| m.wanted) {
+            self.wanted_answers.insert(id, now.mono_ms);
+        }
         self.cache.put(now.mono_ms, frame, self.cfg.cache_bytes);
         let o = self.origin(sender, now.mono_ms);
         if !asked {
@@ -478,10 +537,20 @@ impl Dissemination for Tree {
                 o.arrived_seq = o.arrived_seq.max(missing.map_or(0, |m| m.seq));
             }
             o.parent = Some(from);
+            // It brought something new unasked: it is a good parent. If we
+            // had pruned it, our prune crossed this push, and once it
+            // arrives neither end would push: graft it back at once.
+            if self.is_lazy(sender, from) {
+                self.make_eager(sender, from);
+                self.stats.grafts += 1;
+                out.push(Push::Control(from, TreeControl::Graft(vec![(sender.clone(), Vec::new())])));
+            }
         }
-        // It brought something new: it is a good parent for this origin.
-        self.make_eager(sender, from);
-        self.forward(now, sender, frame, id, [Some(from), origin_link], out);
+        // An answer to an ask is not pushed to our parent for its origin:
+        // the parent is upstream and has it (a copy would make it prune us,
+        // and then nobody pushes to us).
+        let parent = if asked { self.origins.get(sender).and_then(|o| o.parent) } else { None };
+        self.forward(now, sender, frame, id, [Some(from), origin_link, parent], out);
         Verdict::Fresh
     }
 
@@ -530,8 +599,14 @@ impl Dissemination for Tree {
                             o.announced += 1;
                             let seq = o.announced;
                             let since_ms = now.mono_ms;
-                            let m =
-                                Missing { origin: origin.clone(), announcers: VecDeque::new(), next: 0, since_ms, seq };
+                            let m = Missing {
+                                origin: origin.clone(),
+                                announcers: VecDeque::new(),
+                                next: 0,
+                                since_ms,
+                                seq,
+                                wanted: false,
+                            };
                             self.missing.insert(id, m);
                         }
                         let Some(m) = self.missing.get_mut(&id) else { continue };
@@ -596,6 +671,7 @@ impl Dissemination for Tree {
     fn handle_timeout(&mut self, now: Now, out: &mut Vec<Push>) {
         self.seen.expire(now.mono_ms);
         self.cache.expire(now.mono_ms, self.cfg.cache_ms);
+        self.wanted_answers.expire(now.mono_ms, self.cfg.cache_ms);
         while let Some(&(t, id)) = self.first_grafts.front() {
             if t > now.mono_ms {
                 break;
