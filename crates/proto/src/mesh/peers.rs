@@ -64,7 +64,8 @@ impl Mesh {
     /// Asks every peer for its peer list (py2p's `request_peers`).
     pub(super) fn request_peers(&mut self, now: Now) {
         let frame = MeshMessage::PeerRequest.encode(&self.cfg.id, now.unix());
-        let conns: Vec<ConnId> = self.routing.values().copied().collect();
+        let mut conns: Vec<ConnId> = self.routing.values().copied().collect();
+        conns.sort_unstable(); // in a reproducible order (simulations)
         for conn in conns {
             self.send(conn, frame.clone());
         }
@@ -84,7 +85,8 @@ impl Mesh {
             }
             if !self.known.contains_key(&id) && self.known.len() >= self.cfg.max_known_peers {
                 // Full: replace an arbitrary entry so fresh addresses still get in.
-                if let Some(victim) = self.known.keys().next().cloned() {
+                let victim = self.known.keys().min_by(|a, b| a.as_bytes().cmp(b.as_bytes())).cloned();
+                if let Some(victim) = victim {
                     self.known.remove(&victim);
                 }
             }
