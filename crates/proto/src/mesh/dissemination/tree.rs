@@ -81,7 +81,9 @@ pub struct TreeConfig {
     /// gets one `IHave` per interval instead of one per message. 0 sends
     /// them at the end of every input.
     pub announce_interval_ms: u64,
-    /// How long messages are kept to answer grafts. Default 30 s.
+    /// How long messages are kept to answer grafts and wants. Default
+    /// 10 s: asks come within a few seconds (patience, retries), and the
+    /// cache costs memory in proportion to the message rate.
     pub cache_ms: u64,
     /// Most bytes of messages kept to answer grafts (oldest go first).
     /// Default 16 MiB: a graft may come a second or more after the message
@@ -97,7 +99,7 @@ impl Default for TreeConfig {
             busy_patience_ms: 1_000,
             announce_ahead: false,
             announce_interval_ms: 10,
-            cache_ms: 30_000,
+            cache_ms: 10_000,
             cache_bytes: 16 << 20,
         }
     }
