@@ -396,6 +396,9 @@ fn run_workload(w: &str, opts: &Opts, t: &mut Table) -> Result<()> {
                     let rs = runs(opts, sys, "throughput", &s(&[n, count, size]));
                     t.add(&name, sys, "far-node rate", field(&rs, "rate"), "msg/s");
                     t.add(&name, sys, "lost", field(&rs, "lost"), "msgs");
+                    if sys == "rs2p" {
+                        t.add(&name, sys, "peers declared dead", field(&rs, "unresponsive"), "peers");
+                    }
                     // py2p runs its nodes in their own processes: the driver's peak says
                     // nothing about them.
                     if sys != "rs2p-cli" && sys != "py2p" {
@@ -510,6 +513,7 @@ fn run_workload(w: &str, opts: &Opts, t: &mut Table) -> Result<()> {
                         t.add(&name, sys, "lost", field(&rs, "lost"), "msgs");
                         t.add(&name, sys, "RMR", field(&rs, "rmr"), "copies/delivery");
                         t.add(&name, sys, "grafts", field(&rs, "grafts"), "grafts");
+                        t.add(&name, sys, "peers declared dead", field(&rs, "unresponsive"), "peers");
                         t.add(
                             &name,
                             sys,

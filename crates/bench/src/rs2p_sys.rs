@@ -80,10 +80,12 @@ pub async fn throughput(n: usize, count: usize, size: usize) -> Result<Json> {
         sent += k;
     }
     let (last, secs) = crate::await_arrivals(&far, count, start).await;
+    let mut unresponsive = 0;
     for node in &nodes {
+        unresponsive += node.status().await?.stats.unresponsive;
         node.close().await.ok();
     }
-    Ok(json!({"rate": last as f64 / secs, "lost": count as u64 - last, "secs": secs}))
+    Ok(json!({"rate": last as f64 / secs, "lost": count as u64 - last, "secs": secs, "unresponsive": unresponsive}))
 }
 
 /// Workload 2: one message at a time through a chain of `n`; publish to
@@ -302,13 +304,14 @@ pub async fn mesh_broadcast(
         tokio::time::sleep(Duration::from_micros(500)).await;
     }
     let secs = last_change.duration_since(start).as_secs_f64();
-    let (mut dups, mut dropped, mut dropped_control, mut grafts) = (0, 0, 0, 0);
+    let (mut dups, mut dropped, mut dropped_control, mut grafts, mut unresponsive) = (0, 0, 0, 0, 0);
     let (mut ignored, mut given_up, mut unserved, mut postponed, mut wants) = (0, 0, 0, 0, 0);
     for node in &nodes {
         let st = node.status().await?;
         dups += st.duplicates;
         dropped += st.dropped_frames;
         dropped_control += st.dropped_control;
+        unresponsive += st.stats.unresponsive;
         if let Some(t) = st.tree {
             grafts += t.grafts;
             wants += t.wants;
@@ -327,6 +330,7 @@ pub async fn mesh_broadcast(
         "rmr": (dups - dups_before) as f64 / last.max(1) as f64,
         "dropped_frames": dropped,
         "dropped_control": dropped_control,
+        "unresponsive": unresponsive,
         "grafts": grafts,
         "tree_wants": wants,
         "tree_ignored": ignored,

@@ -287,6 +287,19 @@ struct Missing {
     wanted: bool,
 }
 
+/// `origin`'s tree in `origins`, remembered from now on (forgetting the
+/// least recently active one when full).
+fn origin_entry<'a>(origins: &'a mut HashMap<PeerId, Origin>, origin: &PeerId, now_ms: u64) -> &'a mut Origin {
+    if origins.len() >= MAX_ORIGINS && !origins.contains_key(origin) {
+        if let Some(oldest) = origins.iter().min_by_key(|(_, o)| o.active_ms).map(|(k, _)| k.clone()) {
+            origins.remove(&oldest);
+        }
+    }
+    let o = origins.entry(origin.clone()).or_default();
+    o.active_ms = o.active_ms.max(now_ms);
+    o
+}
+
 /// Groups `(origin, id)` pairs by origin, in first-seen order, at most
 /// [`MAX_IDS_PER_MESSAGE`] ids a group.
 fn group(pairs: Vec<(PeerId, MsgId)>) -> Vec<(PeerId, Vec<MsgId>)> {
@@ -343,14 +356,7 @@ impl Tree {
     /// `origin`'s tree, remembered from now on (forgetting the least
     /// recently active one when full).
     fn origin(&mut self, origin: &PeerId, now_ms: u64) -> &mut Origin {
-        if !self.origins.contains_key(origin) && self.origins.len() >= MAX_ORIGINS {
-            if let Some(oldest) = self.origins.iter().min_by_key(|(_, o)| o.active_ms).map(|(k, _)| k.clone()) {
-                self.origins.remove(&oldest);
-            }
-        }
-        let o = self.origins.entry(origin.clone()).or_default();
-        o.active_ms = o.active_ms.max(now_ms);
-        o
+        origin_entry(&mut self.origins, origin, now_ms)
     }
 
     fn make_eager(&mut self, origin: &PeerId, conn: ConnId) {
@@ -375,19 +381,26 @@ impl Tree {
         out: &mut Vec<Push>,
     ) {
         let keep = |c: &ConnId| !skip.contains(&Some(*c));
-        let lazy = std::mem::take(&mut self.origin(origin, now.mono_ms).lazy);
         for &c in self.flood.iter().filter(|c| keep(c)) {
             out.push(Push::Payload(c, frame.clone()));
         }
-        for &c in self.links.iter().filter(|c| keep(c)) {
-            if lazy.contains(&c) {
-                self.announce.entry(c).or_default().push((origin.clone(), id));
-                self.announce_due.get_or_insert(now.mono_ms + self.cfg.announce_interval_ms);
+        let Tree { origins, links, announce, announce_due, cfg, cache, .. } = self;
+        let o = origin_entry(origins, origin, now.mono_ms);
+        let mut announced = false;
+        for &c in links.iter().filter(|c| keep(c)) {
+            if o.lazy.contains(&c) {
+                announce.entry(c).or_default().push((origin.clone(), id));
+                announce_due.get_or_insert(now.mono_ms + cfg.announce_interval_ms);
+                announced = true;
             } else {
                 out.push(Push::Payload(c, frame.clone()));
             }
         }
-        self.origin(origin, now.mono_ms).lazy = lazy;
+        // Only a peer we announced it to can ask for it: a message announced
+        // to nobody (a chain, a leaf) is not cached.
+        if announced {
+            cache.put(now.mono_ms, frame, cfg.cache_bytes);
+        }
     }
 
     /// A graft deadline for `id`: after its announcement, or after a graft
@@ -492,7 +505,6 @@ impl Dissemination for Tree {
     fn publish(&mut self, now: Now, sender: &PeerId, frame: &Frame, out: &mut Vec<Push>) {
         let id = frame.id();
         self.seen.insert(&id, now.mono_ms);
-        self.cache.put(now.mono_ms, frame, self.cfg.cache_bytes);
         self.forward(now, sender, frame, id, [None, None, None], out);
     }
 
@@ -513,7 +525,7 @@ impl Dissemination for Tree {
         if !self.seen.insert(&id, now.mono_ms) {
             // The eager copy of a message we fetched with a want is late,
             // not redundant: the link stays our parent.
-            if self.wanted_answers.remove(&id) {
+            if !self.wanted_answers.ids.is_empty() && self.wanted_answers.remove(&id) {
                 return Verdict::Duplicate;
             }
             if self.links.contains(&from) && !self.is_lazy(sender, from) {
@@ -526,12 +538,11 @@ impl Dissemination for Tree {
         // Evidence of loss (see `graft_due`) comes from the parent's stream
         // only, in its order: not from answers to grafts, nor from a link
         // that just took over (its stream is at another point).
-        let missing = self.missing.remove(&id);
+        let missing = if self.missing.is_empty() { None } else { self.missing.remove(&id) };
         let asked = missing.as_ref().is_some_and(|m| m.next > 0);
         if missing.as_ref().is_some_and(|m| m.wanted) {
             self.wanted_answers.insert(id, now.mono_ms);
         }
-        self.cache.put(now.mono_ms, frame, self.cfg.cache_bytes);
         let o = self.origin(sender, now.mono_ms);
         if !asked {
             o.last_fresh_ms = Some(now.mono_ms);
@@ -966,14 +977,21 @@ mod tests {
         let mut t = tree();
         let me = PeerId::random(b"me");
         let m = frame_of(&me, 1);
-        t.publish(at(0), &me, &m, &mut Vec::new());
+        // C is lazy for our broadcasts: m is announced to it, and cached.
         prune(&mut t, C, me.clone());
         prune(&mut t, C, y());
+        t.publish(at(0), &me, &m, &mut Vec::new());
+        let z = PeerId::random(b"origin z");
+        let unannounced = frame_of(&z, 7);
+        t.receive(at(1), A, None, &z, &unannounced, &mut Vec::new());
         assert_eq!(t.lazy_for(&me), vec![C]);
         let unknown = frame(99).id();
         let out = run(|o| t.on_control(at(2), C, TreeControl::Graft(vec![(me.clone(), vec![m.id(), unknown])]), o));
         assert_eq!(out, vec![Push::Repair(C, m.clone())]);
         assert!(t.eager_for(&me).contains(&C));
+        // A message announced to nobody (every link is eager for z) was not
+        // cached: nobody can ask for it.
+        assert!(!t.cache.frames.contains_key(&unannounced.id()));
         assert_eq!(t.lazy_for(&y()), vec![C], "a graft for one origin leaves the others");
         // Forgotten after the cache time: a late graft gets nothing.
         t.handle_timeout(at(31_000), &mut Vec::new());
@@ -982,8 +1000,8 @@ mod tests {
         assert_eq!(t.stats().unserved, 1 + 1);
         // A want is answered the same way, without touching the tree.
         let m2 = frame_of(&me, 2);
-        t.publish(at(31_002), &me, &m2, &mut Vec::new());
         prune(&mut t, B, me.clone());
+        t.publish(at(31_002), &me, &m2, &mut Vec::new());
         let out = run(|o| t.on_control(at(31_003), B, TreeControl::Want(vec![(me.clone(), vec![m2.id()])]), o));
         assert_eq!(out, vec![Push::Repair(B, m2.clone())]);
         assert!(t.lazy_for(&me).contains(&B));
@@ -1013,10 +1031,12 @@ mod tests {
         assert_eq!(run(|o| t.on_control(at(0), PY, ihave, o)), vec![]);
         assert_eq!(t.poll_timeout(), None);
         let mut small = Tree::new(TreeConfig { cache_bytes: 300, ..TreeConfig::default() }, 60_000, 1024, 7);
+        small.link_up(A, true);
+        prune(&mut small, A, x());
         for n in 0..10 {
             small.publish(at(n), &x(), &frame(n), &mut Vec::new());
         }
-        assert!(small.cache.bytes <= 300 && small.cache.frames.len() < 10);
+        assert!(small.cache.bytes <= 300 && !small.cache.frames.is_empty() && small.cache.frames.len() < 10);
         // Origins past the bound forget the least recently active.
         for n in 0..MAX_ORIGINS as u64 + 1 {
             let origin = PeerId::random(&n.to_le_bytes());
