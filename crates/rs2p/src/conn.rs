@@ -115,11 +115,12 @@ pub(crate) async fn read_loop<R: ReadHalf>(
         let mut batch_bytes = 0;
         let mut failure = None;
         let mut completed = false;
+        let mut frames = 0u64;
         loop {
             match dec.next_packet() {
                 Ok(Some(p)) => {
                     completed = true;
-                    traffic.frames_in.fetch_add(1, Ordering::Relaxed);
+                    frames += 1;
                     batch_bytes += p.frame.wire_bytes().len();
                     batch.push(p);
                     if batch.len() >= MAX_BATCH_FRAMES || batch_bytes >= MAX_BATCH_BYTES {
@@ -137,6 +138,11 @@ pub(crate) async fn read_loop<R: ReadHalf>(
                     break;
                 }
             }
+        }
+        // Once per read, not per frame: the counters are the node's, shared
+        // by all its connections' tasks.
+        if frames > 0 {
+            traffic.frames_in.fetch_add(frames, Ordering::Relaxed);
         }
         if !dec.has_partial() {
             partial_since = None;
@@ -242,12 +248,20 @@ pub(crate) async fn write_loop<W: AsyncWrite + Unpin>(
     let mut buf = BytesMut::new();
     let mut closing = false;
     loop {
-        let first = tokio::select! {
-            biased;
-            Some(c) = lanes.control.recv() => Next::Control(c),
-            cmd = lanes.data.recv() => match cmd {
-                Some(c) => Next::Data(c),
-                None => break,
+        // Busy: take what waits, control first, without a select.
+        let ready = match lanes.control.try_recv() {
+            Ok(c) => Some(Next::Control(c)),
+            Err(_) => lanes.data.try_recv().ok().map(Next::Data),
+        };
+        let first = match ready {
+            Some(next) => next,
+            None => tokio::select! {
+                biased;
+                Some(c) = lanes.control.recv() => Next::Control(c),
+                cmd = lanes.data.recv() => match cmd {
+                    Some(c) => Next::Data(c),
+                    None => break,
+                },
             },
         };
         let mut next = Some(first);
