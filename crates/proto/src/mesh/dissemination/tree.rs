@@ -206,7 +206,9 @@ pub struct Tree {
     links: Vec<ConnId>,
     /// Links that do not: flooded.
     flood: Vec<ConnId>,
-    origins: HashMap<PeerId, Origin>,
+    /// Keyed by a seeded fast hash (ids are the peers' choice; the seed is
+    /// the node's own).
+    origins: Origins,
     cache: MessageCache,
     /// Announced but missing messages.
     missing: HashMap<MsgId, Missing>,
@@ -289,7 +291,9 @@ struct Missing {
 
 /// `origin`'s tree in `origins`, remembered from now on (forgetting the
 /// least recently active one when full).
-fn origin_entry<'a>(origins: &'a mut HashMap<PeerId, Origin>, origin: &PeerId, now_ms: u64) -> &'a mut Origin {
+type Origins = HashMap<PeerId, Origin, foldhash::fast::FixedState>;
+
+fn origin_entry<'a>(origins: &'a mut Origins, origin: &PeerId, now_ms: u64) -> &'a mut Origin {
     if origins.len() >= MAX_ORIGINS && !origins.contains_key(origin) {
         if let Some(oldest) = origins.iter().min_by_key(|(_, o)| o.active_ms).map(|(k, _)| k.clone()) {
             origins.remove(&oldest);
@@ -323,7 +327,7 @@ impl Tree {
             seen: SeenCache::new(keep_ms, capacity, key),
             links: Vec::new(),
             flood: Vec::new(),
-            origins: HashMap::new(),
+            origins: HashMap::with_hasher(foldhash::fast::FixedState::with_seed(key ^ 0x6f72_6967)),
             cache: MessageCache::default(),
             missing: HashMap::new(),
             first_grafts: VecDeque::new(),
@@ -553,8 +557,9 @@ impl Dissemination for Tree {
             // It brought something new unasked: it is a good parent. If we
             // had pruned it, our prune crossed this push, and once it
             // arrives neither end would push: graft it back at once.
-            if self.is_lazy(sender, from) {
-                self.make_eager(sender, from);
+            let was_lazy = o.lazy.contains(&from);
+            if was_lazy {
+                o.lazy.retain(|&c| c != from);
                 self.stats.grafts += 1;
                 out.push(Push::Control(from, TreeControl::Graft(vec![(sender.clone(), Vec::new())])));
             }
