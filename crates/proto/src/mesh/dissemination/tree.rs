@@ -294,12 +294,18 @@ struct Missing {
 type Origins = HashMap<PeerId, Origin, foldhash::fast::FixedState>;
 
 fn origin_entry<'a>(origins: &'a mut Origins, origin: &PeerId, now_ms: u64) -> &'a mut Origin {
-    if origins.len() >= MAX_ORIGINS && !origins.contains_key(origin) {
-        if let Some(oldest) = origins.iter().min_by_key(|(_, o)| o.active_ms).map(|(k, _)| k.clone()) {
-            origins.remove(&oldest);
+    // Looked up twice rather than cloning the id for `entry` on every
+    // relay: the clone is an atomic count on the read buffer it points into.
+    if !origins.contains_key(origin) {
+        if origins.len() >= MAX_ORIGINS {
+            if let Some(oldest) = origins.iter().min_by_key(|(_, o)| o.active_ms).map(|(k, _)| k.clone()) {
+                origins.remove(&oldest);
+            }
         }
+        // A copy of its own: a key must not keep a read buffer alive.
+        origins.insert(PeerId::from_bytes(origin.as_bytes().to_vec()), Origin::default());
     }
-    let o = origins.entry(origin.clone()).or_default();
+    let o = origins.get_mut(origin).expect("inserted above");
     o.active_ms = o.active_ms.max(now_ms);
     o
 }
