@@ -66,6 +66,8 @@ enum Input {
     Delete(Vec<u8>),
     Delta(Vec<u8>, Vec<(V, V)>),
     RequestPeers,
+    /// The driver stopped reading (backpressure), before a timeout.
+    NotReading,
 }
 
 /// Most inputs taken from one fuzz case.
@@ -149,6 +151,7 @@ fuzz_target!(|inputs: Vec<Input>| {
                 let (r, i) = command(mesh::Command::RequestPeers.into(), false);
                 (Some(r), i)
             }
+            Input::NotReading => (None, NodeInput::NotReading),
         };
         let timeout = matches!(input, NodeInput::Timeout);
         node.handle(now, input);

@@ -197,7 +197,11 @@ struct Origin {
     active_ms: u64,
 }
 
-/// The broadcast tree. See the [module docs](self).
+/// The broadcast tree: one epidemic broadcast tree per origin (Plumtree)
+/// between peers that speak it, py2p's flood toward the others; eager
+/// pushes, batched announcements, prunes on duplicates, grafts and wants
+/// on evidence of loss (the design and its measurements are in the
+/// source's module docs and BENCHMARKS.md; the settings in [`TreeConfig`]).
 #[derive(Debug)]
 pub struct Tree {
     cfg: TreeConfig,
