@@ -374,6 +374,11 @@ fn runs(opts: &Opts, system: &str, workload: &str, args: &[String]) -> Vec<Json>
         .collect()
 }
 
+/// Each run's peak RSS, in MiB.
+fn peak_mib(rs: &[Json]) -> Vec<f64> {
+    field(rs, "peak_rss_kib").iter().map(|k| k / 1024.0).collect()
+}
+
 fn field(rs: &[Json], f: &str) -> Vec<f64> {
     rs.iter().map(|j| j[f].as_f64().unwrap_or(f64::NAN)).collect()
 }
@@ -402,13 +407,7 @@ fn run_workload(w: &str, opts: &Opts, t: &mut Table) -> Result<()> {
                     // py2p runs its nodes in their own processes: the driver's peak says
                     // nothing about them.
                     if sys != "rs2p-cli" && sys != "py2p" {
-                        t.add(
-                            &name,
-                            sys,
-                            "peak RSS",
-                            field(&rs, "peak_rss_kib").iter().map(|k| k / 1024.0).collect(),
-                            "MiB",
-                        );
+                        t.add(&name, sys, "peak RSS", peak_mib(&rs), "MiB");
                     }
                 }
             }
@@ -514,13 +513,7 @@ fn run_workload(w: &str, opts: &Opts, t: &mut Table) -> Result<()> {
                         t.add(&name, sys, "RMR", field(&rs, "rmr"), "copies/delivery");
                         t.add(&name, sys, "grafts", field(&rs, "grafts"), "grafts");
                         t.add(&name, sys, "peers declared dead", field(&rs, "unresponsive"), "peers");
-                        t.add(
-                            &name,
-                            sys,
-                            "peak RSS",
-                            field(&rs, "peak_rss_kib").iter().map(|k| k / 1024.0).collect(),
-                            "MiB",
-                        );
+                        t.add(&name, sys, "peak RSS", peak_mib(&rs), "MiB");
                     }
                 }
             }

@@ -42,6 +42,17 @@ impl One {
         One { m: Mesh::new(cfg, 1), peer: pid(7), peer_addr: addr_of(1) }
     }
 
+    /// A quiet node with one handshaken rs2p link (`ConnId(1)`) that runs
+    /// the broadcast tree and keepalives; its outputs so far drained.
+    fn with_tree_link() -> Self {
+        let mut one = One::quiet();
+        one.m.handle(T0, Input::Incoming { conn: ConnId(1) });
+        let hello = one.hello_from(&one.peer.clone(), vec![0x2f, crate::wire::capability::TREE]);
+        one.m.handle(T0, Input::Packet { conn: ConnId(1), packet: hello });
+        drain(&mut one.m);
+        one
+    }
+
     fn hello_from(&self, peer: &PeerId, methods: Vec<u64>) -> Packet {
         let hs = Handshake {
             id: peer.clone(),
@@ -716,11 +727,7 @@ fn disconnect_and_shutdown() {
 
 #[test]
 fn a_silent_tree_link_is_pinged_then_declared_dead() {
-    let mut one = One::quiet();
-    one.m.handle(T0, Input::Incoming { conn: ConnId(1) });
-    let hello = one.hello_from(&one.peer.clone(), vec![0x2f, crate::wire::capability::TREE]);
-    one.m.handle(T0, Input::Packet { conn: ConnId(1), packet: hello });
-    drain(&mut one.m);
+    let mut one = One::with_tree_link();
     let ping = MeshMessage::Ping.encode(one.m.id(), T0.plus_ms(3_499).unix());
     // Nothing before the keepalive interval. (Links are checked every
     // 500 ms: the next check after this one is at 3,499.)
@@ -755,11 +762,7 @@ fn a_tree_link_that_keeps_talking_still_gets_our_heartbeats() {
     // The peer sends all the time (it is never pinged), but we send it
     // nothing: a heartbeat goes out every keepalive interval, so that a peer
     // busy reading our backlog still hears from us ahead of it.
-    let mut one = One::quiet();
-    one.m.handle(T0, Input::Incoming { conn: ConnId(1) });
-    let hello = one.hello_from(&one.peer.clone(), vec![0x2f, crate::wire::capability::TREE]);
-    one.m.handle(T0, Input::Packet { conn: ConnId(1), packet: hello });
-    drain(&mut one.m);
+    let mut one = One::with_tree_link();
     let peer = one.peer.clone();
     let me = one.m.id().clone();
     let theirs = || packet(MeshMessage::Pong.encode(&peer, T0.unix()));
@@ -780,11 +783,7 @@ fn a_tree_link_that_keeps_talking_still_gets_our_heartbeats() {
 
 #[test]
 fn silence_does_not_count_while_the_driver_is_not_reading() {
-    let mut one = One::quiet();
-    one.m.handle(T0, Input::Incoming { conn: ConnId(1) });
-    let hello = one.hello_from(&one.peer.clone(), vec![0x2f, crate::wire::capability::TREE]);
-    one.m.handle(T0, Input::Packet { conn: ConnId(1), packet: hello });
-    drain(&mut one.m);
+    let mut one = One::with_tree_link();
     // Ten seconds of backpressure: the peer is not blamed.
     for at in (499..10_000).step_by(500) {
         one.m.handle(T0.plus_ms(at), Input::NotReading);
@@ -803,11 +802,7 @@ fn silence_does_not_count_while_the_driver_is_not_reading() {
 #[test]
 fn pings_are_answered_on_tree_links_only() {
     // A tree link answers a ping with a pong, ahead of payload.
-    let mut one = One::quiet();
-    one.m.handle(T0, Input::Incoming { conn: ConnId(1) });
-    let hello = one.hello_from(&one.peer.clone(), vec![0x2f, crate::wire::capability::TREE]);
-    one.m.handle(T0, Input::Packet { conn: ConnId(1), packet: hello });
-    drain(&mut one.m);
+    let mut one = One::with_tree_link();
     let ping = MeshMessage::Ping.encode(&one.peer, T0.unix());
     one.m.handle(T0, Input::Packet { conn: ConnId(1), packet: packet(ping.clone()) });
     let pong = MeshMessage::Pong.encode(one.m.id(), T0.unix());
