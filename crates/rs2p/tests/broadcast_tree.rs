@@ -16,6 +16,10 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+/// These tests time keepalives and repairs on two cores: they run one at a
+/// time, not beside each other's 20-node meshes and bursts.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// `n` rs2p nodes, each joining through an earlier one; waits until every
 /// node has peers and the graph is settled enough for the test.
 async fn mesh(n: usize) -> Vec<MeshSocket> {
@@ -47,6 +51,7 @@ fn tally(node: &MeshSocket, got: &mut HashMap<String, usize>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_tree_repairs_after_nodes_die_mid_stream_and_misses_nothing() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let nodes = mesh(20).await;
     let sender = &nodes[0];
     // Warm-up: the tree prunes its redundant links.
@@ -101,6 +106,7 @@ async fn the_tree_repairs_after_nodes_die_mid_stream_and_misses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mixed_network_with_py2p_delivers_every_broadcast_exactly_once() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     // rs2p nodes r0..r5 speak the tree among themselves; py2p nodes p0
     // (linked to r0 and r3) and p1 (linked to r5 only) are flooded.
     let mut rs: Vec<MeshSocket> = Vec::new();
@@ -227,6 +233,7 @@ async fn silenceable_proxy(target: std::net::SocketAddr) -> (std::net::SocketAdd
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_silenced_without_closing_is_declared_down_within_10_seconds() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let a = MeshSocket::builder().maintain_outgoing(false).spawn().await.unwrap();
     let b = MeshSocket::builder().maintain_outgoing(false).spawn().await.unwrap();
     let (proxy, silenced) = silenceable_proxy(a.local_addr()).await;
@@ -262,6 +269,7 @@ async fn a_peer_silenced_without_closing_is_declared_down_within_10_seconds() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_busy_peer_is_not_declared_dead_during_a_long_burst() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     // Aggressive keepalives (heartbeats and pings every 100 ms, dead after
     // 500 ms of silence) and a burst of several seconds through a chain of
     // three nodes sharing two cores, into a consumer that reads in small
