@@ -45,12 +45,9 @@ pub struct Config {
     /// Keep dialing known peers while below `max_outgoing`. Default on.
     pub maintain_outgoing: bool,
     /// How often a node short of outgoing connections looks for peers to
-    /// redial. Default 100 ms: a node that joined through a peer with no
-    /// peers yet finds the others on its next round (100 joiners connect
-    /// and reach their targets in ~110 ms instead of ~260 ms at 250 ms);
-    /// each known peer is still redialed at most every
-    /// `redial_backoff_ms`, and peer lists asked at most every
-    /// `peer_request_interval_ms`, so only the wake-ups are more frequent.
+    /// redial. Default 250 ms. (100 ms formed 100 joiners in ~105 ms instead
+    /// of ~260, but a node cut off on purpose was then redialed in a loop:
+    /// BENCHMARKS.md, #11.)
     pub maintain_interval_ms: u64,
     /// Least time between two peer-list requests while short of outgoing
     /// connections. Default 2 s.
@@ -101,7 +98,7 @@ impl Config {
             seen_capacity: 1 << 18,
             handshake_timeout_ms: 10_000,
             maintain_outgoing: true,
-            maintain_interval_ms: 100,
+            maintain_interval_ms: 250,
             peer_request_interval_ms: 2_000,
             redial_backoff_ms: 2_000,
             reply_timeout_ms: 30_000,
