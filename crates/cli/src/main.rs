@@ -1,15 +1,41 @@
 //! The `rs2p` command: run a node, or a local demo network.
 
+mod config;
+mod console;
 mod demo;
+mod events;
+mod input;
+mod json_mode;
+mod metrics;
 mod node;
+mod peer_book;
 
-use anyhow::Result;
-use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+
+/// `rs2p --version`: the release, the wire protocol it speaks, the commit.
+const VERSION: &str =
+    concat!(env!("CARGO_PKG_VERSION"), " (py2p 0.7.878 wire protocol, commit ", env!("RS2P_GIT_COMMIT"), ")");
 
 /// rs2p: a py2p-compatible peer-to-peer mesh node.
 #[derive(Debug, Parser)]
-#[command(version, about)]
-struct Cli {
+#[command(name = "rs2p", version = VERSION, about, args_override_self = true)]
+pub struct Cli {
+    /// More log output on stderr: -v info, -vv debug, -vvv trace.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    /// Less log output: -q errors only, -qq nothing.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true, conflicts_with = "verbose")]
+    quiet: u8,
+    /// Log filter: error, warn, info, debug, trace, or tracing directives
+    /// such as `rs2p=debug,rs2p_proto=trace`. Wins over -v/-q and RUST_LOG.
+    #[arg(long, global = true, value_name = "FILTER")]
+    log_level: Option<String>,
+    /// Read flags from a TOML file (keys are the long flag names); flags
+    /// on the command line win.
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -22,20 +48,57 @@ enum Command {
     Demo(demo::DemoArgs),
 }
 
-fn main() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .init();
-    let cli = Cli::parse();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    rt.block_on(async {
-        match cli.command {
-            Command::Node(a) => node::run(a).await,
-            Command::Demo(a) => demo::run(a).await,
+/// The log filter the flags ask for: `--log-level`, else -v/-q, else
+/// `RUST_LOG`, else warnings.
+fn log_filter(cli: &Cli) -> tracing_subscriber::EnvFilter {
+    use tracing_subscriber::EnvFilter;
+    if let Some(f) = &cli.log_level {
+        return EnvFilter::new(f);
+    }
+    let level = match (cli.verbose, cli.quiet) {
+        (0, 0) => return EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")),
+        (0, 1) => "error",
+        (0, _) => "off",
+        (1, _) => "info",
+        (2, _) => "debug",
+        _ => "trace",
+    };
+    EnvFilter::new(level)
+}
+
+fn main() -> ExitCode {
+    let command = Cli::command();
+    let args = match config::expand(std::env::args().collect(), &command) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(2);
         }
-    })
+    };
+    let cli = match command.try_get_matches_from(args).and_then(|m| Cli::from_arg_matches(&m)) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
+    tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(log_filter(&cli)).init();
+    let json = matches!(&cli.command, Command::Node(a) if a.json);
+    let result =
+        tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(anyhow::Error::from).and_then(|rt| {
+            rt.block_on(async {
+                match cli.command {
+                    Command::Node(a) => node::run(a).await,
+                    Command::Demo(a) => demo::run(a).await,
+                }
+            })
+        });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // A program reading JSON gets its failure as JSON, on stdout.
+            if json {
+                println!("{}", serde_json::json!({"event": "fatal", "message": format!("{e:#}")}));
+            }
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }

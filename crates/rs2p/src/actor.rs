@@ -390,6 +390,10 @@ impl Actor {
             frames_out: self.traffic.frames_out.load(Ordering::Relaxed),
             bytes_out: self.traffic.bytes_out.load(Ordering::Relaxed),
             tree: mesh.tree_stats(),
+            queued_messages: self.inbox.0.len(),
+            queued_frames: self.conns.values().map(|h| h.level.frames.load(Ordering::Relaxed) + h.backlog_frames).sum(),
+            queued_bytes: self.conns.values().map(|h| h.level.bytes.load(Ordering::Relaxed)).sum(),
+            sync: self.node.replica().map(|r| crate::event::SyncStatus { keys: r.len(), stats: r.stats() }),
         }
     }
 
@@ -800,9 +804,12 @@ impl Actor {
 
     fn on_event(&mut self, e: mesh::Event) {
         match e {
-            mesh::Event::PeerUp { conn, peer, addr, outgoing, first, .. } => {
+            mesh::Event::PeerUp { conn, peer, addr, outgoing, first, replaces, .. } => {
                 if let Some(h) = self.conns.get_mut(&conn) {
                     h.peer = Some(peer.clone());
+                }
+                if replaces {
+                    return;
                 }
                 if first {
                     self.emit(Event::Connected { peer: peer.clone() });

@@ -148,4 +148,23 @@ pub struct Status {
     /// The broadcast tree's counters (prunes, grafts, announcements), if
     /// the node runs it.
     pub tree: Option<rs2p_proto::mesh::dissemination::TreeStats>,
+    /// Messages waiting in the [`crate::MeshSocket::recv`] queue.
+    pub queued_messages: usize,
+    /// Frames waiting in the peers' send queues (payload lane, plus those
+    /// kept aside while a queue was full).
+    pub queued_frames: usize,
+    /// Bytes in the peers' send queues (payload lane).
+    pub queued_bytes: usize,
+    /// The synced dictionary's counters, on a [`crate::SyncSocket`].
+    pub sync: Option<SyncStatus>,
+}
+
+/// A [`crate::SyncSocket`]'s dictionary, in [`Status::sync`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SyncStatus {
+    /// Keys holding a value.
+    pub keys: usize,
+    /// Anti-entropy counters.
+    pub stats: rs2p_proto::sync::SyncStats,
 }

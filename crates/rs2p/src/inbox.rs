@@ -51,6 +51,11 @@ impl Inbox {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Messages queued right now.
+    pub(crate) fn len(&self) -> usize {
+        self.lock().messages.len()
+    }
+
     /// Room left right now. Only readers take messages out, so the room
     /// can only grow until the next [`Inbox::push`].
     pub(crate) fn room(&self) -> usize {

@@ -60,6 +60,13 @@ fn float(f: f64) -> Json {
     }
 }
 
+/// Whether a number was written as an integer (no fraction, no exponent).
+/// The crate parses with serde_json's `arbitrary_precision`, so the text is
+/// the number as it was written.
+fn is_integer_literal(n: &Number) -> bool {
+    !n.to_string().contains(['.', 'e', 'E'])
+}
+
 /// JSON → msgpack.
 ///
 /// # Errors
@@ -73,6 +80,9 @@ pub fn from_json(j: &Json) -> Result<Value, String> {
                 Value::from(i)
             } else if let Some(u) = n.as_u64() {
                 Value::from(u)
+            } else if is_integer_literal(n) {
+                // Refused rather than silently turned into a float.
+                return Err(format!("integer {n} is out of range (msgpack integers are -2^63 .. 2^64-1)"));
             } else {
                 Value::F64(n.as_f64().ok_or("unrepresentable number")?)
             }
@@ -159,5 +169,17 @@ mod tests {
         assert_eq!(from_json(&to_json(&Value::F64(f64::INFINITY))).unwrap(), Value::F64(f64::INFINITY));
         assert!(from_json(&json!({"$bytes": "@@@"})).is_err());
         assert!(from_json(&json!({"$map": [[1]]})).is_err());
+    }
+
+    #[test]
+    fn integers_keep_their_type_or_are_refused() {
+        let parse = |t: &str| from_json(&serde_json::from_str(t).unwrap());
+        assert_eq!(parse("18446744073709551615").unwrap(), Value::from(u64::MAX));
+        assert_eq!(parse("-9223372036854775808").unwrap(), Value::from(i64::MIN));
+        let e = parse("18446744073709551616").unwrap_err();
+        assert!(e.contains("integer 18446744073709551616 is out of range"), "{e}");
+        assert!(parse("-9223372036854775809").is_err());
+        assert_eq!(parse("1.8446744073709552e19").unwrap(), Value::F64(1.8446744073709552e19));
+        assert_eq!(parse("2.0").unwrap(), Value::F64(2.0));
     }
 }

@@ -103,7 +103,7 @@ pub use config::{
     DEFAULT_SLOW_PEER_TIMEOUT, DEFAULT_STALL_TIMEOUT,
 };
 pub use error::Error;
-pub use event::{Event, EventStream, Status};
+pub use event::{Event, EventStream, Status, SyncStatus};
 pub use message::{Handler, Message, MessageKind};
 pub use rs2p_proto as proto;
 pub use rs2p_proto::id::{Encryption, MsgId, PeerId, Protocol};

@@ -6,6 +6,7 @@ use super::dissemination::MixHasher;
 use super::LinkCodec;
 use crate::addr::PeerAddr;
 use crate::id::PeerId;
+use crate::wire::message::Farewell;
 use crate::wire::Frame;
 use crate::RequestId;
 
@@ -61,6 +62,8 @@ pub(super) struct Conn {
     pub(super) pinged: bool,
     /// When the next heartbeat goes out (monotonic ms).
     pub(super) next_heartbeat_ms: u64,
+    /// Why the peer said it closes the link, if it said goodbye.
+    pub(super) farewell: Option<Farewell>,
 }
 
 impl Conn {
@@ -85,6 +88,7 @@ impl Conn {
             last_rx_ms: 0,
             pinged: false,
             next_heartbeat_ms: 0,
+            farewell: None,
         }
     }
 

@@ -5,7 +5,8 @@ use std::fmt;
 
 use super::{ConnId, DialId, LinkCodec};
 use crate::addr::PeerAddr;
-use crate::id::{MsgId, PeerId};
+use crate::id::{MsgId, PeerId, Protocol};
+use crate::wire::message::Farewell;
 use crate::wire::{DecodeError, Frame, Packet};
 use crate::RequestId;
 
@@ -39,7 +40,18 @@ pub enum CloseReason {
         ours: String,
         /// Theirs.
         theirs: String,
+        /// Our network's subnet and encryption.
+        our_network: Box<Protocol>,
+        /// Theirs, when it is one of the well-known or nearby names (the
+        /// handshake carries only a hash of it).
+        their_network: Option<Box<Protocol>>,
     },
+    /// Whatever answered does not speak py2p's protocol (its first bytes
+    /// are no handshake): some other service listens at that address.
+    NotANode(Box<CloseReason>),
+    /// An rs2p peer said goodbye before closing: it quit, or its
+    /// application dropped us.
+    PeerLeft(Farewell),
     /// We dialed ourselves.
     SelfConnection,
     /// A second connection to the same peer lost the conflict rule.
@@ -89,10 +101,29 @@ impl CloseReason {
 impl fmt::Display for CloseReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            CloseReason::ProtocolMismatch { ours, theirs } => write!(
+            CloseReason::ProtocolMismatch { our_network, their_network: Some(theirs), .. }
+                if theirs.subnet == our_network.subnet =>
+            {
+                write!(
+                    f,
+                    "refused: the peer uses {} and we use {} (subnet {:?})",
+                    theirs.encryption.as_str(),
+                    our_network.encryption.as_str(),
+                    our_network.subnet
+                )
+            }
+            CloseReason::ProtocolMismatch { our_network, their_network: Some(theirs), .. } => {
+                write!(f, "refused: wrong subnet {:?} (ours {:?})", theirs.subnet, our_network.subnet)
+            }
+            CloseReason::ProtocolMismatch { our_network, theirs, .. } => write!(
                 f,
-                "peer is on another network: its protocol id {theirs} differs from ours {ours} (different subnet or encryption)"
+                "refused: wrong subnet (ours {:?}, {}; theirs is unknown, protocol id {theirs})",
+                our_network.subnet,
+                our_network.encryption.as_str()
             ),
+            CloseReason::NotANode(why) => write!(f, "not a py2p/rs2p node ({why})"),
+            CloseReason::PeerLeft(Farewell::Quit) => f.write_str("peer quit"),
+            CloseReason::PeerLeft(Farewell::Disconnect) => f.write_str("peer disconnected us"),
             CloseReason::SelfConnection => f.write_str("connected to ourselves"),
             CloseReason::Duplicate => f.write_str("duplicate connection to the same peer"),
             CloseReason::HandshakeTimeout => f.write_str("no handshake in time"),
@@ -145,6 +176,9 @@ pub enum Event {
         first: bool,
         /// Whether the peer advertised rs2p's identity method (it is rs2p).
         rs2p: bool,
+        /// Whether this link replaces another one to the same peer (the
+        /// conflict rule kept the new one): the peer never went down.
+        replaces: bool,
     },
     /// A peer left the routing table.
     PeerDown {

@@ -12,6 +12,7 @@ use super::conn::{Conn, ConnState};
 use super::link::{codec_for, is_rs2p, speaks_tree};
 use super::peers::KnownPeer;
 use super::{CloseReason, CommandError, ConnId, DialId, Event, LinkCodec, Mesh, Output, Reply};
+use crate::id::{Encryption, Protocol};
 use crate::wire::message::{Handshake, MeshMessage};
 use crate::Now;
 
@@ -36,6 +37,8 @@ impl Mesh {
             let reason = CloseReason::ProtocolMismatch {
                 ours: self.protocol_id.to_string(),
                 theirs: String::from_utf8_lossy(&hs.protocol).into_owned(),
+                our_network: Box::new(self.cfg.protocol.clone()),
+                their_network: guess_network(&self.cfg.protocol, &hs.protocol).map(Box::new),
             };
             tracing::info!(%reason, "refusing connection");
             return self.close(conn, reason);
@@ -47,6 +50,9 @@ impl Mesh {
         let Some(c) = self.conns.get_mut(&conn) else { return };
         c.claimed = Some(peer.clone());
         let new_outgoing = c.dir == super::Direction::Outgoing;
+        // A second link to a peer already up replaces the first without the
+        // peer going down: the application hears of neither.
+        let replaces = self.routing.contains_key(&peer);
         if let Some(&existing) = self.routing.get(&peer) {
             match resolve_conflict(&self.cfg.id, &peer, new_outgoing) {
                 Keep::Existing => return self.close(conn, CloseReason::Duplicate),
@@ -80,7 +86,7 @@ impl Mesh {
             self.tree_links += 1;
         }
         self.out.push_back(Output::Configure { conn, codec });
-        self.event(Event::PeerUp { conn, peer: peer.clone(), addr: hs.addr, outgoing, first, rs2p });
+        self.event(Event::PeerUp { conn, peer: peer.clone(), addr: hs.addr, outgoing, first, rs2p, replaces });
         if let Some(request) = request {
             self.out.push_back(Output::Reply { request, result: Ok(Reply::Connected(peer.clone())) });
         }
@@ -94,14 +100,21 @@ impl Mesh {
 
     pub(super) fn on_dial_failed(&mut self, now: Now, dial: DialId, reason: CloseReason) {
         let Some(d) = self.dials.remove(&dial) else { return };
+        // A redial that keeps failing is reported on its 1st, 2nd, 4th,
+        // 8th... failure, not every time.
+        let mut quiet = false;
         if let Some(expected) = &d.expected {
             self.backoff(expected, now);
+            let failures = self.known.get(expected).map_or(1, |k| k.failures);
+            quiet = d.request.is_none() && !failures.is_power_of_two();
         }
         if let Some(request) = d.request {
             let result = Err(CommandError::Connect { addr: d.addr.clone(), reason: reason.clone() });
             self.out.push_back(Output::Reply { request, result });
         }
-        self.event(Event::ConnectFailed { conn: None, peer: None, addr: Some(d.addr), reason });
+        if !quiet {
+            self.event(Event::ConnectFailed { conn: None, peer: None, addr: Some(d.addr), reason });
+        }
     }
 
     /// Everything a closed connection leaves behind: the routing entry (and
@@ -140,6 +153,13 @@ impl Mesh {
                         self.backoff(&id, now);
                     }
                 }
+                // Bytes that are no handshake at all: another service.
+                let reason = match reason {
+                    CloseReason::Decode(_) | CloseReason::ProtocolViolation(_) => {
+                        CloseReason::NotANode(Box::new(reason))
+                    }
+                    other => other,
+                };
                 // The loser of the conflict rule leaves its peer connected
                 // through the other link: a connect() that dialed it succeeded.
                 let duplicate = reason == CloseReason::Duplicate;
@@ -160,4 +180,17 @@ impl Mesh {
             }
         }
     }
+}
+
+/// The network behind a protocol id we do not share, when it is a
+/// well-known name or one near ours (the handshake carries only a hash):
+/// py2p's and rs2p's defaults, and our subnet's leasing variants, with
+/// either encryption.
+fn guess_network(ours: &Protocol, theirs: &[u8]) -> Option<Protocol> {
+    let stem = ours.subnet.trim_end_matches(['0', '1']);
+    let names = ["mesh", "sync0", "sync1", "chord", "kad", &ours.subnet, &format!("{stem}0"), &format!("{stem}1")];
+    names
+        .iter()
+        .flat_map(|n| [Encryption::Plaintext, Encryption::Ssl].map(|e| Protocol::new(*n, e)))
+        .find(|p| p.id().as_bytes() == theirs)
 }

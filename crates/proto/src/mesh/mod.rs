@@ -79,9 +79,10 @@ use peers::KnownPeer;
 use route::PendingReply;
 
 use crate::id::{MsgId, PeerId, ProtocolId};
-use crate::wire::message::MeshMessage;
+use crate::wire::message::{Farewell, MeshMessage};
 use crate::wire::{Frame, MsgType, Packet, SubFlag};
 use crate::{Now, RequestId};
+use link::is_rs2p;
 
 /// Something that happens to a node: the one door into the machines
 /// ([`Mesh::handle`], and [`crate::node::Node::handle`] with the node's own
@@ -292,6 +293,11 @@ impl Mesh {
                     self.stats.protocol_errors += 1;
                 }
                 if let Some(c) = self.conns.remove(&conn) {
+                    // A peer that said goodbye closed on purpose: say so.
+                    let reason = match (c.farewell, &reason) {
+                        (Some(why), CloseReason::ClosedByPeer | CloseReason::Io(_)) => CloseReason::PeerLeft(why),
+                        _ => reason,
+                    };
                     self.forget(now, conn, c, reason);
                 }
             }
@@ -625,6 +631,11 @@ impl Mesh {
                     self.tree_control(now, conn, TreeControl::Prune(origins))
                 }
                 Ok(Some(MeshMessage::Want(groups))) if tree => self.tree_control(now, conn, TreeControl::Want(groups)),
+                Ok(Some(MeshMessage::Goodbye(why))) => {
+                    if let Some(c) = self.conns.get_mut(&conn) {
+                        c.farewell = Some(why);
+                    }
+                }
                 // A repeated handshake, tree messages on a link that did
                 // not negotiate the tree, or junk: nothing to act on (py2p
                 // ignores such messages too).
@@ -727,6 +738,17 @@ impl Mesh {
     /// Closes `conn` now: the machine forgets it and tells the driver.
     fn close(&mut self, conn: ConnId, reason: CloseReason) {
         if let Some(c) = self.conns.remove(&conn) {
+            // rs2p peers hear why we leave on purpose (py2p would not
+            // understand, so it only sees the close).
+            let farewell = match reason {
+                CloseReason::Shutdown => Some(Farewell::Quit),
+                CloseReason::Requested => Some(Farewell::Disconnect),
+                _ => None,
+            };
+            if let (Some(why), Some(_), true) = (farewell, c.peer(), is_rs2p(&c.peer_methods)) {
+                let frame = MeshMessage::Goodbye(why).encode(&self.cfg.id, self.clock.unix());
+                self.send_control(conn, frame);
+            }
             self.out.push_back(Output::Close { conn, reason: reason.clone() });
             self.forget(self.clock, conn, c, reason);
         }

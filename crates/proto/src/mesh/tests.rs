@@ -5,7 +5,7 @@ use super::*;
 use crate::id::{Encryption, Protocol};
 use crate::node;
 use crate::sim::{addr_of, config_for, text_frame, Sim};
-use crate::wire::message::Handshake;
+use crate::wire::message::{Farewell, Handshake};
 use crate::wire::{Compression, Limits};
 
 fn pid(n: u128) -> PeerId {
@@ -124,6 +124,7 @@ fn a_handshake_makes_a_peer_with_exact_outputs() {
             outgoing: false,
             first: true,
             rs2p: true,
+            replaces: false,
         }),
         Output::Send {
             conn: ConnId(1),
@@ -167,6 +168,7 @@ fn connect_is_answered_when_the_handshake_completes() {
                 outgoing: true,
                 first: true,
                 rs2p: false,
+                replaces: false,
             }),
             Output::Reply { request: RequestId(9), result: Ok(Reply::Connected(one.peer.clone())) },
             Output::Send {
@@ -321,9 +323,12 @@ fn commands_are_answered_exactly_once() {
         [Output::Reply { request: RequestId(3), result: Err(CommandError::TooLarge { max: 100, .. }) }]
     ));
     one.m.handle(T0, Input::Command { request: RequestId(4), command: Command::Disconnect { peer: peer.clone() } });
+    // An rs2p peer hears why, ahead of anything queued, before the close.
+    let goodbye = MeshMessage::Goodbye(Farewell::Disconnect).encode(one.m.id(), T0.unix());
     assert_eq!(
         drain(&mut one.m),
         vec![
+            Output::Send { conn: ConnId(1), frame: goodbye, lane: Lane::Control },
             Output::Close { conn: ConnId(1), reason: CloseReason::Requested },
             Output::Event(Event::PeerDown { conn: ConnId(1), peer, reason: CloseReason::Requested }),
             Output::Reply { request: RequestId(4), result: Ok(Reply::Done) },
@@ -416,6 +421,21 @@ fn simultaneous_dials_leave_one_connection_on_both_sides() {
     assert_eq!(p1.len(), 1);
     // Both kept the same TCP connection: one side outgoing, the other not.
     assert_ne!(p0[0].outgoing, p1[0].outgoing);
+    // Each side's application saw its peer come up once and never go down,
+    // whichever link the conflict rule kept (no PeerUp for a replacement).
+    for i in 0..2 {
+        let seen: Vec<bool> = sim.events[i]
+            .iter()
+            .filter_map(|e| match e {
+                Event::PeerUp { replaces, .. } => Some(!replaces),
+                Event::PeerDown { .. } => Some(false),
+                _ => None,
+            })
+            .filter(|shown| *shown)
+            .collect();
+        assert_eq!(seen, vec![true], "node {i}: {:?}", sim.events[i]);
+        assert!(!sim.events[i].iter().any(|e| matches!(e, Event::PeerDown { .. })), "node {i}");
+    }
     assert_eq!(sim.nodes[0].mesh().connection_count(), 1);
     assert_eq!(sim.nodes[1].mesh().connection_count(), 1);
     let greater = if sim.nodes[0].mesh().id().numeric_cmp(sim.nodes[1].mesh().id()).is_gt() { 0 } else { 1 };
@@ -452,7 +472,7 @@ fn handshake_from_both_ends_emits_peer_up_and_connect() {
 
 #[test]
 fn foreign_subnet_is_refused_with_a_reason() {
-    let other = Protocol::new("other", Encryption::Plaintext);
+    let other = Protocol::new("sync1", Encryption::Plaintext);
     let cfgs = vec![config_for(0, &Protocol::default()), config_for(1, &other)];
     let mut sim = Sim::with_configs(cfgs);
     sim.connect(0, 1);
@@ -465,10 +485,20 @@ fn foreign_subnet_is_refused_with_a_reason() {
         });
         assert!(refused, "node {i}: {:?}", sim.events[i]);
     }
-    assert!(sim.events[0]
+    let mismatch = sim.events[0]
         .iter()
         .chain(sim.events[1].iter())
-        .any(|e| matches!(e, Event::ConnectFailed { reason: CloseReason::ProtocolMismatch { .. }, .. })));
+        .find_map(|e| match e {
+            Event::ConnectFailed { reason: r @ CloseReason::ProtocolMismatch { .. }, .. } => Some(r.to_string()),
+            _ => None,
+        })
+        .expect("a protocol mismatch");
+    // Named, not hashed: both names are guessable here.
+    assert!(
+        mismatch == r#"refused: wrong subnet "sync1" (ours "mesh")"#
+            || mismatch == r#"refused: wrong subnet "mesh" (ours "sync1")"#,
+        "{mismatch}"
+    );
     assert!(matches!(
         sim.replies[0][..],
         [(
@@ -482,6 +512,88 @@ fn foreign_subnet_is_refused_with_a_reason() {
 }
 
 #[test]
+fn a_subnet_that_cannot_be_guessed_is_reported_by_its_hash() {
+    let ours = Protocol::default();
+    let theirs = Protocol::new("a-private-name", Encryption::Plaintext);
+    let mut m = Mesh::new(config_for(0, &ours), 1);
+    m.handle(T0, Input::Incoming { conn: ConnId(1) });
+    drain(&mut m);
+    let hs = Handshake { id: pid(7), protocol: theirs.id().as_bytes().to_vec(), addr: None, methods: vec![] };
+    let f = MeshMessage::Handshake(hs).encode(&pid(7), T0.unix());
+    m.handle(T0, Input::Packet { conn: ConnId(1), packet: packet(f) });
+    let failed = drain(&mut m)
+        .into_iter()
+        .find_map(|o| match o {
+            Output::Event(Event::ConnectFailed { reason, .. }) => Some(reason.to_string()),
+            _ => None,
+        })
+        .expect("refused");
+    assert_eq!(
+        failed,
+        format!(r#"refused: wrong subnet (ours "mesh", Plaintext; theirs is unknown, protocol id {})"#, theirs.id())
+    );
+}
+
+#[test]
+fn a_peer_that_says_goodbye_is_reported_as_quitting() {
+    let mut one = One::established(1);
+    let peer = one.peer.clone();
+    let bye = MeshMessage::Goodbye(Farewell::Quit).encode(&peer, T0.unix());
+    one.m.handle(T0, Input::Packet { conn: ConnId(1), packet: packet(bye) });
+    assert_eq!(drain(&mut one.m), vec![]);
+    one.m.handle(T0, Input::Closed { conn: ConnId(1), reason: CloseReason::ClosedByPeer });
+    let reason = CloseReason::PeerLeft(Farewell::Quit);
+    assert_eq!(reason.to_string(), "peer quit");
+    assert_eq!(drain(&mut one.m), vec![Output::Event(Event::PeerDown { conn: ConnId(1), peer, reason })]);
+    // Without a goodbye, the same close is only "closed by peer".
+    let mut two = One::established(1);
+    two.m.handle(T0, Input::Closed { conn: ConnId(1), reason: CloseReason::ClosedByPeer });
+    assert!(matches!(
+        &drain(&mut two.m)[..],
+        [Output::Event(Event::PeerDown { reason: CloseReason::ClosedByPeer, .. })]
+    ));
+}
+
+#[test]
+fn a_failing_redial_is_reported_with_back_off() {
+    let mut one = One::new();
+    one.m.handle(T0, Input::Incoming { conn: ConnId(1) });
+    let hello = one.hello_from(&one.peer.clone(), vec![0x2f]);
+    one.m.handle(T0, Input::Packet { conn: ConnId(1), packet: hello });
+    drain(&mut one.m);
+    let addr = one.peer_addr.clone();
+    one.m.handle(T0, Input::Closed { conn: ConnId(1), reason: CloseReason::ClosedByPeer });
+    drain(&mut one.m);
+    // Redial for an hour of failures; count the reports.
+    let mut now = T0;
+    let (mut dials, mut reported) = (0, 0);
+    for _ in 0..2_000 {
+        now = now.plus_ms(1_000);
+        one.m.handle(now, Input::Timeout);
+        for o in drain(&mut one.m) {
+            match o {
+                Output::Dial { dial, .. } => {
+                    dials += 1;
+                    let refused = CloseReason::Io(std::io::ErrorKind::ConnectionRefused);
+                    one.m.handle(now, Input::DialFailed { dial, reason: refused });
+                    for o in drain(&mut one.m) {
+                        if let Output::Event(Event::ConnectFailed { addr: a, .. }) = o {
+                            assert_eq!(a.as_ref(), Some(&addr));
+                            reported += 1;
+                        }
+                    }
+                }
+                Output::Event(Event::ConnectFailed { .. }) => reported += 1,
+                _ => {}
+            }
+        }
+    }
+    assert!(dials > 20, "it keeps redialing: {dials}");
+    // The 1st, 2nd, 4th, 8th, 16th... failure.
+    assert_eq!(reported, (dials as f64).log2().floor() as usize + 1, "{dials} dials");
+}
+
+#[test]
 fn message_before_handshake_closes() {
     let mut m = Mesh::new(config_for(0, &Protocol::default()), 1);
     m.handle(T0, Input::Incoming { conn: ConnId(1) });
@@ -489,11 +601,13 @@ fn message_before_handshake_closes() {
     let f = Frame::build(MsgType::Broadcast, &pid(5), T0.unix(), 0u64, &[Value::from("x")]);
     m.handle(T0, Input::Packet { conn: ConnId(1), packet: packet(f) });
     let reason = CloseReason::ProtocolViolation("message before handshake");
+    let not_a_node = CloseReason::NotANode(Box::new(reason.clone()));
+    assert_eq!(not_a_node.to_string(), "not a py2p/rs2p node (protocol violation: message before handshake)");
     assert_eq!(
         drain(&mut m),
         vec![
-            Output::Close { conn: ConnId(1), reason: reason.clone() },
-            Output::Event(Event::ConnectFailed { conn: Some(ConnId(1)), peer: None, addr: None, reason }),
+            Output::Close { conn: ConnId(1), reason },
+            Output::Event(Event::ConnectFailed { conn: Some(ConnId(1)), peer: None, addr: None, reason: not_a_node }),
         ]
     );
     assert_eq!(m.stats().protocol_errors, 1);

@@ -37,6 +37,8 @@ impl Replica {
         let idle: Vec<ConnId> =
             self.peers.iter().filter(|&(&c, &r)| r && !self.transfer_under_way(now, c)).map(|(c, _)| *c).collect();
         if let Some(conn) = idle.into_iter().choose(&mut self.rng) {
+            self.stats.anti_entropy_rounds += 1;
+            tracing::debug!(conn = conn.0, keys = self.live, "anti-entropy round");
             self.send_top_digest(conn);
         }
     }

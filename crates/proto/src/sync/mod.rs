@@ -322,6 +322,16 @@ pub struct Replica {
     owners: HashSet<PeerId, foldhash::quality::FixedState>,
     /// Whether changes produce [`Output::Event`]s.
     report_changes: bool,
+    stats: SyncStats,
+}
+
+/// Counters of a replica's anti-entropy, for monitoring.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SyncStats {
+    /// Anti-entropy rounds this replica started (a digest sent to a peer).
+    pub anti_entropy_rounds: u64,
+    /// Entries received through anti-entropy (repairs offered by peers).
+    pub entries_received: u64,
 }
 
 /// The event for a change of `entry` (at `key`), which held a value before
@@ -378,6 +388,7 @@ impl Replica {
             out: VecDeque::new(),
             owners: HashSet::with_hasher(foldhash::quality::FixedState::with_seed(seed ^ 0x6f77_6e72)),
             report_changes: true,
+            stats: SyncStats::default(),
         }
     }
 
@@ -450,6 +461,11 @@ impl Replica {
     /// The full replicated entry at `key`, tombstones included.
     pub fn entry(&self, key: &[u8]) -> Option<&Entry> {
         self.slot(key).map(|s| &s.entry)
+    }
+
+    /// The anti-entropy counters.
+    pub fn stats(&self) -> SyncStats {
+        self.stats
     }
 
     /// Number of keys holding a value.
@@ -716,6 +732,7 @@ impl Replica {
             SyncMessage::Digest(d) => self.on_digest(now, conn, d),
             SyncMessage::Entries(records) => {
                 self.receiving_from.insert(conn, now.mono_ms);
+                self.stats.entries_received += records.len() as u64;
                 self.on_entries(now, records);
             }
         }

@@ -117,6 +117,9 @@ pub enum SubFlag {
     /// rs2p: "send me these broadcasts" (broadcast tree), leaving the tree
     /// as it is.
     Want = 0x25,
+    /// rs2p: "I am closing this link on purpose" (rs2p peers only), so the
+    /// other end reports why the peer went away.
+    Goodbye = 0x26,
 }
 
 impl SubFlag {
@@ -151,6 +154,7 @@ impl SubFlag {
             0x23 => Graft,
             0x24 => Prune,
             0x25 => Want,
+            0x26 => Goodbye,
             _ => return None,
         })
     }

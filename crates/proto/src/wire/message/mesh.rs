@@ -8,6 +8,15 @@ use crate::addr::PeerAddr;
 use crate::id::{MsgId, PeerId};
 use crate::wire::{Frame, FrameBuilder, MsgType, Packet, SubFlag};
 
+/// Why an rs2p peer closes a link on purpose ([`MeshMessage::Goodbye`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Farewell {
+    /// The node is shutting down.
+    Quit = 0,
+    /// The node's application asked to drop this peer.
+    Disconnect = 1,
+}
+
 /// The first message on every connection, sent by both ends (a whisper):
 /// `[2, id, t, 0x05, node_id, protocol_id, [host, port], [methods]]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,6 +81,9 @@ pub enum MeshMessage {
     /// Whisper `0x24` (rs2p, tree links): `[origin, ...]`, "stop pushing
     /// these origins' messages to me".
     Prune(Vec<PeerId>),
+    /// Whisper `0x26` (rs2p links): `[why]`, sent just before closing a
+    /// link on purpose.
+    Goodbye(Farewell),
     /// Message type `0x03` (rs2p, tree links): "are you there?".
     Ping,
     /// Message type `0x04` (rs2p, tree links): "here I am".
@@ -175,6 +187,14 @@ impl MeshMessage {
             (MsgType::Whisper, Some(SubFlag::Graft)) => MeshMessage::Graft(id_groups_of(&values(p)?)?),
             (MsgType::Whisper, Some(SubFlag::Want)) => MeshMessage::Want(id_groups_of(&values(p)?)?),
             (MsgType::Whisper, Some(SubFlag::Prune)) => MeshMessage::Prune(origins_of(&values(p)?)?),
+            (MsgType::Whisper, Some(SubFlag::Goodbye)) => {
+                let v = values(p)?;
+                MeshMessage::Goodbye(match v.first().and_then(Value::as_u64) {
+                    Some(0) => Farewell::Quit,
+                    Some(1) => Farewell::Disconnect,
+                    _ => return Err(Malformed("goodbye reason")),
+                })
+            }
             (MsgType::Ping, _) => MeshMessage::Ping,
             (MsgType::Pong, _) => MeshMessage::Pong,
             (MsgType::Broadcast | MsgType::Whisper, _) => return Ok(None),
@@ -195,6 +215,7 @@ impl MeshMessage {
             MeshMessage::Graft(_) => (MsgType::Whisper, SubFlag::Graft),
             MeshMessage::Prune(_) => (MsgType::Whisper, SubFlag::Prune),
             MeshMessage::Want(_) => (MsgType::Whisper, SubFlag::Want),
+            MeshMessage::Goodbye(_) => (MsgType::Whisper, SubFlag::Goodbye),
             MeshMessage::Ping => (MsgType::Ping, SubFlag::Ping),
             MeshMessage::Pong => (MsgType::Pong, SubFlag::Pong),
         }
@@ -253,6 +274,11 @@ impl MeshMessage {
             MeshMessage::Resend | MeshMessage::Ping | MeshMessage::Pong => start(0).finish(),
             MeshMessage::IHave(groups) | MeshMessage::Graft(groups) | MeshMessage::Want(groups) => {
                 write_id_groups(groups, start)
+            }
+            MeshMessage::Goodbye(why) => {
+                let mut b = start(1);
+                b.uint(*why as u64);
+                b.finish()
             }
             MeshMessage::Prune(origins) => {
                 let mut b = start(origins.len());
@@ -326,6 +352,8 @@ mod tests {
         round_trip(MeshMessage::Graft(vec![(other.clone(), vec![MsgId([3; 32])])]));
         round_trip(MeshMessage::Want(vec![(other.clone(), vec![MsgId([5; 32]), MsgId([6; 32])])]));
         round_trip(MeshMessage::Prune(vec![id.clone(), other]));
+        round_trip(MeshMessage::Goodbye(Farewell::Quit));
+        round_trip(MeshMessage::Goodbye(Farewell::Disconnect));
         round_trip(MeshMessage::Ping);
         round_trip(MeshMessage::Pong);
     }

@@ -15,7 +15,7 @@
 mod mesh;
 mod sync;
 
-pub use mesh::{Handshake, MeshMessage, MAX_IDS_PER_MESSAGE};
+pub use mesh::{Farewell, Handshake, MeshMessage, MAX_IDS_PER_MESSAGE};
 pub use sync::{Digest, EntryRecord, FieldRecord, SyncMessage, DIGEST_BUCKETS};
 
 use bytes::Bytes;

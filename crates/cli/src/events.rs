@@ -1,0 +1,177 @@
+//! What the node tells its user: messages and peer/sync events, as JSON
+//! lines or as readable text, forwarded to an output queue.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rs2p::json::to_json;
+use rs2p::{Event, Message, PeerId, Value};
+use serde_json::{json, Value as Json};
+use tokio::sync::mpsc;
+
+use crate::peer_book::PeerBook;
+
+/// How many queued messages are turned into one batch of output lines.
+const MESSAGE_BATCH: usize = 512;
+
+/// How events are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Style {
+    /// One JSON object per line (the scripting contract).
+    Json,
+    /// Text for people.
+    Human,
+}
+
+/// A key as JSON: a string when it is UTF-8, `{"$bytes": ...}` otherwise.
+pub fn key_json(k: &[u8]) -> Json {
+    match std::str::from_utf8(k) {
+        Ok(s) => Json::String(s.to_string()),
+        Err(_) => to_json(&Value::Binary(k.to_vec())),
+    }
+}
+
+/// The first 12 characters of an id: enough to tell peers apart on screen.
+pub fn short(id: &PeerId) -> String {
+    id.to_string().chars().take(12).collect()
+}
+
+fn message_json(m: &Message) -> Json {
+    let packets = match m.packets() {
+        Ok(p) => p.iter().map(to_json).collect(),
+        Err(_) => Vec::new(),
+    };
+    json!({
+        "event": "message",
+        "id": m.id().to_string(),
+        "kind": m.kind().as_str(),
+        "sender": m.sender().to_string(),
+        "time": m.time(),
+        "packets": packets,
+    })
+}
+
+fn message_text(m: &Message) -> String {
+    let packets: Vec<String> = m.packets().unwrap_or_default().iter().map(packet_text).collect();
+    format!("{} [{} from {}] {}", clock(), m.kind().as_str(), short(m.sender()), packets.join(" "))
+}
+
+/// A packet for people: text as itself (control characters escaped, so a
+/// peer cannot drive the terminal), anything else as JSON.
+fn packet_text(v: &Value) -> String {
+    match v {
+        Value::String(s) if s.as_str().is_some() => {
+            let s = s.as_str().unwrap_or_default();
+            if s.chars().any(|c| c.is_control() || c == '"') || s.is_empty() || s.starts_with(' ') || s.ends_with(' ') {
+                Json::String(s.to_string()).to_string()
+            } else {
+                s.to_string()
+            }
+        }
+        other => to_json(other).to_string(),
+    }
+}
+
+/// The wall-clock time of day, `HH:MM:SS` (UTC).
+pub fn clock() -> String {
+    let secs = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    format!("{:02}:{:02}:{:02}", secs / 3600 % 24, secs / 60 % 60, secs % 60)
+}
+
+fn event_line(e: Event, style: Style) -> Option<String> {
+    Some(match (e, style) {
+        (Event::PeerUp { peer, addr, outgoing }, Style::Json) => json!({
+            "event": "peer_up", "id": peer.to_string(),
+            "addr": addr.map(|a| a.to_string()), "outgoing": outgoing,
+        })
+        .to_string(),
+        (Event::PeerDown { peer, reason }, Style::Json) => {
+            json!({"event": "peer_down", "id": peer.to_string(), "reason": reason.to_string()}).to_string()
+        }
+        (Event::ConnectFailed { addr, reason }, Style::Json) => json!({
+            "event": "connect_failed", "addr": addr.map(|a| a.to_string()), "reason": reason.to_string(),
+        })
+        .to_string(),
+        (Event::PeerUp { peer, addr, outgoing }, Style::Human) => format!(
+            "* peer up: {} at {} ({})",
+            short(&peer),
+            addr.map(|a| a.to_string()).unwrap_or_else(|| "?".into()),
+            if outgoing { "we dialed" } else { "they dialed" }
+        ),
+        (Event::PeerDown { peer, reason }, Style::Human) => format!("* peer down: {} ({reason})", short(&peer)),
+        (Event::ConnectFailed { addr, reason }, Style::Human) => {
+            format!("* connection {}failed: {reason}", addr.map(|a| format!("to {a} ")).unwrap_or_default())
+        }
+        (Event::Lagged(n), Style::Human) => format!("* missed {n} events"),
+        (Event::Lagged(n), Style::Json) => json!({"event": "lagged", "missed": n}).to_string(),
+        (Event::Update { key, value, owner, timestamp }, Style::Json) => json!({
+            "event": "update", "key": key_json(&key), "value": to_json(&value),
+            "owner": owner.to_string(), "timestamp": timestamp,
+        })
+        .to_string(),
+        (Event::Delete { key }, Style::Json) => json!({"event": "delete", "key": key_json(&key)}).to_string(),
+        (Event::Update { key, value, owner, .. }, Style::Human) => {
+            format!("* {} = {} (by {})", key_json(&key), to_json(&value), short(&owner))
+        }
+        (Event::Delete { key }, Style::Human) => format!("* {} deleted", key_json(&key)),
+        _ => return None,
+    })
+}
+
+/// Forwards messages and events to `out` until the node stops, keeping
+/// `book` up to date on the way.
+pub fn spawn_forwarders(node: &rs2p::MeshSocket, book: Arc<PeerBook>, out: mpsc::Sender<String>, style: Style) {
+    let n = node.clone();
+    let o = out.clone();
+    let b = book.clone();
+    tokio::spawn(async move {
+        while let Some(first) = n.next_message().await {
+            // Everything already queued goes out as one batch of lines.
+            let mut batch = vec![first];
+            batch.extend(n.recv(MESSAGE_BATCH));
+            let mut lines = String::new();
+            for m in &batch {
+                b.heard_from(m.sender());
+                if !lines.is_empty() {
+                    lines.push('\n');
+                }
+                match style {
+                    Style::Json => lines.push_str(&message_json(m).to_string()),
+                    Style::Human => lines.push_str(&message_text(m)),
+                }
+            }
+            if o.send(lines).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut events = node.events();
+    tokio::spawn(async move {
+        while let Some(e) = events.recv().await {
+            match &e {
+                Event::PeerUp { peer, .. } => book.up(peer),
+                Event::PeerDown { peer, .. } => book.down(peer),
+                _ => {}
+            }
+            let Some(line) = event_line(e, style) else { continue };
+            if out.send(line).await.is_err() {
+                return;
+            }
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_packets_are_shown_plainly_unless_they_could_mislead() {
+        assert_eq!(packet_text(&Value::from("hello world")), "hello world");
+        assert_eq!(packet_text(&Value::from("red\u{1b}[31m")), r#""red\u001b[31m""#);
+        assert_eq!(packet_text(&Value::from("")), r#""""#);
+        assert_eq!(packet_text(&Value::from(" padded")), r#"" padded""#);
+        assert_eq!(packet_text(&Value::from(42)), "42");
+        assert_eq!(packet_text(&Value::Binary(vec![1])), r#"{"$bytes":"AQ=="}"#);
+    }
+}
