@@ -83,12 +83,16 @@ fn main() -> ExitCode {
     let json = matches!(&cli.command, Command::Node(a) if a.json);
     let result =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(anyhow::Error::from).and_then(|rt| {
-            rt.block_on(async {
+            let r = rt.block_on(async {
                 match cli.command {
                     Command::Node(a) => node::run(a).await,
                     Command::Demo(a) => demo::run(a).await,
                 }
-            })
+            });
+            // A read of stdin may still be blocked in a worker thread (after
+            // a signal or `quit`, stdin is still open): do not wait for it.
+            rt.shutdown_background();
+            r
         });
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -733,6 +733,11 @@ impl Actor {
                     if let Some((b, _)) = batches.remove(&conn) {
                         self.queue_for_writer(conn, WriterCmd::Frames(b));
                     }
+                    // Control frames for a closing link (a goodbye) go after
+                    // its payload, on the queue the close itself takes.
+                    if let Some(c) = self.control.remove(&conn) {
+                        self.queue_for_writer(conn, WriterCmd::Frames(c));
+                    }
                     if reason.is_misbehaviour() {
                         self.note_error(format!("connection {}: {reason}", conn.0));
                     }

@@ -178,7 +178,7 @@ async fn foreign_subnet_is_refused_both_ways() {
     let rs = rs_node().await;
     // rs2p dials py2p: refused with a visible reason.
     let err = rs.connect(py.addr.clone()).await.unwrap_err().to_string();
-    assert!(err.contains("another network"), "{err}");
+    assert!(err.contains("refused: wrong subnet (ours \"mesh\", Plaintext; theirs is unknown"), "{err}");
     assert!(py.peers().await.is_empty());
 
     // py2p dials rs2p: py2p is silent, rs2p reports why it closed.

@@ -164,7 +164,10 @@ async fn foreign_subnet_is_refused_with_a_reason() {
     let mut events = a.events();
     let err = b.connect(a.out_addr().clone()).await.unwrap_err();
     let text = err.to_string();
-    assert!(text.contains("another network") || text.contains("closed by peer"), "{text}");
+    assert!(
+        text.contains(r#"refused: wrong subnet "mesh" (ours "elsewhere")"#) || text.contains("closed by peer"),
+        "{text}"
+    );
     let ev = tokio::time::timeout(Duration::from_secs(5), async {
         loop {
             if let Some(Event::ConnectFailed { reason, .. }) = events.recv().await {

@@ -154,7 +154,9 @@ impl Mesh {
                     }
                 }
                 // Bytes that are no handshake at all: another service.
+                // (A TLS node is a node: its own reason says what to do.)
                 let reason = match reason {
+                    CloseReason::Decode(crate::wire::DecodeError::LooksLikeTls) => reason,
                     CloseReason::Decode(_) | CloseReason::ProtocolViolation(_) => {
                         CloseReason::NotANode(Box::new(reason))
                     }

@@ -1,0 +1,397 @@
+//! The `rs2p` binary as operators meet it: bad input, acknowledged
+//! commands, peer events, signals, startup failures, flags, config files,
+//! metrics. Every test runs the real binary on loopback.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::{json, Value as Json};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+
+const BIN: &str = env!("CARGO_BIN_EXE_rs2p");
+
+struct Node {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    lines: Lines<BufReader<ChildStdout>>,
+    backlog: Vec<Json>,
+    ready: Json,
+}
+
+impl Node {
+    async fn spawn(extra: &[&str]) -> Node {
+        let mut child = Command::new(BIN)
+            .args(["node", "--json", "--bind", "127.0.0.1:0"])
+            .args(extra)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start rs2p node");
+        let stdin = child.stdin.take();
+        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut n = Node { child, stdin, lines, backlog: Vec::new(), ready: Json::Null };
+        n.ready = n.expect(|j| j["event"] == "ready").await;
+        n
+    }
+
+    fn id(&self) -> String {
+        self.ready["id"].as_str().unwrap().to_string()
+    }
+
+    fn addr(&self) -> String {
+        self.ready["addr"].as_str().unwrap().to_string()
+    }
+
+    async fn send(&mut self, bytes: &[u8]) {
+        let stdin = self.stdin.as_mut().unwrap();
+        stdin.write_all(bytes).await.unwrap();
+        stdin.flush().await.unwrap();
+    }
+
+    async fn cmd(&mut self, j: Json) {
+        self.send(format!("{j}\n").as_bytes()).await;
+    }
+
+    /// The next event matching `pred` (others are kept for later).
+    async fn expect(&mut self, pred: impl Fn(&Json) -> bool) -> Json {
+        if let Some(i) = self.backlog.iter().position(&pred) {
+            return self.backlog.remove(i);
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let line = tokio::time::timeout_at(deadline, self.lines.next_line())
+                .await
+                .unwrap_or_else(|_| panic!("timed out; lines: {:?}", self.backlog))
+                .unwrap()
+                .unwrap_or_else(|| panic!("node exited; lines: {:?}", self.backlog));
+            let j: Json = serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON: {line}: {e}"));
+            if pred(&j) {
+                return j;
+            }
+            self.backlog.push(j);
+        }
+    }
+
+    /// Every event carrying `req`, after a `status` query with a marker
+    /// `req` has been answered (the node answers in order, so all answers
+    /// to earlier synchronous commands are in by then).
+    async fn answers_to(&mut self, req: &Json) -> Vec<Json> {
+        self.cmd(json!({"cmd": "status", "req": "marker"})).await;
+        self.expect(|j| j["req"] == "marker").await;
+        let (mine, rest): (Vec<Json>, Vec<Json>) =
+            std::mem::take(&mut self.backlog).into_iter().partition(|j| j.get("req") == Some(req));
+        self.backlog = rest;
+        mine
+    }
+
+    fn pid(&self) -> i32 {
+        self.child.id().unwrap() as i32
+    }
+
+    /// Peak resident memory, in KiB.
+    fn peak_rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    }
+
+    async fn quit(mut self) {
+        self.cmd(json!({"cmd": "quit", "req": "bye"})).await;
+        self.expect(|j| j["req"] == "bye" && j["event"] == "ok").await;
+        let status = tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await.expect("exits").unwrap();
+        assert!(status.success(), "{status}");
+    }
+}
+
+fn signal(pid: i32, sig: &str) {
+    let ok = std::process::Command::new("kill").args([&format!("-{sig}"), &pid.to_string()]).status().unwrap();
+    assert!(ok.success());
+}
+
+#[tokio::test]
+async fn bad_input_gets_an_error_and_the_node_carries_on() {
+    let mut a = Node::spawn(&[]).await;
+    // Not UTF-8, binary junk, a NUL.
+    a.send(b"\xff\xfe\x00binary\n").await;
+    let e = a.expect(|j| j["event"] == "error").await;
+    assert_eq!(e["message"], "line discarded: not UTF-8 (invalid byte at offset 0)");
+    // A Latin-1 line inside an otherwise valid command.
+    a.send(b"{\"cmd\":\"broadcast\",\"packets\":[\"caf\xe9\"]}\n").await;
+    let e = a.expect(|j| j["event"] == "error").await;
+    assert!(e["message"].as_str().unwrap().starts_with("line discarded: not UTF-8"), "{e}");
+    // A line over the limit, and one with no newline before more input.
+    let long = vec![b'x'; 40 << 20];
+    a.send(&long).await;
+    a.send(b"\n").await;
+    let e = a.expect(|j| j["event"] == "error").await;
+    assert_eq!(e["message"], format!("line of {} bytes discarded: the limit is {} bytes", 40 << 20, 32 << 20));
+    // Structurally wrong commands, each with its own reason.
+    for (bad, why) in [
+        (r#"{"cmd":42}"#, "\"cmd\" must be a string"),
+        (r#"{"cmd":"connect","addr":5}"#, "\"addr\" must be a string (HOST:PORT)"),
+        (r#"{"cmd":"broadcast"}"#, "\"packets\" (an array of values) is required"),
+        (r#"{"cmd":"broadcast","packets":"x"}"#, "\"packets\" must be an array"),
+        (r#"{"cmd":"broadcast","packets":[18446744073709551616]}"#, "integer 18446744073709551616 is out of range"),
+        (r#"{"cmd":"whisper","packets":[]}"#, "\"to\" (a peer id or a unique prefix) is required"),
+        (r#"{"cmd":"whisper","to":"","packets":[]}"#, "a peer id (or a unique prefix of one) is required"),
+        (r#"{"cmd":"fly"}"#, "unknown command \"fly\" (one of: connect, broadcast,"),
+    ] {
+        a.send(format!("{bad}\n").as_bytes()).await;
+        let e = a.expect(|j| j["event"] == "error").await;
+        assert!(e["message"].as_str().unwrap().starts_with(why), "{bad}: {e}");
+    }
+    // Still alive and answering.
+    a.cmd(json!({"cmd": "peers", "req": 1})).await;
+    let p = a.expect(|j| j["req"] == 1).await;
+    assert_eq!(p, json!({"event": "peers", "peers": [], "req": 1}));
+    a.quit().await;
+}
+
+#[tokio::test]
+async fn a_quarter_gigabyte_line_leaves_memory_flat() {
+    let mut a = Node::spawn(&[]).await;
+    let before = a.peak_rss_kib();
+    let chunk = vec![b'z'; 1 << 20];
+    for _ in 0..250 {
+        a.send(&chunk).await;
+    }
+    a.send(b"\n").await;
+    let e = a.expect(|j| j["event"] == "error").await;
+    assert_eq!(e["message"], format!("line of {} bytes discarded: the limit is {} bytes", 250 << 20, 32 << 20));
+    let after = a.peak_rss_kib();
+    // The reader buffers at most the limit (32 MiB) before it starts
+    // skipping, and skips in read-sized chunks: growth stays bounded by the
+    // limit, far below the line.
+    assert!(after < before + 40 * 1024, "peak RSS {before} KiB -> {after} KiB");
+    a.quit().await;
+}
+
+#[tokio::test]
+async fn every_command_with_req_gets_exactly_one_answer() {
+    let mut a = Node::spawn(&[]).await;
+    let mut b = Node::spawn(&["--connect", &a.addr()]).await;
+    b.expect(|j| j["event"] == "peer_up").await;
+    a.expect(|j| j["event"] == "peer_up").await;
+    let (a_id, b_id) = (a.id(), b.id());
+    let reqs =
+        [json!(7), json!("seven"), json!({"n": [1, 2]}), json!(18446744073709551615u64), json!(null), json!(1.5)];
+    for (i, req) in reqs.iter().enumerate() {
+        let cmds = [
+            json!({"cmd": "broadcast", "packets": [i], "req": req}),
+            json!({"cmd": "whisper", "to": &b_id[..6], "packets": ["w"], "req": req}),
+            json!({"cmd": "status", "req": req}),
+            json!({"cmd": "peers", "req": req}),
+            json!({"cmd": "whisper", "to": "zzzz", "packets": [], "req": req}),
+        ];
+        for c in &cmds {
+            a.cmd(c.clone()).await;
+        }
+        let answers = a.answers_to(req).await;
+        let kinds: Vec<&str> = answers.iter().map(|j| j["event"].as_str().unwrap()).collect();
+        assert_eq!(kinds, ["ok", "ok", "status", "peers", "error"], "req {req}: {answers:?}");
+        // Echoed with its type.
+        assert!(answers.iter().all(|j| j["req"].to_string() == req.to_string()));
+        assert_eq!((answers[0]["cmd"].clone(), answers[0]["peers"].clone()), (json!("broadcast"), json!(1)));
+        assert_eq!((answers[1]["to"].clone(), answers[1]["peers"].clone()), (json!(b_id), json!(1)));
+        assert_eq!(answers[2]["id"], json!(a_id));
+        assert_eq!(answers[4]["message"], "no connected peer with id starting \"zzzz\"");
+    }
+    // Without req, successes are silent: only b's messages show.
+    a.cmd(json!({"cmd": "broadcast", "packets": ["quiet"]})).await;
+    assert!(a.answers_to(&json!("none")).await.is_empty());
+    assert!(a.backlog.iter().all(|j| j["event"] != "ok"), "{:?}", a.backlog);
+
+    // A message carries its id; replying to its sender by prefix reaches it.
+    let m = b.expect(|j| j["event"] == "message" && j["packets"] == json!(["quiet"])).await;
+    assert_eq!(m["id"].as_str().unwrap().len(), 64, "{m}");
+    b.cmd(json!({"cmd": "reply", "to": &m["sender"].as_str().unwrap()[..5], "packets": ["re"], "req": "r"})).await;
+    let ok = b.expect(|j| j["req"] == "r").await;
+    assert_eq!(ok, json!({"event": "ok", "cmd": "reply", "to": a_id, "route": "direct", "peers": 1, "req": "r"}));
+    let re = a.expect(|j| j["event"] == "message" && j["packets"] == json!(["re"])).await;
+    assert_eq!((re["kind"].clone(), re["sender"].clone()), (json!("whisper"), json!(b_id)));
+
+    // Connect answers when the handshake is done.
+    let mut c = Node::spawn(&[]).await;
+    c.cmd(json!({"cmd": "connect", "addr": a.addr(), "req": "dial"})).await;
+    let ok = c.expect(|j| j["req"] == "dial").await;
+    assert_eq!((ok["event"].clone(), ok["id"].clone()), (json!("ok"), json!(a_id)));
+    c.cmd(json!({"cmd": "connect", "addr": "127.0.0.1:1", "req": "nope"})).await;
+    let e = c.expect(|j| j["req"] == "nope").await;
+    assert_eq!(e["event"], "error");
+
+    // Disconnect by prefix: the other side hears why.
+    a.cmd(json!({"cmd": "disconnect", "id": &b_id[..8], "req": "d"})).await;
+    let ok = a.expect(|j| j["req"] == "d").await;
+    assert_eq!(ok, json!({"event": "ok", "cmd": "disconnect", "id": b_id, "req": "d"}));
+    let down = b.expect(|j| j["event"] == "peer_down" && j["id"] == json!(a_id)).await;
+    assert_eq!(down["reason"], "peer disconnected us");
+    for n in [a, b, c] {
+        n.quit().await;
+    }
+}
+
+#[tokio::test]
+async fn peers_come_up_once_and_leave_with_a_reason() {
+    let mut a = Node::spawn(&[]).await;
+    let mut b = Node::spawn(&[]).await;
+    // Both dial at once: the conflict rule keeps one link.
+    a.cmd(json!({"cmd": "connect", "addr": b.addr()})).await;
+    b.cmd(json!({"cmd": "connect", "addr": a.addr()})).await;
+    a.expect(|j| j["event"] == "peer_up").await;
+    b.expect(|j| j["event"] == "peer_up").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for n in [&mut a, &mut b] {
+        n.answers_to(&json!("flush")).await;
+        // Per peer, up and down alternate, and it ends up.
+        let seen: Vec<&str> = n
+            .backlog
+            .iter()
+            .filter_map(|j| j["event"].as_str().filter(|e| *e == "peer_up" || *e == "peer_down"))
+            .collect();
+        let mut expect_up = false;
+        for e in &seen {
+            assert_eq!(*e == "peer_up", expect_up, "{seen:?}");
+            expect_up = !expect_up;
+        }
+        assert!(!expect_up || seen.is_empty(), "ends down: {seen:?}");
+    }
+    // SIGTERM: a graceful exit, and the peer is told.
+    let b_id = b.id();
+    signal(b.pid(), "TERM");
+    let bye = b.expect(|j| j["event"] == "shutdown").await;
+    assert_eq!(bye["reason"], "SIGTERM");
+    let status = tokio::time::timeout(Duration::from_secs(5), b.child.wait()).await.unwrap().unwrap();
+    assert!(status.success(), "{status}");
+    let down = a.expect(|j| j["event"] == "peer_down").await;
+    assert_eq!((down["id"].clone(), down["reason"].clone()), (json!(b_id), json!("peer quit")));
+    // SIGINT too.
+    signal(a.pid(), "INT");
+    let bye = a.expect(|j| j["event"] == "shutdown").await;
+    assert_eq!(bye["reason"], "SIGINT");
+    assert!(tokio::time::timeout(Duration::from_secs(5), a.child.wait()).await.unwrap().unwrap().success());
+}
+
+#[tokio::test]
+async fn dialing_another_kind_of_service_says_so() {
+    // Something that answers like a web server.
+    let web = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let web_addr = web.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = web.accept().await {
+            let _ = s.write_all(b"HTTP/1.0 400 Bad Request\r\ncontent-length: 0\r\n\r\n").await;
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+    });
+    let mut a = Node::spawn(&[]).await;
+    a.cmd(json!({"cmd": "connect", "addr": web_addr, "req": 1})).await;
+    let e = a.expect(|j| j["req"] == 1).await;
+    let message = e["message"].as_str().unwrap();
+    assert!(message.starts_with(&format!("connecting to {web_addr} failed: not a py2p/rs2p node (")), "{e}");
+    a.quit().await;
+}
+
+#[tokio::test]
+async fn ready_and_status_show_the_real_listening_address() {
+    let mut a = Node::spawn(&["--out-addr", "127.0.0.1:47999"]).await;
+    assert_eq!(a.ready["addr"], "127.0.0.1:47999");
+    let listen = a.ready["listen"].as_str().unwrap().to_string();
+    assert!(listen.starts_with("127.0.0.1:") && listen != "127.0.0.1:47999", "{}", a.ready);
+    assert_eq!(a.ready["subnet"], "mesh");
+    a.cmd(json!({"cmd": "status", "req": 1})).await;
+    let st = a.expect(|j| j["req"] == 1).await;
+    assert_eq!((st["listen"].clone(), st["addr"].clone()), (json!(listen), json!("127.0.0.1:47999")));
+    a.quit().await;
+}
+
+#[tokio::test]
+async fn startup_failures_are_fatal_events_in_json_mode() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = Command::new(BIN).args(["node", "--json", "--bind", &addr]).stdin(Stdio::null()).output().await.unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<Json> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 1, "{stdout}");
+    assert_eq!(lines[0]["event"], "fatal");
+    assert!(lines[0]["message"].as_str().unwrap().contains("Address already in use"), "{stdout}");
+    // No backtrace for a user error, even when the environment asks.
+    let out = Command::new(BIN).args(["demo", "--nodes", "1"]).env("RUST_BACKTRACE", "1").output().await.unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(!out.status.success() && !stderr.contains("backtrace"), "{stderr}");
+}
+
+#[tokio::test]
+async fn version_flags_and_config_file() {
+    let out = Command::new(BIN).arg("--version").output().await.unwrap();
+    let v = String::from_utf8(out.stdout).unwrap();
+    assert!(v.starts_with("rs2p 0.1.0 (py2p 0.7.878 wire protocol, commit "), "{v}");
+    // A config file sets flags; the command line wins.
+    let dir = std::env::temp_dir().join(format!("rs2p-cli-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("node.toml");
+    std::fs::write(
+        &file,
+        "json = true\nsubnet = \"from-file\"\nbind = \"127.0.0.1:0\"\n[node]\nout_addr = \"127.0.0.1:1\"\n",
+    )
+    .unwrap();
+    let mut child = Command::new(BIN)
+        .args(["node", "--config", file.to_str().unwrap(), "--out-addr", "127.0.0.1:2"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let ready: Json = serde_json::from_str(&lines.next_line().await.unwrap().unwrap()).unwrap();
+    assert_eq!((ready["subnet"].clone(), ready["addr"].clone()), (json!("from-file"), json!("127.0.0.1:2")));
+    drop(child.stdin.take());
+    assert!(child.wait().await.unwrap().success());
+    std::fs::write(&file, "colour = \"blue\"\n").unwrap();
+    let out = Command::new(BIN).args(["node", "--config", file.to_str().unwrap()]).output().await.unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8(out.stderr).unwrap().contains("unknown setting \"colour\" for `rs2p node`"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test]
+async fn metrics_are_served_in_prometheus_text() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let metrics = format!("127.0.0.1:{port}");
+    let mut a = Node::spawn(&["--sync", "--metrics", &metrics]).await;
+    let mut b = Node::spawn(&["--sync", "--connect", &a.addr()]).await;
+    a.expect(|j| j["event"] == "peer_up").await;
+    b.cmd(json!({"cmd": "set", "key": "k", "value": 1, "req": 1})).await;
+    b.expect(|j| j["req"] == 1).await;
+    a.expect(|j| j["event"] == "update").await;
+    let scrape = |path: &'static str| {
+        let metrics = metrics.clone();
+        async move {
+            let mut s = tokio::net::TcpStream::connect(&metrics).await.unwrap();
+            s.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes()).await.unwrap();
+            let mut text = String::new();
+            s.read_to_string(&mut text).await.unwrap();
+            text
+        }
+    };
+    let text = scrape("/metrics").await;
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+    assert!(text.contains("content-type: application/openmetrics-text"), "{text}");
+    for line in ["rs2p_peers 1", "rs2p_sync_keys 1", "# TYPE rs2p_frames_in counter", "rs2p_queued_messages 0"] {
+        assert!(text.lines().any(|l| l == line), "{line} missing in:\n{text}");
+    }
+    let frames_in: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("rs2p_frames_in_total "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(frames_in > 0);
+    assert!(text.trim_end().ends_with("# EOF"), "{text}");
+    assert!(scrape("/other").await.starts_with("HTTP/1.1 404"));
+    a.quit().await;
+    b.quit().await;
+}
