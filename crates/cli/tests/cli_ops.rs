@@ -192,7 +192,8 @@ async fn every_command_with_req_gets_exactly_one_answer() {
         let kinds: Vec<&str> = answers.iter().map(|j| j["event"].as_str().unwrap()).collect();
         assert_eq!(kinds, ["ok", "ok", "status", "peers", "error"], "req {req}: {answers:?}");
         // Echoed with its type.
-        assert!(answers.iter().all(|j| j["req"].to_string() == req.to_string()));
+        let text = |j: &Json| serde_json::to_string(j).unwrap();
+        assert!(answers.iter().all(|j| text(&j["req"]) == text(req)), "{answers:?}");
         assert_eq!((answers[0]["cmd"].clone(), answers[0]["peers"].clone()), (json!("broadcast"), json!(1)));
         assert_eq!((answers[1]["to"].clone(), answers[1]["peers"].clone()), (json!(b_id), json!(1)));
         assert_eq!(answers[2]["id"], json!(a_id));
