@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use rs2p::json::to_json;
+use rs2p::json::{to_json, write_json, write_str};
 use rs2p::{Event, Message, PeerId, Value};
 use serde_json::{json, Value as Json};
 use tokio::sync::mpsc;
@@ -36,19 +36,32 @@ pub fn short(id: &PeerId) -> String {
     id.to_string().chars().take(12).collect()
 }
 
-fn message_json(m: &Message) -> Json {
-    let packets = match m.packets() {
-        Ok(p) => p.iter().map(to_json).collect(),
-        Err(_) => Vec::new(),
-    };
-    json!({
-        "event": "message",
-        "id": m.id().to_string(),
-        "kind": m.kind().as_str(),
-        "sender": m.sender().to_string(),
-        "time": m.time(),
-        "packets": packets,
-    })
+/// A `message` event, appended to `out` as one JSON line (without its
+/// newline): written directly, not through a JSON tree, because every
+/// message a node receives goes through here.
+fn write_message_json(out: &mut Vec<u8>, m: &Message) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.extend_from_slice(b"{\"event\":\"message\",\"id\":\"");
+    for b in m.id().0 {
+        out.push(HEX[usize::from(b >> 4)]);
+        out.push(HEX[usize::from(b & 15)]);
+    }
+    out.extend_from_slice(b"\",\"kind\":\"");
+    out.extend_from_slice(m.kind().as_str().as_bytes());
+    out.extend_from_slice(b"\",\"sender\":");
+    write_str(out, &String::from_utf8_lossy(m.sender().as_bytes()));
+    out.extend_from_slice(b",\"time\":");
+    out.extend_from_slice(m.time().to_string().as_bytes());
+    out.extend_from_slice(b",\"packets\":[");
+    if let Ok(packets) = m.packets() {
+        for (i, p) in packets.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            write_json(out, p);
+        }
+    }
+    out.extend_from_slice(b"]}");
 }
 
 fn message_text(m: &Message) -> String {
@@ -129,23 +142,24 @@ pub fn spawn_forwarders(node: &rs2p::MeshSocket, book: Arc<PeerBook>, out: mpsc:
             // Everything already queued goes out as one batch of lines.
             let mut batch = vec![first];
             batch.extend(n.recv(MESSAGE_BATCH));
-            let mut lines = String::new();
+            let mut lines = Vec::with_capacity(batch.len() * 256);
             for m in &batch {
                 b.heard_from(m.sender());
                 if !lines.is_empty() {
-                    lines.push('\n');
+                    lines.push(b'\n');
                 }
                 match style {
-                    Style::Json => lines.push_str(&message_json(m).to_string()),
-                    Style::Human => lines.push_str(&message_text(m)),
+                    Style::Json => write_message_json(&mut lines, m),
+                    Style::Human => lines.extend_from_slice(message_text(m).as_bytes()),
                 }
             }
+            let lines = String::from_utf8(lines).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
             if o.send(lines).await.is_err() {
                 return;
             }
         }
     });
-    let mut events = node.events();
+    let mut events = node.peer_events();
     tokio::spawn(async move {
         while let Some(e) = events.recv().await {
             match &e {

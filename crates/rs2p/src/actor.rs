@@ -318,7 +318,15 @@ impl Actor {
 
     /// Whether anyone subscribed to events and still listens.
     fn has_listeners(&self) -> bool {
-        self.events.get().is_some_and(|e| e.receiver_count() > 0)
+        let listening = |c: &std::sync::OnceLock<tokio::sync::broadcast::Sender<Event>>| {
+            c.get().is_some_and(|e| e.receiver_count() > 0)
+        };
+        listening(&self.events.all) || listening(&self.events.without_messages)
+    }
+
+    /// Whether anyone listens to the stream that carries messages.
+    fn has_message_listeners(&self) -> bool {
+        self.events.all.get().is_some_and(|e| e.receiver_count() > 0)
     }
 
     // ----- turns ------------------------------------------------------------
@@ -795,7 +803,12 @@ impl Actor {
 
     /// Publishes an event, if anyone ever subscribed.
     fn emit(&self, e: Event) {
-        if let Some(tx) = self.events.get() {
+        if !matches!(e, Event::Message(_)) {
+            if let Some(tx) = self.events.without_messages.get() {
+                let _ = tx.send(e.clone());
+            }
+        }
+        if let Some(tx) = self.events.all.get() {
             let _ = tx.send(e);
         }
     }
@@ -853,7 +866,7 @@ impl Actor {
         }
         self.inbox_room -= 1;
         self.delivered_broadcasts += u64::from(user_broadcast);
-        if self.has_listeners() {
+        if self.has_message_listeners() {
             self.emit(Event::Message(msg.clone()));
         }
         self.to_inbox.push(msg);

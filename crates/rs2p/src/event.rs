@@ -9,7 +9,16 @@ use tokio::sync::broadcast;
 use crate::Message;
 
 /// The event channel, created when first subscribed to.
-pub(crate) type EventHub = std::sync::Arc<std::sync::OnceLock<broadcast::Sender<Event>>>;
+pub(crate) type EventHub = std::sync::Arc<Hub>;
+
+/// The node's event channels, each made on first subscription.
+#[derive(Debug, Default)]
+pub(crate) struct Hub {
+    /// Every event ([`crate::MeshSocket::events`]).
+    pub(crate) all: std::sync::OnceLock<broadcast::Sender<Event>>,
+    /// Every event but messages ([`crate::MeshSocket::peer_events`]).
+    pub(crate) without_messages: std::sync::OnceLock<broadcast::Sender<Event>>,
+}
 
 /// Something that happened on the node.
 #[derive(Debug, Clone)]

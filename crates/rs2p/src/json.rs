@@ -51,6 +51,54 @@ pub fn to_json(v: &Value) -> Json {
     }
 }
 
+/// msgpack → JSON text, appended to `out`: the same JSON as [`to_json`]
+/// (maps aside, objects keep the msgpack key order), written directly,
+/// without building a [`Json`] tree first. For hot paths such as the
+/// CLI's message events.
+pub fn write_json(out: &mut Vec<u8>, v: &Value) {
+    match v {
+        Value::Nil => out.extend_from_slice(b"null"),
+        Value::Boolean(true) => out.extend_from_slice(b"true"),
+        Value::Boolean(false) => out.extend_from_slice(b"false"),
+        Value::Integer(i) => match i.as_u64() {
+            Some(u) => out.extend_from_slice(u.to_string().as_bytes()),
+            None => out.extend_from_slice(i.as_i64().unwrap_or_default().to_string().as_bytes()),
+        },
+        Value::String(s) => match s.as_str() {
+            Some(s) => write_str(out, s),
+            None => write_str(out, &String::from_utf8_lossy(s.as_bytes())),
+        },
+        Value::Binary(b) => {
+            out.extend_from_slice(b"{\"$bytes\":\"");
+            let start = out.len();
+            out.resize(start + base64::encoded_len(b.len(), true).unwrap_or(0), 0);
+            let n = B64.encode_slice(b, &mut out[start..]).unwrap_or(0);
+            out.truncate(start + n);
+            out.extend_from_slice(b"\"}");
+        }
+        Value::Array(a) => {
+            out.push(b'[');
+            for (i, item) in a.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_json(out, item);
+            }
+            out.push(b']');
+        }
+        // Rare in hot paths: floats, maps (whose keys may repeat) and
+        // extensions go through the tree.
+        other => {
+            let _ = serde_json::to_writer(&mut *out, &to_json(other));
+        }
+    }
+}
+
+/// A JSON string literal, escaped, appended to `out`.
+pub fn write_str(out: &mut Vec<u8>, s: &str) {
+    let _ = serde_json::to_writer(&mut *out, s);
+}
+
 fn float(f: f64) -> Json {
     match Number::from_f64(f) {
         Some(n) => Json::Number(n),
@@ -161,6 +209,22 @@ mod tests {
         let back = from_json(&serde_json::from_str(&text).unwrap()).unwrap();
         assert_eq!(back, v);
         assert!(text.contains("1.0"), "floats stay floats: {text}");
+        // The direct writer says the same.
+        let mut direct = Vec::new();
+        write_json(&mut direct, &v);
+        assert_eq!(serde_json::from_slice::<Json>(&direct).unwrap(), j);
+        for v in [
+            Value::from("quote \" and \\ and \u{1}"),
+            Value::Binary(vec![]),
+            Value::Binary((0..=255).collect()),
+            Value::from(i64::MIN),
+            Value::F64(f64::NAN),
+            Value::Array(vec![Value::Array(vec![]), Value::Nil]),
+        ] {
+            let mut direct = Vec::new();
+            write_json(&mut direct, &v);
+            assert_eq!(serde_json::from_slice::<Json>(&direct).unwrap(), to_json(&v), "{v:?}");
+        }
     }
 
     #[test]

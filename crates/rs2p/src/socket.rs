@@ -393,7 +393,18 @@ impl MeshSocket {
 
     /// A stream of [`crate::Event`]s from now on.
     pub fn events(&self) -> EventStream {
-        EventStream(self.inner.events.get_or_init(|| broadcast::channel(EVENT_CHANNEL_CAP).0).subscribe())
+        EventStream(self.inner.events.all.get_or_init(|| broadcast::channel(EVENT_CHANNEL_CAP).0).subscribe())
+    }
+
+    /// A stream of every [`crate::Event`] but [`crate::Event::Message`],
+    /// from now on: for applications that take their messages from
+    /// [`MeshSocket::recv`] or [`MeshSocket::next_message`], so that each
+    /// message is not also copied into an event stream (and a burst of
+    /// messages cannot make the stream lag and lose peer events).
+    pub fn peer_events(&self) -> EventStream {
+        EventStream(
+            self.inner.events.without_messages.get_or_init(|| broadcast::channel(EVENT_CHANNEL_CAP).0).subscribe(),
+        )
     }
 
     /// Closes every connection and stops the node (py2p's `close`). Other
