@@ -8,6 +8,7 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 ./scripts/setup-py2p.sh
+./scripts/setup-browser.sh
 export RS2P_PY2P_PYTHON="$root/.venv-py2p/bin/python"
 report=$(mktemp)
 trap 'rm -f "$report"' EXIT

@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use rs2p::{MeshSocket, PeerId, SyncSocket, Value};
 
 /// Options of `rs2p demo`.
@@ -39,6 +39,10 @@ pub struct DemoArgs {
     /// py2p's flood between rs2p nodes instead of the broadcast tree.
     #[arg(long)]
     pub flood: bool,
+    /// Also write a self-contained HTML page with the mesh graph, per-node
+    /// deliveries, the latency histogram and the dictionary's convergence.
+    #[arg(long, value_name = "FILE.html")]
+    pub report: Option<std::path::PathBuf>,
 }
 
 #[derive(Default)]
@@ -60,7 +64,21 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     if args.nodes < 2 {
         bail!("--nodes must be at least 2");
     }
-    let senders = args.senders.clamp(1, args.nodes);
+    if args.senders == 0 || args.senders > args.nodes {
+        bail!("--senders must be between 1 and --nodes ({})", args.nodes);
+    }
+    if args.messages == 0 || args.keys == 0 {
+        bail!("--messages and --keys must be at least 1");
+    }
+    if args.size > rs2p::proto::wire::DEFAULT_MAX_FRAME_LEN - 1024 {
+        bail!(
+            "--size {} exceeds what one frame carries ({} bytes)",
+            args.size,
+            rs2p::proto::wire::DEFAULT_MAX_FRAME_LEN - 1024
+        );
+    }
+    let senders = args.senders;
+    let mut report = crate::report::Report::default();
     println!(
         "rs2p demo: {} nodes on 127.0.0.1, {} senders x {} broadcasts of {} B",
         args.nodes, senders, args.messages, args.size
@@ -99,6 +117,11 @@ pub async fn run(args: DemoArgs) -> Result<()> {
             degrees.push(peers.len());
         }
         if at_target && connected(&adj) {
+            report.links = adj
+                .iter()
+                .enumerate()
+                .flat_map(|(i, ps)| ps.iter().filter(move |&&j| i < j).map(move |&j| (i, j)))
+                .collect();
             break (degrees.iter().sum::<usize>() / 2, t0.elapsed());
         }
         if Instant::now() > deadline {
@@ -221,6 +244,8 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         let l = logs[i].lock().expect("log lock");
         let id: String = n.id().to_string().chars().take(12).collect();
         println!("      {i:>4}  {id:<12}  {peers:>5}  {:>8}  {:>8}", l.seen.len(), expected_per_node(i));
+        report.nodes.push(id);
+        report.deliveries.push((l.seen.len(), expected_per_node(i)));
         all_lat.extend_from_slice(&l.latencies_us);
         repeats += l.repeats;
     }
@@ -261,7 +286,24 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         n.close().await.ok();
     }
     let mesh_ok = delivered == expected && repeats == 0;
-    let sync_ok = sync_part(&args, senders).await?;
+    let rmr = suppressed as f64 / delivered.max(1) as f64;
+    report.summary = vec![
+        ("nodes".into(), nodes.len().to_string()),
+        ("formation".into(), format!("{:.1} ms, {links} links", formation.as_secs_f64() * 1e3)),
+        ("deliveries".into(), format!("{delivered}/{expected}, delivered twice: {repeats}")),
+        ("relative message redundancy".into(), format!("{rmr:.3}")),
+        ("last-delivery hop".into(), format!("mean {mean_last_hop:.2}, max {max_hop}")),
+        ("throughput".into(), format!("{:.0} deliveries/s", delivered as f64 / flood_time.as_secs_f64())),
+        ("latency".into(), format!("p50 {:.2} ms, p99 {:.2} ms", pct(0.5) as f64 / 1e3, pct(0.99) as f64 / 1e3)),
+    ];
+    report.latencies_us = all_lat;
+    let sync_ok = sync_part(&args, senders, &mut report).await?;
+    report.summary.push(("verdict".into(), if mesh_ok && sync_ok { "healthy" } else { "unhealthy" }.into()));
+    if let Some(path) = &args.report {
+        std::fs::write(path, report.to_html())
+            .with_context(|| format!("cannot write the report {}", path.display()))?;
+        println!("      report: {}", path.display());
+    }
     if mesh_ok && sync_ok {
         println!("      verdict: healthy");
         Ok(())
@@ -272,7 +314,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
 
 /// The synced dictionary: writes from several nodes, time until every
 /// replica holds the same dictionary.
-async fn sync_part(args: &DemoArgs, writers: usize) -> Result<bool> {
+async fn sync_part(args: &DemoArgs, writers: usize, report: &mut crate::report::Report) -> Result<bool> {
     println!(
         "[4/4] synced dictionary: {} nodes, {} writers x {} keys, plus one shared key written by all...",
         args.nodes, writers, args.keys
@@ -288,6 +330,25 @@ async fn sync_part(args: &DemoArgs, writers: usize) -> Result<bool> {
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
     let start = Instant::now();
+    let total = writers * args.keys + 1;
+    // The convergence curve, sampled from the first write on.
+    let curve: Arc<Mutex<Vec<(f64, usize)>>> = Arc::default();
+    let sampler = {
+        let (nodes, curve) = (nodes.clone(), curve.clone());
+        tokio::spawn(async move {
+            loop {
+                let mut complete = 0;
+                for n in &nodes {
+                    complete += usize::from(n.len().await.unwrap_or(0) == total);
+                }
+                curve.lock().expect("curve lock").push((start.elapsed().as_secs_f64() * 1e3, complete));
+                if complete == nodes.len() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
     let mut tasks = Vec::new();
     for (w, node) in nodes.iter().take(writers).enumerate() {
         let n = node.clone();
@@ -304,7 +365,6 @@ async fn sync_part(args: &DemoArgs, writers: usize) -> Result<bool> {
         t.await??;
     }
     let written = start.elapsed();
-    let total = writers * args.keys + 1;
     let deadline = start + Duration::from_secs(args.timeout);
     let agreed = loop {
         let mut lens = Vec::new();
@@ -326,12 +386,18 @@ async fn sync_part(args: &DemoArgs, writers: usize) -> Result<bool> {
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     };
+    sampler.abort();
+    report.convergence = std::mem::take(&mut *curve.lock().expect("curve lock"));
     let shared = nodes[0].get("shared").await?.map(|v| v.to_string()).unwrap_or_default();
     for n in &nodes {
         n.close().await.ok();
     }
     match agreed {
         Some(t) => {
+            report.summary.push((
+                "dictionary".into(),
+                format!("{total} keys, every replica identical after {:.1} ms", t.as_secs_f64() * 1e3),
+            ));
             println!(
                 "      {total} keys written in {:.1} ms; every replica identical after {:.1} ms (shared = {shared})",
                 written.as_secs_f64() * 1e3,

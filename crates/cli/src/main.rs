@@ -9,6 +9,7 @@ mod json_mode;
 mod metrics;
 mod node;
 mod peer_book;
+mod report;
 
 use std::process::ExitCode;
 
