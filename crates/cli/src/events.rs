@@ -165,6 +165,8 @@ pub fn spawn_forwarders(node: &rs2p::MeshSocket, book: Arc<PeerBook>, out: mpsc:
             match &e {
                 Event::PeerUp { peer, .. } => book.up(peer),
                 Event::PeerDown { peer, .. } => book.down(peer),
+                // A user's connect reports its own failure.
+                Event::ConnectFailed { addr: Some(a), .. } if book.failure_is_answered(&a.to_string()) => continue,
                 _ => {}
             }
             let Some(line) = event_line(e, style) else { continue };

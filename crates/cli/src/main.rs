@@ -80,7 +80,12 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => e.exit(),
     };
-    tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(log_filter(&cli)).init();
+    use std::io::IsTerminal;
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_env_filter(log_filter(&cli))
+        .init();
     let json = matches!(&cli.command, Command::Node(a) if a.json);
     let result =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(anyhow::Error::from).and_then(|rt| {

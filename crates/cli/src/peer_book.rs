@@ -20,6 +20,9 @@ pub struct PeerBook {
 struct Inner {
     up: BTreeMap<String, PeerId>,
     senders: VecDeque<PeerId>,
+    /// Addresses of user `connect`s whose failure the command itself
+    /// reports (so the failure event is not printed a second time).
+    dialing: BTreeMap<String, usize>,
 }
 
 /// Why a peer id could not be resolved.
@@ -67,6 +70,32 @@ impl PeerBook {
             g.senders.pop_front();
         }
         g.senders.push_back(sender.clone());
+    }
+
+    /// A user `connect` to `addr` starts.
+    pub fn dialing(&self, addr: &str) {
+        *self.lock().dialing.entry(addr.to_string()).or_default() += 1;
+    }
+
+    /// A user `connect` to `addr` succeeded: no failure event will come.
+    pub fn dialed(&self, addr: &str) {
+        let mut g = self.lock();
+        if let Some(n) = g.dialing.get_mut(addr) {
+            *n -= 1;
+            if *n == 0 {
+                g.dialing.remove(addr);
+            }
+        }
+    }
+
+    /// Whether a failure event for `addr` belongs to a user `connect` (its
+    /// answer reports it); consumes that expectation.
+    pub fn failure_is_answered(&self, addr: &str) -> bool {
+        let had = self.lock().dialing.contains_key(addr);
+        if had {
+            self.dialed(addr);
+        }
+        had
     }
 
     /// How many peers are connected.

@@ -221,6 +221,11 @@ async fn every_command_with_req_gets_exactly_one_answer() {
     c.cmd(json!({"cmd": "connect", "addr": "127.0.0.1:1", "req": "nope"})).await;
     let e = c.expect(|j| j["req"] == "nope").await;
     assert_eq!(e["event"], "error");
+    assert_eq!(e["message"], "connecting to 127.0.0.1:1 failed: refused: nothing listens there");
+    // Reported once: by the answer, not again as an event.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    c.answers_to(&json!("flush")).await;
+    assert!(c.backlog.iter().all(|j| j["event"] != "connect_failed"), "{:?}", c.backlog);
 
     // Disconnect by prefix: the other side hears why.
     a.cmd(json!({"cmd": "disconnect", "id": &b_id[..8], "req": "d"})).await;
@@ -354,6 +359,30 @@ async fn version_flags_and_config_file() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8(out.stderr).unwrap().contains("unknown setting \"colour\" for `rs2p node`"));
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test]
+async fn logs_say_why_links_come_and_go() {
+    let mut a = Node::spawn(&[]).await;
+    let mut b = Command::new(BIN)
+        .args(["node", "--json", "--log-level", "info", "--connect", &a.addr()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    a.expect(|j| j["event"] == "peer_up").await;
+    a.quit().await;
+    // b notices a leaving, then quits at the end of its input.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(b.stdin.take());
+    let out = tokio::time::timeout(Duration::from_secs(5), b.wait_with_output()).await.unwrap().unwrap();
+    let log = String::from_utf8(out.stderr).unwrap();
+    for needle in ["node started", "link up", "link down", "reason=peer quit", "shutting down"] {
+        assert!(log.contains(needle), "{needle:?} missing in:\n{log}");
+    }
+    assert!(!log.contains('\u{1b}'), "no colours when stderr is not a terminal:\n{log}");
 }
 
 #[tokio::test]

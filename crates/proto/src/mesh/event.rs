@@ -130,6 +130,7 @@ impl fmt::Display for CloseReason {
             CloseReason::ProtocolViolation(what) => write!(f, "protocol violation: {what}"),
             CloseReason::Decode(e) => write!(f, "undecodable frame: {e}"),
             CloseReason::ClosedByPeer => f.write_str("closed by peer"),
+            CloseReason::Io(std::io::ErrorKind::ConnectionRefused) => f.write_str("refused: nothing listens there"),
             CloseReason::Io(kind) => write!(f, "connection lost: {kind}"),
             CloseReason::DialTimeout => f.write_str("no answer in time"),
             CloseReason::Tls(t) => write!(f, "TLS handshake failed: {t}"),

@@ -86,6 +86,7 @@ impl Mesh {
             self.tree_links += 1;
         }
         self.out.push_back(Output::Configure { conn, codec });
+        tracing::info!(conn = conn.0, %peer, addr = ?hs.addr, outgoing, rs2p, tree, replaces, "link up");
         self.event(Event::PeerUp { conn, peer: peer.clone(), addr: hs.addr, outgoing, first, rs2p, replaces });
         if let Some(request) = request {
             self.out.push_back(Output::Reply { request, result: Ok(Reply::Connected(peer.clone())) });
@@ -112,6 +113,7 @@ impl Mesh {
             let result = Err(CommandError::Connect { addr: d.addr.clone(), reason: reason.clone() });
             self.out.push_back(Output::Reply { request, result });
         }
+        tracing::debug!(addr = %d.addr, %reason, quiet, "dial failed");
         if !quiet {
             self.event(Event::ConnectFailed { conn: None, peer: None, addr: Some(d.addr), reason });
         }
@@ -139,6 +141,7 @@ impl Mesh {
                     }
                 }
                 let lost = !matches!(reason, CloseReason::Shutdown | CloseReason::Duplicate);
+                tracing::info!(conn = conn.0, %peer, %reason, "link down");
                 self.event(Event::PeerDown { conn, peer, reason });
                 // py2p asks its peers for theirs whenever a link drops.
                 if lost && !self.routing.is_empty() && self.cfg.maintain_outgoing {
@@ -177,6 +180,7 @@ impl Mesh {
                     self.out.push_back(Output::Reply { request, result });
                 }
                 if !duplicate {
+                    tracing::info!(conn = conn.0, target = ?c.target, %reason, "connection failed before its handshake");
                     self.event(Event::ConnectFailed { conn: Some(conn), peer: c.claimed, addr: c.target, reason });
                 }
             }

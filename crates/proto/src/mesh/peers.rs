@@ -123,6 +123,7 @@ impl Mesh {
             // Pessimistically schedule the next try; success removes the entry.
             k.next_try_ms = now.mono_ms + self.cfg.redial_backoff_ms;
             let addr = k.addr.clone();
+            tracing::debug!(peer = %id, %addr, failures = k.failures, "redialing a known peer");
             self.dial(addr, Some(id), None);
             deficit -= 1;
         }
