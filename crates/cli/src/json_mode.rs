@@ -23,9 +23,12 @@ use crate::events::{key_json, spawn_forwarders, Style};
 use crate::input::{Line, LineReader};
 use crate::node::Session;
 
-/// Capacity of the stdout line queue; a reader that stops reading stdout
-/// eventually stalls the node's event printing, never its relaying.
-const STDOUT_QUEUE_CAP: usize = 4096;
+/// Capacity of the stdout queue, in entries (an entry is one line, or a
+/// batch of up to 512 message lines: at most a few MiB in all). A reader
+/// that stops reading stdout soon stalls the node's event printing (its
+/// messages then wait in the node's receive queue, bounded, and the node
+/// does no formatting work for nobody), never its relaying.
+const STDOUT_QUEUE_CAP: usize = 32;
 
 /// At most this many buffered lines are handled as one batch.
 const LINE_BATCH: usize = 1024;
@@ -240,7 +243,8 @@ async fn broadcast_run(session: &Session, run: &[Command], out: &mpsc::Sender<St
     let peers = session.book.count();
     match session.node.broadcast_many(messages).await {
         Ok(ids) => {
-            for (c, id) in sendable.iter().zip(ids) {
+            // Answers only where asked for (building them costs).
+            for (c, id) in sendable.iter().zip(ids).filter(|(c, _)| c.req.is_some()) {
                 if let Some(e) = answer(c, Ok(Outcome::Ok(json!({"id": id.to_string(), "peers": peers})))) {
                     out.send(e.to_string()).await?;
                 }
