@@ -392,10 +392,15 @@ fn run_workload(w: &str, opts: &Opts, t: &mut Table) -> Result<()> {
     eprintln!("== {w}");
     match w {
         "throughput" => {
-            for (n, count, size) in [(5, 20_000, 100), (10, 20_000, 100), (5, 2_000, 10_240), (10, 2_000, 10_240)] {
+            let cases = [(3, 20_000, 100), (5, 20_000, 100), (10, 20_000, 100), (5, 2_000, 10_240), (10, 2_000, 10_240)];
+            for (n, count, size) in cases {
                 let name = format!("1. throughput {n}-chain {count}x{size}B");
                 for sys in ["rs2p", "rs2p-cli", "limit", "py2p", "libp2p"] {
-                    if !has(sys) || (sys == "rs2p-cli" && (n, size) != (5, 100)) {
+                    // The 3-chain compares the node binary with py2p (and the
+                    // library); the CLI runs on the 100 B chains only.
+                    let skip = (sys == "rs2p-cli" && (n == 10 || size != 100))
+                        || (n == 3 && !matches!(sys, "rs2p" | "rs2p-cli" | "py2p"));
+                    if !has(sys) || skip {
                         continue;
                     }
                     let rs = runs(opts, sys, "throughput", &s(&[n, count, size]));
