@@ -392,7 +392,8 @@ fn run_workload(w: &str, opts: &Opts, t: &mut Table) -> Result<()> {
     eprintln!("== {w}");
     match w {
         "throughput" => {
-            let cases = [(3, 20_000, 100), (5, 20_000, 100), (10, 20_000, 100), (5, 2_000, 10_240), (10, 2_000, 10_240)];
+            let cases =
+                [(3, 20_000, 100), (5, 20_000, 100), (10, 20_000, 100), (5, 2_000, 10_240), (10, 2_000, 10_240)];
             for (n, count, size) in cases {
                 let name = format!("1. throughput {n}-chain {count}x{size}B");
                 for sys in ["rs2p", "rs2p-cli", "limit", "py2p", "libp2p"] {
