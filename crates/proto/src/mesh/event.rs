@@ -124,6 +124,7 @@ impl fmt::Display for CloseReason {
             CloseReason::NotANode(why) => write!(f, "not a py2p/rs2p node ({why})"),
             CloseReason::PeerLeft(Farewell::Quit) => f.write_str("peer quit"),
             CloseReason::PeerLeft(Farewell::Disconnect) => f.write_str("peer disconnected us"),
+            CloseReason::PeerLeft(Farewell::Replaced) => f.write_str("replaced by another link to the same peer"),
             CloseReason::SelfConnection => f.write_str("connected to ourselves"),
             CloseReason::Duplicate => f.write_str("duplicate connection to the same peer"),
             CloseReason::HandshakeTimeout => f.write_str("no handshake in time"),

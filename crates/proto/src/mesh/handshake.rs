@@ -12,8 +12,9 @@ use super::conn::{Conn, ConnState};
 use super::link::{codec_for, is_rs2p, speaks_tree};
 use super::peers::KnownPeer;
 use super::{CloseReason, CommandError, ConnId, DialId, Event, LinkCodec, Mesh, Output, Reply};
+use crate::id::PeerId;
 use crate::id::{Encryption, Protocol};
-use crate::wire::message::{Handshake, MeshMessage};
+use crate::wire::message::{Farewell, Handshake, MeshMessage};
 use crate::Now;
 
 impl Mesh {
@@ -52,7 +53,8 @@ impl Mesh {
         let new_outgoing = c.dir == super::Direction::Outgoing;
         // A second link to a peer already up replaces the first without the
         // peer going down: the application hears of neither.
-        let replaces = self.routing.contains_key(&peer);
+        // So does one that replaces a link the peer closed as a duplicate.
+        let replaces = self.routing.contains_key(&peer) || self.replacing.remove(&peer).is_some();
         if let Some(&existing) = self.routing.get(&peer) {
             match resolve_conflict(&self.cfg.id, &peer, new_outgoing) {
                 Keep::Existing => return self.close(conn, CloseReason::Duplicate),
@@ -142,6 +144,13 @@ impl Mesh {
                 }
                 let lost = !matches!(reason, CloseReason::Shutdown | CloseReason::Duplicate);
                 tracing::info!(conn = conn.0, %peer, %reason, "link down");
+                if reason == CloseReason::PeerLeft(Farewell::Replaced) {
+                    // The link that replaces it is on its way: the peer is
+                    // down only if it does not come in time.
+                    let deadline = now.mono_ms + self.cfg.handshake_timeout_ms;
+                    self.replacing.insert(peer, (deadline, conn, reason));
+                    return;
+                }
                 self.event(Event::PeerDown { conn, peer, reason });
                 // py2p asks its peers for theirs whenever a link drops.
                 if lost && !self.routing.is_empty() && self.cfg.maintain_outgoing {
@@ -183,6 +192,20 @@ impl Mesh {
                     tracing::info!(conn = conn.0, target = ?c.target, %reason, "connection failed before its handshake");
                     self.event(Event::ConnectFailed { conn: Some(conn), peer: c.claimed, addr: c.target, reason });
                 }
+            }
+        }
+    }
+}
+
+impl Mesh {
+    /// Peers whose replacement link did not come in time are down after all.
+    pub(super) fn expire_replacements(&mut self, now: Now) {
+        let mut due: Vec<PeerId> =
+            self.replacing.iter().filter(|(_, &(t, _, _))| t <= now.mono_ms).map(|(p, _)| p.clone()).collect();
+        due.sort_unstable_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+        for peer in due {
+            if let Some((_, conn, reason)) = self.replacing.remove(&peer) {
+                self.event(Event::PeerDown { conn, peer, reason });
             }
         }
     }

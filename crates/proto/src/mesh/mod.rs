@@ -221,6 +221,11 @@ pub struct Mesh {
     requests: HashMap<Vec<u8>, PendingReply>,
     /// Replies whose route was found, waiting for the handshake.
     deferred: HashMap<PeerId, Vec<PendingReply>>,
+    /// Peers whose link the other end closed because the conflict rule kept
+    /// another one (it said [`Farewell::Replaced`]): their `PeerDown` waits
+    /// until the handshake deadline for the link that replaces it, and is
+    /// never told if that link comes up.
+    replacing: HashMap<PeerId, (u64, ConnId, CloseReason)>,
     /// Deadlines of route requests, in the order they were made (so
     /// monotonic); entries of answered requests linger harmlessly.
     reply_deadlines: VecDeque<u64>,
@@ -261,6 +266,7 @@ impl Mesh {
             dissemination,
             requests: HashMap::new(),
             deferred: HashMap::new(),
+            replacing: HashMap::new(),
             reply_deadlines: VecDeque::new(),
             handshake_deadlines: VecDeque::new(),
             next_peer_request_ms: 0,
@@ -332,6 +338,7 @@ impl Mesh {
         [
             self.handshake_deadlines.front().map(|&(t, _)| t),
             self.reply_deadlines.front().copied(),
+            self.replacing.values().map(|&(t, _, _)| t).min(),
             maintain,
             liveness,
             self.dissemination.poll_timeout(),
@@ -589,6 +596,7 @@ impl Mesh {
             }
         }
         self.expire_replies(now);
+        self.expire_replacements(now);
         if self.cfg.maintain_outgoing && now.mono_ms >= self.next_maintain_ms {
             self.next_maintain_ms = now.mono_ms + self.cfg.maintain_interval_ms;
             self.maintain(now);
@@ -743,6 +751,7 @@ impl Mesh {
             let farewell = match reason {
                 CloseReason::Shutdown => Some(Farewell::Quit),
                 CloseReason::Requested => Some(Farewell::Disconnect),
+                CloseReason::Duplicate => Some(Farewell::Replaced),
                 _ => None,
             };
             if let (Some(why), Some(_), true) = (farewell, c.peer(), is_rs2p(&c.peer_methods)) {

@@ -555,6 +555,45 @@ fn a_peer_that_says_goodbye_is_reported_as_quitting() {
 }
 
 #[test]
+fn a_link_replaced_by_the_conflict_rule_does_not_take_its_peer_down() {
+    let mut one = One::established(1);
+    let peer = one.peer.clone();
+    let bye = MeshMessage::Goodbye(Farewell::Replaced).encode(&peer, T0.unix());
+    one.m.handle(T0, Input::Packet { conn: ConnId(1), packet: packet(bye.clone()) });
+    one.m.handle(T0, Input::Closed { conn: ConnId(1), reason: CloseReason::ClosedByPeer });
+    assert_eq!(drain(&mut one.m), vec![], "no PeerDown while the other link is on its way");
+    // The link the other end kept completes its handshake: a replacement.
+    one.m.handle(T0.plus_ms(5), Input::Incoming { conn: ConnId(2) });
+    let hello = one.hello_from(&peer, vec![0x2f]);
+    one.m.handle(T0.plus_ms(5), Input::Packet { conn: ConnId(2), packet: hello });
+    let ups: Vec<bool> = drain(&mut one.m)
+        .iter()
+        .filter_map(|o| match o {
+            Output::Event(Event::PeerUp { replaces, .. }) => Some(*replaces),
+            Output::Event(Event::PeerDown { .. }) => panic!("went down"),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(ups, vec![true]);
+    assert_eq!(one.m.peer_count(), 1);
+    // Nothing is left to report later.
+    one.m.handle(T0.plus_ms(60_000), Input::Timeout);
+    assert!(!drain(&mut one.m).iter().any(|o| matches!(o, Output::Event(Event::PeerDown { .. }))));
+
+    // When no replacement comes, the peer is down at the handshake deadline.
+    let mut two = One::established(1);
+    two.m.handle(T0, Input::Packet { conn: ConnId(1), packet: packet(bye) });
+    two.m.handle(T0, Input::Closed { conn: ConnId(1), reason: CloseReason::ClosedByPeer });
+    assert_eq!(drain(&mut two.m), vec![]);
+    let deadline = two.m.poll_timeout().expect("a deadline");
+    two.m.handle(T0.plus_ms(deadline - T0.mono_ms - 1), Input::Timeout);
+    assert!(!drain(&mut two.m).iter().any(|o| matches!(o, Output::Event(Event::PeerDown { .. }))));
+    two.m.handle(T0.plus_ms(deadline - T0.mono_ms), Input::Timeout);
+    let reason = CloseReason::PeerLeft(Farewell::Replaced);
+    assert!(drain(&mut two.m).contains(&Output::Event(Event::PeerDown { conn: ConnId(1), peer, reason })));
+}
+
+#[test]
 fn a_failing_redial_is_reported_with_back_off() {
     let mut one = One::new();
     one.m.handle(T0, Input::Incoming { conn: ConnId(1) });

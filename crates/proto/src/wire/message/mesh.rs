@@ -15,6 +15,9 @@ pub enum Farewell {
     Quit = 0,
     /// The node's application asked to drop this peer.
     Disconnect = 1,
+    /// The conflict rule keeps another link to the same peer: this one
+    /// goes, the peer stays.
+    Replaced = 2,
 }
 
 /// The first message on every connection, sent by both ends (a whisper):
@@ -192,6 +195,7 @@ impl MeshMessage {
                 MeshMessage::Goodbye(match v.first().and_then(Value::as_u64) {
                     Some(0) => Farewell::Quit,
                     Some(1) => Farewell::Disconnect,
+                    Some(2) => Farewell::Replaced,
                     _ => return Err(Malformed("goodbye reason")),
                 })
             }
@@ -354,6 +358,7 @@ mod tests {
         round_trip(MeshMessage::Prune(vec![id.clone(), other]));
         round_trip(MeshMessage::Goodbye(Farewell::Quit));
         round_trip(MeshMessage::Goodbye(Farewell::Disconnect));
+        round_trip(MeshMessage::Goodbye(Farewell::Replaced));
         round_trip(MeshMessage::Ping);
         round_trip(MeshMessage::Pong);
     }
