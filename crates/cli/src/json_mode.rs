@@ -69,6 +69,51 @@ struct Command {
     name: String,
     req: Option<Json>,
     body: Map<String, Json>,
+    /// `"packets"`, already read as msgpack values by the fast path (taken
+    /// once, by the command that sends them).
+    packets: std::sync::Mutex<Option<Vec<Value>>>,
+}
+
+/// A command line as the fast path reads it: `"packets"` straight into
+/// msgpack values, the other fields as JSON. Anything unusual (a wrong
+/// type, a bad value) fails it, and the line is read again the slow way,
+/// which words the error.
+struct FastLine {
+    cmd: Option<Json>,
+    req: Option<Json>,
+    packets: Option<Vec<Value>>,
+    body: Map<String, Json>,
+}
+
+impl<'de> serde::Deserialize<'de> for FastLine {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = FastLine;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a command object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<FastLine, A::Error> {
+                let mut line = FastLine { cmd: None, req: None, packets: None, body: Map::new() };
+                while let Some(key) = map.next_key::<String>()? {
+                    match key.as_str() {
+                        "cmd" => line.cmd = Some(map.next_value()?),
+                        "req" => line.req = Some(map.next_value()?),
+                        "packets" => match map.next_value::<rs2p::json::JsonValue>()?.0 {
+                            Value::Array(items) => line.packets = Some(items),
+                            _ => return Err(serde::de::Error::custom("not an array")),
+                        },
+                        _ => {
+                            let v = map.next_value()?;
+                            line.body.insert(key, v);
+                        }
+                    }
+                }
+                Ok(line)
+            }
+        }
+        d.deserialize_map(V)
+    }
 }
 
 /// What a command leads to.
@@ -160,6 +205,9 @@ fn parse(line: Line) -> Result<Option<Command>, (Option<Json>, String)> {
     if text.trim().is_empty() {
         return Ok(None);
     }
+    if let Ok(FastLine { cmd: Some(Json::String(name)), req, packets, body }) = serde_json::from_str(&text) {
+        return Ok(Some(Command { name, req, body, packets: std::sync::Mutex::new(packets) }));
+    }
     let mut body = match serde_json::from_str::<Json>(&text) {
         Ok(Json::Object(m)) => m,
         Ok(_) => return Err((None, "a command is a JSON object".into())),
@@ -167,7 +215,7 @@ fn parse(line: Line) -> Result<Option<Command>, (Option<Json>, String)> {
     };
     let req = body.remove("req");
     match body.remove("cmd") {
-        Some(Json::String(name)) => Ok(Some(Command { name, req, body })),
+        Some(Json::String(name)) => Ok(Some(Command { name, req, body, packets: std::sync::Mutex::new(None) })),
         Some(_) => Err((req, "\"cmd\" must be a string".into())),
         None => Err((req, format!("missing \"cmd\" (one of: {COMMANDS})"))),
     }
@@ -212,6 +260,9 @@ fn answer(c: &Command, outcome: Result<Outcome, String>) -> Option<Json> {
 }
 
 fn packets_of(c: &Command) -> Result<Vec<Value>, String> {
+    if let Some(p) = c.packets.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take() {
+        return Ok(p);
+    }
     match c.body.get("packets") {
         Some(Json::Array(a)) => a.iter().map(from_json).collect(),
         Some(_) => Err("\"packets\" must be an array".into()),

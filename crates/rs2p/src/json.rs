@@ -94,6 +94,87 @@ pub fn write_json(out: &mut Vec<u8>, v: &Value) {
     }
 }
 
+/// A msgpack value read straight from JSON text (`serde_json::from_str`
+/// into this type), with the mapping of [`from_json`] but without building
+/// a JSON tree first: for hot paths such as the CLI's broadcast lines.
+/// Objects become maps sorted by key (duplicates: the last wins), as
+/// through [`from_json`], so both paths give the same bytes. Its errors are
+/// serde errors; callers wanting [`from_json`]'s messages re-parse.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JsonValue(pub Value);
+
+/// serde_json's name for a number kept as text (`arbitrary_precision`).
+const NUMBER_TOKEN: &str = "$serde_json::private::Number";
+
+impl<'de> serde::Deserialize<'de> for JsonValue {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(ValueVisitor).map(JsonValue)
+    }
+}
+
+struct ValueVisitor;
+
+impl<'de> serde::de::Visitor<'de> for ValueVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Nil)
+    }
+    fn visit_bool<E>(self, b: bool) -> Result<Value, E> {
+        Ok(Value::Boolean(b))
+    }
+    fn visit_i64<E>(self, i: i64) -> Result<Value, E> {
+        Ok(Value::from(i))
+    }
+    fn visit_u64<E>(self, u: u64) -> Result<Value, E> {
+        Ok(if let Ok(i) = i64::try_from(u) { Value::from(i) } else { Value::from(u) })
+    }
+    fn visit_f64<E>(self, f: f64) -> Result<Value, E> {
+        Ok(Value::F64(f))
+    }
+    fn visit_str<E>(self, s: &str) -> Result<Value, E> {
+        Ok(Value::from(s))
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+        while let Some(JsonValue(v)) = seq.next_element()? {
+            items.push(v);
+        }
+        Ok(Value::Array(items))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        use serde::de::Error;
+        let Some(first) = map.next_key::<String>()? else { return Ok(Value::Map(Vec::new())) };
+        if first == NUMBER_TOKEN {
+            let text: String = map.next_value()?;
+            let n: Number = text.parse().map_err(A::Error::custom)?;
+            return from_json(&Json::Number(n)).map_err(A::Error::custom);
+        }
+        if first.starts_with('$') {
+            // Maybe one of the tagged forms: decided once the object ends.
+            let v: Json = map.next_value()?;
+            let mut rest = Map::new();
+            while let Some(k) = map.next_key::<String>()? {
+                rest.insert(k, map.next_value::<Json>()?);
+            }
+            rest.insert(first, v);
+            return from_json(&Json::Object(rest)).map_err(A::Error::custom);
+        }
+        let mut entries = vec![(first, map.next_value::<JsonValue>()?.0)];
+        while let Some(k) = map.next_key::<String>()? {
+            entries.push((k, map.next_value::<JsonValue>()?.0));
+        }
+        // As a JSON tree would have it: sorted by key, the last duplicate wins.
+        entries.reverse();
+        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        entries.dedup_by(|a, b| a.0 == b.0);
+        Ok(Value::Map(entries.into_iter().map(|(k, v)| (Value::from(k), v)).collect()))
+    }
+}
+
 /// A JSON string literal, escaped, appended to `out`.
 pub fn write_str(out: &mut Vec<u8>, s: &str) {
     let _ = serde_json::to_writer(&mut *out, s);
@@ -233,6 +314,24 @@ mod tests {
         assert_eq!(from_json(&to_json(&Value::F64(f64::INFINITY))).unwrap(), Value::F64(f64::INFINITY));
         assert!(from_json(&json!({"$bytes": "@@@"})).is_err());
         assert!(from_json(&json!({"$map": [[1]]})).is_err());
+    }
+
+    #[test]
+    fn the_direct_reader_agrees_with_the_tree() {
+        for text in [
+            r#"[0, {"$bytes": "q6ur"}, -5, 18446744073709551615, 2.5, 1.0, null, true, "s\u00e9"]"#,
+            r#"[[1, [2]], {"k": "v", "a": 1, "k": "w"}, {"$map": [[1, 2]]}, {"$float": "NaN"}]"#,
+            r#"[{"$ext": [3, "AQI="]}, {"$bytes": "AA==", "other": 1}, {}, [], -9223372036854775808, 1e300]"#,
+        ] {
+            let slow = from_json(&serde_json::from_str(text).unwrap()).unwrap();
+            let JsonValue(fast) = serde_json::from_str(text).unwrap();
+            // NaN != NaN: compare the encodings.
+            assert_eq!(format!("{fast:?}"), format!("{slow:?}"), "{text}");
+        }
+        for bad in [r#"[18446744073709551616]"#, r#"[{"$bytes": "!!"}]"#, r#"[{"$float": "wat"}]"#] {
+            assert!(serde_json::from_str::<JsonValue>(bad).is_err(), "{bad}");
+            assert!(from_json(&serde_json::from_str(bad).unwrap()).is_err(), "{bad}");
+        }
     }
 
     #[test]
