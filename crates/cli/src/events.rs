@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 use crate::peer_book::PeerBook;
 
 /// How many queued messages are turned into one batch of output lines.
-const MESSAGE_BATCH: usize = 512;
+const MESSAGE_BATCH: usize = 64;
 
 /// How events are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
