@@ -67,6 +67,22 @@ fn log_filter(cli: &Cli) -> tracing_subscriber::EnvFilter {
     EnvFilter::new(level)
 }
 
+/// An error and its causes on one line, each cause once: a cause whose
+/// words its parent already quotes is not repeated.
+fn describe(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let part = cause.to_string();
+        if !text.contains(&part) {
+            if !text.is_empty() {
+                text.push_str(": ");
+            }
+            text.push_str(&part);
+        }
+    }
+    text
+}
+
 fn main() -> ExitCode {
     let command = Cli::command();
     let args = match config::expand(std::env::args().collect(), &command) {
@@ -103,11 +119,12 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            let message = describe(&e);
             // A program reading JSON gets its failure as JSON, on stdout.
             if json {
-                println!("{}", serde_json::json!({"event": "fatal", "message": format!("{e:#}")}));
+                println!("{}", serde_json::json!({"event": "fatal", "message": message}));
             }
-            eprintln!("error: {e:#}");
+            eprintln!("error: {message}");
             ExitCode::FAILURE
         }
     }
