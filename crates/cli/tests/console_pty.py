@@ -17,7 +17,7 @@ import threading
 import time
 
 BIN = sys.argv[1]
-TIMEOUT = 10.0
+TIMEOUT = 20.0
 
 
 def fail(why):
