@@ -371,12 +371,22 @@ async fn logs_say_why_links_come_and_go() {
         .spawn()
         .unwrap();
     a.expect(|j| j["event"] == "peer_up").await;
+    let mut stderr = BufReader::new(b.stderr.take().unwrap()).lines();
+    let mut log = String::new();
     a.quit().await;
-    // b notices a leaving, then quits at the end of its input.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // b notices a leaving (bounded wait), then quits at the end of its input.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !log.contains("link down") {
+        match tokio::time::timeout_at(deadline, stderr.next_line()).await {
+            Ok(Ok(Some(line))) => log += &(line + "\n"),
+            _ => panic!("no link down in:\n{log}"),
+        }
+    }
     drop(b.stdin.take());
-    let out = tokio::time::timeout(Duration::from_secs(5), b.wait_with_output()).await.unwrap().unwrap();
-    let log = String::from_utf8(out.stderr).unwrap();
+    while let Ok(Ok(Some(line))) = tokio::time::timeout_at(deadline, stderr.next_line()).await {
+        log += &(line + "\n");
+    }
+    assert!(tokio::time::timeout(Duration::from_secs(5), b.wait()).await.unwrap().unwrap().success());
     for needle in ["node started", "link up", "link down", "reason=peer quit", "shutting down"] {
         assert!(log.contains(needle), "{needle:?} missing in:\n{log}");
     }
