@@ -256,14 +256,9 @@ fn human_error(e: &rs2p::Error) -> String {
 }
 
 fn spawn_connect(session: &Session, addr: PeerAddr, out: mpsc::Sender<String>) {
-    let node = session.node.clone();
-    let book = session.book.clone();
-    book.dialing(&addr.to_string());
+    let dial = session.dial(addr.clone());
     tokio::spawn(async move {
-        let result = node.connect(addr.clone()).await;
-        if result.is_ok() {
-            book.dialed(&addr.to_string());
-        }
+        let result = dial.await;
         let line = match result {
             Ok(id) => format!("-> connected to {} at {addr}", short(&id)),
             Err(e) => format!("! {e}"),

@@ -314,14 +314,9 @@ async fn broadcast_run(session: &Session, run: &[Command], out: &mpsc::Sender<St
 
 /// Dials `addr`; with a `req`, answers when the handshake completes or fails.
 fn spawn_connect(session: &Session, addr: PeerAddr, req: Option<Json>, out: mpsc::Sender<String>) {
-    let node = session.node.clone();
-    let book = session.book.clone();
-    book.dialing(&addr.to_string());
+    let dial = session.dial(addr.clone());
     tokio::spawn(async move {
-        let result = node.connect(addr.clone()).await;
-        if result.is_ok() {
-            book.dialed(&addr.to_string());
-        }
+        let result = dial.await;
         let event = match result {
             Ok(id) if req.is_some() => {
                 json!({"event": "ok", "cmd": "connect", "addr": addr.to_string(), "id": id.to_string()})

@@ -104,6 +104,24 @@ impl Session {
         Ok(Arc::new(Session { node, sync, book: Arc::default(), started: Instant::now() }))
     }
 
+    /// Dials `addr` for a user's `connect`, telling the peer book, so the
+    /// failure is reported once (by the command's answer, not again as an
+    /// event). A `'static` future, to be spawned.
+    pub fn dial(
+        &self,
+        addr: PeerAddr,
+    ) -> impl std::future::Future<Output = Result<PeerId, rs2p::Error>> + Send + 'static {
+        let (node, book, key) = (self.node.clone(), self.book.clone(), addr.to_string());
+        book.dialing(&key);
+        async move {
+            let result = node.connect(addr).await;
+            if result.is_ok() {
+                book.dialed(&key);
+            }
+            result
+        }
+    }
+
     /// The node's id.
     pub fn id(&self) -> &PeerId {
         self.node.id()
