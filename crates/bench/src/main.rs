@@ -231,8 +231,11 @@ mod cli_chain {
         let mut procs = Vec::new();
         let mut addrs = Vec::new();
         for _ in 0..n {
+            // `--max-outgoing 0`: the links asked for and no others, so the
+            // chain stays a chain (as the library's, built the same way);
+            // by default the ends would also link to each other.
             let mut child = Command::new(bin)
-                .args(["node", "--json"])
+                .args(["node", "--json", "--max-outgoing", "0"])
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
                 .kill_on_drop(true)
@@ -241,19 +244,30 @@ mod cli_chain {
             let ready: Json = serde_json::from_str(&lines.next_line().await?.context("ready line")?)?;
             addrs.push(ready["addr"].as_str().context("addr")?.to_string());
             let stdin = child.stdin.take().context("stdin")?;
-            procs.push((child, Some(stdin), lines));
+            procs.push((child, Some(stdin), Some(lines)));
         }
         for i in 0..n - 1 {
             let line = json!({"cmd": "connect", "addr": addrs[i + 1]}).to_string() + "\n";
             procs[i].1.as_mut().context("stdin")?.write_all(line.as_bytes()).await?;
         }
-        // Wait until the far node is linked.
+        // Wait until every node has its links: one at the ends, two between.
         let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let l = tokio::time::timeout_at(deadline.into(), procs[n - 1].2.next_line()).await??.context("far node")?;
-            if l.contains("peer_up") {
-                break;
+        for (i, p) in procs.iter_mut().enumerate() {
+            let want = if i == 0 || i == n - 1 { 1 } else { 2 };
+            let mut up = 0;
+            while up < want {
+                let lines = p.2.as_mut().context("stdout")?;
+                let l = tokio::time::timeout_at(deadline.into(), lines.next_line()).await??.context("chain link")?;
+                up += usize::from(l.contains("\"peer_up\""));
             }
+        }
+        // Every node's application consumes its messages, as in the
+        // library's chain: the nodes before the far one are read and
+        // their lines discarded.
+        let mut drains = Vec::new();
+        for p in &mut procs[..n - 1] {
+            let mut lines = p.2.take().context("stdout")?;
+            drains.push(tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} }));
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
         let payload = json!({"$bytes": base64_of(size)});
@@ -269,7 +283,7 @@ mod cli_chain {
         });
         let mut got = 0usize;
         let mut last = Instant::now();
-        let far = &mut procs[n - 1].2;
+        let far = procs[n - 1].2.as_mut().context("stdout")?;
         while got < count {
             match tokio::time::timeout(Duration::from_secs(5), far.next_line()).await {
                 Ok(Ok(Some(l))) => {
@@ -283,6 +297,23 @@ mod cli_chain {
         }
         let secs = last.duration_since(start).as_secs_f64();
         let _ = writer.await;
+        // Every message crossed every node: the far node is still linked to
+        // its neighbour alone.
+        let status = json!({"cmd": "status", "req": "chain"}).to_string() + "\n";
+        procs[n - 1].1.as_mut().context("stdin")?.write_all(status.as_bytes()).await?;
+        let far = procs[n - 1].2.as_mut().context("stdout")?;
+        loop {
+            let l = tokio::time::timeout(Duration::from_secs(5), far.next_line()).await??.context("far status")?;
+            if l.contains("\"req\":\"chain\"") {
+                let status: Json = serde_json::from_str(&l)?;
+                anyhow::ensure!(
+                    status["peers"] == 1,
+                    "the chain is not a chain: the far node has {} peers",
+                    status["peers"]
+                );
+                break;
+            }
+        }
         Ok(json!({"rate": got as f64 / secs, "lost": (count - got) as u64, "secs": secs}))
     }
 

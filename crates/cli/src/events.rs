@@ -1,6 +1,7 @@
 //! What the node tells its user: messages and peer/sync events, as JSON
 //! lines or as readable text, forwarded to an output queue.
 
+use std::io::Write;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -49,9 +50,18 @@ fn write_message_json(out: &mut Vec<u8>, m: &Message) {
     out.extend_from_slice(b"\",\"kind\":\"");
     out.extend_from_slice(m.kind().as_str().as_bytes());
     out.extend_from_slice(b"\",\"sender\":");
-    write_str(out, &String::from_utf8_lossy(m.sender().as_bytes()));
+    let sender = m.sender().as_bytes();
+    // An id is base58 (py2p's ids, and ours): nothing to escape. Anything
+    // else a peer calls itself goes the careful way.
+    if sender.iter().all(u8::is_ascii_alphanumeric) {
+        out.push(b'"');
+        out.extend_from_slice(sender);
+        out.push(b'"');
+    } else {
+        write_str(out, &String::from_utf8_lossy(sender));
+    }
     out.extend_from_slice(b",\"time\":");
-    out.extend_from_slice(m.time().to_string().as_bytes());
+    let _ = write!(out, "{}", m.time());
     out.extend_from_slice(b",\"packets\":[");
     if let Ok(packets) = m.packets() {
         for (i, p) in packets.iter().enumerate() {

@@ -43,6 +43,11 @@ pub struct NodeArgs {
     /// Address other nodes should dial to reach this one.
     #[arg(long, value_name = "HOST:PORT")]
     pub out_addr: Option<PeerAddr>,
+    /// Links this node opens by itself to peers it learns of, on top of
+    /// those it is told to connect to (py2p's `max_outgoing`). 0 keeps only
+    /// the links you ask for: a fixed topology, such as a chain.
+    #[arg(long, default_value_t = 4, value_name = "N")]
+    pub max_outgoing: usize,
     /// Serve Prometheus metrics at http://HOST:PORT/metrics.
     #[arg(long, value_name = "HOST:PORT")]
     pub metrics: Option<SocketAddr>,
@@ -82,16 +87,21 @@ impl Session {
             if args.tls {
                 b = b.tls(rs2p::TlsConfig::new());
             }
+            let max_outgoing = args.max_outgoing;
+            b = b.mesh(|m| m.max_outgoing(max_outgoing));
             if let Some(a) = args.out_addr.clone() {
                 b = b.mesh(|m| m.out_addr(a));
             }
             let s = b.spawn().await.with_context(|| format!("cannot start a node on {}", args.bind))?;
             (s.mesh().clone(), Some(s))
         } else {
-            let mut b = MeshSocket::builder().bind(args.bind.clone()).protocol(rs2p::Protocol::new(
-                args.subnet.clone().unwrap_or_else(|| "mesh".into()),
-                rs2p::Encryption::Plaintext,
-            ));
+            let mut b = MeshSocket::builder()
+                .bind(args.bind.clone())
+                .protocol(rs2p::Protocol::new(
+                    args.subnet.clone().unwrap_or_else(|| "mesh".into()),
+                    rs2p::Encryption::Plaintext,
+                ))
+                .max_outgoing(args.max_outgoing);
             if let Some(a) = args.out_addr.clone() {
                 b = b.out_addr(a);
             }

@@ -433,3 +433,40 @@ async fn metrics_are_served_in_prometheus_text() {
     a.quit().await;
     b.quit().await;
 }
+
+/// `--max-outgoing 0` keeps the links asked for and no others; by default
+/// a node also dials the peers it learns of.
+#[tokio::test]
+async fn max_outgoing_zero_keeps_only_the_links_asked_for() {
+    async fn peers(n: &mut Node) -> u64 {
+        n.cmd(json!({"cmd": "status", "req": "peers"})).await;
+        n.expect(|j| j["req"] == "peers").await["peers"].as_u64().unwrap()
+    }
+    let mut learned_after = Duration::ZERO;
+    for (flags, want) in [(&[][..], 2), (&["--max-outgoing", "0"][..], 1)] {
+        let mut a = Node::spawn(flags).await;
+        let mut b = Node::spawn(flags).await;
+        let mut c = Node::spawn(flags).await;
+        b.cmd(json!({"cmd": "connect", "addr": c.addr()})).await;
+        b.expect(|j| j["event"] == "peer_up").await;
+        c.expect(|j| j["event"] == "peer_up").await;
+        let start = tokio::time::Instant::now();
+        a.cmd(json!({"cmd": "connect", "addr": b.addr()})).await;
+        a.expect(|j| j["event"] == "peer_up").await;
+        if want == 2 {
+            // a learns of c from b and dials it.
+            while peers(&mut a).await < 2 {
+                assert!(start.elapsed() < Duration::from_secs(10), "a never linked to c");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            learned_after = start.elapsed();
+        } else {
+            // Twice the time the default took, and more: still a chain.
+            tokio::time::sleep(learned_after * 2 + Duration::from_millis(500)).await;
+            assert_eq!((peers(&mut a).await, peers(&mut c).await), (1, 1));
+        }
+        for n in [a, b, c] {
+            n.quit().await;
+        }
+    }
+}

@@ -11,6 +11,8 @@
 //! | other map | `{"$map": [[key, value], ...]}` |
 //! | ext | `{"$ext": [type, "<base64>"]}` |
 
+use std::io::Write;
+
 use crate::Value;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
@@ -60,10 +62,13 @@ pub fn write_json(out: &mut Vec<u8>, v: &Value) {
         Value::Nil => out.extend_from_slice(b"null"),
         Value::Boolean(true) => out.extend_from_slice(b"true"),
         Value::Boolean(false) => out.extend_from_slice(b"false"),
-        Value::Integer(i) => match i.as_u64() {
-            Some(u) => out.extend_from_slice(u.to_string().as_bytes()),
-            None => out.extend_from_slice(i.as_i64().unwrap_or_default().to_string().as_bytes()),
-        },
+        // `write!` into the Vec formats in place (no String per number).
+        Value::Integer(i) => {
+            let _ = match i.as_u64() {
+                Some(u) => write!(out, "{u}"),
+                None => write!(out, "{}", i.as_i64().unwrap_or_default()),
+            };
+        }
         Value::String(s) => match s.as_str() {
             Some(s) => write_str(out, s),
             None => write_str(out, &String::from_utf8_lossy(s.as_bytes())),
