@@ -119,6 +119,32 @@ impl<'de> serde::Deserialize<'de> for JsonValue {
 
 struct ValueVisitor;
 
+/// A string borrowed from the input when it has no escapes, owned when it
+/// has (keys and number texts, read without an allocation each).
+struct Text<'de>(std::borrow::Cow<'de, str>);
+
+impl<'de> serde::Deserialize<'de> for Text<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Text<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, s: &'de str) -> Result<Text<'de>, E> {
+                Ok(Text(std::borrow::Cow::Borrowed(s)))
+            }
+            fn visit_str<E>(self, s: &str) -> Result<Text<'de>, E> {
+                Ok(Text(std::borrow::Cow::Owned(s.to_owned())))
+            }
+            fn visit_string<E>(self, s: String) -> Result<Text<'de>, E> {
+                Ok(Text(std::borrow::Cow::Owned(s)))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
 impl<'de> serde::de::Visitor<'de> for ValueVisitor {
     type Value = Value;
 
@@ -152,20 +178,36 @@ impl<'de> serde::de::Visitor<'de> for ValueVisitor {
     }
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
         use serde::de::Error;
-        let Some(first) = map.next_key::<String>()? else { return Ok(Value::Map(Vec::new())) };
+        let Some(Text(first)) = map.next_key::<Text<'de>>()? else { return Ok(Value::Map(Vec::new())) };
         if first == NUMBER_TOKEN {
-            let text: String = map.next_value()?;
+            let Text(text) = map.next_value()?;
+            // The common integers directly (as `from_json` maps them:
+            // i64 when it fits, else u64); the rest through a `Number`.
+            if let Ok(i) = text.parse::<i64>() {
+                return Ok(Value::from(i));
+            }
+            if let Ok(u) = text.parse::<u64>() {
+                return Ok(Value::from(u));
+            }
             let n: Number = text.parse().map_err(A::Error::custom)?;
             return from_json(&Json::Number(n)).map_err(A::Error::custom);
         }
+        let first = first.into_owned();
         if first.starts_with('$') {
             // Maybe one of the tagged forms: decided once the object ends.
             let v: Json = map.next_value()?;
-            let mut rest = Map::new();
-            while let Some(k) = map.next_key::<String>()? {
-                rest.insert(k, map.next_value::<Json>()?);
+            let mut next = map.next_key::<String>()?;
+            if let (None, "$bytes", Json::String(text)) = (&next, first.as_str(), &v) {
+                // The usual `{"$bytes": "..."}`, straight to bytes.
+                return B64.decode(text).map(Value::Binary).map_err(|e| A::Error::custom(format!("bad base64: {e}")));
             }
+            // As a JSON tree would have it: the last duplicate wins.
+            let mut rest = Map::new();
             rest.insert(first, v);
+            while let Some(k) = next {
+                rest.insert(k, map.next_value::<Json>()?);
+                next = map.next_key::<String>()?;
+            }
             return from_json(&Json::Object(rest)).map_err(A::Error::custom);
         }
         let mut entries = vec![(first, map.next_value::<JsonValue>()?.0)];
@@ -327,13 +369,16 @@ mod tests {
             r#"[0, {"$bytes": "q6ur"}, -5, 18446744073709551615, 2.5, 1.0, null, true, "s\u00e9"]"#,
             r#"[[1, [2]], {"k": "v", "a": 1, "k": "w"}, {"$map": [[1, 2]]}, {"$float": "NaN"}]"#,
             r#"[{"$ext": [3, "AQI="]}, {"$bytes": "AA==", "other": 1}, {}, [], -9223372036854775808, 1e300]"#,
+            r#"[-0, 0, 1E2, {"$bytes": ""}, {"other": 1, "$bytes": "AA=="}, {"$bytes": "AA==", "$bytes": "AQ=="}]"#,
         ] {
             let slow = from_json(&serde_json::from_str(text).unwrap()).unwrap();
             let JsonValue(fast) = serde_json::from_str(text).unwrap();
             // NaN != NaN: compare the encodings.
             assert_eq!(format!("{fast:?}"), format!("{slow:?}"), "{text}");
         }
-        for bad in [r#"[18446744073709551616]"#, r#"[{"$bytes": "!!"}]"#, r#"[{"$float": "wat"}]"#] {
+        for bad in
+            [r#"[18446744073709551616]"#, r#"[{"$bytes": "!!"}]"#, r#"[{"$float": "wat"}]"#, r#"[{"$bytes": 5}]"#]
+        {
             assert!(serde_json::from_str::<JsonValue>(bad).is_err(), "{bad}");
             assert!(from_json(&serde_json::from_str(bad).unwrap()).is_err(), "{bad}");
         }
