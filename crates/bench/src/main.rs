@@ -257,7 +257,10 @@ mod cli_chain {
             let mut up = 0;
             while up < want {
                 let lines = p.2.as_mut().context("stdout")?;
-                let l = tokio::time::timeout_at(deadline.into(), lines.next_line()).await??.context("chain link")?;
+                let l = tokio::time::timeout_at(deadline.into(), lines.next_line())
+                    .await
+                    .with_context(|| format!("node {i} of {n} did not get its links within 10 s"))??
+                    .context("chain link")?;
                 up += usize::from(l.contains("\"peer_up\""));
             }
         }
@@ -303,7 +306,10 @@ mod cli_chain {
         procs[n - 1].1.as_mut().context("stdin")?.write_all(status.as_bytes()).await?;
         let far = procs[n - 1].2.as_mut().context("stdout")?;
         loop {
-            let l = tokio::time::timeout(Duration::from_secs(5), far.next_line()).await??.context("far status")?;
+            let l = tokio::time::timeout(Duration::from_secs(5), far.next_line())
+                .await
+                .context("the far node did not answer status within 5 s")??
+                .context("far status")?;
             if l.contains("\"req\":\"chain\"") {
                 let status: Json = serde_json::from_str(&l)?;
                 anyhow::ensure!(

@@ -74,7 +74,8 @@ pub async fn run(
     let tty = std::io::stdin().is_terminal() && std::io::stdout().is_terminal();
     let (out, mut lines, writer) = if tty { terminal(session.book.clone())? } else { piped() };
     out.send(banner(&session)).await?;
-    spawn_forwarders(&session.node, session.book.clone(), out.clone(), Style::Human);
+    let events = session.take_events().unwrap_or_else(|| session.node.peer_events());
+    spawn_forwarders(&session.node, events, session.book.clone(), out.clone(), Style::Human);
     for addr in connect {
         spawn_connect(&session, addr, out.clone());
     }

@@ -141,9 +141,15 @@ fn event_line(e: Event, style: Style) -> Option<String> {
     })
 }
 
-/// Forwards messages and events to `out` until the node stops, keeping
-/// `book` up to date on the way.
-pub fn spawn_forwarders(node: &rs2p::MeshSocket, book: Arc<PeerBook>, out: mpsc::Sender<String>, style: Style) {
+/// Forwards messages and `events` (the node's peer events) to `out` until
+/// the node stops, keeping `book` up to date on the way.
+pub fn spawn_forwarders(
+    node: &rs2p::MeshSocket,
+    mut events: rs2p::EventStream,
+    book: Arc<PeerBook>,
+    out: mpsc::Sender<String>,
+    style: Style,
+) {
     let n = node.clone();
     let o = out.clone();
     let b = book.clone();
@@ -169,7 +175,6 @@ pub fn spawn_forwarders(node: &rs2p::MeshSocket, book: Arc<PeerBook>, out: mpsc:
             }
         }
     });
-    let mut events = node.peer_events();
     tokio::spawn(async move {
         while let Some(e) = events.recv().await {
             match &e {

@@ -143,7 +143,8 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let (out, writer) = spawn_stdout();
     out.send(session.ready_json().to_string()).await?;
-    spawn_forwarders(&session.node, session.book.clone(), out.clone(), Style::Json);
+    let events = session.take_events().unwrap_or_else(|| session.node.peer_events());
+    spawn_forwarders(&session.node, events, session.book.clone(), out.clone(), Style::Json);
     for addr in connect {
         spawn_connect(&session, addr, None, out.clone());
     }

@@ -74,6 +74,11 @@ pub struct Session {
     pub book: Arc<PeerBook>,
     /// When the node started.
     pub started: Instant,
+    /// The node's peer events, subscribed to as soon as it runs: a peer
+    /// can link in before the front end starts printing (as soon as `ready`
+    /// shows the address), and a later subscription would miss its
+    /// `peer_up`. Taken once, by the front end's forwarder.
+    events: std::sync::Mutex<Option<rs2p::EventStream>>,
 }
 
 impl Session {
@@ -111,7 +116,13 @@ impl Session {
             (b.spawn().await.with_context(|| format!("cannot start a node on {}", args.bind))?, None)
         };
         tracing::info!(id = %node.id(), listen = %node.local_addr(), subnet = %node.protocol().subnet, "node started");
-        Ok(Arc::new(Session { node, sync, book: Arc::default(), started: Instant::now() }))
+        let events = std::sync::Mutex::new(Some(node.peer_events()));
+        Ok(Arc::new(Session { node, sync, book: Arc::default(), started: Instant::now(), events }))
+    }
+
+    /// The peer events since the node started (once; `None` after).
+    pub fn take_events(&self) -> Option<rs2p::EventStream> {
+        self.events.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take()
     }
 
     /// Dials `addr` for a user's `connect`, telling the peer book, so the
