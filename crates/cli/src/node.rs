@@ -48,6 +48,11 @@ pub struct NodeArgs {
     /// the links you ask for: a fixed topology, such as a chain.
     #[arg(long, default_value_t = 4, value_name = "N")]
     pub max_outgoing: usize,
+    /// Keep the node's key (Ed25519, PKCS#8 PEM) in FILE, so it keeps its
+    /// id across restarts: created with owner-only permissions when
+    /// missing. Without it, each run has a fresh key and id.
+    #[arg(long, value_name = "FILE")]
+    pub key: Option<std::path::PathBuf>,
     /// Serve Prometheus metrics at http://HOST:PORT/metrics.
     #[arg(long, value_name = "HOST:PORT")]
     pub metrics: Option<SocketAddr>,
@@ -94,6 +99,9 @@ impl Session {
             }
             let max_outgoing = args.max_outgoing;
             b = b.mesh(|m| m.max_outgoing(max_outgoing));
+            if let Some(path) = args.key.clone() {
+                b = b.mesh(|m| m.key_file(path));
+            }
             if let Some(a) = args.out_addr.clone() {
                 b = b.mesh(|m| m.out_addr(a));
             }
@@ -107,6 +115,9 @@ impl Session {
                     rs2p::Encryption::Plaintext,
                 ))
                 .max_outgoing(args.max_outgoing);
+            if let Some(path) = args.key.clone() {
+                b = b.key_file(path);
+            }
             if let Some(a) = args.out_addr.clone() {
                 b = b.out_addr(a);
             }
@@ -148,11 +159,17 @@ impl Session {
         self.node.id()
     }
 
+    /// The node's public key in hex (its id is base58 of the key's SHA-384).
+    pub fn public_key_hex(&self) -> String {
+        self.node.public_key().iter().map(|b| format!("{b:02x}")).collect()
+    }
+
     /// The `ready` event: who and where the node is.
     pub fn ready_json(&self) -> Json {
         json!({
             "event": "ready",
             "id": self.id().to_string(),
+            "public_key": self.public_key_hex(),
             "addr": self.node.out_addr().to_string(),
             "listen": self.node.local_addr().to_string(),
             "subnet": self.node.protocol().subnet,
@@ -196,6 +213,7 @@ impl Session {
         Ok(json!({
             "event": "status",
             "id": self.id().to_string(),
+            "public_key": self.public_key_hex(),
             "addr": self.node.out_addr().to_string(),
             "listen": self.node.local_addr().to_string(),
             "subnet": self.node.protocol().subnet,

@@ -470,3 +470,49 @@ async fn max_outgoing_zero_keeps_only_the_links_asked_for() {
         }
     }
 }
+
+/// `--key FILE`: the key is made once (owner-only), the node keeps its id
+/// across restarts, and the id is what any implementation derives from the
+/// public key: py2p's `base58.b58encode_int` of the SHA-384 of the key,
+/// computed here by Python (the pinned py2p virtualenv's `base58`).
+#[tokio::test]
+async fn a_key_file_keeps_the_id_and_the_id_is_checkable() {
+    let dir = std::env::temp_dir().join(format!("rs2p-cli-key-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = dir.join("node.key");
+    let key_arg = key.to_str().unwrap();
+    let a = Node::spawn(&["--key", key_arg]).await;
+    let (id, public_key) = (a.id(), a.ready["public_key"].as_str().unwrap().to_string());
+    a.quit().await;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+    let again = Node::spawn(&["--key", key_arg, "--sync"]).await;
+    assert_eq!((again.id(), again.ready["public_key"].as_str().unwrap()), (id.clone(), public_key.as_str()));
+    again.quit().await;
+    let fresh = Node::spawn(&[]).await;
+    assert_ne!(fresh.id(), id);
+    fresh.quit().await;
+
+    let python = std::env::var_os("RS2P_PY2P_PYTHON")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| concat!(env!("CARGO_MANIFEST_DIR"), "/../../.venv-py2p/bin/python").into());
+    assert!(python.exists(), "needs the pinned py2p virtualenv at {}: run ./scripts/setup-py2p.sh", python.display());
+    let script = "import base58, hashlib, sys\n\
+        pk = bytes.fromhex(sys.argv[1])\n\
+        print(base58.b58encode_int(int.from_bytes(hashlib.sha384(pk).digest(), 'big')).decode())";
+    let out = std::process::Command::new(python).args(["-c", script, &public_key]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8(out.stdout).unwrap().trim(), id);
+
+    // A file that is not a key: a clear fatal error, and the file is kept.
+    std::fs::write(&key, "garbage").unwrap();
+    let out = std::process::Command::new(BIN).args(["node", "--json", "--key", key_arg]).output().unwrap();
+    assert!(!out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("\"fatal\"") && text.contains("not an Ed25519 private key"), "{text}");
+    assert_eq!(std::fs::read_to_string(&key).unwrap(), "garbage");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -28,6 +28,7 @@
 
 pub mod addr;
 pub mod id;
+pub mod identity;
 pub mod mesh;
 pub mod node;
 #[cfg(any(test, feature = "sim"))]

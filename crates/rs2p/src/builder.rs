@@ -3,7 +3,8 @@
 
 use std::time::Duration;
 
-use rs2p_proto::id::{Encryption, PeerId, Protocol};
+use rs2p_proto::id::{Encryption, Protocol};
+use rs2p_proto::identity::Identity;
 use rs2p_proto::mesh::dissemination::TreeConfig;
 use rs2p_proto::mesh::{self, PeerAddr};
 use rs2p_proto::wire::{Compression, Limits};
@@ -42,6 +43,8 @@ pub struct Builder {
     keepalive: (Duration, Duration),
     queue_all_subflags: bool,
     seed: Option<u64>,
+    identity: Option<Identity>,
+    key_file: Option<std::path::PathBuf>,
     tls: Option<crate::TlsConfig>,
     pub(crate) sync: Option<rs2p_proto::sync::Config>,
 }
@@ -71,6 +74,8 @@ impl Default for Builder {
             keepalive: (Duration::from_secs(3), Duration::from_secs(9)),
             queue_all_subflags: false,
             seed: None,
+            identity: None,
+            key_file: None,
             tls: None,
             sync: None,
         }
@@ -201,6 +206,24 @@ impl Builder {
         self
     }
 
+    /// The node's key pair, which determines its id (see
+    /// [`crate::proto::identity`]). Default: a fresh key (a new id each
+    /// run), unless [`Builder::key_file`] is set.
+    pub fn identity(mut self, identity: Identity) -> Self {
+        self.identity = Some(identity);
+        self
+    }
+
+    /// Keep the node's key in `path` (PKCS#8 PEM, as `openssl genpkey
+    /// -algorithm ed25519` writes it), so that the node keeps its id across
+    /// restarts: loaded when the file exists, otherwise created with a
+    /// fresh key and owner-only permissions. Wins over
+    /// [`Builder::identity`].
+    pub fn key_file(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.key_file = Some(path.into());
+        self
+    }
+
     /// Whether to redial and ask for peers to keep `max_outgoing`
     /// connections after losses. Default on.
     pub fn maintain_outgoing(mut self, on: bool) -> Self {
@@ -293,9 +316,11 @@ impl Builder {
                 if local_addr.ip().is_unspecified() { "127.0.0.1".to_string() } else { local_addr.ip().to_string() };
             PeerAddr::new(ip, local_addr.port())
         });
-        let salt: [u8; 16] = rand::random();
-        let id = PeerId::derive(&out_addr.host, out_addr.port, &protocol.id(), &salt);
-        let mut mesh = mesh::Config::new(protocol, id, out_addr);
+        let identity = match &self.key_file {
+            Some(path) => crate::key_file::load_or_create(path)?,
+            None => self.identity.clone().unwrap_or_else(|| Identity::from_secret(rand::random())),
+        };
+        let mut mesh = mesh::Config::new(protocol, identity.id(), out_addr);
         mesh.max_outgoing = self.max_outgoing;
         mesh.max_frame_len = self.limits.max_frame_len;
         mesh.compression = self.compression;
@@ -323,6 +348,7 @@ impl Builder {
                 queue_all_subflags: self.queue_all_subflags,
             },
             seed: self.seed.unwrap_or_else(rand::random),
+            identity,
         };
         Ok(MeshSocket::start(cfg, listener, local_addr))
     }

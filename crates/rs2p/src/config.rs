@@ -94,6 +94,8 @@ pub(crate) struct NodeConfig {
     pub(crate) sync: Option<rs2p_proto::sync::Config>,
     pub(crate) driver: DriverConfig,
     pub(crate) seed: u64,
+    /// The node's key pair; `mesh.id` is its id.
+    pub(crate) identity: rs2p_proto::identity::Identity,
 }
 
 impl NodeConfig {

@@ -71,6 +71,14 @@ pub enum Error {
     /// a plain mesh node).
     #[error("this node holds no replica of the dictionary")]
     NoReplica,
+    /// The node's key file could not be read, created or understood.
+    #[error("key file {path}: {reason}")]
+    KeyFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
     /// The socket was shut down (or its last handle dropped).
     #[error("the socket is closed")]
     Closed,

@@ -90,6 +90,7 @@ mod event;
 mod inbox;
 #[cfg(feature = "json")]
 pub mod json;
+mod key_file;
 mod message;
 mod socket;
 mod sync_socket;

@@ -35,6 +35,7 @@ struct Inner {
     events: EventHub,
     inbox: Arc<crate::inbox::Inbox>,
     id: PeerId,
+    public_key: [u8; 32],
     protocol: Protocol,
     tls_fingerprint: Option<[u8; 32]>,
     local_addr: SocketAddr,
@@ -112,6 +113,7 @@ impl MeshSocket {
         let events: EventHub = Default::default();
         let inbox = crate::inbox::Inbox::new(cfg.driver.recv_queue_cap);
         let id = cfg.mesh.id.clone();
+        let public_key = cfg.identity.public_key();
         let protocol = cfg.mesh.protocol.clone();
         let out_addr = cfg.mesh.out_addr.clone();
         let tls_fingerprint = cfg.driver.tls.as_ref().map(|t| t.fingerprint);
@@ -123,6 +125,7 @@ impl MeshSocket {
                 events,
                 inbox,
                 id,
+                public_key,
                 protocol,
                 tls_fingerprint,
                 local_addr,
@@ -135,6 +138,12 @@ impl MeshSocket {
     /// This node's id.
     pub fn id(&self) -> &PeerId {
         &self.inner.id
+    }
+
+    /// This node's Ed25519 public key: [`MeshSocket::id`] is base58 of
+    /// its SHA-384 ([`crate::proto::identity::id_of_key`]).
+    pub fn public_key(&self) -> [u8; 32] {
+        self.inner.public_key
     }
 
     /// The network's protocol.
