@@ -5,7 +5,7 @@ use std::io::Write;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use rs2p::json::{to_json, write_json, write_str};
+use rs2p::json::{to_json, write_json_ref, write_str};
 use rs2p::{Event, Message, PeerId, Value};
 use serde_json::{json, Value as Json};
 use tokio::sync::mpsc;
@@ -63,12 +63,13 @@ fn write_message_json(out: &mut Vec<u8>, m: &Message) {
     out.extend_from_slice(b",\"time\":");
     let _ = write!(out, "{}", m.time());
     out.extend_from_slice(b",\"packets\":[");
-    if let Ok(packets) = m.packets() {
+    // Borrowed from the frame: no owned copy of each packet on the way.
+    if let Ok(packets) = m.raw().value_refs() {
         for (i, p) in packets.iter().enumerate() {
             if i > 0 {
                 out.push(b',');
             }
-            write_json(out, p);
+            write_json_ref(out, p);
         }
     }
     out.extend_from_slice(b"]}");
@@ -159,8 +160,13 @@ pub fn spawn_forwarders(
             let mut batch = vec![first];
             batch.extend(n.recv(MESSAGE_BATCH));
             let mut lines = Vec::with_capacity(batch.len() * 256);
+            let mut last_sender: Option<&PeerId> = None;
             for m in &batch {
-                b.heard_from(m.sender());
+                // Once per run of one sender's messages (a lock each time).
+                if last_sender != Some(m.sender()) {
+                    b.heard_from(m.sender());
+                    last_sender = Some(m.sender());
+                }
                 if !lines.is_empty() {
                     lines.push(b'\n');
                 }

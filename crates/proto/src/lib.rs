@@ -38,7 +38,7 @@ pub mod sim_broadcast;
 pub mod sync;
 pub mod wire;
 
-pub use rmpv::Value;
+pub use rmpv::{Value, ValueRef};
 
 /// Identifies a local command, so that its answer
 /// ([`node::Output::Reply`]) can be matched to it. Chosen by the driver.

@@ -73,14 +73,7 @@ pub fn write_json(out: &mut Vec<u8>, v: &Value) {
             Some(s) => write_str(out, s),
             None => write_str(out, &String::from_utf8_lossy(s.as_bytes())),
         },
-        Value::Binary(b) => {
-            out.extend_from_slice(b"{\"$bytes\":\"");
-            let start = out.len();
-            out.resize(start + base64::encoded_len(b.len(), true).unwrap_or(0), 0);
-            let n = B64.encode_slice(b, &mut out[start..]).unwrap_or(0);
-            out.truncate(start + n);
-            out.extend_from_slice(b"\"}");
-        }
+        Value::Binary(b) => write_bytes(out, b),
         Value::Array(a) => {
             out.push(b'[');
             for (i, item) in a.iter().enumerate() {
@@ -97,6 +90,50 @@ pub fn write_json(out: &mut Vec<u8>, v: &Value) {
             let _ = serde_json::to_writer(&mut *out, &to_json(other));
         }
     }
+}
+
+/// As [`write_json`], for a value borrowed from a frame
+/// ([`rs2p_proto::wire::frame::Packet::value_refs`]): a message's packets
+/// written as JSON without copying them into owned values first.
+pub fn write_json_ref(out: &mut Vec<u8>, v: &rs2p_proto::ValueRef<'_>) {
+    use rs2p_proto::ValueRef as R;
+    match v {
+        R::Nil => out.extend_from_slice(b"null"),
+        R::Boolean(true) => out.extend_from_slice(b"true"),
+        R::Boolean(false) => out.extend_from_slice(b"false"),
+        R::Integer(i) => {
+            let _ = match i.as_u64() {
+                Some(u) => write!(out, "{u}"),
+                None => write!(out, "{}", i.as_i64().unwrap_or_default()),
+            };
+        }
+        R::String(s) => match s.as_str() {
+            Some(s) => write_str(out, s),
+            None => write_str(out, &String::from_utf8_lossy(s.as_bytes())),
+        },
+        R::Binary(b) => write_bytes(out, b),
+        R::Array(a) => {
+            out.push(b'[');
+            for (i, item) in a.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_json_ref(out, item);
+            }
+            out.push(b']');
+        }
+        // Rare: the owned path.
+        other => write_json(out, &other.to_owned()),
+    }
+}
+
+fn write_bytes(out: &mut Vec<u8>, b: &[u8]) {
+    out.extend_from_slice(b"{\"$bytes\":\"");
+    let start = out.len();
+    out.resize(start + base64::encoded_len(b.len(), true).unwrap_or(0), 0);
+    let n = B64.encode_slice(b, &mut out[start..]).unwrap_or(0);
+    out.truncate(start + n);
+    out.extend_from_slice(b"\"}");
 }
 
 /// A msgpack value read straight from JSON text (`serde_json::from_str`
@@ -381,6 +418,35 @@ mod tests {
         {
             assert!(serde_json::from_str::<JsonValue>(bad).is_err(), "{bad}");
             assert!(from_json(&serde_json::from_str(bad).unwrap()).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn borrowed_values_are_written_as_owned_ones() {
+        let v = Value::Array(vec![
+            Value::Nil,
+            Value::Boolean(true),
+            Value::from(-5),
+            Value::from(u64::MAX),
+            Value::from("s\u{e9}\"\n"),
+            Value::Binary(vec![0, 1, 255]),
+            Value::Array(vec![Value::Binary(vec![]), Value::F64(2.5)]),
+            Value::Map(vec![(Value::from("k"), Value::from(1))]),
+            Value::Ext(3, vec![1, 2]),
+            Value::F32(1.5),
+        ]);
+        use rs2p_proto::wire::msgpack::{decode_value_refs, decode_values, write_value};
+        let mut bytes = Vec::new();
+        write_value(&mut bytes, &v);
+        // And a string that is not UTF-8 (a str8 of 0xff 'a').
+        bytes.extend_from_slice(&[0xa2, 0xff, b'a']);
+        let owned = decode_values(&bytes, 0, 2).unwrap();
+        let borrowed = decode_value_refs(&bytes, 0, 2).unwrap();
+        for (o, r) in owned.iter().zip(&borrowed) {
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            write_json(&mut a, o);
+            write_json_ref(&mut b, r);
+            assert_eq!(String::from_utf8(b).unwrap(), String::from_utf8(a).unwrap());
         }
     }
 

@@ -267,6 +267,15 @@ impl Packet {
     pub fn values(&self) -> Result<Vec<Value>, DecodeError> {
         msgpack::decode_values(self.frame.payload(), self.rest_offset, self.rest_count)
     }
+
+    /// The packets after the sub-flag, borrowed from the frame (see
+    /// [`msgpack::decode_value_refs`]).
+    ///
+    /// # Errors
+    /// As [`Packet::values`].
+    pub fn value_refs(&self) -> Result<Vec<rmpv::ValueRef<'_>>, DecodeError> {
+        msgpack::decode_value_refs(self.frame.payload(), self.rest_offset, self.rest_count)
+    }
 }
 
 /// Splits a byte stream into frames and checks them.

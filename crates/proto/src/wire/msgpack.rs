@@ -183,6 +183,20 @@ pub fn decode_values(buf: &[u8], pos: usize, count: u64) -> Result<Vec<Value>, D
     Ok(out)
 }
 
+/// As [`decode_values`], but borrowing strings and binaries from `buf`
+/// (no copies): for readers that only look, such as a JSON writer.
+///
+/// # Errors
+/// [`DecodeError::Msgpack`] if the bytes are not valid msgpack after all.
+pub fn decode_value_refs(buf: &[u8], pos: usize, count: u64) -> Result<Vec<rmpv::ValueRef<'_>>, DecodeError> {
+    let mut rd = buf.get(pos..).ok_or(DecodeError::Msgpack("truncated"))?;
+    let mut out = Vec::with_capacity(usize::try_from(count).unwrap_or(0).min(rd.len()));
+    for _ in 0..count {
+        out.push(rmpv::decode::read_value_ref(&mut rd).map_err(|_| DecodeError::Msgpack("invalid value"))?);
+    }
+    Ok(out)
+}
+
 /// Appends the msgpack encoding of `value` to `out`, with the smallest
 /// encodings (as py2p's u-msgpack-python does).
 pub fn write_value(out: &mut Vec<u8>, value: &Value) {
