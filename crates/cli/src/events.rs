@@ -159,7 +159,10 @@ pub fn spawn_forwarders(
             // Everything already queued goes out as one batch of lines.
             let mut batch = vec![first];
             batch.extend(n.recv(MESSAGE_BATCH));
-            let mut lines = Vec::with_capacity(batch.len() * 256);
+            // Sized for the whole batch (base64 is 4/3 of the payload, plus
+            // the id, sender and field names), so it is not regrown.
+            let size: usize = batch.iter().map(|m| m.raw().frame.payload().len() * 4 / 3 + 256).sum();
+            let mut lines = Vec::with_capacity(size);
             let mut last_sender: Option<&PeerId> = None;
             for m in &batch {
                 // Once per run of one sender's messages (a lock each time).

@@ -11,7 +11,7 @@
 //! and a run of broadcasts in it goes to the node as one command.
 
 use std::future::Future;
-use std::io::Write;
+use std::io::{IoSlice, Write};
 use std::sync::Arc;
 
 use rs2p::json::{from_json, to_json};
@@ -30,6 +30,11 @@ use crate::node::Session;
 /// does no formatting work for nobody), never its relaying.
 const STDOUT_QUEUE_CAP: usize = 32;
 
+/// At most this many queue entries go out in one gathering write (two
+/// slices each, the entry and its newline: well within the system's
+/// limit of 1,024 slices per write).
+const STDOUT_GATHER: usize = 256;
+
 /// At most this many buffered lines are handled as one batch.
 const LINE_BATCH: usize = 1024;
 
@@ -46,29 +51,42 @@ pub const COMMANDS: &str =
 pub fn spawn_stdout() -> (mpsc::Sender<String>, tokio::task::JoinHandle<()>) {
     let (tx, mut rx) = mpsc::channel::<String>(STDOUT_QUEUE_CAP);
     let task = tokio::task::spawn_blocking(move || {
-        let mut buf = Vec::with_capacity(64 << 10);
-        while let Some(line) = rx.blocking_recv() {
-            buf.clear();
-            buf.extend_from_slice(line.as_bytes());
-            buf.push(b'\n');
-            while buf.len() < (1 << 20) {
+        let mut batch: Vec<String> = Vec::with_capacity(STDOUT_GATHER);
+        while let Some(first) = rx.blocking_recv() {
+            batch.clear();
+            batch.push(first);
+            while batch.len() < STDOUT_GATHER {
                 match rx.try_recv() {
-                    Ok(more) => {
-                        buf.extend_from_slice(more.as_bytes());
-                        buf.push(b'\n');
-                    }
+                    Ok(more) => batch.push(more),
                     Err(_) => break,
                 }
             }
+            // One gathering write of everything queued: no copy into a
+            // buffer of our own.
+            let mut slices: Vec<IoSlice<'_>> =
+                batch.iter().flat_map(|l| [IoSlice::new(l.as_bytes()), IoSlice::new(b"\n")]).collect();
             // Locked per batch, not for good: the fatal-error path prints
             // with `println!` after this thread has given up.
             let mut out = std::io::stdout().lock();
-            if out.write_all(&buf).is_err() || out.flush().is_err() {
+            if write_all_vectored(&mut out, &mut slices).is_err() || out.flush().is_err() {
                 return;
             }
         }
     });
     (tx, task)
+}
+
+/// `Write::write_all` for gathered buffers (the std one is unstable).
+fn write_all_vectored(w: &mut impl Write, mut bufs: &mut [IoSlice<'_>]) -> std::io::Result<()> {
+    while !bufs.is_empty() {
+        match w.write_vectored(bufs) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => IoSlice::advance_slices(&mut bufs, n),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// One parsed command line.
