@@ -134,8 +134,15 @@ impl Mesh {
                     return; // replaced by another link to the same peer
                 }
                 self.routing.remove(&peer);
-                // Remember it as a redial candidate unless we chose to drop it.
-                let chosen = matches!(reason, CloseReason::Requested | CloseReason::Shutdown);
+                // Remember it as a redial candidate unless we chose to drop
+                // it, or it told us it quit or dropped us (redialing a peer
+                // that cut us off on purpose would undo its choice).
+                let chosen = matches!(
+                    reason,
+                    CloseReason::Requested
+                        | CloseReason::Shutdown
+                        | CloseReason::PeerLeft(Farewell::Quit | Farewell::Disconnect)
+                );
                 if let (Some(addr), false) = (c.addr, chosen) {
                     if self.known.len() < self.cfg.max_known_peers {
                         let next_try_ms = now.mono_ms + self.cfg.redial_backoff_ms;
