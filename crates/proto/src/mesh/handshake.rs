@@ -57,7 +57,17 @@ impl Mesh {
         let replaces = self.routing.contains_key(&peer) || self.replacing.remove(&peer).is_some();
         if let Some(&existing) = self.routing.get(&peer) {
             match resolve_conflict(&self.cfg.id, &peer, new_outgoing) {
-                Keep::Existing => return self.close(conn, CloseReason::Duplicate),
+                Keep::Existing => {
+                    // The other end may already count this link as its
+                    // peer's (it heard our handshake first): an rs2p peer is
+                    // told that another link replaces it, so it waits for
+                    // that one instead of reporting us gone.
+                    if is_rs2p(&hs.methods) {
+                        let frame = MeshMessage::Goodbye(Farewell::Replaced).encode(&self.cfg.id, now.unix());
+                        self.send_control(conn, frame);
+                    }
+                    return self.close(conn, CloseReason::Duplicate);
+                }
                 Keep::New => {
                     // Move the routing entry first so closing the old link
                     // does not report the peer as gone.

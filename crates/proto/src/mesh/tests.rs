@@ -230,9 +230,12 @@ fn a_connect_that_loses_the_conflict_rule_still_succeeds() {
     one.m.handle(T0, Input::Dialed { dial: DialId(1), conn: ConnId(2) });
     drain(&mut one.m);
     one.m.handle(T0, Input::Packet { conn: ConnId(2), packet: hello });
+    // The rs2p peer is told the link is replaced, then it closes.
+    let bye = MeshMessage::Goodbye(Farewell::Replaced).encode(&me, T0.unix());
     assert_eq!(
         drain(&mut one.m),
         vec![
+            Output::Send { conn: ConnId(2), frame: bye, lane: Lane::Control },
             Output::Close { conn: ConnId(2), reason: CloseReason::Duplicate },
             Output::Reply { request: RequestId(2), result: Ok(Reply::Connected(big)) },
         ]
@@ -591,6 +594,33 @@ fn a_link_replaced_by_the_conflict_rule_does_not_take_its_peer_down() {
     two.m.handle(T0.plus_ms(deadline - T0.mono_ms), Input::Timeout);
     let reason = CloseReason::PeerLeft(Farewell::Replaced);
     assert!(drain(&mut two.m).contains(&Output::Event(Event::PeerDown { conn: ConnId(1), peer, reason })));
+}
+
+#[test]
+fn a_duplicate_link_closed_before_its_handshake_is_said_goodbye_to() {
+    // An rs2p peer up on an incoming link; a second link to it arrives in
+    // the direction the conflict rule drops.
+    let mut one = One::established(1);
+    let peer = one.peer.clone();
+    let drop_incoming = resolve_conflict(one.m.id(), &peer, false) == Keep::Existing;
+    if drop_incoming {
+        one.m.handle(T0, Input::Incoming { conn: ConnId(2) });
+    } else {
+        let addr = one.peer_addr.clone();
+        let connect = Command::Connect { addr, expected: None };
+        one.m.handle(T0, Input::Command { request: RequestId(1), command: connect });
+        one.m.handle(T0, Input::Dialed { dial: DialId(1), conn: ConnId(2) });
+    }
+    drain(&mut one.m);
+    let hello = one.hello_from(&peer, vec![0x2f]);
+    one.m.handle(T0, Input::Packet { conn: ConnId(2), packet: hello });
+    let out = drain(&mut one.m);
+    let bye = MeshMessage::Goodbye(Farewell::Replaced).encode(one.m.id(), T0.unix());
+    let said = out.iter().position(|o| *o == Output::Send { conn: ConnId(2), frame: bye.clone(), lane: Lane::Control });
+    let closed =
+        out.iter().position(|o| matches!(o, Output::Close { conn: ConnId(2), reason: CloseReason::Duplicate }));
+    assert!(said.is_some() && closed.is_some() && said < closed, "{out:?}");
+    assert_eq!(one.m.peer_count(), 1);
 }
 
 #[test]
