@@ -111,7 +111,8 @@ impl N {
                 .collect(),
             N::Py(p) => {
                 p.cmd(json!({"cmd": "dump"})).await;
-                let d = p.expect(10, |j| j["event"] == "dump").await;
+                let d = p.expect(10, |j| j["event"] == "dump" || (j["event"] == "error" && j["cmd"] == "dump")).await;
+                assert_eq!(d["event"], "dump", "the py2p peer failed to dump: {d}");
                 d["entries"]
                     .as_array()
                     .unwrap()
