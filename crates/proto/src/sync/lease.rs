@@ -5,6 +5,28 @@
 //! against the entry the replica holds) and py2p's own `__check_lease` for
 //! writes that come from py2p nodes ([`Replica::py2p_accepts`], with its
 //! same-second tie rule).
+//!
+//! # Open: a lease rule for rs2p writes that every replica applies alike
+//! A write carrying rs2p's `[ts_ms]` is merged by version order alone, so a
+//! peer that sends one takes a leased key (issue #13). The fix is not a
+//! receiver-side check against the entry held: two replicas that saw the
+//! owner's write and a rival's in opposite orders would then disagree for
+//! good. What was found while designing one, for whoever takes it up:
+//! - a pairwise rule ("of two writes by different owners less than a lease
+//!   apart, the earlier wins") is not transitive: the owner's own later
+//!   write A@3 loses to a rival B@2 once A@1, which set up the lease, has
+//!   been superseded everywhere, so the lease must be remembered with the
+//!   entry (since when its holder has held it), not read off the newest
+//!   version;
+//! - even with that, a replica that drops a write because, as far as it
+//!   knows, it came within another holder's lease cannot take it back when
+//!   an earlier write shows that holder's lease to be void: order
+//!   independence needs the candidate writes of the lease period kept per
+//!   writer (bounded, since any number of ids can write);
+//! - writers choose `ts_ms`: a rule that favours the earlier holder invites
+//!   backdating, so stamps must be bound to the header's time (which the
+//!   mesh keeps within 60 s of now), and anti-entropy's records trusted only
+//!   once they are signed.
 
 use super::{Entry, Replica, WriteError};
 use crate::id::PeerId;

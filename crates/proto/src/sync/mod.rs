@@ -52,7 +52,10 @@
 //! stays in the network. Reads are local: they may lag other replicas.
 //! Leases are checked locally when a write is made: during a partition two
 //! nodes can both take a free key; after the heal the version order picks
-//! one winner everywhere.
+//! one winner everywhere. Receivers do not check the lease of a write that
+//! carries `[ts_ms]` (only py2p's writes get py2p's check): leases bind
+//! honest rs2p nodes, not a peer that lies (issue #13, open; see
+//! `lease.rs`).
 //!
 //! py2p replicas keep py2p's rules: they see rs2p writes as second-resolution
 //! stores, apply py2p's lease check, forget deletes, and are repaired only by
