@@ -53,6 +53,21 @@ pub struct NodeArgs {
     /// missing. Without it, each run has a fresh key and id.
     #[arg(long, value_name = "FILE")]
     pub key: Option<std::path::PathBuf>,
+    /// With --sync: keep the dictionary (and the node's key, unless --key
+    /// says otherwise) in DIR, so that a restarted node still has it and
+    /// keeps its id.
+    #[arg(long, value_name = "DIR", requires = "sync")]
+    pub data_dir: Option<std::path::PathBuf>,
+    /// With --data-dir: when a write is acknowledged. `batch` (default):
+    /// once on disk, with group commit; `always`: each round of changes
+    /// fsynced on its own; `never`: at once, fsynced every second.
+    #[arg(long, value_name = "POLICY", default_value = "batch", requires = "data_dir")]
+    pub fsync: rs2p::Fsync,
+    /// With --data-dir: what to do with a damaged store. `fail` (default):
+    /// refuse to start; `resync`: set it aside and take the dictionary
+    /// from peers.
+    #[arg(long, value_name = "WHAT", default_value = "fail", requires = "data_dir")]
+    pub on_corrupt: OnCorruptArg,
     /// Serve Prometheus metrics at http://HOST:PORT/metrics.
     #[arg(long, value_name = "HOST:PORT")]
     pub metrics: Option<SocketAddr>,
@@ -68,6 +83,15 @@ JSON commands (with --json), one object per line, each may carry \"req\":
   {\"cmd\":\"disconnect\",\"id\":ID}  {\"cmd\":\"peers\"}  {\"cmd\":\"status\"}  {\"cmd\":\"quit\"}
   with --sync: set (key, value), get (key), delete (key), delta (key, delta), dump
 ID may be a unique prefix of a peer id. See the README's JSON contract table.";
+
+/// `--on-corrupt`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum OnCorruptArg {
+    /// Refuse to start.
+    Fail,
+    /// Set the store aside and resync from peers.
+    Resync,
+}
 
 /// A running node and what the front ends share about it.
 pub struct Session {
@@ -99,6 +123,13 @@ impl Session {
             }
             let max_outgoing = args.max_outgoing;
             b = b.mesh(|m| m.max_outgoing(max_outgoing));
+            if let Some(dir) = args.data_dir.clone() {
+                let on_corrupt = match args.on_corrupt {
+                    OnCorruptArg::Fail => rs2p::OnCorrupt::Fail,
+                    OnCorruptArg::Resync => rs2p::OnCorrupt::Resync,
+                };
+                b = b.data_dir(dir).fsync(args.fsync).on_corrupt(on_corrupt);
+            }
             if let Some(path) = args.key.clone() {
                 b = b.mesh(|m| m.key_file(path));
             }

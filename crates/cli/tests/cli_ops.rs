@@ -516,3 +516,66 @@ async fn a_key_file_keeps_the_id_and_the_id_is_checkable() {
     assert_eq!(std::fs::read_to_string(&key).unwrap(), "garbage");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `--data-dir`: a write acknowledged (`"req"` answered `ok`) survives a
+/// `kill -9` of the node the moment after, under `--fsync always` and
+/// `batch`; the node comes back with its id and every entry.
+#[tokio::test]
+async fn an_acknowledged_write_survives_kill_9() {
+    for policy in ["always", "batch"] {
+        let dir = std::env::temp_dir().join(format!("rs2p-cli-durable-{}-{policy}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let dir_arg = dir.to_str().unwrap().to_string();
+        let flags = ["--sync", "--data-dir", &dir_arg, "--fsync", policy];
+        let mut a = Node::spawn(&flags).await;
+        let id = a.id();
+        let mut lines = String::new();
+        for i in 0..500 {
+            lines += &format!("{}\n", json!({"cmd": "set", "key": format!("k{i}"), "value": i, "req": i}));
+        }
+        lines += &format!("{}\n", json!({"cmd": "delete", "key": "k3", "req": "del"}));
+        a.send(lines.as_bytes()).await;
+        // Answers come in order: the last one means every one before it.
+        a.expect(|j| j["req"] == "del" && j["event"] == "ok").await;
+        signal(a.pid(), "KILL");
+        a.child.wait().await.unwrap();
+
+        let mut b = Node::spawn(&flags).await;
+        assert_eq!(b.id(), id, "{policy}: same id after the restart");
+        b.cmd(json!({"cmd": "dump", "req": "d"})).await;
+        let dump = b.expect(|j| j["req"] == "d").await;
+        let entries = dump["entries"].as_array().unwrap();
+        assert_eq!(entries.len(), 499, "{policy}: every acknowledged set, and the delete");
+        assert!(entries.iter().all(|e| e["key"] != "k3"), "{policy}: the delete survived too");
+        assert!(entries.iter().any(|e| e["key"] == "k499" && e["value"] == 499), "{policy}: the last set");
+        b.quit().await;
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
+
+/// A damaged store is never served: the node refuses to start with a
+/// fatal event naming it, unless told `--on-corrupt resync`.
+#[tokio::test]
+async fn a_damaged_store_is_refused_or_set_aside() {
+    let dir = std::env::temp_dir().join(format!("rs2p-cli-corrupt-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("dictionary.redb"), vec![0x5a; 8192]).unwrap();
+    let dir_arg = dir.to_str().unwrap();
+    let out =
+        std::process::Command::new(BIN).args(["node", "--json", "--sync", "--data-dir", dir_arg]).output().unwrap();
+    assert!(!out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("\"fatal\"") && text.contains("dictionary.redb") && text.contains("--on-corrupt resync"),
+        "{text}"
+    );
+    let n = Node::spawn(&["--sync", "--data-dir", dir_arg, "--on-corrupt", "resync"]).await;
+    n.quit().await;
+    let aside = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(Result::ok)
+        .any(|e| e.file_name().to_string_lossy().starts_with("dictionary.redb.corrupt-"));
+    assert!(aside, "the damaged store was kept aside");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

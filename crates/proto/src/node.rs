@@ -125,6 +125,11 @@ impl Node {
         self.sync.as_ref()
     }
 
+    /// The replica, for a driver that stores it ([`Replica::take_changes`]).
+    pub fn replica_mut(&mut self) -> Option<&mut Replica> {
+        self.sync.as_mut()
+    }
+
     /// Whether dictionary changes produce [`Output::Sync`] events (on by
     /// default; a driver nobody listens to turns them off to spare a copy of
     /// every changed value).

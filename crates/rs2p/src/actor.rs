@@ -59,6 +59,8 @@ enum Turn {
     Ready(Result<Ready, tokio::task::JoinError>),
     Conn(ConnEvent),
     Accept(std::io::Result<(TcpStream, std::net::SocketAddr)>),
+    /// The store thread committed rounds up to this one, or failed.
+    Committed(Option<Result<u64, String>>),
 }
 
 struct ConnHandle {
@@ -172,6 +174,12 @@ pub(crate) struct Actor {
     full: Vec<ConnId>,
     /// Answers to local sends, held while the node is held back.
     held: Vec<(Responder, Result<node::Reply, node::CommandError>)>,
+    /// The durable dictionary's store thread, with a data directory.
+    store: Option<crate::store::StoreLink>,
+    /// Its thread, joined on shutdown (what it was given gets written).
+    store_thread: Option<std::thread::JoinHandle<()>>,
+    /// Dictionary writes answered once the round holding them is on disk.
+    durable_waiting: std::collections::VecDeque<(u64, Responder, Result<node::Reply, node::CommandError>)>,
     accept_resume: Option<Instant>,
     handlers: Vec<Handler>,
     recent_errors: VecDeque<String>,
@@ -192,12 +200,24 @@ impl Actor {
         weak_cmd: mpsc::WeakSender<Command>,
         events: EventHub,
         inbox: InboxSender,
+        store: Option<crate::store::Init>,
     ) -> Self {
         let (conn_tx, conn_rx) = mpsc::channel(INBOUND_CHANNEL_CAP);
         // At most one entry per connection (see RoomSignal).
         let (room_tx, room_rx) = mpsc::channel(cfg.driver.max_connections + 1);
         let me = cfg.mesh.id.clone();
-        let replica = cfg.sync.clone().map(|c| Replica::new(me, c, cfg.seed ^ 0x5157));
+        let mut replica = cfg.sync.clone().map(|c| Replica::new(me, c, cfg.seed ^ 0x5157));
+        let (store, store_thread) = match (store, replica.as_mut()) {
+            (Some(init), Some(r)) => {
+                let loaded = init.opened.records.len();
+                r.restore(init.opened.records);
+                r.track_changes(true);
+                tracing::info!(dir = %init.dir.display(), keys = r.len(), entries = loaded, fsync = ?init.fsync, "dictionary loaded");
+                let (link, thread) = crate::store::StoreLink::start(init.opened.db, init.fsync, init.dir);
+                (Some(link), Some(thread))
+            }
+            _ => (None, None),
+        };
         let node = Node::new(mesh::Mesh::new(cfg.mesh.clone(), cfg.seed), replica);
         Actor {
             node,
@@ -226,6 +246,9 @@ impl Actor {
             holding: Vec::new(),
             full: Vec::new(),
             held: Vec::new(),
+            store,
+            store_thread,
+            durable_waiting: std::collections::VecDeque::new(),
             accept_resume: None,
             handlers: Vec::new(),
             recent_errors: VecDeque::new(),
@@ -267,8 +290,11 @@ impl Actor {
             }
             let accepting = self.accept_resume.is_none();
             let reading = self.holding.is_empty();
+            let storing = self.store.is_some();
+            let committed = self.store.as_mut().map(|s| &mut s.committed);
             let input = tokio::select! {
                 biased;
+                r = async { committed.expect("storing").recv().await }, if storing => Turn::Committed(r),
                 cmd = self.cmd_rx.recv() => Turn::Command(cmd),
                 Some(conn) = self.room_rx.recv() => Turn::Room(conn),
                 () = &mut sleep, if armed.is_some() => Turn::Timer,
@@ -302,6 +328,7 @@ impl Actor {
                 Turn::Ready(Err(e)) => tracing::error!("a dial task failed: {e}"),
                 Turn::Conn(ev) => self.on_conn_event(ev),
                 Turn::Accept(acc) => self.on_accept(acc),
+                Turn::Committed(r) => self.on_committed(r),
             }
             self.flush();
         }
@@ -703,6 +730,7 @@ impl Actor {
         // which keeps the batch-bounded send queues bounded in bytes.
         let mut batches = std::mem::take(&mut self.batches);
         self.inbox_room = self.inbox.0.room();
+        self.store_changes();
         while let Some(o) = self.node.poll_output() {
             match o {
                 node::Output::Mesh(mesh::Output::Send { conn, frame, lane: mesh::Lane::Control }) => {
@@ -763,7 +791,11 @@ impl Actor {
                 }),
                 node::Output::Reply { request, result } => {
                     if let Some(responder) = self.pending.remove(&request) {
-                        if responder.is_send() && !self.holding.is_empty() {
+                        let durable = matches!(result, Ok(node::Reply::Sync(_)));
+                        if let Some(round) = self.store.as_ref().filter(|_| durable).and_then(|s| s.must_wait()) {
+                            // Answered once the round holding it is on disk.
+                            self.durable_waiting.push_back((round, responder, result));
+                        } else if responder.is_send() && !self.holding.is_empty() {
                             self.held.push((responder, result));
                         } else {
                             responder.answer(result);
@@ -891,5 +923,62 @@ impl Actor {
         }
         let _ = tokio::time::timeout(SHUTDOWN_FLUSH, async { while writers.join_next().await.is_some() {} }).await;
         self.pending.clear();
+        // The store thread writes what it was given, then stops.
+        if let Some(mut store) = self.store.take() {
+            store.retry();
+            drop(store);
+            if let Some(t) = self.store_thread.take() {
+                let _ = tokio::time::timeout(SHUTDOWN_FLUSH, tokio::task::spawn_blocking(move || t.join())).await;
+            }
+        }
+        self.durable_waiting.clear();
+    }
+
+    // ----- the durable dictionary -------------------------------------------
+
+    /// Hands this turn's dictionary changes to the store thread.
+    fn store_changes(&mut self) {
+        let Some(store) = self.store.as_mut() else { return };
+        let Some(replica) = self.node.replica_mut() else { return };
+        let changes: crate::store::Changes =
+            replica.take_changes().into_iter().map(|(key, rec)| (key, rec.map(|r| crate::store::encode(&r)))).collect();
+        if changes.is_empty() {
+            store.retry();
+        } else {
+            store.submit(changes);
+        }
+    }
+
+    /// The store thread committed up to a round (or failed): answer the
+    /// writes that waited for it, and hand over what has waited meanwhile.
+    fn on_committed(&mut self, r: Option<Result<u64, String>>) {
+        let Some(store) = self.store.as_mut() else { return };
+        match r {
+            Some(Ok(round)) => {
+                store.committed_round = round;
+                while self.durable_waiting.front().is_some_and(|(r, ..)| *r <= round) {
+                    let Some((_, responder, result)) = self.durable_waiting.pop_front() else { break };
+                    responder.answer(result);
+                }
+                store.retry();
+            }
+            Some(Err(reason)) => {
+                // Nothing waiting is known to be on disk: fail them all (the
+                // writes are applied in memory, but not acknowledged).
+                store.retry();
+                let path = store.path.clone();
+                for (_, responder, _) in self.durable_waiting.drain(..) {
+                    responder.fail(crate::Error::Store { path: path.clone(), reason: reason.clone() });
+                }
+                self.note_error(format!("dictionary store: {reason}"));
+            }
+            None => {
+                tracing::error!("the dictionary store thread stopped");
+                self.store = None;
+                for (_, responder, _) in self.durable_waiting.drain(..) {
+                    responder.fail(crate::Error::Internal("the dictionary store stopped"));
+                }
+            }
+        }
     }
 }

@@ -18,6 +18,15 @@ use crate::config::{
 };
 use crate::{Error, MeshSocket};
 
+/// Where and how a sync node keeps its dictionary (see
+/// [`crate::SyncBuilder::data_dir`]).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Durability {
+    pub(crate) dir: Option<std::path::PathBuf>,
+    pub(crate) fsync: crate::Fsync,
+    pub(crate) on_corrupt: crate::OnCorrupt,
+}
+
 /// Builds a [`MeshSocket`]. Every setting has a default; see each method.
 #[derive(Debug, Clone)]
 pub struct Builder {
@@ -45,6 +54,7 @@ pub struct Builder {
     seed: Option<u64>,
     identity: Option<Identity>,
     key_file: Option<std::path::PathBuf>,
+    pub(crate) durability: Durability,
     tls: Option<crate::TlsConfig>,
     pub(crate) sync: Option<rs2p_proto::sync::Config>,
 }
@@ -76,6 +86,7 @@ impl Default for Builder {
             seed: None,
             identity: None,
             key_file: None,
+            durability: Durability::default(),
             tls: None,
             sync: None,
         }
@@ -316,7 +327,20 @@ impl Builder {
                 if local_addr.ip().is_unspecified() { "127.0.0.1".to_string() } else { local_addr.ip().to_string() };
             PeerAddr::new(ip, local_addr.port())
         });
-        let identity = match &self.key_file {
+        // A durable node keeps its key with its data, so it keeps its id.
+        let dir = self.durability.dir.clone().filter(|_| self.sync.is_some());
+        let key_file = self
+            .key_file
+            .clone()
+            .or_else(|| dir.as_ref().filter(|_| self.identity.is_none()).map(|d| d.join("node.key")));
+        let store = match &dir {
+            Some(d) => {
+                let opened = crate::store::open(d, self.durability.on_corrupt)?;
+                Some(crate::store::Init { opened, fsync: self.durability.fsync, dir: d.clone() })
+            }
+            None => None,
+        };
+        let identity = match &key_file {
             Some(path) => crate::key_file::load_or_create(path)?,
             None => self.identity.clone().unwrap_or_else(|| Identity::from_secret(rand::random())),
         };
@@ -350,6 +374,6 @@ impl Builder {
             seed: self.seed.unwrap_or_else(rand::random),
             identity,
         };
-        Ok(MeshSocket::start(cfg, listener, local_addr))
+        Ok(MeshSocket::start(cfg, listener, local_addr, store))
     }
 }

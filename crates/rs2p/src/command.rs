@@ -57,6 +57,18 @@ impl Responder {
         !matches!(self, Responder::Connected(_))
     }
 
+    /// Fails the command with `err`, whatever it was.
+    pub(crate) fn fail(self, err: Error) {
+        match self {
+            Responder::Connected(tx) => drop(tx.send(Err(err))),
+            Responder::Sent(tx) => drop(tx.send(Err(err))),
+            Responder::SentMany(tx) => drop(tx.send(Err(err))),
+            Responder::Routed(tx) => drop(tx.send(Err(err))),
+            Responder::Done(tx) => drop(tx.send(Err(err))),
+            Responder::Popped(tx) => drop(tx.send(Err(err))),
+        }
+    }
+
     /// Answers the caller (who may have stopped waiting: that is fine).
     pub(crate) fn answer(self, result: Result<node::Reply, node::CommandError>) {
         use node::Reply as R;

@@ -79,6 +79,16 @@ pub enum Error {
         /// What went wrong.
         reason: String,
     },
+    /// The durable dictionary's store could not be opened, read or written
+    /// (see [`crate::Fsync`]); a write whose commit failed is not
+    /// acknowledged.
+    #[error("dictionary store {path}: {reason}")]
+    Store {
+        /// The store's file or directory.
+        path: std::path::PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
     /// The socket was shut down (or its last handle dropped).
     #[error("the socket is closed")]
     Closed,

@@ -93,6 +93,7 @@ pub mod json;
 mod key_file;
 mod message;
 mod socket;
+mod store;
 mod sync_socket;
 pub mod tls;
 mod transport;
@@ -113,5 +114,6 @@ pub use rs2p_proto::mesh::{AddrParseError, Broadcast, CloseReason, PeerAddr, Pee
 pub use rs2p_proto::wire::{Compression, Limits};
 pub use rs2p_proto::Value;
 pub use socket::{MeshSocket, Pending};
+pub use store::{Fsync, OnCorrupt};
 pub use sync_socket::{SyncBuilder, SyncSocket};
 pub use tls::TlsConfig;

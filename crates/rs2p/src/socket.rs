@@ -108,7 +108,12 @@ impl MeshSocket {
     }
 
     /// Starts the actor on `listener` (from [`Builder::spawn`]).
-    pub(crate) fn start(cfg: NodeConfig, listener: TcpListener, local_addr: SocketAddr) -> MeshSocket {
+    pub(crate) fn start(
+        cfg: NodeConfig,
+        listener: TcpListener,
+        local_addr: SocketAddr,
+        store: Option<crate::store::Init>,
+    ) -> MeshSocket {
         let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_CHANNEL_CAP);
         let events: EventHub = Default::default();
         let inbox = crate::inbox::Inbox::new(cfg.driver.recv_queue_cap);
@@ -117,7 +122,8 @@ impl MeshSocket {
         let protocol = cfg.mesh.protocol.clone();
         let out_addr = cfg.mesh.out_addr.clone();
         let tls_fingerprint = cfg.driver.tls.as_ref().map(|t| t.fingerprint);
-        let actor = Actor::new(cfg, listener, cmd_rx, cmd_tx.downgrade(), events.clone(), InboxSender(inbox.clone()));
+        let actor =
+            Actor::new(cfg, listener, cmd_rx, cmd_tx.downgrade(), events.clone(), InboxSender(inbox.clone()), store);
         let task = tokio::spawn(actor.run());
         MeshSocket {
             inner: Arc::new(Inner {

@@ -90,10 +90,38 @@ impl SyncBuilder {
         self
     }
 
-    /// Starts the node.
+    /// Keep the dictionary in `dir` (created if missing), so that a node
+    /// restarted from it still has every entry, versions, owners and
+    /// tombstones included, and repairs only what changed meanwhile from
+    /// its peers (anti-entropy). The node's key is kept there too
+    /// (`node.key`, unless [`Builder::key_file`] says otherwise), so it
+    /// keeps its id and the leases on its keys. Default: memory only.
+    pub fn data_dir(mut self, dir: impl Into<std::path::PathBuf>) -> Self {
+        self.mesh.durability.dir = Some(dir.into());
+        self
+    }
+
+    /// When a write counts as done with a [`SyncBuilder::data_dir`]
+    /// (default [`crate::Fsync::Batch`]: acknowledged once on disk, with
+    /// group commit).
+    pub fn fsync(mut self, policy: crate::Fsync) -> Self {
+        self.mesh.durability.fsync = policy;
+        self
+    }
+
+    /// What to do with a damaged store on start (default
+    /// [`crate::OnCorrupt::Fail`]).
+    pub fn on_corrupt(mut self, what: crate::OnCorrupt) -> Self {
+        self.mesh.durability.on_corrupt = what;
+        self
+    }
+
+    /// Starts the node (loading its dictionary first, with a data
+    /// directory).
     ///
     /// # Errors
-    /// As [`Builder::spawn`].
+    /// As [`Builder::spawn`], and [`Error::Store`] when the data directory's
+    /// store cannot be opened or fails its checks.
     pub async fn spawn(self) -> Result<SyncSocket, Error> {
         let suffix = if self.cfg.leasing { "1" } else { "0" };
         let protocol = Protocol::new(format!("{}{suffix}", self.subnet), self.encryption);

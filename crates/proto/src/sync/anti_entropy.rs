@@ -123,7 +123,7 @@ impl Replica {
     }
 
     /// An entry from the network, its owners interned.
-    fn entry_from_record(&mut self, rec: EntryRecord) -> (Bytes, Entry) {
+    pub(super) fn entry_from_record(&mut self, rec: EntryRecord) -> (Bytes, Entry) {
         let (key, mut e) = Entry::from_record(rec);
         e.base_version.owner = self.intern(&e.base_version.owner);
         for f in &mut e.fields {

@@ -87,7 +87,7 @@ pub use lease::LEASE_MS;
 
 use crate::id::PeerId;
 use crate::mesh::ConnId;
-use crate::wire::message::SyncMessage;
+use crate::wire::message::{EntryRecord, SyncMessage};
 use crate::wire::{Frame, Packet};
 use crate::{Now, RequestId};
 
@@ -325,6 +325,9 @@ pub struct Replica {
     owners: HashSet<PeerId, foldhash::quality::FixedState>,
     /// Whether changes produce [`Output::Event`]s.
     report_changes: bool,
+    /// Keys changed (or purged) since [`Replica::take_changes`], when a
+    /// durable store wants them ([`Replica::track_changes`]).
+    changed: Option<HashSet<Bytes, foldhash::quality::FixedState>>,
     stats: SyncStats,
 }
 
@@ -391,8 +394,49 @@ impl Replica {
             out: VecDeque::new(),
             owners: HashSet::with_hasher(foldhash::quality::FixedState::with_seed(seed ^ 0x6f77_6e72)),
             report_changes: true,
+            changed: None,
             stats: SyncStats::default(),
         }
+    }
+
+    // ----- durability -------------------------------------------------------
+
+    /// Keeps (`true`) or stops keeping the set of keys changed since the
+    /// last [`Replica::take_changes`]: for a driver that stores the
+    /// dictionary.
+    pub fn track_changes(&mut self, on: bool) {
+        self.changed = on.then(|| HashSet::with_hasher(foldhash::quality::FixedState::with_seed(0x6368_6e67)));
+    }
+
+    /// The keys changed since the last call, each with its entry as it is
+    /// now (`None`: purged, forget it). Empty unless tracking.
+    pub fn take_changes(&mut self) -> Vec<(Bytes, Option<EntryRecord>)> {
+        let Some(changed) = self.changed.as_mut() else { return Vec::new() };
+        let keys: Vec<Bytes> = changed.drain().collect();
+        keys.into_iter()
+            .map(|k| {
+                let rec = self.entries.get(&k).map(|s| s.entry.to_record(&k));
+                (k, rec)
+            })
+            .collect()
+    }
+
+    /// Loads stored entries (before the node runs): merged in as
+    /// anti-entropy would, without change events or change tracking.
+    pub fn restore(&mut self, records: impl IntoIterator<Item = EntryRecord>) {
+        let (report, changed) = (self.report_changes, self.changed.take());
+        self.report_changes = false;
+        for rec in records {
+            let (key, e) = self.entry_from_record(rec);
+            self.observe(e.latest());
+            let create = e.fields.is_empty().then(|| (e.base_version.clone(), e.base.clone()));
+            match create {
+                Some((ver, val)) => self.apply(key, |cur| cur.merge(&e), Some((&ver, &val))),
+                None => self.apply(key, |cur| cur.merge(&e), None),
+            }
+        }
+        self.report_changes = report;
+        self.changed = changed;
     }
 
     // ----- the door ---------------------------------------------------------
@@ -594,6 +638,9 @@ impl Replica {
             if !change(&mut slot.entry) {
                 return;
             }
+            if let Some(c) = self.changed.as_mut() {
+                c.insert(key.clone());
+            }
             slot.digest = slot.entry.digest(&key);
             let delta = old_digest ^ slot.digest;
             let leaf = usize::from(slot.leaf);
@@ -609,6 +656,9 @@ impl Replica {
             };
             if create.is_none() && !change(&mut entry) {
                 return;
+            }
+            if let Some(c) = self.changed.as_mut() {
+                c.insert(key.clone());
             }
             let digest = entry.digest(&key);
             let leaf = bucket(&key);
@@ -700,6 +750,9 @@ impl Replica {
             .map(|(k, _)| k.clone())
             .collect();
         for k in dead {
+            if let Some(c) = self.changed.as_mut() {
+                c.insert(k.clone());
+            }
             if let Some(s) = self.entries.remove(&k) {
                 let leaf = usize::from(s.leaf);
                 self.leaf[leaf] ^= s.digest;

@@ -52,6 +52,45 @@ pub struct EntryRecord {
     pub fields: Vec<FieldRecord>,
 }
 
+impl EntryRecord {
+    /// The record as msgpack bytes, in the layout anti-entropy sends (for a
+    /// durable store).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let fields = self
+            .fields
+            .iter()
+            .map(|f| {
+                Value::Array(vec![
+                    f.key.clone(),
+                    Value::from(f.ts_ms),
+                    Value::Binary(f.owner.as_bytes().to_vec()),
+                    f.value.clone(),
+                ])
+            })
+            .collect();
+        let record = Value::Array(vec![
+            Value::Binary(self.key.to_vec()),
+            Value::Array(vec![Value::from(self.base_ts_ms), Value::Binary(self.base_owner.to_vec())]),
+            self.base.clone(),
+            Value::Array(fields),
+        ]);
+        let mut out = Vec::new();
+        crate::wire::msgpack::write_value(&mut out, &record);
+        out
+    }
+
+    /// A record from [`EntryRecord::to_bytes`]; `None` if the bytes are not
+    /// one (with nothing left over).
+    pub fn from_bytes(bytes: &[u8]) -> Option<EntryRecord> {
+        let mut rd = bytes;
+        let v = rmpv::decode::read_value(&mut rd).ok()?;
+        if !rd.is_empty() {
+            return None;
+        }
+        decode_entry(v)
+    }
+}
+
 /// A message of the replicated dictionary.
 #[derive(Debug, Clone, PartialEq)]
 pub enum SyncMessage {
@@ -311,6 +350,23 @@ mod tests {
         round_trip(SyncMessage::Delta { key: key.clone(), fields: Vec::new(), ts_ms: None });
         round_trip(SyncMessage::Digest(Digest::Top((0..256).collect())));
         round_trip(SyncMessage::Digest(Digest::Leaves(vec![(3, (0..256).rev().collect())])));
+        let rec = EntryRecord {
+            key: Bytes::from_static(b"k"),
+            base_ts_ms: 5,
+            base_owner: Bytes::from_static(b"owner"),
+            base: Value::from("v"),
+            fields: vec![FieldRecord {
+                key: Value::from("f"),
+                ts_ms: 6,
+                owner: PeerId::from_bytes(&b"other"[..]),
+                value: Value::from(1),
+            }],
+        };
+        assert_eq!(EntryRecord::from_bytes(&rec.to_bytes()), Some(rec.clone()));
+        let mut longer = rec.to_bytes();
+        longer.push(0);
+        assert_eq!(EntryRecord::from_bytes(&longer), None);
+        assert_eq!(EntryRecord::from_bytes(&rec.to_bytes()[..5]), None);
         round_trip(SyncMessage::Entries(vec![EntryRecord {
             key,
             base_ts_ms: 0,
