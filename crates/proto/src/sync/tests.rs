@@ -431,3 +431,35 @@ fn joining_node_gets_the_whole_state_by_anti_entropy() {
     assert_eq!(sim.nodes[2].replica().unwrap().len(), 500);
     assert_eq!(sim.nodes[2].replica().unwrap().state_digest(), sim.nodes[0].replica().unwrap().state_digest());
 }
+
+#[test]
+fn changes_taken_and_restored_rebuild_the_same_replica() {
+    let now = at(2_000);
+    let mut a = replica("me", false);
+    a.track_changes(true);
+    let ops = [
+        Op::Set(0, 1, 0, Some(1)),
+        Op::Set(1, 2, 1, None),
+        Op::Delta(2, 3, 2, 0, 1),
+        Op::Delta(2, 4, 0, 1, 2),
+        Op::Set(0, 5, 1, Some(3)),
+    ];
+    for o in &ops {
+        deliver(&mut a, now, ConnId(1), &frame_of(o));
+    }
+    let changes = a.take_changes();
+    assert_eq!(changes.len(), 3, "one per key changed: {changes:?}");
+    assert!(a.take_changes().is_empty(), "taken once");
+    let mut b = replica("me", false);
+    b.restore(changes.into_iter().filter_map(|(_, rec)| rec));
+    assert_eq!(snapshot(&a), snapshot(&b));
+    assert_eq!(a.state_digest(), b.state_digest());
+    assert!(b.take_changes().is_empty(), "restoring is not a change");
+    // A purged tombstone is reported as gone.
+    let mut c = Replica::new(pid("me"), Config { leasing: false, tombstone_ttl_ms: 1_000, ..Config::default() }, 1);
+    c.track_changes(true);
+    deliver(&mut c, now, ConnId(1), &frame_of(&Op::Set(1, 2, 1, None)));
+    assert!(matches!(c.take_changes().as_slice(), [(_, Some(_))]));
+    c.handle(at(10_000), Input::Timeout);
+    assert!(matches!(c.take_changes().as_slice(), [(_, None)]), "the purge is a change: forget the key");
+}
