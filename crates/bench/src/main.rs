@@ -145,7 +145,10 @@ async fn child(workload: &str, args: &[String]) -> Result<Json> {
         "rs2p-formation" => rs2p_sys::formation(num(0)?, Duration::from_secs(num(1)? as u64), false).await?,
         "rs2p-scale" => rs2p_sys::formation(num(0)?, Duration::from_secs(num(1)? as u64), true).await?,
         "rs2p-memory" => rs2p_sys::idle_memory(num(0)?).await?,
-        "rs2p-sync-chain" => rs2p_sys::sync_chain(num(0)?, num(1)?).await?,
+        "rs2p-sync-chain" => {
+            rs2p_sys::sync_chain(num(0)?, num(1)?, args.get(2).map_or("memory", String::as_str)).await?
+        }
+        "rs2p-sync-restart" => rs2p_sys::sync_restart(num(0)?).await?,
         "rs2p-sync-join" => rs2p_sys::sync_join(num(0)?).await?,
         "rs2p-mesh" | "rs2p-flood-mesh" | "rs2p-ahead-mesh" => {
             let variant = match workload {
@@ -566,6 +569,26 @@ fn run_workload(w: &str, opts: &Opts, t: &mut Table) -> Result<()> {
                         field(&rs, "ms"),
                         "ms",
                     );
+                    if sys == "rs2p" {
+                        // The durable dictionary (#14): the chain with a data
+                        // directory per node under each policy, and a restart.
+                        for policy in ["never", "batch", "always"] {
+                            let args = vec!["5".to_string(), "100000".to_string(), policy.to_string()];
+                            let rs = runs(opts, sys, "sync-chain", &args);
+                            t.add(
+                                &format!("6. sync 100000 keys along a 5-chain, --fsync {policy}"),
+                                sys,
+                                "time until all hold all",
+                                field(&rs, "ms"),
+                                "ms",
+                            );
+                        }
+                        let rs = runs(opts, sys, "sync-restart", &s(&[1_000_000]));
+                        let name = "6. restart of a node holding 1000000 keys (1% changed meanwhile)";
+                        t.add(name, sys, "to reads served", field(&rs, "serving_ms"), "ms");
+                        t.add(name, sys, "to in sync", field(&rs, "in_sync_ms"), "ms");
+                        t.add(name, sys, "entries repaired", field(&rs, "entries_received"), "entries");
+                    }
                 }
             }
         }

@@ -381,14 +381,30 @@ pub async fn idle_memory(n: usize) -> Result<Json> {
     )
 }
 
+/// A fresh data directory for a benchmark node (removed by the caller).
+fn bench_dir(tag: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("rs2p-bench-{}-{tag}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+/// The durability of a sync benchmark node: `memory` (no data directory)
+/// or one of the `--fsync` policies.
+fn durability(b: rs2p::SyncBuilder, policy: &str, tag: &str) -> Result<rs2p::SyncBuilder> {
+    Ok(match policy {
+        "memory" => b,
+        p => b.data_dir(bench_dir(tag)).fsync(p.parse().map_err(anyhow::Error::msg)?),
+    })
+}
+
 /// Workload 6a: `keys` keys written on one end of a chain of `n` sync
-/// nodes; time until every node holds them all.
-pub async fn sync_chain(n: usize, keys: usize) -> Result<Json> {
+/// nodes; time until every node holds them all. `policy`: `memory`, or
+/// every node with a data directory under that `--fsync` policy.
+pub async fn sync_chain(n: usize, keys: usize, policy: &str) -> Result<Json> {
     let mut nodes: Vec<SyncSocket> = Vec::with_capacity(n);
-    for _ in 0..n {
-        nodes.push(
-            SyncSocket::builder().leasing(false).mesh(|m| m.max_outgoing(0).maintain_outgoing(false)).spawn().await?,
-        );
+    for i in 0..n {
+        let b = SyncSocket::builder().leasing(false).mesh(|m| m.max_outgoing(0).maintain_outgoing(false));
+        nodes.push(durability(b, policy, &format!("chain{i}"))?.spawn().await?);
     }
     for i in 0..n - 1 {
         nodes[i].connect(nodes[i + 1].out_addr().clone()).await?;
@@ -405,7 +421,71 @@ pub async fn sync_chain(n: usize, keys: usize) -> Result<Json> {
     for node in &nodes {
         node.close().await.ok();
     }
+    for i in 0..n {
+        let _ = std::fs::remove_dir_all(bench_dir(&format!("chain{i}")));
+    }
     Ok(json!({"ms": done.map(|d| d.as_secs_f64() * 1e3)}))
+}
+
+/// Workload 6c: a node holding `keys` keys in its data directory restarts
+/// while its peer changes 1% of them: time from the start of the new
+/// process's node to reads served (every key loaded), and to being in sync
+/// with the peer again.
+pub async fn sync_restart(keys: usize) -> Result<Json> {
+    let dir = bench_dir("restart");
+    let durable = || SyncSocket::builder().leasing(false).data_dir(&dir).fsync(rs2p::Fsync::Batch);
+    let a = durable().spawn().await?;
+    let b = SyncSocket::builder().leasing(false).spawn().await?;
+    a.connect(b.out_addr().clone()).await?;
+    let batch = 10_000;
+    for start in (0..keys).step_by(batch) {
+        let pairs: Vec<(String, Value)> =
+            (start..(start + batch).min(keys)).map(|k| (format!("key-{k}"), Value::from(k as u64))).collect();
+        a.update(pairs).await?;
+    }
+    wait_all(std::slice::from_ref(&b), keys, Instant::now(), Duration::from_secs(120)).await?;
+    a.close().await?;
+    // While a is down: 1% of the keys change on b.
+    let changed = keys / 100;
+    for start in (0..changed).step_by(batch) {
+        let pairs: Vec<(String, Value)> =
+            (start..(start + batch).min(changed)).map(|k| (format!("key-{k}"), Value::from("changed"))).collect();
+        b.update(pairs).await?;
+    }
+    let t0 = Instant::now();
+    let a = durable().spawn().await?;
+    let loaded = a.len().await?;
+    let serving = t0.elapsed();
+    a.connect(b.out_addr().clone()).await?;
+    let changed_value = Value::from("changed");
+    let mut in_sync = None;
+    while t0.elapsed() < Duration::from_secs(120) {
+        // Cheap probes first (the last key changed), then every changed key.
+        if a.get(format!("key-{}", changed - 1)).await? == Some(changed_value.clone()) {
+            let mut all = true;
+            for k in 0..changed {
+                if a.get(format!("key-{k}")).await? != Some(changed_value.clone()) {
+                    all = false;
+                    break;
+                }
+            }
+            if all {
+                in_sync = Some(t0.elapsed());
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let received = a.status().await?.sync.map_or(0, |s| s.stats.entries_received);
+    a.close().await.ok();
+    b.close().await.ok();
+    let _ = std::fs::remove_dir_all(&dir);
+    anyhow::ensure!(loaded == keys, "loaded {loaded} of {keys} keys");
+    Ok(json!({
+        "serving_ms": serving.as_secs_f64() * 1e3,
+        "in_sync_ms": in_sync.map(|d| d.as_secs_f64() * 1e3),
+        "entries_received": received,
+    }))
 }
 
 async fn wait_all(nodes: &[SyncSocket], keys: usize, start: Instant, limit: Duration) -> Result<Option<Duration>> {
