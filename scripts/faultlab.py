@@ -1,0 +1,529 @@
+#!/usr/bin/env python3
+"""The fault lab: real `rs2p node --json --sync --data-dir` processes, each in
+its own network namespace on a shared Linux bridge, under kills, freezes,
+silent partitions and clock skew, while a workload writes and deletes; then a
+checker reads the history and every node's dictionary.
+
+    scripts/faultlab.py run [--nodes 5] [--seconds 40] [--seed 1]
+    scripts/faultlab.py campaign [--nodes 20] [--schedules 200] [--seconds 60] [--out FILE]
+
+Needs root (network namespaces), `ip` (iproute2) and `faketime`
+(`scripts/setup-faultlab.sh` installs them). Every address it uses,
+10.213.0.0/24, lives only inside the namespaces it creates; they are removed
+on exit, on Ctrl-C and on failure. Nodes bind 10.213.0.(10+i):4000.
+
+Faults, drawn from a seeded schedule:
+- `kill`: SIGKILL a node, restart it 1-3 s later from its data directory;
+- `freeze`: SIGSTOP a node for 5-10 s, then SIGCONT;
+- `partition`: take down the bridge ports of a minority (or of one node, or
+  of a majority) so that packets vanish with no FIN or RST, 3-10 s;
+- `flap`: one node's port down and up several times, 0.5-2 s each;
+- clock skew: nodes started with libfaketime preloaded and an offset (the
+  schedule picks which; `--skews 30,300,3600` for 30 s, 5 min or 1 h,
+  either way).
+
+The checker (exit status 1 on any violation):
+- no node process died unless the lab killed it;
+- the rs2p replicas are identical after the heal;
+- no acknowledged write is lost: the final entry of its key is that write,
+  or a write whose version is not older (the version is bounded below by
+  the node's clock when the write was issued: the hybrid clock only moves
+  forward);
+- no key comes back after an acknowledged delete (the same rule: a value
+  older than the delete would be a resurrection);
+- the mesh is connected again, and the time it took is reported.
+"""
+
+import argparse
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+BIN = os.path.join(ROOT, "target", "release", "rs2p")
+PORT = 4000
+FAKETIME_LIB = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1"
+
+
+def sh(*args, check=True):
+    """Runs a command (a list of strings), quietly."""
+    r = subprocess.run(list(args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if check and r.returncode != 0:
+        raise RuntimeError("%s: %s" % (" ".join(args), r.stderr.strip()))
+    return r
+
+
+class Net:
+    """A bridge namespace and one namespace per node, joined by veth pairs."""
+
+    def __init__(self, n, tag):
+        self.n = n
+        self.br = "fl%s-br" % tag
+        self.ns = ["fl%s-n%d" % (tag, i) for i in range(n)]
+        self.created = []
+
+    def addr(self, i):
+        return "10.213.0.%d" % (10 + i)
+
+    def up(self):
+        sh("ip", "netns", "add", self.br)
+        self.created.append(self.br)
+        sh("ip", "-n", self.br, "link", "add", "br0", "type", "bridge")
+        sh("ip", "-n", self.br, "link", "set", "br0", "up")
+        for i, ns in enumerate(self.ns):
+            sh("ip", "netns", "add", ns)
+            self.created.append(ns)
+            sh("ip", "-n", ns, "link", "set", "lo", "up")
+            sh("ip", "-n", ns, "link", "add", "eth0", "type", "veth", "peer", "name", "p%d" % i, "netns", self.br)
+            sh("ip", "-n", ns, "addr", "add", self.addr(i) + "/24", "dev", "eth0")
+            sh("ip", "-n", ns, "link", "set", "eth0", "up")
+            sh("ip", "-n", self.br, "link", "set", "p%d" % i, "master", "br0")
+            sh("ip", "-n", self.br, "link", "set", "p%d" % i, "up")
+
+    def port(self, i, up):
+        """A node's bridge port up or down: down, its packets vanish."""
+        sh("ip", "-n", self.br, "link", "set", "p%d" % i, "up" if up else "down")
+
+    def down(self):
+        for ns in reversed(self.created):
+            sh("ip", "netns", "del", ns, check=False)
+        self.created = []
+
+
+class Node:
+    """One `rs2p node --json --sync` process in its namespace."""
+
+    def __init__(self, lab, i, skew):
+        self.lab, self.i, self.skew = lab, i, skew
+        self.dir = os.path.join(lab.tmp, "node%d" % i)
+        self.proc = None
+        self.lock = threading.Lock()
+        self.waiting = {}  # req -> op
+        self.answers = {}  # req -> event
+        self.killed_by_us = False
+        self.crashed = None
+        self.id = None
+        self.stopped = False
+
+    def start(self):
+        net = self.lab.net
+        # libfaketime preloaded into the node itself, not the `faketime`
+        # wrapper: the wrapper forks, so signals meant for the node (kill,
+        # stop) would reach only the wrapper.
+        env = dict(os.environ)
+        if self.skew:
+            env["LD_PRELOAD"] = FAKETIME_LIB
+            env["FAKETIME"] = "%+ds" % self.skew
+        cmd = ["ip", "netns", "exec", net.ns[self.i], BIN, "node", "--json", "--sync", "--no-leasing", "-q", "--data-dir", self.dir,
+                "--bind", "%s:%d" % (net.addr(self.i), PORT)]
+        for j in self.lab.seeds_for(self.i):
+            cmd += ["--connect", "%s:%d" % (net.addr(j), PORT)]
+        self.killed_by_us = False
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env,
+                                     stderr=open(os.path.join(self.lab.tmp, "node%d.log" % self.i), "a"))
+        threading.Thread(target=self.read, args=(self.proc,), daemon=True).start()
+
+    def read(self, proc):
+        for line in proc.stdout:
+            try:
+                e = json.loads(line)
+            except ValueError:
+                continue
+            if e.get("event") == "ready":
+                self.id = e["id"]
+            req = e.get("req")
+            if req is not None:
+                with self.lock:
+                    op = self.waiting.pop(req, None)
+                    self.answers[req] = e
+                if op is not None:
+                    op["answer"] = e.get("event")
+                    op["acked"] = time.time()
+        code = proc.wait()
+        if not self.killed_by_us and not self.lab.stopping:
+            self.crashed = code
+
+    def send(self, obj):
+        try:
+            self.proc.stdin.write((json.dumps(obj) + "\n").encode())
+            self.proc.stdin.flush()
+            return True
+        except (BrokenPipeError, OSError, ValueError):
+            return False
+
+    def ask(self, cmd, timeout=10):
+        """A query with a req; its answer, or None."""
+        req = "q%d" % random.getrandbits(48)
+        with self.lock:
+            self.answers.pop(req, None)
+        if not self.send(dict(cmd, req=req)):
+            return None
+        end = time.time() + timeout
+        while time.time() < end:
+            with self.lock:
+                if req in self.answers:
+                    return self.answers.pop(req)
+            time.sleep(0.02)
+        return None
+
+    def kill(self):
+        self.killed_by_us = True
+        self.proc.kill()
+        self.proc.wait()
+        self.stopped = False
+
+
+class Lab:
+    def __init__(self, args, seed):
+        self.args = args
+        # Separate streams: the fault schedule must not depend on how many
+        # writes the workload thread made meanwhile.
+        self.rng = random.Random(seed)
+        self.wrng = random.Random(seed * 7919 + 1)
+        self.seed = seed
+        self.tag = "%d%d" % (os.getpid() % 1000, seed % 100)
+        self.tmp = tempfile.mkdtemp(prefix="rs2p-faultlab-")
+        self.net = Net(args.nodes, self.tag)
+        self.stopping = False
+        self.history = []
+        self.faults = []
+        self.nodes = []
+
+    def seeds_for(self, i):
+        # Each node dials two earlier ones (node 0 dials nobody at first).
+        return sorted({j for j in (i - 1, (i - 1) // 2) if 0 <= j < i})
+
+    def log(self, msg):
+        print("  [%5.1fs] %s" % (time.time() - self.t0, msg), flush=True)
+
+    def run(self):
+        self.t0 = time.time()
+        try:
+            self.net.up()
+            skews = [0] * self.args.nodes
+            for i in range(1, self.args.nodes):
+                if self.rng.random() < self.args.skew_share:
+                    skews[i] = self.rng.choice(self.args.skews) * self.rng.choice([1, -1])
+            self.nodes = [Node(self, i, skews[i]) for i in range(self.args.nodes)]
+            for n in self.nodes:
+                n.start()
+                time.sleep(0.2)
+            self.log("%d nodes up (skews: %s)" % (len(self.nodes), [n.skew for n in self.nodes]))
+            time.sleep(2)
+            writer = threading.Thread(target=self.workload, daemon=True)
+            self.writing = True
+            writer.start()
+            self.faults_for(self.args.seconds)
+            self.writing = False
+            writer.join()
+            return self.heal_and_check()
+        finally:
+            self.stopping = True
+            for n in self.nodes:
+                if n.proc and n.proc.poll() is None:
+                    if n.stopped:
+                        n.proc.send_signal(signal.SIGCONT)
+                    n.proc.kill()
+                    n.proc.wait()
+            self.net.down()
+            if not self.args.keep:
+                shutil.rmtree(self.tmp, ignore_errors=True)
+
+    # ----- the workload -------------------------------------------------
+
+    def workload(self):
+        keys = ["k%d" % k for k in range(self.args.keys)]
+        op_id = 0
+        while self.writing:
+            n = self.wrng.choice(self.nodes)
+            key = self.wrng.choice(keys)
+            op_id += 1
+            op = {"op": op_id, "node": n.i, "key": key, "issued": time.time(), "answer": None, "skew": n.skew}
+            if self.wrng.random() < 0.2:
+                op["kind"] = "delete"
+                cmd = {"cmd": "delete", "key": key, "req": op_id}
+            else:
+                op["kind"] = "set"
+                op["value"] = "op%d" % op_id
+                cmd = {"cmd": "set", "key": key, "value": op["value"], "req": op_id}
+            with n.lock:
+                n.waiting[op_id] = op
+            self.history.append(op)
+            n.send(cmd)
+            time.sleep(1.0 / self.args.rate)
+
+    # ----- faults -------------------------------------------------------
+
+    def faults_for(self, seconds):
+        end = time.time() + seconds
+        while time.time() < end:
+            time.sleep(self.rng.uniform(1.5, 4))
+            kind = self.rng.choice(self.args.faults)
+            getattr(self, "fault_" + kind)()
+
+    def fault_kill(self):
+        k = self.rng.choice([1, 1, 1, 2]) if self.args.nodes > 4 else 1
+        victims = self.rng.sample(self.nodes, k)
+        for v in victims:
+            if v.stopped:
+                v.proc.send_signal(signal.SIGCONT)
+            v.kill()
+        self.faults.append(("kill", [v.i for v in victims]))
+        self.log("kill -9 %s" % [v.i for v in victims])
+        time.sleep(self.rng.uniform(1, 3))
+        for v in victims:
+            v.start()
+        self.log("restarted %s" % [v.i for v in victims])
+
+    def fault_freeze(self):
+        v = self.rng.choice(self.nodes)
+        if v.stopped or v.proc.poll() is not None:
+            return
+        v.proc.send_signal(signal.SIGSTOP)
+        v.stopped = True
+        secs = self.rng.uniform(*self.args.freeze)
+        self.faults.append(("freeze", v.i, round(secs, 1)))
+        self.log("SIGSTOP %d for %.1f s" % (v.i, secs))
+        time.sleep(secs)
+        v.proc.send_signal(signal.SIGCONT)
+        v.stopped = False
+
+    def fault_partition(self):
+        n = self.args.nodes
+        size = self.rng.choice([1, max(1, n // 3), n // 2, n - n // 3])
+        cut = self.rng.sample(range(n), size)
+        secs = self.rng.uniform(3, 10)
+        self.faults.append(("partition", sorted(cut), round(secs, 1)))
+        self.log("partition %s for %.1f s" % (sorted(cut), secs))
+        for i in cut:
+            self.net.port(i, False)
+        time.sleep(secs)
+        for i in cut:
+            self.net.port(i, True)
+
+    def fault_flap(self):
+        i = self.rng.randrange(self.args.nodes)
+        times = self.rng.randint(2, 5)
+        self.faults.append(("flap", i, times))
+        self.log("flap %d x%d" % (i, times))
+        for _ in range(times):
+            self.net.port(i, False)
+            time.sleep(self.rng.uniform(0.5, 2))
+            self.net.port(i, True)
+            time.sleep(self.rng.uniform(0.5, 2))
+
+    # ----- heal and check -----------------------------------------------
+
+    def heal_and_check(self):
+        for i in range(self.args.nodes):
+            self.net.port(i, True)
+        for n in self.nodes:
+            if n.stopped:
+                n.proc.send_signal(signal.SIGCONT)
+                n.stopped = False
+        healed = time.time()
+        self.log("healed; waiting for the mesh and the replicas")
+        # Let the last writes be answered (a frozen node answers late).
+        time.sleep(2)
+        connected_after = None
+        converged_after = None
+        dumps = None
+        deadline = healed + self.args.settle
+        while time.time() < deadline:
+            if connected_after is None and self.connected():
+                connected_after = time.time() - healed
+            if connected_after is not None:
+                dumps = [n.ask({"cmd": "dump"}) for n in self.nodes]
+                if all(d is not None for d in dumps):
+                    canon = [json.dumps(sorted(d["entries"], key=lambda e: json.dumps(e["key"])), sort_keys=True)
+                             for d in dumps]
+                    if all(c == canon[0] for c in canon):
+                        converged_after = time.time() - healed
+                        break
+            time.sleep(1)
+        violations = []
+        for n in self.nodes:
+            if n.crashed is not None:
+                with open(os.path.join(self.tmp, "node%d.log" % n.i), errors="replace") as f:
+                    tail = " | ".join(f.read().strip().splitlines()[-3:])
+                violations.append("node %d died on its own (exit %s): %s" % (n.i, n.crashed, tail))
+        if connected_after is None:
+            violations.append("the mesh was not connected again within %d s" % self.args.settle)
+        if converged_after is None:
+            violations.append("replicas still differ %d s after the heal" % self.args.settle)
+        if dumps and all(d is not None for d in dumps):
+            violations += self.check_history(dumps[0]["entries"])
+        acked = sum(1 for o in self.history if o["answer"] == "ok")
+        report = {
+            "seed": self.seed,
+            "nodes": self.args.nodes,
+            "skews": [n.skew for n in self.nodes],
+            "faults": self.faults,
+            "ops": len(self.history),
+            "acknowledged": acked,
+            "refused": sum(1 for o in self.history if o["answer"] == "error"),
+            "unanswered": sum(1 for o in self.history if o["answer"] is None),
+            "connected_after_s": connected_after and round(connected_after, 1),
+            "converged_after_s": converged_after and round(converged_after, 1),
+            "violations": violations,
+        }
+        return report
+
+    def connected(self):
+        ids = {}
+        graph = {}
+        for n in self.nodes:
+            st = n.ask({"cmd": "peers"}, timeout=5)
+            if st is None or n.id is None:
+                return False
+            ids[n.id] = n.i
+            graph[n.i] = [p["id"] for p in st.get("peers", [])]
+        seen, todo = {0}, [0]
+        while todo:
+            i = todo.pop()
+            for pid in graph.get(i, []):
+                j = ids.get(pid)
+                if j is not None and j not in seen:
+                    seen.add(j)
+                    todo.append(j)
+        return len(seen) == len(self.nodes)
+
+    def check_history(self, entries):
+        """Every acknowledged write present or superseded; no resurrection."""
+        final = {e["key"]: e for e in entries}
+        by_value = {o["value"]: o for o in self.history if o["kind"] == "set"}
+        violations = []
+        for o in self.history:
+            if o["answer"] != "ok":
+                continue
+            # The version of o is at least its node's clock when issued.
+            lower_ms = int((o["issued"] + o["skew"]) * 1000)
+            f = final.get(o["key"])
+            if f is None:
+                if o["kind"] == "set" and not any(
+                        d["kind"] == "delete" and d["key"] == o["key"] for d in self.history):
+                    violations.append("op %d: %s=%s acknowledged, the key is gone and was never deleted"
+                                      % (o["op"], o["key"], o["value"]))
+                continue
+            if o["kind"] == "set" and f["value"] == o["value"]:
+                continue
+            winner = by_value.get(f["value"])
+            newest_ms = f["timestamp"] * 1000 + 999
+            if newest_ms < lower_ms:
+                what = "resurrected after acknowledged delete" if o["kind"] == "delete" else "lost"
+                violations.append("op %d (%s %s on node %d) %s: the key holds %r from %s at %d s, older than %d ms"
+                                  % (o["op"], o["kind"], o["key"], o["node"], what, f["value"],
+                                     "op %d" % winner["op"] if winner else "?", f["timestamp"], lower_ms))
+        return violations
+
+
+def selftest():
+    """The checker on made-up histories: it must flag a lost write and a
+    resurrection, and accept a superseded write."""
+    class Args:
+        nodes, keep = 1, True
+
+    lab = Lab.__new__(Lab)
+    t = 1_800_000_000.0
+
+    def op(n, kind, key, issued, value=None, skew=0):
+        return {"op": n, "node": 0, "kind": kind, "key": key, "issued": issued, "answer": "ok",
+                "skew": skew, "value": value}
+
+    # k1: op2 (later) was acknowledged, but the key holds op1's older value.
+    lab.history = [op(1, "set", "k1", t, "op1"), op(2, "set", "k1", t + 5, "op2")]
+    lost = lab.check_history([{"key": "k1", "value": "op1", "owner": "a", "timestamp": int(t)}])
+    assert len(lost) == 1 and "lost" in lost[0], lost
+    # The same, but op1 was stamped later (a node 30 s ahead): superseded.
+    lab.history = [op(1, "set", "k1", t, "op1", skew=30), op(2, "set", "k1", t + 5, "op2")]
+    ok = lab.check_history([{"key": "k1", "value": "op1", "owner": "a", "timestamp": int(t + 30)}])
+    assert ok == [], ok
+    # A delete acknowledged after the value it should have removed.
+    lab.history = [op(1, "set", "k2", t, "op1"), op(2, "delete", "k2", t + 5)]
+    back = lab.check_history([{"key": "k2", "value": "op1", "owner": "a", "timestamp": int(t)}])
+    assert len(back) == 1 and "resurrected" in back[0], back
+    # A key gone that nobody deleted.
+    lab.history = [op(1, "set", "k3", t, "op1")]
+    gone = lab.check_history([])
+    assert len(gone) == 1 and "never deleted" in gone[0], gone
+    print("faultlab selftest: the checker flags a lost write, a resurrection and a vanished key, "
+          "and accepts a superseded write")
+
+
+def setup_check():
+    missing = [t for t in ("ip",) if shutil.which(t) is None]
+    if not os.path.exists(FAKETIME_LIB):
+        missing.append("libfaketime (" + FAKETIME_LIB + ")")
+    if os.geteuid() != 0:
+        sys.exit("faultlab: needs root (network namespaces)")
+    if missing:
+        sys.exit("faultlab: missing %s: run scripts/setup-faultlab.sh" % ", ".join(missing))
+    if not os.path.exists(BIN):
+        sys.exit("faultlab: build the node first: cargo build --release -p rs2p-cli")
+
+
+def print_report(r):
+    print("seed %d: %d nodes, %d ops (%d acknowledged, %d unanswered), %d faults; connected after %s s, "
+          "replicas identical after %s s; %s"
+          % (r["seed"], r["nodes"], r["ops"], r["acknowledged"], r["unanswered"], len(r["faults"]),
+             r["connected_after_s"], r["converged_after_s"],
+             "OK" if not r["violations"] else "%d VIOLATIONS" % len(r["violations"])), flush=True)
+    for v in r["violations"][:20]:
+        print("   ! " + v, flush=True)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("selftest", help="check the checker on made-up histories")
+    for name in ("run", "campaign"):
+        p = sub.add_parser(name)
+        p.add_argument("--nodes", type=int, default=5 if name == "run" else 20)
+        p.add_argument("--seconds", type=int, default=40 if name == "run" else 60)
+        p.add_argument("--seed", type=int, default=1)
+        p.add_argument("--keys", type=int, default=20)
+        p.add_argument("--rate", type=float, default=20, help="writes per second, whole lab")
+        p.add_argument("--settle", type=int, default=60, help="seconds allowed after the heal")
+        p.add_argument("--faults", default="kill,freeze,partition,flap")
+        p.add_argument("--skews", default="30", help="clock offsets to draw from, seconds (e.g. 30,300,3600)")
+        p.add_argument("--skew-share", type=float, default=0.4, help="share of nodes started with a skew")
+        p.add_argument("--freeze", default="5,10", help="freeze length range, seconds")
+        p.add_argument("--keep", action="store_true", help="keep the data directories and logs")
+        if name == "campaign":
+            p.add_argument("--schedules", type=int, default=200)
+            p.add_argument("--out", default=None, help="write every report here (JSON lines)")
+    args = ap.parse_args()
+    if args.cmd == "selftest":
+        selftest()
+        return
+    args.faults = args.faults.split(",")
+    args.skews = [int(s) for s in args.skews.split(",")]
+    args.freeze = [float(s) for s in args.freeze.split(",")]
+    setup_check()
+    # SIGTERM unwinds like Ctrl-C, so the namespaces are removed.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    seeds = [args.seed] if args.cmd == "run" else range(args.seed, args.seed + args.schedules)
+    failed = 0
+    out = open(args.out, "a") if getattr(args, "out", None) else None
+    for seed in seeds:
+        print("faultlab: seed %d, %d nodes, %d s of faults" % (seed, args.nodes, args.seconds), flush=True)
+        report = Lab(args, seed).run()
+        print_report(report)
+        failed += bool(report["violations"])
+        if out:
+            out.write(json.dumps(report) + "\n")
+            out.flush()
+    if args.cmd == "campaign":
+        print("faultlab campaign: %d schedules, %d with violations" % (len(seeds), failed))
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()
