@@ -924,12 +924,13 @@ impl Actor {
         let _ = tokio::time::timeout(SHUTDOWN_FLUSH, async { while writers.join_next().await.is_some() {} }).await;
         self.pending.clear();
         // The store thread writes what it was given, then stops.
-        if let Some(mut store) = self.store.take() {
-            store.retry();
-            drop(store);
-            if let Some(t) = self.store_thread.take() {
-                let _ = tokio::time::timeout(SHUTDOWN_FLUSH, tokio::task::spawn_blocking(move || t.join())).await;
-            }
+        if let Some(store) = self.store.take() {
+            let thread = self.store_thread.take();
+            let finish = tokio::task::spawn_blocking(move || {
+                store.finish();
+                thread.map(std::thread::JoinHandle::join)
+            });
+            let _ = tokio::time::timeout(SHUTDOWN_FLUSH, finish).await;
         }
         self.durable_waiting.clear();
     }

@@ -200,6 +200,18 @@ impl StoreLink {
         (link, thread)
     }
 
+    /// Hands over what still waits, waiting for room if need be, and lets
+    /// the thread finish (for the node's shutdown; blocking).
+    pub(crate) fn finish(self) {
+        let StoreLink { jobs, committed, waiting, next_seq, .. } = self;
+        // Nobody reads the thread's reports any more: it must not wait to
+        // give one while we wait for room in its queue.
+        drop(committed);
+        if !waiting.is_empty() {
+            let _ = jobs.send(Job { seq: next_seq, changes: waiting });
+        }
+    }
+
     /// The round a dictionary write answered now must wait for, if any
     /// (none with [`Fsync::Never`], or when everything is on disk).
     pub(crate) fn must_wait(&self) -> Option<u64> {
