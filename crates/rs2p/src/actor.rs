@@ -178,6 +178,10 @@ pub(crate) struct Actor {
     store: Option<crate::store::StoreLink>,
     /// Its thread, joined on shutdown (what it was given gets written).
     store_thread: Option<std::thread::JoinHandle<()>>,
+    /// With a data directory: where the peer list is kept, and the peers
+    /// remembered from the last run (told to the mesh when it starts).
+    peers_dir: Option<std::path::PathBuf>,
+    remembered: Vec<(mesh::PeerAddr, PeerId)>,
     /// Dictionary writes answered once the round holding them is on disk.
     durable_waiting: std::collections::VecDeque<(u64, Responder, Result<node::Reply, node::CommandError>)>,
     accept_resume: Option<Instant>,
@@ -207,6 +211,8 @@ impl Actor {
         let (room_tx, room_rx) = mpsc::channel(cfg.driver.max_connections + 1);
         let me = cfg.mesh.id.clone();
         let mut replica = cfg.sync.clone().map(|c| Replica::new(me, c, cfg.seed ^ 0x5157));
+        let peers_dir = store.as_ref().map(|init| init.dir.clone());
+        let remembered = peers_dir.as_deref().map(crate::store::load_peers).unwrap_or_default();
         let (store, store_thread) = match (store, replica.as_mut()) {
             (Some(init), Some(r)) => {
                 let loaded = init.opened.records.len();
@@ -248,6 +254,8 @@ impl Actor {
             held: Vec::new(),
             store,
             store_thread,
+            peers_dir,
+            remembered,
             durable_waiting: std::collections::VecDeque::new(),
             accept_resume: None,
             handlers: Vec::new(),
@@ -282,6 +290,15 @@ impl Actor {
         let sleep = tokio::time::sleep_until(far());
         tokio::pin!(sleep);
         let mut armed: Option<Instant> = None;
+        let remembered = std::mem::take(&mut self.remembered);
+        if !remembered.is_empty() {
+            tracing::info!(peers = remembered.len(), "redialing the peers of the last run");
+            self.handle(Input::Command {
+                request: RequestId(0),
+                command: mesh::Command::Remember { peers: remembered }.into(),
+            });
+            self.flush();
+        }
         loop {
             let wake = self.next_wake();
             if wake != armed {
@@ -865,6 +882,11 @@ impl Actor {
                     self.emit(Event::Connected { peer: peer.clone() });
                 }
                 self.emit(Event::PeerUp { peer, addr, outgoing });
+                if let Some(dir) = &self.peers_dir {
+                    let peers: Vec<_> =
+                        self.node.mesh().peers().into_iter().filter_map(|p| Some((p.addr?, p.id))).collect();
+                    crate::store::save_peers(dir, &peers);
+                }
             }
             mesh::Event::PeerDown { peer, reason, .. } => self.emit(Event::PeerDown { peer, reason }),
             mesh::Event::ConnectFailed { addr, reason, .. } => self.emit(Event::ConnectFailed { addr, reason }),

@@ -19,6 +19,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableError};
+use rs2p_proto::id::PeerId;
+use rs2p_proto::mesh::PeerAddr;
 use rs2p_proto::wire::message::EntryRecord;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
@@ -135,6 +137,34 @@ fn try_open(path: &Path) -> Result<Opened, String> {
 fn store_error(path: &Path, reason: String) -> Error {
     Error::Store { path: path.to_path_buf(), reason }
 }
+
+/// The peers a durable node was last linked to (`DIR/peers`, one `ID
+/// HOST:PORT` per line), so that a node restarted from its data directory
+/// redials them: without it a node started with no `--connect` (the first
+/// of a network, say) would stay alone after a restart, since its peers,
+/// each with its share of links, have no reason to dial it.
+pub(crate) fn load_peers(dir: &Path) -> Vec<(PeerAddr, PeerId)> {
+    let Ok(text) = std::fs::read_to_string(dir.join(PEERS_FILE)) else { return Vec::new() };
+    text.lines()
+        .filter_map(|line| {
+            let (id, addr) = line.split_once(' ')?;
+            let id = PeerId::from_wire(id.as_bytes())?;
+            Some((addr.parse().ok()?, id))
+        })
+        .collect()
+}
+
+/// Saves `peers` as [`load_peers`] reads them (written aside, then renamed
+/// over the old file, so a crash leaves one or the other whole).
+pub(crate) fn save_peers(dir: &Path, peers: &[(PeerAddr, PeerId)]) {
+    let text: String = peers.iter().map(|(addr, id)| format!("{id} {addr}\n")).collect();
+    let tmp = dir.join(format!("{PEERS_FILE}.new"));
+    if let Err(e) = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, dir.join(PEERS_FILE))) {
+        tracing::warn!(dir = %dir.display(), "cannot save the peer list: {e}");
+    }
+}
+
+const PEERS_FILE: &str = "peers";
 
 /// A stored value: 8 bytes of the record's SHA-256, then the record.
 pub(crate) fn encode(rec: &EntryRecord) -> Vec<u8> {
@@ -396,6 +426,20 @@ mod tests {
             .any(|e| e.file_name().to_string_lossy().starts_with("dictionary.redb.corrupt-"));
         assert!(aside, "the damaged file was kept aside");
         drop(fresh);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_peer_list_comes_back() {
+        let dir = temp("peers");
+        std::fs::create_dir_all(&dir).unwrap();
+        assert!(load_peers(&dir).is_empty());
+        let peers = vec![
+            ("10.0.0.1:4000".parse().unwrap(), PeerId::from_bytes(&b"abc"[..])),
+            ("[::1]:5".parse().unwrap(), PeerId::from_bytes(&b"def"[..])),
+        ];
+        save_peers(&dir, &peers);
+        assert_eq!(load_peers(&dir), peers);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -89,3 +89,26 @@ async fn a_restarted_node_repairs_what_changed_while_it_was_away() {
     b.close().await.unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_node_redials_the_peers_it_had() {
+    // a is dialed by b and dials nobody: after a restart, nothing but its
+    // own memory of b can link it again (b has said goodbye to it).
+    let dir = data_dir("redial");
+    let a = durable(&dir, Fsync::Batch).await;
+    let b =
+        SyncSocket::builder().leasing(false).anti_entropy_interval(Duration::from_millis(200)).spawn().await.unwrap();
+    b.connect(a.out_addr().clone()).await.unwrap();
+    wait_for(10, "linked", || async { a.routing_table().await.unwrap().len() == 1 }).await;
+    a.close().await.unwrap();
+    b.set("while-away", 1).await.unwrap();
+    let a = durable(&dir, Fsync::Batch).await;
+    wait_for(10, "a redialed b on its own", || async {
+        a.routing_table().await.unwrap().iter().any(|p| &p.id == b.id())
+    })
+    .await;
+    wait_for(10, "and caught up", || async { a.get("while-away").await.unwrap().is_some() }).await;
+    a.close().await.unwrap();
+    b.close().await.unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}

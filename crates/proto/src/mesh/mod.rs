@@ -196,6 +196,13 @@ pub enum Command {
     },
     /// Ask every peer for its peer list (py2p's `request_peers`).
     RequestPeers,
+    /// Peers to know of, as if a peer list had named them: dialed while
+    /// short of outgoing links, and redialed with back-off (a node
+    /// restarted from its data directory remembers its peers this way).
+    Remember {
+        /// Each peer's address and id.
+        peers: Vec<(PeerAddr, PeerId)>,
+    },
     /// Close the connection to `peer` and forget it as a redial candidate.
     Disconnect {
         /// The peer.
@@ -511,6 +518,10 @@ impl Mesh {
             Command::Reply { to, packets } => self.reply(now, &to, &packets).map(Reply::Routed),
             Command::RequestPeers => {
                 self.request_peers(now);
+                Ok(Reply::Done)
+            }
+            Command::Remember { peers } => {
+                self.on_peers(peers);
                 Ok(Reply::Done)
             }
             Command::Disconnect { peer } => self.disconnect(&peer).map(|()| Reply::Done),
