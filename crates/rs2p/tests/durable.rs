@@ -27,6 +27,11 @@ async fn durable(dir: &PathBuf, fsync: Fsync) -> SyncSocket {
         .expect("spawn")
 }
 
+/// A memory-only node on the same network as `durable`'s.
+async fn plain() -> SyncSocket {
+    SyncSocket::builder().leasing(false).anti_entropy_interval(Duration::from_millis(200)).spawn().await.expect("spawn")
+}
+
 async fn dump(n: &SyncSocket) -> Vec<(bytes::Bytes, Value, String, u64)> {
     let mut v: Vec<_> = n.entries().await.unwrap().into_iter().map(|(k, v, o, t)| (k, v, o.to_string(), t)).collect();
     v.sort_by(|a, b| a.0.cmp(&b.0));
@@ -64,8 +69,7 @@ async fn a_restarted_node_keeps_its_dictionary_and_its_id() {
 async fn a_restarted_node_repairs_what_changed_while_it_was_away() {
     let dir = data_dir("away");
     let a = durable(&dir, Fsync::Batch).await;
-    let b =
-        SyncSocket::builder().leasing(false).anti_entropy_interval(Duration::from_millis(200)).spawn().await.unwrap();
+    let b = plain().await;
     a.connect(b.out_addr().clone()).await.unwrap();
     for i in 0..100 {
         a.set(format!("k{i}"), Value::from(i)).await.unwrap();
@@ -96,8 +100,7 @@ async fn a_restarted_node_redials_the_peers_it_had() {
     // own memory of b can link it again (b has said goodbye to it).
     let dir = data_dir("redial");
     let a = durable(&dir, Fsync::Batch).await;
-    let b =
-        SyncSocket::builder().leasing(false).anti_entropy_interval(Duration::from_millis(200)).spawn().await.unwrap();
+    let b = plain().await;
     b.connect(a.out_addr().clone()).await.unwrap();
     wait_for(10, "linked", || async { a.routing_table().await.unwrap().len() == 1 }).await;
     a.close().await.unwrap();
