@@ -6,6 +6,14 @@ checker reads the history and every node's dictionary.
 
     scripts/faultlab.py run [--nodes 5] [--seconds 40] [--seed 1]
     scripts/faultlab.py campaign [--nodes 20] [--schedules 200] [--seconds 60] [--out FILE]
+    ... [--py2p K [--py2p-every M]]   K of the nodes are py2p 0.7.878 peers
+
+py2p nodes (memory only; scripts/setup-py2p.sh installs the pinned peer)
+take writes and faults like the others; the checker requires the rs2p
+replicas to agree and the rs2p nodes to be connected, and reports when
+every py2p node was linked again and how many of py2p's own acknowledged
+writes are missing (py2p repairs nothing, so those are counted, not
+violations).
 
 Needs root (network namespaces), `ip` (iproute2) and `faketime`
 (`scripts/setup-faultlab.sh` installs them). Every address it uses,
@@ -47,9 +55,15 @@ import threading
 import time
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
-BIN = os.path.join(ROOT, "target", "release", "rs2p")
+# RS2P_FAULTLAB_BIN: a copy of the binary, so that a long campaign is not
+# changed under its feet by a rebuild.
+BIN = os.environ.get("RS2P_FAULTLAB_BIN") or os.path.join(ROOT, "target", "release", "rs2p")
 PORT = 4000
 FAKETIME_LIB = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1"
+# py2p nodes (--py2p K): the pinned reference peer (scripts/setup-py2p.sh)
+# driven by the interop tests' JSON-lines wrapper.
+PY2P_PYTHON = os.path.join(ROOT, ".venv-py2p", "bin", "python")
+PY2P_PEER = os.path.join(ROOT, "crates", "rs2p", "tests", "interop", "py2p_peer.py")
 
 
 def sh(*args, check=True):
@@ -98,10 +112,11 @@ class Net:
 
 
 class Node:
-    """One `rs2p node --json --sync` process in its namespace."""
+    """One `rs2p node --json --sync` process in its namespace, or (py2p=True)
+    one py2p 0.7.878 SyncSocket, memory only, behind the same JSON lines."""
 
-    def __init__(self, lab, i, skew):
-        self.lab, self.i, self.skew = lab, i, skew
+    def __init__(self, lab, i, skew, py2p=False):
+        self.lab, self.i, self.skew, self.py2p = lab, i, skew, py2p
         self.dir = os.path.join(lab.tmp, "node%d" % i)
         self.proc = None
         self.lock = threading.Lock()
@@ -121,8 +136,13 @@ class Node:
         if self.skew:
             env["LD_PRELOAD"] = FAKETIME_LIB
             env["FAKETIME"] = "%+ds" % self.skew
-        cmd = ["ip", "netns", "exec", net.ns[self.i], BIN, "node", "--json", "--sync", "--no-leasing", "-q", "--data-dir", self.dir,
-                "--bind", "%s:%d" % (net.addr(self.i), PORT)]
+        if self.py2p:
+            # py2p keeps nothing on disk: restarted, it starts empty.
+            cmd = ["ip", "netns", "exec", net.ns[self.i], PY2P_PYTHON, PY2P_PEER, "--sync", "--no-leasing",
+                   "--bind", "%s:%d" % (net.addr(self.i), PORT)]
+        else:
+            cmd = ["ip", "netns", "exec", net.ns[self.i], BIN, "node", "--json", "--sync", "--no-leasing", "-q",
+                   "--data-dir", self.dir, "--bind", "%s:%d" % (net.addr(self.i), PORT)]
         for j in self.lab.seeds_for(self.i):
             cmd += ["--connect", "%s:%d" % (net.addr(j), PORT)]
         self.killed_by_us = False
@@ -211,11 +231,17 @@ class Lab:
             for i in range(1, self.args.nodes):
                 if self.rng.random() < self.args.skew_share:
                     skews[i] = self.rng.choice(self.args.skews) * self.rng.choice([1, -1])
-            self.nodes = [Node(self, i, skews[i]) for i in range(self.args.nodes)]
+            # Drawn only when asked for, so that a seed without py2p nodes
+            # replays the schedule it had before py2p nodes existed.
+            py2p = set()
+            if self.args.py2p and self.seed % self.args.py2p_every == 0:
+                py2p = set(self.rng.sample(range(1, self.args.nodes), min(self.args.py2p, self.args.nodes - 1)))
+            self.nodes = [Node(self, i, skews[i], i in py2p) for i in range(self.args.nodes)]
             for n in self.nodes:
                 n.start()
                 time.sleep(0.2)
-            self.log("%d nodes up (skews: %s)" % (len(self.nodes), [n.skew for n in self.nodes]))
+            self.log("%d nodes up (skews: %s; py2p: %s)"
+                     % (len(self.nodes), [n.skew for n in self.nodes], sorted(py2p)))
             time.sleep(2)
             writer = threading.Thread(target=self.workload, daemon=True)
             self.writing = True
@@ -332,75 +358,105 @@ class Lab:
         self.log("healed; waiting for the mesh and the replicas")
         # Let the last writes be answered (a frozen node answers late).
         time.sleep(2)
+        rs2p = [n for n in self.nodes if not n.py2p]
+        py2p = [n for n in self.nodes if n.py2p]
         connected_after = None
+        attached_after = None
         converged_after = None
         dumps = None
         deadline = healed + self.args.settle
         while time.time() < deadline:
-            if connected_after is None and self.connected():
-                connected_after = time.time() - healed
-            if connected_after is not None:
-                dumps = [n.ask({"cmd": "dump"}) for n in self.nodes]
+            if connected_after is None or attached_after is None:
+                comp = self.component()
+                if connected_after is None and all(n.i in comp for n in rs2p):
+                    connected_after = time.time() - healed
+                if attached_after is None and all(n.i in comp for n in self.nodes):
+                    attached_after = time.time() - healed
+            if connected_after is not None and converged_after is None:
+                # py2p has no anti-entropy: only the rs2p replicas must agree.
+                dumps = [n.ask({"cmd": "dump"}) for n in rs2p]
                 if all(d is not None for d in dumps):
                     canon = [json.dumps(sorted(d["entries"], key=lambda e: json.dumps(e["key"])), sort_keys=True)
                              for d in dumps]
                     if all(c == canon[0] for c in canon):
                         converged_after = time.time() - healed
-                        break
+            if converged_after is not None and attached_after is not None:
+                break
             time.sleep(1)
         violations = []
         for n in self.nodes:
             if n.crashed is not None:
                 with open(os.path.join(self.tmp, "node%d.log" % n.i), errors="replace") as f:
                     tail = " | ".join(f.read().strip().splitlines()[-3:])
-                violations.append("node %d died on its own (exit %s): %s" % (n.i, n.crashed, tail))
+                violations.append("%s node %d died on its own (exit %s): %s"
+                                  % ("py2p" if n.py2p else "rs2p", n.i, n.crashed, tail))
         if connected_after is None:
             violations.append("the mesh was not connected again within %d s" % self.args.settle)
         if converged_after is None:
             violations.append("replicas still differ %d s after the heal" % self.args.settle)
+        py2p_missing = None
         if dumps and all(d is not None for d in dumps):
-            violations += self.check_history(dumps[0]["entries"])
+            kinds = {n.i: n.py2p for n in self.nodes}
+            violations += self.check_history(dumps[0]["entries"], [o for o in self.history if not kinds[o["node"]]])
+            # py2p acknowledges a write once it holds it itself and repairs
+            # nothing: its writes made while cut off, or just before it was
+            # killed, may never reach anyone. Counted, not a violation.
+            py2p_missing = len(self.check_history(dumps[0]["entries"],
+                                                  [o for o in self.history if kinds[o["node"]]]))
         acked = sum(1 for o in self.history if o["answer"] == "ok")
         report = {
             "seed": self.seed,
             "nodes": self.args.nodes,
             "skews": [n.skew for n in self.nodes],
+            "py2p_nodes": [n.i for n in py2p],
             "faults": self.faults,
             "ops": len(self.history),
             "acknowledged": acked,
             "refused": sum(1 for o in self.history if o["answer"] == "error"),
             "unanswered": sum(1 for o in self.history if o["answer"] is None),
+            "py2p_acknowledged": sum(1 for o in self.history if o["answer"] == "ok" and self.nodes[o["node"]].py2p),
+            "py2p_acknowledged_missing": py2p_missing,
             "connected_after_s": connected_after and round(connected_after, 1),
+            "py2p_attached_after_s": attached_after and round(attached_after, 1),
             "converged_after_s": converged_after and round(converged_after, 1),
             "violations": violations,
         }
         return report
 
-    def connected(self):
+    def component(self):
+        """The nodes reachable from node 0 over the links the nodes report."""
         ids = {}
         graph = {}
         for n in self.nodes:
             st = n.ask({"cmd": "peers"}, timeout=5)
-            if st is None or n.id is None:
-                return False
-            ids[n.id] = n.i
-            graph[n.i] = [p["id"] for p in st.get("peers", [])]
+            if n.id is not None:
+                ids[n.id] = n.i
+            graph[n.i] = [p["id"] for p in st.get("peers", [])] if st else []
+        # A link counts from either end: a py2p node may list a peer the
+        # other side has not finished admitting, and the other way round.
+        adj = {i: set() for i in graph}
+        for i, pids in graph.items():
+            for pid in pids:
+                j = ids.get(pid)
+                if j is not None:
+                    adj[i].add(j)
+                    adj[j].add(i)
         seen, todo = {0}, [0]
         while todo:
             i = todo.pop()
-            for pid in graph.get(i, []):
-                j = ids.get(pid)
-                if j is not None and j not in seen:
+            for j in adj[i]:
+                if j not in seen:
                     seen.add(j)
                     todo.append(j)
-        return len(seen) == len(self.nodes)
+        return seen
 
-    def check_history(self, entries):
-        """Every acknowledged write present or superseded; no resurrection."""
+    def check_history(self, entries, ops=None):
+        """Every acknowledged write of `ops` (default: all) present or
+        superseded; no resurrection."""
         final = {e["key"]: e for e in entries}
         by_value = {o["value"]: o for o in self.history if o["kind"] == "set"}
         violations = []
-        for o in self.history:
+        for o in self.history if ops is None else ops:
             if o["answer"] != "ok":
                 continue
             # The version of o is at least its node's clock when issued.
@@ -457,7 +513,7 @@ def selftest():
           "and accepts a superseded write")
 
 
-def setup_check():
+def setup_check(args):
     missing = [t for t in ("ip",) if shutil.which(t) is None]
     if not os.path.exists(FAKETIME_LIB):
         missing.append("libfaketime (" + FAKETIME_LIB + ")")
@@ -467,6 +523,8 @@ def setup_check():
         sys.exit("faultlab: missing %s: run scripts/setup-faultlab.sh" % ", ".join(missing))
     if not os.path.exists(BIN):
         sys.exit("faultlab: build the node first: cargo build --release -p rs2p-cli")
+    if args.py2p and not os.path.exists(PY2P_PYTHON):
+        sys.exit("faultlab: --py2p needs the py2p peer: run scripts/setup-py2p.sh")
 
 
 def print_report(r):
@@ -475,6 +533,10 @@ def print_report(r):
           % (r["seed"], r["nodes"], r["ops"], r["acknowledged"], r["unanswered"], len(r["faults"]),
              r["connected_after_s"], r["converged_after_s"],
              "OK" if not r["violations"] else "%d VIOLATIONS" % len(r["violations"])), flush=True)
+    if r["py2p_nodes"]:
+        print("   py2p nodes %s: attached after %s s; %d writes acknowledged by py2p, %s of them missing"
+              % (r["py2p_nodes"], r["py2p_attached_after_s"], r["py2p_acknowledged"],
+                 r["py2p_acknowledged_missing"]), flush=True)
     for v in r["violations"][:20]:
         print("   ! " + v, flush=True)
 
@@ -496,6 +558,9 @@ def main():
         p.add_argument("--skew-share", type=float, default=0.4, help="share of nodes started with a skew")
         p.add_argument("--freeze", default="5,10", help="freeze length range, seconds")
         p.add_argument("--keep", action="store_true", help="keep the data directories and logs")
+        p.add_argument("--py2p", type=int, default=0, help="py2p nodes among the nodes (memory only)")
+        p.add_argument("--py2p-every", type=int, default=1,
+                       help="only schedules whose seed is a multiple of this have py2p nodes")
         if name == "campaign":
             p.add_argument("--schedules", type=int, default=200)
             p.add_argument("--out", default=None, help="write every report here (JSON lines)")
@@ -506,7 +571,7 @@ def main():
     args.faults = args.faults.split(",")
     args.skews = [int(s) for s in args.skews.split(",")]
     args.freeze = [float(s) for s in args.freeze.split(",")]
-    setup_check()
+    setup_check(args)
     # SIGTERM unwinds like Ctrl-C, so the namespaces are removed.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     seeds = [args.seed] if args.cmd == "run" else range(args.seed, args.seed + args.schedules)

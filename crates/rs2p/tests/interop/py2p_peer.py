@@ -22,8 +22,14 @@ non-str keys):
           {"cmd":"set","key":K,"value":V} {"cmd":"get","key":K} {"cmd":"delete","key":K}
           {"cmd":"delta","key":K,"delta":{...}} {"cmd":"dump"}
 
+A command may carry "req" (as in rs2p's JSON contract, for the fault lab):
+it is then answered by exactly one event carrying the same "req": the
+query's own event, or "ok"/"error".
+
 Flags: --subnet NAME (default mesh / sync), --sync, --no-leasing, --ssl,
---max-outgoing N (py2p's module-level max_outgoing).
+--max-outgoing N (py2p's module-level max_outgoing), --bind HOST:PORT
+(default 127.0.0.1, a free port), --connect HOST:PORT (repeatable, dialled
+at start; a peer that is down is skipped).
 """
 import argparse
 import base64
@@ -100,7 +106,10 @@ def main():
     ap.add_argument("--no-leasing", action="store_true")
     ap.add_argument("--max-outgoing", type=int, default=None)
     ap.add_argument("--ssl", action="store_true")
+    ap.add_argument("--bind", default="127.0.0.1:0")
+    ap.add_argument("--connect", action="append", default=[])
     args = ap.parse_args()
+    host, bind_port = args.bind.rsplit(":", 1)
     if args.max_outgoing is not None:
         mesh.max_outgoing = args.max_outgoing
 
@@ -108,14 +117,14 @@ def main():
     if args.sync:
         from py2p import sync
         subnet = args.subnet or "sync"
-        sock = sync.SyncSocket("127.0.0.1", 0, prot=base.Protocol(subnet, enc),
+        sock = sync.SyncSocket(host, int(bind_port), prot=base.Protocol(subnet, enc),
                                leasing=not args.no_leasing)
     else:
         subnet = args.subnet or "mesh"
-        sock = mesh.MeshSocket("127.0.0.1", 0, prot=base.Protocol(subnet, enc))
+        sock = mesh.MeshSocket(host, int(bind_port), prot=base.Protocol(subnet, enc))
     # Bound to port 0: tell peers the port the OS picked.
     port = sock.daemon.sock.getsockname()[1]
-    sock.out_addr = ("127.0.0.1", port)
+    sock.out_addr = (host, port)
 
     if args.sync:
         def on_update(conn, key, data, meta):
@@ -128,7 +137,13 @@ def main():
         sock.on("update", on_update)
         sock.on("delete", on_delete)
 
-    emit({"event": "ready", "id": sock.id.decode(), "addr": "127.0.0.1:%d" % port})
+    emit({"event": "ready", "id": sock.id.decode(), "addr": "%s:%d" % (host, port)})
+    for addr in args.connect:
+        h, p = addr.rsplit(":", 1)
+        try:
+            sock.connect(h, int(p))
+        except Exception:
+            pass
     alive = [True]
     last = [None]
 
@@ -155,6 +170,14 @@ def main():
             continue
         cmd = json.loads(line)
         name = cmd.get("cmd")
+        req = cmd.get("req")
+        answered = [False]
+
+        def answer(obj):
+            if req is not None:
+                obj["req"] = req
+                answered[0] = True
+            emit(obj)
         try:
             if name == "connect":
                 host, p = cmd["addr"].rsplit(":", 1)
@@ -172,34 +195,35 @@ def main():
             elif name == "set_max_outgoing":
                 mesh.max_outgoing = int(cmd["n"])
             elif name == "peers":
-                emit({"event": "peers", "peers": [
+                answer({"event": "peers", "peers": [
                     {"id": k.decode(), "addr": "%s:%d" % tuple(h.addr) if h.addr else None,
                      "outgoing": bool(h.outgoing)}
                     for k, h in list(sock.routing_table.items())]})
             elif name == "status":
                 st = sock.status
-                emit({"event": "status", "status": st if isinstance(st, str) else [str(x) for x in st]})
+                answer({"event": "status", "status": st if isinstance(st, str) else [str(x) for x in st]})
             elif name == "set":
                 sock.set(key_from_json(cmd["key"]), from_json(cmd["value"]))
             elif name == "get":
                 k = key_from_json(cmd["key"])
                 missing = object()
                 v = sock.get(k, missing)
-                emit({"event": "value", "key": cmd["key"], "found": v is not missing,
+                answer({"event": "value", "key": cmd["key"], "found": v is not missing,
                       "value": None if v is missing else to_json(v)})
             elif name == "delete":
                 del sock[key_from_json(cmd["key"])]
             elif name == "delta":
                 sock.apply_delta(key_from_json(cmd["key"]), from_json(cmd["delta"]))
             elif name == "dump":
-                emit({"event": "dump", "entries": dump(sock)})
+                answer({"event": "dump", "entries": dump(sock)})
             elif name == "quit":
                 break
             else:
                 raise ValueError("unknown command %r" % name)
-            emit({"event": "ok", "cmd": name})
+            if not answered[0]:
+                answer({"event": "ok", "cmd": name})
         except Exception as e:
-            emit({"event": "error", "cmd": name, "message": "%s: %s" % (type(e).__name__, e),
+            answer({"event": "error", "cmd": name, "message": "%s: %s" % (type(e).__name__, e),
                   "trace": traceback.format_exc()})
     alive[0] = False
     try:
