@@ -102,6 +102,18 @@ pub async fn encode(session: &Session) -> Result<String, rs2p::Error> {
         gauge(&mut r, "sync_keys", "Keys holding a value in the synced dictionary", sync.keys as u64);
         counter(&mut r, "sync_anti_entropy_rounds", "Anti-entropy rounds started", sync.stats.anti_entropy_rounds);
         counter(&mut r, "sync_entries_received", "Entries received through anti-entropy", sync.stats.entries_received);
+        counter(
+            &mut r,
+            "sync_lease_refused",
+            "Writes from peers refused by another node's lease",
+            sync.stats.lease_refused,
+        );
+        counter(
+            &mut r,
+            "sync_bad_versions",
+            "Writes from peers dropped: version outside their header's second",
+            sync.stats.bad_versions,
+        );
     }
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &r).map_err(|_| rs2p::Error::Closed)?;

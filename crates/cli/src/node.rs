@@ -237,6 +237,8 @@ impl Session {
             Some(sync) => Some(sync.len().await?),
             None => None,
         };
+        let lease_refused = s.sync.as_ref().map(|sync| sync.stats.lease_refused);
+        let bad_versions = s.sync.as_ref().map(|sync| sync.stats.bad_versions);
         let tree = s.tree.map(|t| {
             json!({"prunes": t.prunes, "grafts": t.grafts, "announced": t.announced, "served": t.served,
                    "postponed": t.postponed})
@@ -265,6 +267,8 @@ impl Session {
             "slow_peers": s.slow_peers,
             "refused_connections": s.refused_connections,
             "keys": keys,
+            "lease_refused": lease_refused,
+            "bad_versions": bad_versions,
             "tree": tree,
             "recent_errors": s.recent_errors,
         }))

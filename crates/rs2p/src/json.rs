@@ -63,7 +63,7 @@ pub fn write_json(out: &mut Vec<u8>, v: &Value) {
 }
 
 /// As [`write_json`], for a value borrowed from a frame
-/// ([`rs2p_proto::wire::frame::Packet::value_refs`]): a message's packets
+/// ([`rs2p_proto::wire::Packet::value_refs`]): a message's packets
 /// written as JSON without copying them into owned values first.
 pub fn write_json_ref(out: &mut Vec<u8>, v: &rs2p_proto::ValueRef<'_>) {
     use rs2p_proto::ValueRef as R;

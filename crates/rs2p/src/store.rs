@@ -380,6 +380,7 @@ mod tests {
             base_owner: Bytes::from_static(b"me"),
             base: Value::from(v),
             fields: Vec::new(),
+            holdings: Vec::new(),
         }
     }
 

@@ -114,11 +114,7 @@ impl Replica {
                 continue;
             }
             self.observe(remote.latest());
-            let create = remote.fields.is_empty().then(|| (remote.base_version.clone(), remote.base.clone()));
-            match create {
-                Some((ver, val)) => self.apply(key, |e| e.merge(&remote), Some((&ver, &val))),
-                None => self.apply(key, |e| e.merge(&remote), None),
-            }
+            self.merge_entry(key, &remote);
         }
     }
 
@@ -128,6 +124,13 @@ impl Replica {
         e.base_version.owner = self.intern(&e.base_version.owner);
         for f in &mut e.fields {
             f.version.owner = self.intern(&f.version.owner);
+        }
+        for h in e.holdings.iter_mut().flat_map(|hs| hs.iter_mut()) {
+            h.owner = self.intern(&h.owner);
+            h.writes.base_version.owner = self.intern(&h.writes.base_version.owner);
+            for f in &mut h.writes.fields {
+                f.version.owner = self.intern(&f.version.owner);
+            }
         }
         (key, e)
     }

@@ -6,8 +6,9 @@ use bytes::Bytes;
 use rmpv::Value;
 use sha2::{Digest, Sha256};
 
+use super::lease::Holding;
 use crate::id::PeerId;
-use crate::wire::message::{EntryRecord, FieldRecord};
+use crate::wire::message::{EntryRecord, FieldRecord, HoldingRecord};
 use crate::wire::msgpack::write_value;
 
 /// When and by whom a write was made. Versions are totally ordered
@@ -87,12 +88,16 @@ pub struct Entry {
     pub base: Value,
     /// Fields set by deltas newer than the base, sorted by encoded key.
     pub fields: Vec<Field>,
+    /// Under leases: every holding of the key, from which the base and
+    /// fields above are derived (see the sync module's `lease.rs`). `None`
+    /// without leases, and for the register inside a holding.
+    pub holdings: Option<Box<Vec<Holding>>>,
 }
 
 impl Entry {
     /// An entry holding one set (or delete, if `value` is nil).
     pub fn new(version: Version, value: Value) -> Self {
-        Entry { base_version: version, base: value, fields: Vec::new() }
+        Entry { base_version: version, base: value, fields: Vec::new(), holdings: None }
     }
 
     /// Whether the entry is a tombstone (deleted, no newer delta).
@@ -181,16 +186,29 @@ impl Entry {
         let mut h = Sha256::new();
         h.update((key.len() as u64).to_be_bytes());
         h.update(key);
-        let mut put = |v: &Version, val: &Value| {
+        fn put(h: &mut Sha256, v: &Version, val: &Value) {
             h.update(v.ts_ms.to_be_bytes());
             h.update((v.owner.as_bytes().len() as u64).to_be_bytes());
             h.update(v.owner.as_bytes());
             // Encoded straight into the hasher: no buffer per digest.
-            rmpv::encode::write_value(&mut h, val).expect("hashing cannot fail");
-        };
-        put(&self.base_version, &self.base);
+            rmpv::encode::write_value(h, val).expect("hashing cannot fail");
+        }
+        put(&mut h, &self.base_version, &self.base);
         for f in &self.fields {
-            put(&f.version, &f.value);
+            put(&mut h, &f.version, &f.value);
+        }
+        // Under leases, replicas that agree on the value may still hold
+        // different holdings (a refused one): anti-entropy must see that.
+        for hold in self.holdings.iter().flat_map(|hs| hs.iter()) {
+            h.update(b"holding");
+            h.update((hold.owner.as_bytes().len() as u64).to_be_bytes());
+            h.update(hold.owner.as_bytes());
+            h.update(hold.start_ms.to_be_bytes());
+            h.update(hold.end_ms.to_be_bytes());
+            put(&mut h, &hold.writes.base_version, &hold.writes.base);
+            for f in &hold.writes.fields {
+                put(&mut h, &f.version, &f.value);
+            }
         }
         let d = h.finalize();
         u64::from_be_bytes([d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]])
@@ -203,14 +221,19 @@ impl Entry {
             base_ts_ms: self.base_version.ts_ms,
             base_owner: Bytes::copy_from_slice(self.base_version.owner.as_bytes()),
             base: self.base.clone(),
-            fields: self
-                .fields
+            fields: field_records(&self.fields),
+            holdings: self
+                .holdings
                 .iter()
-                .map(|f| FieldRecord {
-                    key: f.key.clone(),
-                    ts_ms: f.version.ts_ms,
-                    owner: f.version.owner.clone(),
-                    value: f.value.clone(),
+                .flat_map(|hs| hs.iter())
+                .map(|h| HoldingRecord {
+                    owner: h.owner.clone(),
+                    start_ms: h.start_ms,
+                    end_ms: h.end_ms,
+                    base_ts_ms: h.writes.base_version.ts_ms,
+                    base_owner: Bytes::copy_from_slice(h.writes.base_version.owner.as_bytes()),
+                    base: h.writes.base.clone(),
+                    fields: field_records(&h.writes.fields),
                 })
                 .collect(),
         }
@@ -218,14 +241,46 @@ impl Entry {
 
     /// An entry from the network. Its fields go through
     /// [`Entry::apply_delta`], so the invariants (sorted, newer than the
-    /// base) hold whatever the sender sent.
+    /// base) hold whatever the sender sent. Holdings are taken as sent:
+    /// the replica merges them into its own (`merge_leased`),
+    /// which checks them.
     pub fn from_record(rec: EntryRecord) -> (Bytes, Entry) {
-        let mut e = Entry::new(Version::new(rec.base_ts_ms, PeerId::from_bytes(rec.base_owner)), rec.base);
-        for FieldRecord { key, ts_ms, owner, value } in rec.fields {
-            e.apply_delta(&Version::new(ts_ms, owner), &[(key, value)]);
+        let mut e = register(rec.base_ts_ms, rec.base_owner, rec.base, rec.fields);
+        if !rec.holdings.is_empty() {
+            let hs = rec
+                .holdings
+                .into_iter()
+                .map(|h| Holding {
+                    owner: h.owner,
+                    start_ms: h.start_ms,
+                    end_ms: h.end_ms,
+                    writes: register(h.base_ts_ms, h.base_owner, h.base, h.fields),
+                })
+                .collect();
+            e.holdings = Some(Box::new(hs));
         }
         (rec.key, e)
     }
+}
+
+fn register(base_ts_ms: u64, base_owner: Bytes, base: Value, fields: Vec<FieldRecord>) -> Entry {
+    let mut e = Entry::new(Version::new(base_ts_ms, PeerId::from_bytes(base_owner)), base);
+    for FieldRecord { key, ts_ms, owner, value } in fields {
+        e.apply_delta(&Version::new(ts_ms, owner), &[(key, value)]);
+    }
+    e
+}
+
+fn field_records(fields: &[Field]) -> Vec<FieldRecord> {
+    fields
+        .iter()
+        .map(|f| FieldRecord {
+            key: f.key.clone(),
+            ts_ms: f.version.ts_ms,
+            owner: f.version.owner.clone(),
+            value: f.value.clone(),
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -83,7 +83,8 @@ use rmpv::Value;
 use sha2::{Digest as _, Sha256};
 
 pub use entry::{Entry, Field, Version};
-pub use lease::LEASE_MS;
+use lease::Write;
+pub use lease::{Holding, LEASE_MS, MAX_HOLDINGS};
 
 use crate::id::PeerId;
 use crate::mesh::ConnId;
@@ -338,6 +339,13 @@ pub struct SyncStats {
     pub anti_entropy_rounds: u64,
     /// Entries received through anti-entropy (repairs offered by peers).
     pub entries_received: u64,
+    /// Writes from peers that a lease refused: they started a holding
+    /// inside another node's lease (`lease.rs`), so they are kept, as every
+    /// replica keeps them, but never shown.
+    pub lease_refused: u64,
+    /// Writes from peers dropped because their `[ts_ms]` is not within the
+    /// second their header states (a made-up version).
+    pub bad_versions: u64,
 }
 
 /// The event for a change of `entry` (at `key`), which held a value before
@@ -429,11 +437,7 @@ impl Replica {
         for rec in records {
             let (key, e) = self.entry_from_record(rec);
             self.observe(e.latest());
-            let create = e.fields.is_empty().then(|| (e.base_version.clone(), e.base.clone()));
-            match create {
-                Some((ver, val)) => self.apply(key, |cur| cur.merge(&e), Some((&ver, &val))),
-                None => self.apply(key, |cur| cur.merge(&e), None),
-            }
+            self.merge_entry(key, &e);
         }
         self.report_changes = report;
         self.changed = changed;
@@ -575,18 +579,18 @@ impl Replica {
         payload: Result<&Value, &[(Value, Value)]>,
     ) -> Result<(Version, Frame), WriteError> {
         let current = self.entries.get(key).map(|s| &s.entry);
-        if let Some(e) = current {
-            if payload.is_err() && matches!(e.value(), Some(v) if !v.is_map()) {
-                return Err(WriteError::NotAMap);
-            }
-            if let Some(err) = self.lease_error(now, e) {
-                return Err(err);
-            }
-        }
         // The hybrid clock: never behind what this replica has seen, nor
         // behind the key's own newest version.
         let floor = current.map(|e| e.latest().ts_ms + 1).unwrap_or(0);
         let ts = now.unix_ms.max(self.clock_ms + 1).max(floor);
+        if let Some(e) = current {
+            if payload.is_err() && matches!(e.value(), Some(v) if !v.is_map()) {
+                return Err(WriteError::NotAMap);
+            }
+            if let Some(err) = self.lease_error(e, ts) {
+                return Err(err);
+            }
+        }
         let version = Version::new(ts, self.me.clone());
         let frame = match payload {
             Ok(value) => SyncMessage::encode_store(&self.me, version.secs(), key, value, Some(ts)),
@@ -604,9 +608,47 @@ impl Replica {
 
     fn set(&mut self, now: Now, key: Bytes, value: Value) -> Result<(), WriteError> {
         let (version, frame) = self.prepare_write(now, &key, Ok(&value))?;
-        self.apply(key, |e| e.apply_set(&version, &value), Some((&version, &value)));
+        self.apply_write(key, &version, Write::Set(&value));
         self.out.push_back(Output::Broadcast(frame));
         Ok(())
+    }
+
+    /// Applies one write (local or from the network): under leases through
+    /// the holdings (`lease.rs`), otherwise by version order alone.
+    fn apply_write(&mut self, key: Bytes, version: &Version, write: Write<'_>) {
+        if self.cfg.leasing {
+            let lease = self.cfg.lease_ms;
+            let mut refused = false;
+            self.apply(
+                key,
+                |e| {
+                    let changed = e.apply_leased(version, write, lease);
+                    refused = !e.grants(version, lease);
+                    changed
+                },
+                None,
+            );
+            self.stats.lease_refused += u64::from(refused);
+            return;
+        }
+        match write {
+            Write::Set(value) => self.apply(key, |e| e.apply_set(version, value), Some((version, value))),
+            Write::Delta(fields) => self.apply(key, |e| e.apply_delta(version, fields), None),
+        }
+    }
+
+    /// Merges an entry from a peer or the store.
+    fn merge_entry(&mut self, key: Bytes, remote: &Entry) {
+        if self.cfg.leasing {
+            let lease = self.cfg.lease_ms;
+            self.apply(key, |e| e.merge_leased(remote, lease), None);
+            return;
+        }
+        let create = remote.fields.is_empty().then(|| (remote.base_version.clone(), remote.base.clone()));
+        match create {
+            Some((ver, val)) => self.apply(key, |e| e.merge(remote), Some((&ver, &val))),
+            None => self.apply(key, |e| e.merge(remote), None),
+        }
     }
 
     fn delete(&mut self, now: Now, key: Bytes) -> Result<(), WriteError> {
@@ -618,7 +660,7 @@ impl Replica {
 
     fn apply_delta(&mut self, now: Now, key: Bytes, delta: Vec<(Value, Value)>) -> Result<(), WriteError> {
         let (version, frame) = self.prepare_write(now, &key, Err(&delta))?;
-        self.apply(key, |e| e.apply_delta(&version, &delta), None);
+        self.apply_write(key, &version, Write::Delta(&delta));
         self.out.push_back(Output::Broadcast(frame));
         Ok(())
     }
@@ -739,10 +781,19 @@ impl Replica {
     }
 
     fn purge(&mut self, now: Now) {
-        if self.entries.len() == self.live {
-            return; // no tombstones
-        }
         let cutoff = now.unix_ms.saturating_sub(self.cfg.tombstone_ttl_ms);
+        if self.cfg.leasing {
+            let lease = self.cfg.lease_ms;
+            let old: Vec<Bytes> = self
+                .entries
+                .iter()
+                .filter(|(_, s)| s.entry.holdings.as_ref().is_some_and(|h| h.len() > 1))
+                .map(|(k, _)| k.clone())
+                .collect();
+            for k in old {
+                self.apply(k, |e| e.purge_holdings(cutoff, lease), None);
+            }
+        }
         let dead: Vec<Bytes> = self
             .entries
             .iter()
@@ -767,23 +818,23 @@ impl Replica {
         match msg {
             SyncMessage::Store { key, value, ts_ms } => {
                 let Some(version) = self.write_version(now, &key, &h.sender, h.time, ts_ms, false) else { return };
-                self.apply(key, |e| e.apply_set(&version, &value), Some((&version, &value)));
+                self.apply_write(key, &version, Write::Set(&value));
             }
             SyncMessage::StateTransfer { key, value, owner, timestamp } => {
                 // py2p applies a transferred key only where it holds nothing truthy.
                 if self.get(&key).is_some_and(|cur| truthy(&cur)) {
                     return;
                 }
-                if !self.py2p_accepts(now, &key, &owner, timestamp, false) {
+                if !self.cfg.leasing && !self.py2p_accepts(now, &key, &owner, timestamp, false) {
                     return;
                 }
                 let version = Version::new(timestamp.saturating_mul(1000), self.intern(&owner));
                 self.observe(&version);
-                self.apply(key, |e| e.apply_set(&version, &value), Some((&version, &value)));
+                self.apply_write(key, &version, Write::Set(&value));
             }
             SyncMessage::Delta { key, fields, ts_ms } => {
                 let Some(version) = self.write_version(now, &key, &h.sender, h.time, ts_ms, true) else { return };
-                self.apply(key, |e| e.apply_delta(&version, &fields), None);
+                self.apply_write(key, &version, Write::Delta(&fields));
             }
             SyncMessage::Digest(d) => self.on_digest(now, conn, d),
             SyncMessage::Entries(records) => {
@@ -795,8 +846,9 @@ impl Replica {
     }
 
     /// The version of a broadcast write: the rs2p extension `[ts_ms]` when
-    /// present; otherwise a py2p write, which must pass py2p's lease rule
-    /// (`None`: refused) and gets second resolution. Either way the hybrid
+    /// present; otherwise a py2p write, with second resolution, which
+    /// without leases must pass py2p's lease rule (`None`: refused; with
+    /// leases every write is judged by the holdings). Either way the hybrid
     /// clock observes it.
     fn write_version(
         &mut self,
@@ -808,8 +860,16 @@ impl Replica {
         delta: bool,
     ) -> Option<Version> {
         let version = match ts_ms {
+            // An rs2p writer stamps the header with its version's second:
+            // a version that disagrees is made up (a backdated one would
+            // claim a lease early), and is dropped. The header's time is
+            // itself bound by the mesh (stale broadcasts are dropped).
+            Some(ts_ms) if ts_ms / 1000 != time => {
+                self.stats.bad_versions += 1;
+                return None;
+            }
             Some(ts_ms) => Version::new(ts_ms, self.intern(sender)),
-            None if self.py2p_accepts(now, key, sender, time, delta) => {
+            None if self.cfg.leasing || self.py2p_accepts(now, key, sender, time, delta) => {
                 Version::new(time.saturating_mul(1000), self.intern(sender))
             }
             None => return None,

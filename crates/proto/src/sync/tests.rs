@@ -108,22 +108,65 @@ fn py2p_writes_are_gated_and_applied() {
 }
 
 #[test]
-fn local_writes_follow_py2ps_same_second_tie_rule() {
-    // The holder wrote at second 100. In that same second py2p lets a node
-    // with a smaller id take the key ("meta.owner > new_meta.owner"), and
-    // refuses one with a greater id; a second later, neither may.
-    for (me, same_second_ok) in [("aaa", true), ("zzz", false)] {
+fn local_writes_are_judged_in_milliseconds_not_by_py2ps_same_second_tie() {
+    // The holder wrote at second 100. py2p would let a node with a smaller
+    // id take the key in that same second (its versions are seconds);
+    // rs2p's are milliseconds, so half a second later the lease holds for
+    // every id, as every rs2p replica will judge it.
+    for me in ["aaa", "zzz"] {
         let mut r = replica(me, true);
         deliver(&mut r, at(100), ConnId(1), &py2p_store("mmm", 100, "k", Value::from("theirs")));
         let same = Now { mono_ms: 100_500, unix_ms: 100_500 };
-        assert_eq!(r.set(same, Bytes::from_static(b"k"), Value::from("mine")).is_ok(), same_second_ok, "{me}");
-        let mut r = replica(me, true);
-        deliver(&mut r, at(100), ConnId(1), &py2p_store("mmm", 100, "k", Value::from("theirs")));
-        assert!(matches!(
-            r.set(at(101), Bytes::from_static(b"k"), Value::from("mine")),
-            Err(WriteError::Leased { .. })
-        ));
+        assert!(
+            matches!(r.set(same, Bytes::from_static(b"k"), Value::from("mine")), Err(WriteError::Leased { .. })),
+            "{me}"
+        );
     }
+}
+
+#[test]
+fn a_rivals_store_with_the_rs2p_version_field_is_bound_by_the_lease() {
+    // The hole of issue #13: a store carrying `[ts_ms]` used to skip the
+    // lease. Owner M holds k; Z, under its own id, writes with and without
+    // the field, before and after M's; M keeps the key at every replica.
+    let frames = [
+        rs2p_store("M", 10_000_000, "k", "owner's"),
+        rs2p_store("Z", 10_050_000, "k", "taken (ts_ms)"),
+        py2p_store("Z", 10_060, "k", Value::from("taken (py2p)")),
+        rs2p_store("M", 10_100_000, "k", "owner's again"),
+    ];
+    for order in [[0, 1, 2, 3], [3, 2, 1, 0], [1, 2, 3, 0], [2, 0, 3, 1]] {
+        let mut r = replica("me", true);
+        for i in order {
+            deliver(&mut r, at(10_200), ConnId(1), &frames[i]);
+        }
+        assert_eq!(r.get(b"k"), Some(Value::from("owner's again")), "{order:?}");
+        assert_eq!(r.meta(b"k").unwrap().0, pid("M"));
+    }
+    // A delete by the rival, too.
+    let mut r = replica("me", true);
+    deliver(&mut r, at(10_200), ConnId(1), &frames[0]);
+    deliver(&mut r, at(10_200), ConnId(1), &rs2p_delete("Z", 10_010_000, "k"));
+    assert_eq!(r.get(b"k"), Some(Value::from("owner's")));
+    // Without leasing, the later write wins as before.
+    let mut r = replica("me", false);
+    deliver(&mut r, at(10_200), ConnId(1), &frames[0]);
+    deliver(&mut r, at(10_200), ConnId(1), &frames[1]);
+    assert_eq!(r.get(b"k"), Some(Value::from("taken (ts_ms)")));
+}
+
+/// A store broadcast as rs2p sends it: with `[ts_ms]`.
+fn rs2p_store(owner: &str, ts_ms: u64, key: &str, value: &str) -> Packet {
+    rs2p_write(owner, ts_ms, key, Value::from(value))
+}
+
+fn rs2p_delete(owner: &str, ts_ms: u64, key: &str) -> Packet {
+    rs2p_write(owner, ts_ms, key, Value::Nil)
+}
+
+fn rs2p_write(owner: &str, ts_ms: u64, key: &str, value: Value) -> Packet {
+    let f = SyncMessage::encode_store(&pid(owner), ts_ms / 1000, key.as_bytes(), &value, Some(ts_ms));
+    Packet::parse(f, &Default::default()).unwrap()
 }
 
 #[test]
@@ -244,9 +287,18 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(300))]
 
     #[test]
-    fn any_delivery_order_gives_the_same_replica(ops in proptest::collection::vec(op(), 1..24), seed in any::<u64>()) {
+    fn any_delivery_order_gives_the_same_replica(
+        ops in proptest::collection::vec(op(), 1..24),
+        seed in any::<u64>(),
+        leasing in any::<bool>(),
+    ) {
+        // Writes 0-19 ms apart, a 5 ms lease: holdings start, join, expire
+        // and refuse each other.
         let now = at(2_000);
-        let mut a = replica("me", false);
+        let replica = |me: &str, leasing: bool| {
+            Replica::new(pid(me), Config { leasing, lease_ms: 5, ..Config::default() }, 1)
+        };
+        let mut a = replica("me", leasing);
         for o in &ops {
             deliver(&mut a, now, ConnId(1), &frame_of(o));
         }
@@ -256,7 +308,7 @@ proptest! {
             shuffled.swap(i, rng.random_range(0..=i));
         }
         // Deliver some twice, too: duplicates must not matter.
-        let mut b = replica("me", false);
+        let mut b = replica("me", leasing);
         for o in shuffled.iter().chain(ops.iter().take(3)) {
             deliver(&mut b, now, ConnId(1), &frame_of(o));
         }
@@ -266,11 +318,16 @@ proptest! {
     }
 
     #[test]
-    fn entry_merge_is_commutative_associative_idempotent(ops in proptest::collection::vec(op(), 1..12), split in 0usize..12) {
+    fn entry_merge_is_commutative_associative_idempotent(
+        ops in proptest::collection::vec(op(), 1..12),
+        split in 0usize..12,
+        leasing in any::<bool>(),
+    ) {
         // Build three partial replicas and merge them in different orders.
         let now = at(2_000);
+        let lease = 5;
         let parts: Vec<Replica> = (0..3).map(|p| {
-            let mut r = replica("me", false);
+            let mut r = Replica::new(pid("me"), Config { leasing, lease_ms: lease, ..Config::default() }, 1);
             for (i, o) in ops.iter().enumerate() {
                 if (i + split) % 3 == p { deliver(&mut r, now, ConnId(1), &frame_of(o)); }
             }
@@ -281,6 +338,7 @@ proptest! {
             for &p in &order {
                 for (k, e) in snapshot(&parts[p]) {
                     match out.get_mut(&k) {
+                        Some(cur) if leasing => { cur.merge_leased(&e, lease); cur.merge_leased(&e, lease); }
                         Some(cur) => { cur.merge(&e); cur.merge(&e); }
                         None => { out.insert(k, e); }
                     }
@@ -296,34 +354,101 @@ proptest! {
 
 // ----- simulation --------------------------------------------------------
 
-/// What a simulated run must end with: the fold of every acknowledged write.
+/// A write as the ledger keeps it.
+#[derive(Clone)]
+enum Payload {
+    Set(Value),
+    Delta(Vec<(Value, Value)>),
+}
+
+/// What a simulated run must end with, computed from every acknowledged
+/// write by a model written apart from the replica's code: without leases,
+/// every write folded by version order; with leases, the lease rule
+/// (`lease.rs`) applied to the whole history at once.
 #[derive(Default)]
 struct Ledger {
-    expected: BTreeMap<Bytes, Entry>,
+    writes: BTreeMap<Bytes, Vec<(Version, Payload)>>,
     acked: usize,
 }
 
 impl Ledger {
-    fn record(&mut self, key: &Bytes, replica: &Replica) {
-        // The writer's entry right after its write contains the write; its
-        // own newest part is what must survive.
-        let e = replica.entry(key).expect("written").clone();
-        let mine = Entry { base_version: e.base_version.clone(), base: e.base.clone(), fields: e.fields.clone() };
-        match self.expected.get_mut(key) {
-            Some(cur) => {
-                cur.merge(&mine);
-            }
-            None => {
-                self.expected.insert(key.clone(), mine);
-            }
-        }
+    fn record(&mut self, key: &Bytes, replica: &Replica, payload: Payload) {
+        // A local write's version is the newest of its key (the hybrid
+        // clock is ahead of every version the writer had seen).
+        let version = replica.entry(key).expect("written").latest().clone();
+        self.writes.entry(key.clone()).or_default().push((version, payload));
         self.acked += 1;
     }
+
+    fn expected(&self, leasing: bool, lease_ms: u64) -> BTreeMap<Bytes, Entry> {
+        self.writes.iter().map(|(k, w)| (k.clone(), model_value(w, leasing, lease_ms))).collect()
+    }
+}
+
+fn fold(writes: &[&(Version, Payload)]) -> Entry {
+    let mut e = Entry::new(Version::new(0, PeerId::from_bytes(Bytes::new())), Value::Nil);
+    for (v, p) in writes {
+        match p {
+            Payload::Set(x) => e.apply_set(v, x),
+            Payload::Delta(d) => e.apply_delta(v, d),
+        };
+    }
+    e
+}
+
+/// The value of a key from its whole write history.
+fn model_value(writes: &[(Version, Payload)], leasing: bool, lease_ms: u64) -> Entry {
+    if !leasing {
+        return fold(&writes.iter().collect::<Vec<_>>());
+    }
+    // Each owner's writes, in time order, cut wherever two are a lease or
+    // more apart: the holdings.
+    let mut by_owner: BTreeMap<&[u8], Vec<&(Version, Payload)>> = BTreeMap::new();
+    for w in writes {
+        by_owner.entry(w.0.owner.as_bytes()).or_default().push(w);
+    }
+    let mut holdings: Vec<(u64, &[u8], u64, Entry)> = Vec::new(); // (start, owner, end, writes)
+    for (owner, mut ws) in by_owner {
+        ws.sort_by_key(|w| w.0.ts_ms);
+        let mut run: Vec<&(Version, Payload)> = Vec::new();
+        for w in ws {
+            if let Some(last) = run.last() {
+                if w.0.ts_ms - last.0.ts_ms >= lease_ms {
+                    holdings.push((run[0].0.ts_ms, owner, last.0.ts_ms, fold(&run)));
+                    run.clear();
+                }
+            }
+            run.push(w);
+        }
+        holdings.push((run[0].0.ts_ms, owner, run.last().unwrap().0.ts_ms, fold(&run)));
+    }
+    holdings.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+    let mut free_from = 0;
+    let mut granted: Vec<&Entry> = Vec::new();
+    for (start, _, end, e) in &holdings {
+        if *start >= free_from {
+            free_from = if e.is_tombstone() { *end } else { end + lease_ms };
+            granted.push(e);
+        }
+    }
+    let mut value = granted[0].clone();
+    for e in &granted[1..] {
+        value.merge(e);
+    }
+    value
+}
+
+/// The part of an entry a reader sees (holdings aside).
+fn visible(e: &Entry) -> (Version, Value, Vec<entry::Field>) {
+    (e.base_version.clone(), e.base.clone(), e.fields.clone())
 }
 
 fn run_seed(seed: u64, n: usize, leasing: bool) -> (usize, usize) {
     let mut rng = StdRng::seed_from_u64(seed);
-    let cfg = Config { leasing, anti_entropy_interval_ms: 1_000, ..Config::default() };
+    // A short lease, so that leases run out and are taken over within a
+    // run, and partitions make rival holders.
+    let lease_ms = 400;
+    let cfg = Config { leasing, lease_ms, anti_entropy_interval_ms: 1_000, ..Config::default() };
     let mut sim = Sim::with_sync(n, cfg);
     sim.shuffle(seed ^ 0x9e37);
     for i in 1..n {
@@ -337,16 +462,19 @@ fn run_seed(seed: u64, n: usize, leasing: bool) -> (usize, usize) {
     for round in 0..40 {
         let node = rng.random_range(0..n);
         let key = keys[rng.random_range(0..keys.len())].clone();
-        let command = match rng.random_range(0..10) {
-            0..=5 => Command::Set { key: key.clone(), value: Value::from(format!("v{round}-{node}")) },
-            6..=7 => Command::Delete { key: key.clone() },
-            _ => Command::Delta {
-                key: key.clone(),
-                delta: vec![(Value::from(format!("f{}", round % 3)), Value::from(round))],
-            },
+        let (command, payload) = match rng.random_range(0..10) {
+            0..=5 => {
+                let v = Value::from(format!("v{round}-{node}"));
+                (Command::Set { key: key.clone(), value: v.clone() }, Payload::Set(v))
+            }
+            6..=7 => (Command::Delete { key: key.clone() }, Payload::Set(Value::Nil)),
+            _ => {
+                let d = vec![(Value::from(format!("f{}", round % 3)), Value::from(round))];
+                (Command::Delta { key: key.clone(), delta: d.clone() }, Payload::Delta(d))
+            }
         };
         match sim.command(node, command).expect("writes are answered at once") {
-            Ok(_) => ledger.record(&key, sim.nodes[node].replica().unwrap()),
+            Ok(_) => ledger.record(&key, sim.nodes[node].replica().unwrap(), payload),
             Err(_) => refused += 1,
         }
         // Deliver part of what is in flight, so writes overlap.
@@ -382,10 +510,12 @@ fn run_seed(seed: u64, n: usize, leasing: bool) -> (usize, usize) {
         let s = snapshot(sim.nodes[i].replica().unwrap());
         assert_eq!(s, reference, "seed {seed}: node {i} differs from node 0");
     }
-    // No acknowledged write lost: every key is exactly the fold of them.
+    // Every key is exactly what the model makes of the acknowledged
+    // writes: without leases, none is lost; with them, only those of a
+    // holding refused for starting inside another's lease.
     let got: BTreeMap<Bytes, Entry> = reference.into_iter().collect();
-    for (k, want) in &ledger.expected {
-        assert_eq!(got.get(k), Some(want), "seed {seed}: key {k:?}");
+    for (k, want) in &ledger.expected(leasing, lease_ms) {
+        assert_eq!(got.get(k).map(visible), Some(visible(want)), "seed {seed}: key {k:?}");
     }
     (ledger.acked, refused)
 }

@@ -33,6 +33,7 @@ at start; a peer that is down is skipped).
 """
 import argparse
 import base64
+import errno
 import json
 import sys
 import threading
@@ -114,14 +115,23 @@ def main():
         mesh.max_outgoing = args.max_outgoing
 
     enc = "SSL" if args.ssl else "Plaintext"
-    if args.sync:
-        from py2p import sync
-        subnet = args.subnet or "sync"
-        sock = sync.SyncSocket(host, int(bind_port), prot=base.Protocol(subnet, enc),
-                               leasing=not args.no_leasing)
-    else:
-        subnet = args.subnet or "mesh"
-        sock = mesh.MeshSocket(host, int(bind_port), prot=base.Protocol(subnet, enc))
+
+    def make():
+        if args.sync:
+            from py2p import sync
+            return sync.SyncSocket(host, int(bind_port), prot=base.Protocol(args.subnet or "sync", enc),
+                                   leasing=not args.no_leasing)
+        return mesh.MeshSocket(host, int(bind_port), prot=base.Protocol(args.subnet or "mesh", enc))
+    # py2p binds without SO_REUSEADDR: restarted on a fixed port (the fault
+    # lab), it fails while its old connections are in TIME_WAIT (60 s).
+    for attempt in range(90):
+        try:
+            sock = make()
+            break
+        except OSError as e:
+            if e.errno != errno.EADDRINUSE or bind_port == "0" or attempt == 89:
+                raise
+            time.sleep(1)
     # Bound to port 0: tell peers the port the OS picked.
     port = sock.daemon.sock.getsockname()[1]
     sock.out_addr = (host, port)

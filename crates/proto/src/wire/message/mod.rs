@@ -16,7 +16,7 @@ mod mesh;
 mod sync;
 
 pub use mesh::{Farewell, Handshake, MeshMessage, MAX_IDS_PER_MESSAGE};
-pub use sync::{Digest, EntryRecord, FieldRecord, SyncMessage, DIGEST_BUCKETS};
+pub use sync::{Digest, EntryRecord, FieldRecord, HoldingRecord, SyncMessage, DIGEST_BUCKETS};
 
 use bytes::Bytes;
 use rmpv::Value;

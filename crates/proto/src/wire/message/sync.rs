@@ -36,8 +36,32 @@ pub struct FieldRecord {
     pub value: Value,
 }
 
+/// One holding of a leased key (see the sync module's leases): one owner's
+/// writes that lie less than a lease apart, `[owner, start_ms, end_ms,
+/// [ts_ms, base_owner], base, [fields...]]`, the writes merged as an
+/// entry's are.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HoldingRecord {
+    /// Whose writes these are.
+    pub owner: PeerId,
+    /// The first write's time (ms).
+    pub start_ms: u64,
+    /// The last write's time (ms).
+    pub end_ms: u64,
+    /// When the holding's latest set or delete was written (ms; 0: none).
+    pub base_ts_ms: u64,
+    /// Its writer (empty when the holding has only deltas).
+    pub base_owner: Bytes,
+    /// Its value (nil: deleted, or no set).
+    pub base: Value,
+    /// Fields set by the holding's later deltas.
+    pub fields: Vec<FieldRecord>,
+}
+
 /// One key's replicated state as anti-entropy sends it:
-/// `[key, [ts_ms, owner], base, [[field, ts_ms, owner, value], ...]]`.
+/// `[key, [ts_ms, owner], base, [[field, ts_ms, owner, value], ...]]`,
+/// and, for a key under leases, a fifth element: its holdings
+/// (`[[owner, start_ms, end_ms, [ts_ms, owner], base, fields], ...]`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct EntryRecord {
     /// The key.
@@ -50,14 +74,14 @@ pub struct EntryRecord {
     pub base: Value,
     /// Fields set by later deltas.
     pub fields: Vec<FieldRecord>,
+    /// Under leases: every holding of the key (the base and fields above
+    /// are then what they add up to). Empty without leases.
+    pub holdings: Vec<HoldingRecord>,
 }
 
-impl EntryRecord {
-    /// The record as msgpack bytes, in the layout anti-entropy sends (for a
-    /// durable store).
-    pub fn to_bytes(&self) -> Vec<u8> {
-        let fields = self
-            .fields
+fn fields_value(fields: &[FieldRecord]) -> Value {
+    Value::Array(
+        fields
             .iter()
             .map(|f| {
                 Value::Array(vec![
@@ -67,15 +91,43 @@ impl EntryRecord {
                     f.value.clone(),
                 ])
             })
-            .collect();
-        let record = Value::Array(vec![
+            .collect(),
+    )
+}
+
+fn holdings_value(holdings: &[HoldingRecord]) -> Value {
+    Value::Array(
+        holdings
+            .iter()
+            .map(|h| {
+                Value::Array(vec![
+                    Value::Binary(h.owner.as_bytes().to_vec()),
+                    Value::from(h.start_ms),
+                    Value::from(h.end_ms),
+                    Value::Array(vec![Value::from(h.base_ts_ms), Value::Binary(h.base_owner.to_vec())]),
+                    h.base.clone(),
+                    fields_value(&h.fields),
+                ])
+            })
+            .collect(),
+    )
+}
+
+impl EntryRecord {
+    /// The record as msgpack bytes, in the layout anti-entropy sends (for a
+    /// durable store).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut record = vec![
             Value::Binary(self.key.to_vec()),
             Value::Array(vec![Value::from(self.base_ts_ms), Value::Binary(self.base_owner.to_vec())]),
             self.base.clone(),
-            Value::Array(fields),
-        ]);
+            fields_value(&self.fields),
+        ];
+        if !self.holdings.is_empty() {
+            record.push(holdings_value(&self.holdings));
+        }
         let mut out = Vec::new();
-        crate::wire::msgpack::write_value(&mut out, &record);
+        crate::wire::msgpack::write_value(&mut out, &Value::Array(record));
         out
     }
 
@@ -254,11 +306,14 @@ impl SyncMessage {
                 let mut b = FrameBuilder::new(MsgType::Whisper, sender, time, SubFlag::Entries, 1);
                 b.array_len(entries.len());
                 for e in entries {
-                    b.array_len(4).bin(&e.key);
+                    b.array_len(if e.holdings.is_empty() { 4 } else { 5 }).bin(&e.key);
                     b.array_len(2).uint(e.base_ts_ms).bin(&e.base_owner);
                     b.value(&e.base).array_len(e.fields.len());
                     for f in &e.fields {
                         b.array_len(4).value(&f.key).uint(f.ts_ms).bin(f.owner.as_bytes()).value(&f.value);
+                    }
+                    if !e.holdings.is_empty() {
+                        b.value(&holdings_value(&e.holdings));
                     }
                 }
                 b.finish()
@@ -301,25 +356,59 @@ impl SyncMessage {
 }
 
 fn decode_entry(v: Value) -> Option<EntryRecord> {
-    let Value::Array(a) = v else { return None };
+    let Value::Array(mut a) = v else { return None };
+    let holdings = match a.len() {
+        4 => Vec::new(),
+        5 => {
+            let Some(Value::Array(hs)) = a.pop() else { return None };
+            hs.into_iter().map(decode_holding).collect::<Option<Vec<_>>>()?
+        }
+        _ => return None,
+    };
     let [key, base_version, base, fields]: [Value; 4] = a.try_into().ok()?;
     let key = key_of(&key)?;
-    let bv = base_version.as_array().filter(|b| b.len() == 2)?;
+    let (base_ts_ms, base_owner) = decode_base_version(&base_version)?;
+    let fields = decode_fields(fields)?;
+    Some(EntryRecord { key, base_ts_ms, base_owner, base, fields, holdings })
+}
+
+fn decode_base_version(v: &Value) -> Option<(u64, Bytes)> {
+    let bv = v.as_array().filter(|b| b.len() == 2)?;
     // The base of an entry created by a delta is the zero version with an
     // empty owner: the one place an empty owner is allowed.
     let base_owner = bytes_of(&bv[1]).filter(|b| b.is_empty() || PeerId::valid_len(b.len()))?;
-    let base_owner = Bytes::copy_from_slice(base_owner);
-    let base_ts_ms = bv[0].as_u64()?;
-    let Value::Array(fields) = fields else { return None };
-    let fields = fields
+    Some((bv[0].as_u64()?, Bytes::copy_from_slice(base_owner)))
+}
+
+fn decode_fields(v: Value) -> Option<Vec<FieldRecord>> {
+    let Value::Array(fields) = v else { return None };
+    fields
         .into_iter()
         .map(|f| {
             let Value::Array(f) = f else { return None };
             let [key, ts, owner, value]: [Value; 4] = f.try_into().ok()?;
             Some(FieldRecord { key, ts_ms: ts.as_u64()?, owner: peer_id_of(&owner)?, value })
         })
-        .collect::<Option<Vec<_>>>()?;
-    Some(EntryRecord { key, base_ts_ms, base_owner, base, fields })
+        .collect()
+}
+
+fn decode_holding(v: Value) -> Option<HoldingRecord> {
+    let Value::Array(a) = v else { return None };
+    let [owner, start, end, base_version, base, fields]: [Value; 6] = a.try_into().ok()?;
+    let (start_ms, end_ms) = (start.as_u64()?, end.as_u64()?);
+    if start_ms > end_ms {
+        return None;
+    }
+    let (base_ts_ms, base_owner) = decode_base_version(&base_version)?;
+    Some(HoldingRecord {
+        owner: peer_id_of(&owner)?,
+        start_ms,
+        end_ms,
+        base_ts_ms,
+        base_owner,
+        base,
+        fields: decode_fields(fields)?,
+    })
 }
 
 #[cfg(test)]
@@ -361,8 +450,27 @@ mod tests {
                 owner: PeerId::from_bytes(&b"other"[..]),
                 value: Value::from(1),
             }],
+            holdings: Vec::new(),
         };
         assert_eq!(EntryRecord::from_bytes(&rec.to_bytes()), Some(rec.clone()));
+        let leased = EntryRecord {
+            holdings: vec![HoldingRecord {
+                owner: owner.clone(),
+                start_ms: 3,
+                end_ms: 5,
+                base_ts_ms: 5,
+                base_owner: Bytes::copy_from_slice(owner.as_bytes()),
+                base: Value::from("v"),
+                fields: Vec::new(),
+            }],
+            ..rec.clone()
+        };
+        assert_eq!(EntryRecord::from_bytes(&leased.to_bytes()), Some(leased.clone()));
+        round_trip(SyncMessage::Entries(vec![leased.clone()]));
+        // A holding that ends before it starts is not one.
+        let mut backwards = leased.clone();
+        backwards.holdings[0].start_ms = 6;
+        assert_eq!(EntryRecord::from_bytes(&backwards.to_bytes()), None);
         let mut longer = rec.to_bytes();
         longer.push(0);
         assert_eq!(EntryRecord::from_bytes(&longer), None);
@@ -373,6 +481,7 @@ mod tests {
             base_owner: Bytes::new(),
             base: Value::Nil,
             fields: vec![FieldRecord { key: Value::from("f"), ts_ms: 7, owner, value: Value::from(2) }],
+            holdings: Vec::new(),
         }]));
     }
 
