@@ -37,19 +37,21 @@
 //! replicas that have exchanged the same writes are identical, whatever the
 //! order they arrived in; after a partition heals every rs2p replica
 //! converges; and a write acknowledged by `set` is never lost while any
-//! node holding it stays in the network. Reads are local and may lag.
-//! Leases are checked where a write is made, so during a partition two
-//! sides may both take a free key; the version order picks the same winner
-//! everywhere after the heal. A node cut off for longer than the tombstone
-//! lifetime may bring back a key deleted meanwhile.
+//! node holding it stays in the network, unless a lease takes it back.
+//! Reads are local and may lag. Leases bind every write, local or received,
+//! by one rule every replica applies alike whatever the order of arrival:
+//! during a partition two sides may both take a free key, and after the
+//! heal the side that took it first keeps it everywhere (the other side's
+//! writes to it are withdrawn). A node cut off for longer than the
+//! tombstone lifetime may bring back a key deleted meanwhile.
 //!
 //! py2p nodes in the network keep py2p's weaker rules: they see our writes
 //! as ordinary second-resolution stores, apply py2p's lease check, forget
 //! deletes, and are repaired only by py2p's per-key state transfer when a
 //! connection opens (rs2p sends it to py2p peers). They can disagree with
-//! the rs2p replicas after concurrent writes or a partition. rs2p applies
-//! py2p's lease rule to writes that come from py2p nodes. The full protocol
-//! is described in [`proto::sync`].
+//! the rs2p replicas after concurrent writes or a partition. rs2p judges
+//! the writes of py2p nodes by its own lease rule (by py2p's lease check
+//! without leases). The full protocol is described in [`proto::sync`].
 //!
 //! # Layout
 //! - `rs2p-proto` (re-exported as [`proto`]): the pure core: the wire

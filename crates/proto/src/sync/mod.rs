@@ -50,19 +50,18 @@
 //! order. A write acknowledged by [`Command::Set`]'s reply is in the local replica at
 //! once and is not lost while that replica, or any other that received it,
 //! stays in the network. Reads are local: they may lag other replicas.
-//! Leases are checked locally when a write is made: during a partition two
-//! nodes can both take a free key; after the heal the version order picks
-//! one winner everywhere. Receivers do not check the lease of a write that
-//! carries `[ts_ms]` (only py2p's writes get py2p's check): leases bind
-//! honest rs2p nodes, not a peer that lies (issue #13, open; see
-//! `lease.rs`).
+//! Under leases every write, local or received, with or without `[ts_ms]`,
+//! is judged by one rule applied to the set of writes seen (`lease.rs`):
+//! during a partition two nodes can both take a free key; after the heal
+//! the one that took it first keeps it, everywhere. A `[ts_ms]` outside its
+//! header's second is a made-up version and is dropped.
 //!
 //! py2p replicas keep py2p's rules: they see rs2p writes as second-resolution
 //! stores, apply py2p's lease check, forget deletes, and are repaired only by
 //! the per-key state transfer on new connections. They can therefore
 //! disagree with the rs2p replicas after concurrent writes or partitions.
-//! rs2p applies py2p's lease rule to writes that come from py2p nodes
-//! (both lease rules are in `lease.rs`).
+//! Without leases rs2p applies py2p's lease check to writes that come from
+//! py2p nodes; with leases, the rule of `lease.rs` (both are there).
 //!
 //! # Driving it
 //! As the mesh: [`Replica::handle`] takes an [`Input`] (a peer up or down, a
