@@ -318,7 +318,7 @@ impl Node {
     ) -> PyResult<Option<Bound<'py, PyBytes>>> {
         let expected = id.map(|i| peer_id(&i)).transpose()?;
         let mesh = self.mesh.clone();
-        let r = wait(py, async move { mesh.connect_expecting(PeerAddr::new(host, port), expected).await })?;
+        let r = wait(py, async move { mesh.connect_with_hint(PeerAddr::new(host, port), expected).await })?;
         match r {
             Ok(p) => Ok(Some(PyBytes::new(py, p.as_bytes()))),
             Err(Error::Connect {

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use rs2p_proto::id::{Encryption, Protocol};
+use rs2p_proto::id::{Encryption, PeerId, Protocol};
 use rs2p_proto::identity::Identity;
 use rs2p_proto::mesh::dissemination::TreeConfig;
 use rs2p_proto::mesh::{self, PeerAddr};
@@ -53,6 +53,7 @@ pub struct Builder {
     queue_all_subflags: bool,
     seed: Option<u64>,
     identity: Option<Identity>,
+    allow: Option<std::collections::HashSet<PeerId>>,
     key_file: Option<std::path::PathBuf>,
     pub(crate) durability: Durability,
     tls: Option<crate::TlsConfig>,
@@ -85,6 +86,7 @@ impl Default for Builder {
             queue_all_subflags: false,
             seed: None,
             identity: None,
+            allow: None,
             key_file: None,
             durability: Durability::default(),
             tls: None,
@@ -217,6 +219,19 @@ impl Builder {
         self
     }
 
+    /// A private network: only these ids may link with this node, and each
+    /// must prove it holds the key behind its id (a signed challenge after
+    /// the handshake, on plaintext links too), so an intruder that merely
+    /// claims a listed id is refused, as is every py2p peer (py2p has no
+    /// key). Only broadcasts from listed ids are delivered and relayed.
+    /// Repeated calls add to the list. Include this node's own id when the
+    /// same list is shared by every member; it does no harm. Default: no
+    /// list (anyone on the subnet links, as in py2p).
+    pub fn allow(mut self, ids: impl IntoIterator<Item = PeerId>) -> Self {
+        self.allow.get_or_insert_with(Default::default).extend(ids);
+        self
+    }
+
     /// The node's key pair, which determines its id (see
     /// [`crate::proto::identity`]). Default: a fresh key (a new id each
     /// run), unless [`Builder::key_file`] is set.
@@ -345,6 +360,8 @@ impl Builder {
             None => self.identity.clone().unwrap_or_else(|| Identity::from_secret(rand::random())),
         };
         let mut mesh = mesh::Config::new(protocol, identity.id(), out_addr);
+        mesh.identity = Some(identity.clone());
+        mesh.allow = self.allow.clone().map(std::sync::Arc::new);
         mesh.max_outgoing = self.max_outgoing;
         mesh.max_frame_len = self.limits.max_frame_len;
         mesh.compression = self.compression;

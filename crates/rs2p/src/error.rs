@@ -108,6 +108,7 @@ impl From<rs2p_proto::mesh::CommandError> for Error {
             C::Connect { addr, reason } => Error::Connect { addr, reason },
             C::ShuttingDown => Error::Closed,
             C::BadFrame(why) => Error::BadFrame(why),
+            C::NoIdentity => Error::Internal("every rs2p node has a key"),
         }
     }
 }

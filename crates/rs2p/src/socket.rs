@@ -206,16 +206,30 @@ impl MeshSocket {
     /// # Cancel safety
     /// Cancelling stops the wait, not the connection attempt.
     pub async fn connect(&self, addr: PeerAddr) -> Result<PeerId, Error> {
-        self.connect_expecting(addr, None).await
+        self.connect_with_hint(addr, None).await
     }
 
-    /// [`MeshSocket::connect`], naming the id expected at `addr` (py2p's `id`
-    /// argument).
+    /// [`MeshSocket::connect`] with py2p's `id` argument: the id thought to
+    /// be at `addr`, a hint (py2p skips the dial if that id is already
+    /// connected), not checked. To insist on an id, use
+    /// [`MeshSocket::connect_expecting`].
     ///
     /// # Errors
     /// As [`MeshSocket::connect`].
-    pub async fn connect_expecting(&self, addr: PeerAddr, expected: Option<PeerId>) -> Result<PeerId, Error> {
+    pub async fn connect_with_hint(&self, addr: PeerAddr, expected: Option<PeerId>) -> Result<PeerId, Error> {
         self.run(mesh::Command::Connect { addr, expected }, Responder::Connected).await
+    }
+
+    /// Connects to `addr` only if the node there is `id` and proves it: it
+    /// must sign a challenge with the key behind `id` (so it is an rs2p
+    /// node with a key; a py2p node cannot prove an id).
+    ///
+    /// # Errors
+    /// [`Error::Connect`] with [`CloseReason::Auth`](crate::CloseReason::Auth)
+    /// naming what failed: another id there, no proof offered, or a failed
+    /// proof (an impostor); otherwise as [`MeshSocket::connect`].
+    pub async fn connect_expecting(&self, addr: PeerAddr, id: PeerId) -> Result<PeerId, Error> {
+        self.run(mesh::Command::ConnectProven { addr, id }, Responder::Connected).await
     }
 
     /// Adopts an already connected byte stream (a Unix socket, an in-memory

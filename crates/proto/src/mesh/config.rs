@@ -3,6 +3,7 @@
 use super::dissemination::TreeConfig;
 use crate::addr::PeerAddr;
 use crate::id::{PeerId, Protocol};
+use crate::identity::Identity;
 use crate::wire::Compression;
 
 /// How broadcasts travel between rs2p peers (py2p peers are always
@@ -82,6 +83,14 @@ pub struct Config {
     /// messages above it are refused. Default
     /// [`crate::wire::DEFAULT_MAX_FRAME_LEN`].
     pub max_frame_len: usize,
+    /// This node's key: it proves its id to rs2p peers that ask
+    /// (capability `AUTH`) and asks them to prove theirs. `None`: links are
+    /// not authenticated (and [`Config::allow`] cannot be used).
+    pub identity: Option<Identity>,
+    /// A private network: only these ids may link with this node, each
+    /// proving it holds the key behind its id (so py2p peers, which cannot,
+    /// are refused), and only broadcasts from them are delivered.
+    pub allow: Option<std::sync::Arc<std::collections::HashSet<PeerId>>>,
 }
 
 impl Config {
@@ -110,6 +119,8 @@ impl Config {
             keepalive_interval_ms: 3_000,
             dead_after_ms: 9_000,
             max_frame_len: crate::wire::DEFAULT_MAX_FRAME_LEN,
+            identity: None,
+            allow: None,
         }
     }
 }

@@ -34,6 +34,8 @@ pub enum Direction {
 #[derive(Debug)]
 pub(super) enum ConnState {
     Handshaking,
+    /// The peer's handshake arrived; it is proving its id (`auth.rs`).
+    Authenticating(Box<super::auth::Proving>),
     Established(PeerId),
 }
 
@@ -64,6 +66,9 @@ pub(super) struct Conn {
     pub(super) next_heartbeat_ms: u64,
     /// Why the peer said it closes the link, if it said goodbye.
     pub(super) farewell: Option<Farewell>,
+    /// The id the peer must prove it holds the key of
+    /// ([`super::Command::ConnectProven`]).
+    pub(super) must_prove: Option<PeerId>,
 }
 
 impl Conn {
@@ -89,13 +94,14 @@ impl Conn {
             pinged: false,
             next_heartbeat_ms: 0,
             farewell: None,
+            must_prove: None,
         }
     }
 
     pub(super) fn peer(&self) -> Option<&PeerId> {
         match &self.state {
             ConnState::Established(p) => Some(p),
-            ConnState::Handshaking => None,
+            ConnState::Handshaking | ConnState::Authenticating(_) => None,
         }
     }
 }

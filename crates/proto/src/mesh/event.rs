@@ -83,6 +83,10 @@ pub enum CloseReason {
         /// How long it had been silent, in milliseconds.
         silent_ms: u64,
     },
+    /// The peer's id was not accepted: not proven where a proof is needed,
+    /// not on the private network's list, not the one dialed for, or a
+    /// failed proof (an impostor). See [`super::AuthFailure`].
+    Auth(super::AuthFailure),
     /// Closed on request ([`super::Command::Disconnect`]).
     Requested,
     /// The node is shutting down.
@@ -141,6 +145,7 @@ impl fmt::Display for CloseReason {
             CloseReason::Unresponsive { silent_ms } => {
                 write!(f, "timeout: no sign of life for {:.1} s", *silent_ms as f64 / 1000.0)
             }
+            CloseReason::Auth(why) => write!(f, "refused: {why}"),
             CloseReason::Requested => f.write_str("disconnected on request"),
             CloseReason::Shutdown => f.write_str("node shutting down"),
         }
@@ -321,6 +326,9 @@ pub enum CommandError {
     /// The node shut down before the command completed.
     #[error("the node is shutting down")]
     ShuttingDown,
+    /// A proven connection was asked of a node without a key.
+    #[error("this node has no key, so it cannot ask a peer to prove its id")]
+    NoIdentity,
 }
 
 /// Counters, for status reports and tests.
@@ -342,6 +350,12 @@ pub struct Stats {
     pub control_sent: u64,
     /// Tree links closed for silence (peers that vanished).
     pub unresponsive: u64,
+    /// Links refused because the peer's id was not accepted
+    /// ([`CloseReason::Auth`]).
+    pub refused_ids: u64,
+    /// Messages dropped for their sender's identity (on a private network,
+    /// a broadcast from an id not on the list).
+    pub rejected: u64,
 }
 
 /// What a connection looks like from the machine.

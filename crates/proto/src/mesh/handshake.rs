@@ -44,12 +44,20 @@ impl Mesh {
             tracing::info!(%reason, "refusing connection");
             return self.close(conn, reason);
         }
-        let peer = hs.id;
+        let peer = hs.id.clone();
         if peer == self.cfg.id {
             return self.close(conn, CloseReason::SelfConnection);
         }
         let Some(c) = self.conns.get_mut(&conn) else { return };
         c.claimed = Some(peer.clone());
+        self.admit(now, conn, hs);
+    }
+
+    /// Brings a link up: the peer enters the routing table (after the
+    /// conflict rule), gets our peer list and what waited for it.
+    pub(super) fn establish(&mut self, now: Now, conn: ConnId, hs: Handshake) {
+        let peer = hs.id.clone();
+        let Some(c) = self.conns.get_mut(&conn) else { return };
         let new_outgoing = c.dir == super::Direction::Outgoing;
         // A second link to a peer already up replaces the first without the
         // peer going down: the application hears of neither.
@@ -175,7 +183,7 @@ impl Mesh {
                     self.next_maintain_ms = 0;
                 }
             }
-            ConnState::Handshaking => {
+            ConnState::Handshaking | ConnState::Authenticating(_) => {
                 if let Some(target) = &c.target {
                     if let Some((id, _)) = self.known.iter().find(|(_, k)| &k.addr == target) {
                         let id = id.clone();
@@ -193,7 +201,10 @@ impl Mesh {
                 };
                 // The loser of the conflict rule leaves its peer connected
                 // through the other link: a connect() that dialed it succeeded.
-                let duplicate = reason == CloseReason::Duplicate;
+                // So does a link the peer closed as its duplicate before we
+                // had brought it up (it was still proving its id here).
+                let duplicate =
+                    reason == CloseReason::Duplicate || c.farewell == Some(Farewell::Replaced) && c.claimed.is_some();
                 if let Some(request) = c.request {
                     let result = match (&c.claimed, duplicate) {
                         (Some(p), true) => Ok(Reply::Connected(p.clone())),

@@ -79,6 +79,9 @@ impl Mesh {
         if self.cfg.broadcast == super::Broadcast::Tree {
             m.push(capability::TREE);
         }
+        if self.cfg.identity.is_some() {
+            m.push(capability::AUTH);
+        }
         m
     }
 }

@@ -47,6 +47,7 @@
 //! [`Input::Timeout`] at [`Mesh::poll_timeout`]. Every command is answered
 //! by exactly one [`Output::Reply`]. Time is always an argument.
 
+mod auth;
 mod config;
 mod conflict;
 mod conn;
@@ -65,6 +66,7 @@ use rand::{Rng, SeedableRng};
 use rmpv::Value;
 
 pub use crate::addr::{AddrParseError, PeerAddr};
+pub use auth::{auth_context, AuthFailure, MAX_HELD};
 pub use config::{Broadcast, Config};
 pub use conflict::{resolve_conflict, Keep};
 pub use conn::{ConnId, ConnMap, DialId, Direction};
@@ -149,6 +151,15 @@ pub enum Command {
         addr: PeerAddr,
         /// The id expected there.
         expected: Option<PeerId>,
+    },
+    /// Dial `addr`, where `id` must be, and have the peer prove it holds
+    /// the key behind `id` (rs2p peers with a key only: anything else is
+    /// refused, [`AuthFailure`]); answered as [`Command::Connect`].
+    ConnectProven {
+        /// Where.
+        addr: PeerAddr,
+        /// The id that must be there.
+        id: PeerId,
     },
     /// Flood `packets` with `subflag` to the whole network; answered with
     /// [`Reply::Sent`]. User broadcasts use [`SubFlag::Broadcast`].
@@ -295,7 +306,11 @@ impl Mesh {
         match input {
             Input::Incoming { conn } => self.open(now, conn, Conn::new(Direction::Incoming, None)),
             Input::Dialed { dial, conn } => match self.dials.remove(&dial) {
-                Some(d) => self.open(now, conn, Conn::new(Direction::Outgoing, Some((d.request, d.addr)))),
+                Some(d) => {
+                    let mut c = Conn::new(Direction::Outgoing, Some((d.request, d.addr)));
+                    c.must_prove = if d.prove { d.expected } else { None };
+                    self.open(now, conn, c)
+                }
                 // A dial we no longer care about (shutdown): drop the connection.
                 None => self.out.push_back(Output::Close { conn, reason: CloseReason::Shutdown }),
             },
@@ -507,6 +522,19 @@ impl Mesh {
                     return;
                 }
             }
+            Command::ConnectProven { addr, id } => {
+                if addr == self.cfg.out_addr {
+                    Err(CommandError::OwnAddress(addr))
+                } else if !self.proves() {
+                    Err(CommandError::NoIdentity)
+                } else {
+                    let dial = self.dial(addr, Some(id), Some(request));
+                    if let Some(d) = self.dials.get_mut(&dial) {
+                        d.prove = true;
+                    }
+                    return;
+                }
+            }
             Command::Broadcast { subflag, packets } => self.broadcast(now, subflag, &packets).map(Reply::Sent),
             Command::BroadcastMany { messages } => messages
                 .iter()
@@ -622,6 +650,9 @@ impl Mesh {
         c.last_rx_ms = now.mono_ms;
         c.pinged = false;
         let tree = c.tree;
+        if matches!(c.state, conn::ConnState::Authenticating(_)) {
+            return self.on_proving(now, conn, packet);
+        }
         if c.peer().is_none() {
             if packet.header.is(MsgType::Whisper, SubFlag::Handshake) {
                 match MeshMessage::decode(&packet) {
@@ -690,6 +721,10 @@ impl Mesh {
             self.stats.stale += 1;
             return;
         }
+        if self.cfg.allow.is_some() && !self.sender_allowed(&packet.header.sender.clone()) {
+            return;
+        }
+        let h = &packet.header;
         // The original sender's own link gets no copy back (the lookup only
         // matters with other peers).
         let origin = if self.routing.len() > 1 { self.routing.get(&h.sender).copied() } else { None };

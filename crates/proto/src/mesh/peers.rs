@@ -26,6 +26,8 @@ const MAX_REDIAL_BACKOFF_MS: u64 = 60_000;
 pub(super) struct PendingDial {
     pub(super) addr: PeerAddr,
     pub(super) expected: Option<PeerId>,
+    /// Whether the peer must prove it is `expected`.
+    pub(super) prove: bool,
     /// The `Connect` command it answers, if any.
     pub(super) request: Option<RequestId>,
 }
@@ -42,7 +44,7 @@ impl Mesh {
     pub(super) fn dial(&mut self, addr: PeerAddr, expected: Option<PeerId>, request: Option<RequestId>) -> DialId {
         self.next_dial += 1;
         let dial = DialId(self.next_dial);
-        self.dials.insert(dial, PendingDial { addr: addr.clone(), expected, request });
+        self.dials.insert(dial, PendingDial { addr: addr.clone(), expected, prove: false, request });
         self.out.push_back(Output::Dial { dial, addr });
         dial
     }

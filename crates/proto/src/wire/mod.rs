@@ -120,6 +120,9 @@ pub enum SubFlag {
     /// rs2p: "I am closing this link on purpose" (rs2p peers only), so the
     /// other end reports why the peer went away.
     Goodbye = 0x26,
+    /// rs2p: proving the id on a link (a challenge, then a signed answer;
+    /// peers that advertise [`capability::AUTH`] only).
+    Auth = 0x27,
 }
 
 impl SubFlag {
@@ -155,6 +158,7 @@ impl SubFlag {
             0x24 => Prune,
             0x25 => Want,
             0x26 => Goodbye,
+            0x27 => Auth,
             _ => return None,
         })
     }
@@ -182,6 +186,8 @@ pub mod capability {
     /// The broadcast tree (sub-flags `0x22`-`0x24`) and keepalives (message
     /// types ping `0x03` and pong `0x04`).
     pub const TREE: u64 = 0x2E;
+    /// The node has a key and proves its id on the link (sub-flag `0x27`).
+    pub const AUTH: u64 = 0x2D;
 }
 
 impl From<SubFlag> for u64 {

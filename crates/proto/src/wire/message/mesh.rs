@@ -87,6 +87,17 @@ pub enum MeshMessage {
     /// Whisper `0x26` (rs2p links): `[why]`, sent just before closing a
     /// link on purpose.
     Goodbye(Farewell),
+    /// Whisper `0x27` (rs2p links that both advertise `AUTH`): `[0,
+    /// nonce]`, "prove your id: sign this".
+    AuthChallenge([u8; 32]),
+    /// Whisper `0x27`: `[1, public_key, signature]`, the answer to a
+    /// challenge (what is signed: [`crate::mesh::auth_context`]).
+    AuthProof {
+        /// The prover's Ed25519 public key; its hash is the id it claims.
+        key: [u8; 32],
+        /// Its signature.
+        signature: [u8; 64],
+    },
     /// Message type `0x03` (rs2p, tree links): "are you there?".
     Ping,
     /// Message type `0x04` (rs2p, tree links): "here I am".
@@ -199,6 +210,20 @@ impl MeshMessage {
                     _ => return Err(Malformed("goodbye reason")),
                 })
             }
+            (MsgType::Whisper, Some(SubFlag::Auth)) => {
+                let v = values(p)?;
+                let fixed = |i: usize| bytes_of(v.get(i)?);
+                match v.first().and_then(Value::as_u64) {
+                    Some(0) if v.len() == 2 => MeshMessage::AuthChallenge(
+                        fixed(1).and_then(|b| b.try_into().ok()).ok_or(Malformed("auth challenge"))?,
+                    ),
+                    Some(1) if v.len() == 3 => MeshMessage::AuthProof {
+                        key: fixed(1).and_then(|b| b.try_into().ok()).ok_or(Malformed("auth key"))?,
+                        signature: fixed(2).and_then(|b| b.try_into().ok()).ok_or(Malformed("auth signature"))?,
+                    },
+                    _ => return Err(Malformed("auth message")),
+                }
+            }
             (MsgType::Ping, _) => MeshMessage::Ping,
             (MsgType::Pong, _) => MeshMessage::Pong,
             (MsgType::Broadcast | MsgType::Whisper, _) => return Ok(None),
@@ -220,6 +245,7 @@ impl MeshMessage {
             MeshMessage::Prune(_) => (MsgType::Whisper, SubFlag::Prune),
             MeshMessage::Want(_) => (MsgType::Whisper, SubFlag::Want),
             MeshMessage::Goodbye(_) => (MsgType::Whisper, SubFlag::Goodbye),
+            MeshMessage::AuthChallenge(_) | MeshMessage::AuthProof { .. } => (MsgType::Whisper, SubFlag::Auth),
             MeshMessage::Ping => (MsgType::Ping, SubFlag::Ping),
             MeshMessage::Pong => (MsgType::Pong, SubFlag::Pong),
         }
@@ -282,6 +308,16 @@ impl MeshMessage {
             MeshMessage::Goodbye(why) => {
                 let mut b = start(1);
                 b.uint(*why as u64);
+                b.finish()
+            }
+            MeshMessage::AuthChallenge(nonce) => {
+                let mut b = start(2);
+                b.uint(0).bin(nonce);
+                b.finish()
+            }
+            MeshMessage::AuthProof { key, signature } => {
+                let mut b = start(3);
+                b.uint(1).bin(key).bin(signature);
                 b.finish()
             }
             MeshMessage::Prune(origins) => {
@@ -359,6 +395,8 @@ mod tests {
         round_trip(MeshMessage::Goodbye(Farewell::Quit));
         round_trip(MeshMessage::Goodbye(Farewell::Disconnect));
         round_trip(MeshMessage::Goodbye(Farewell::Replaced));
+        round_trip(MeshMessage::AuthChallenge([7; 32]));
+        round_trip(MeshMessage::AuthProof { key: [8; 32], signature: [9; 64] });
         round_trip(MeshMessage::Ping);
         round_trip(MeshMessage::Pong);
     }
