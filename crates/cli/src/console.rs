@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use rs2p::json::{from_json, to_json};
-use rs2p::{PeerAddr, ReplyRoute, SyncSocket, Value};
+use rs2p::{PeerAddr, PeerId, ReplyRoute, SyncSocket, Value};
 use rustyline::completion::Completer;
 use rustyline::error::ReadlineError;
 use rustyline::highlight::Highlighter;
@@ -45,7 +45,7 @@ const COMMANDS: &[&str] = &[
 ];
 
 const HELP: &str = "commands:
-  connect HOST:PORT       connect to a node
+  connect HOST:PORT[@ID]  connect to a node (@ID: it must prove it is ID)
   broadcast TEXT...       send TEXT to the whole network
   whisper ID TEXT...      send TEXT to one connected peer
   reply ID TEXT...        send TEXT to a message's sender, routed if not a peer
@@ -68,7 +68,7 @@ const HISTORY_CAP: usize = 1000;
 /// Runs the console until `quit`, end of input, or `shutdown` resolves.
 pub async fn run(
     session: Arc<Session>,
-    connect: Vec<PeerAddr>,
+    connect: Vec<crate::node::ConnectTo>,
     shutdown: impl Future<Output = &'static str>,
 ) -> anyhow::Result<()> {
     let tty = std::io::stdin().is_terminal() && std::io::stdout().is_terminal();
@@ -76,8 +76,8 @@ pub async fn run(
     out.send(banner(&session)).await?;
     let events = session.take_events().unwrap_or_else(|| session.node.peer_events());
     spawn_forwarders(&session.node, events, session.book.clone(), out.clone(), Style::Human);
-    for addr in connect {
-        spawn_connect(&session, addr, out.clone());
+    for to in connect {
+        spawn_connect(&session, to.addr, to.id, out.clone());
     }
     tokio::pin!(shutdown);
     let why = loop {
@@ -256,8 +256,8 @@ fn human_error(e: &rs2p::Error) -> String {
     }
 }
 
-fn spawn_connect(session: &Session, addr: PeerAddr, out: mpsc::Sender<String>) {
-    let dial = session.dial(addr.clone());
+fn spawn_connect(session: &Session, addr: PeerAddr, id: Option<PeerId>, out: mpsc::Sender<String>) {
+    let dial = session.dial(addr.clone(), id);
     tokio::spawn(async move {
         let result = dial.await;
         let line = match result {
@@ -276,12 +276,12 @@ async fn execute(session: &Session, line: &str, out: &mpsc::Sender<String>) -> R
         "" => Reply::Quiet,
         "help" | "?" => Reply::Say(HELP.into()),
         "quit" | "exit" => Reply::Quit,
-        "connect" => match rest.trim().parse::<PeerAddr>() {
-            Ok(a) => {
-                spawn_connect(session, a, out.clone());
+        "connect" => match rest.trim().parse::<crate::node::ConnectTo>() {
+            Ok(to) => {
+                spawn_connect(session, to.addr, to.id, out.clone());
                 Reply::Quiet
             }
-            Err(e) => say(Err(format!("{e}; usage: connect HOST:PORT"))),
+            Err(e) => say(Err(format!("{e}; usage: connect HOST:PORT[@ID]"))),
         },
         "broadcast" | "send" => {
             if rest.is_empty() {

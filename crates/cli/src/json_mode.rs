@@ -15,7 +15,7 @@ use std::io::{IoSlice, Write};
 use std::sync::Arc;
 
 use rs2p::json::{from_json, to_json};
-use rs2p::{PeerAddr, ReplyRoute, Value};
+use rs2p::{PeerAddr, PeerId, ReplyRoute, Value};
 use serde_json::{json, Map, Value as Json};
 use tokio::sync::mpsc;
 
@@ -156,15 +156,15 @@ enum Outcome {
 /// Runs the JSON contract until EOF, `quit`, or `shutdown` resolves.
 pub async fn run(
     session: Arc<Session>,
-    connect: Vec<PeerAddr>,
+    connect: Vec<crate::node::ConnectTo>,
     shutdown: impl Future<Output = &'static str>,
 ) -> anyhow::Result<()> {
     let (out, writer) = spawn_stdout();
     out.send(session.ready_json().to_string()).await?;
     let events = session.take_events().unwrap_or_else(|| session.node.peer_events());
     spawn_forwarders(&session.node, events, session.book.clone(), out.clone(), Style::Json);
-    for addr in connect {
-        spawn_connect(&session, addr, None, out.clone());
+    for to in connect {
+        spawn_connect(&session, to.addr, to.id, None, out.clone());
     }
     let mut lines = LineReader::new(tokio::io::stdin());
     tokio::pin!(shutdown);
@@ -338,9 +338,10 @@ async fn broadcast_run(session: &Session, run: &[Command], out: &mpsc::Sender<St
     Ok(())
 }
 
-/// Dials `addr`; with a `req`, answers when the handshake completes or fails.
-fn spawn_connect(session: &Session, addr: PeerAddr, req: Option<Json>, out: mpsc::Sender<String>) {
-    let dial = session.dial(addr.clone());
+/// Dials `addr` (where `id` must be, proven, if given); with a `req`,
+/// answers when the handshake completes or fails.
+fn spawn_connect(session: &Session, addr: PeerAddr, id: Option<PeerId>, req: Option<Json>, out: mpsc::Sender<String>) {
+    let dial = session.dial(addr.clone(), id);
     tokio::spawn(async move {
         let result = dial.await;
         let event = match result {
@@ -368,7 +369,11 @@ async fn execute(session: &Session, c: &Command, out: &mpsc::Sender<String>) -> 
     Ok(match c.name.as_str() {
         "connect" => {
             let addr: PeerAddr = str_field(c, "addr", "HOST:PORT")?.parse().map_err(|e| format!("{e}"))?;
-            spawn_connect(session, addr, c.req.clone(), out.clone());
+            let id = match c.body.get("id") {
+                None | Some(Json::Null) => None,
+                Some(_) => Some(str_field(c, "id", "a node id")?.parse::<PeerId>().map_err(|e| e.to_string())?),
+            };
+            spawn_connect(session, addr, id, c.req.clone(), out.clone());
             Outcome::Later
         }
         "broadcast" => {

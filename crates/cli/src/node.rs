@@ -12,6 +12,43 @@ use serde_json::{json, Value as Json};
 
 use crate::peer_book::PeerBook;
 
+/// A `--connect` target: an address, and the id that must be there.
+#[derive(Debug, Clone)]
+pub struct ConnectTo {
+    /// Where.
+    pub addr: PeerAddr,
+    /// Who must be there (proven), if given.
+    pub id: Option<PeerId>,
+}
+
+impl std::str::FromStr for ConnectTo {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (addr, id) = match s.rsplit_once('@') {
+            Some((a, id)) => (a, Some(id.parse::<PeerId>().map_err(|e| format!("bad id after @: {e}"))?)),
+            None => (s, None),
+        };
+        Ok(ConnectTo { addr: addr.parse().map_err(|e| format!("{e}"))?, id })
+    }
+}
+
+/// The ids of `--allow` and `--allow-file`, if either is given.
+fn allowed(args: &NodeArgs) -> Result<Option<Vec<PeerId>>> {
+    let mut ids = args.allow.clone();
+    if let Some(path) = &args.allow_file {
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            ids.push(line.parse().with_context(|| format!("{}:{}: not a node id", path.display(), n + 1))?);
+        }
+    }
+    Ok((args.allow_file.is_some() || !ids.is_empty()).then_some(ids))
+}
+
 /// Options of `rs2p node`.
 #[derive(Debug, clap::Args)]
 #[command(after_help = AFTER_HELP)]
@@ -22,9 +59,21 @@ pub struct NodeArgs {
     /// Address to listen on (port 0 picks a free port).
     #[arg(long, default_value = "127.0.0.1:0", value_name = "HOST:PORT")]
     pub bind: String,
-    /// Node to connect to at start (repeatable).
-    #[arg(long, value_name = "HOST:PORT")]
-    pub connect: Vec<PeerAddr>,
+    /// Node to connect to at start (repeatable). With @ID, the node there
+    /// must be ID and prove it (sign a challenge with ID's key): anything
+    /// else, an impostor included, is refused with the reason.
+    #[arg(long, value_name = "HOST:PORT[@ID]")]
+    pub connect: Vec<ConnectTo>,
+    /// A private network: only ID may link with this node (repeatable; with
+    /// --allow-file, the union). Each peer must prove the id it claims, so
+    /// py2p peers (which cannot) are refused; only listed ids' broadcasts
+    /// are delivered.
+    #[arg(long, value_name = "ID")]
+    pub allow: Vec<PeerId>,
+    /// --allow for every id in FILE (one per line; blank lines and lines
+    /// starting with # are skipped).
+    #[arg(long, value_name = "FILE")]
+    pub allow_file: Option<std::path::PathBuf>,
     /// Subnet name; nodes on other subnets are refused. Default `mesh`, or
     /// `sync` with --sync (the network's subnet is then NAME + "1", or
     /// NAME + "0" with --no-leasing, as in py2p).
@@ -79,7 +128,7 @@ peers, status, set, get, del, delta, dump, help, quit. Type 'help' in the consol
 
 JSON commands (with --json), one object per line, each may carry \"req\":
   {\"cmd\":\"broadcast\",\"packets\":[...]}   {\"cmd\":\"whisper\",\"to\":ID,\"packets\":[...]}
-  {\"cmd\":\"reply\",\"to\":ID,\"packets\":[...]} {\"cmd\":\"connect\",\"addr\":\"HOST:PORT\"}
+  {\"cmd\":\"reply\",\"to\":ID,\"packets\":[...]} {\"cmd\":\"connect\",\"addr\":\"HOST:PORT\",\"id\":ID?}
   {\"cmd\":\"disconnect\",\"id\":ID}  {\"cmd\":\"peers\"}  {\"cmd\":\"status\"}  {\"cmd\":\"quit\"}
   with --sync: set (key, value), get (key), delete (key), delta (key, delta), dump
 ID may be a unique prefix of a peer id. See the README's JSON contract table.";
@@ -113,6 +162,7 @@ pub struct Session {
 impl Session {
     /// Starts the node `args` describe.
     pub async fn start(args: &NodeArgs) -> Result<Arc<Session>> {
+        let allow = allowed(args)?;
         let (node, sync) = if args.sync {
             let mut b = SyncSocket::builder()
                 .subnet(args.subnet.clone().unwrap_or_else(|| "sync".into()))
@@ -136,6 +186,9 @@ impl Session {
             if let Some(a) = args.out_addr.clone() {
                 b = b.mesh(|m| m.out_addr(a));
             }
+            if let Some(ids) = allow.clone() {
+                b = b.mesh(|m| m.allow(ids));
+            }
             let s = b.spawn().await.with_context(|| format!("cannot start a node on {}", args.bind))?;
             (s.mesh().clone(), Some(s))
         } else {
@@ -151,6 +204,9 @@ impl Session {
             }
             if let Some(a) = args.out_addr.clone() {
                 b = b.out_addr(a);
+            }
+            if let Some(ids) = allow {
+                b = b.allow(ids);
             }
             if args.tls {
                 b = b.tls(rs2p::TlsConfig::new());
@@ -173,11 +229,15 @@ impl Session {
     pub fn dial(
         &self,
         addr: PeerAddr,
+        id: Option<PeerId>,
     ) -> impl std::future::Future<Output = Result<PeerId, rs2p::Error>> + Send + 'static {
         let (node, book, key) = (self.node.clone(), self.book.clone(), addr.to_string());
         book.dialing(&key);
         async move {
-            let result = node.connect(addr).await;
+            let result = match id {
+                Some(id) => node.connect_expecting(addr, id).await,
+                None => node.connect(addr).await,
+            };
             if result.is_ok() {
                 book.dialed(&key);
             }
@@ -266,6 +326,8 @@ impl Session {
             "dropped_control": s.dropped_control,
             "slow_peers": s.slow_peers,
             "refused_connections": s.refused_connections,
+            "refused_ids": s.stats.refused_ids,
+            "rejected": s.stats.rejected,
             "keys": keys,
             "lease_refused": lease_refused,
             "bad_versions": bad_versions,

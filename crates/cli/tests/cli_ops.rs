@@ -579,3 +579,70 @@ async fn a_damaged_store_is_refused_or_set_aside() {
     assert!(aside, "the damaged store was kept aside");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `--connect HOST:PORT@ID` links only to ID, proven; `--allow-file` makes a
+/// private network that keeps other nodes out; both say why.
+#[tokio::test]
+async fn proven_connects_and_a_private_network() {
+    let a = Node::spawn(&[]).await;
+    let b = Node::spawn(&[]).await;
+    // The right id: linked.
+    let ok = Node::spawn(&["--connect", &format!("{}@{}", a.addr(), a.id())]).await;
+    let mut ok = ok;
+    ok.expect(|j| j["event"] == "peer_up" && j["id"] == a.id()).await;
+    // Another node where a was expected: refused, saying so.
+    let mut wrong = Node::spawn(&["--connect", &format!("{}@{}", b.addr(), a.id())]).await;
+    let e = wrong.expect(|j| j["event"] == "error").await;
+    let msg = e["message"].as_str().unwrap_or_default();
+    assert!(msg.contains(&format!("expected {}, but the peer is {}", a.id(), b.id())), "{e}");
+    // The same through the JSON command, with a req.
+    wrong.cmd(json!({"cmd": "connect", "addr": b.addr(), "id": a.id(), "req": 7})).await;
+    let e = wrong.expect(|j| j["req"] == 7).await;
+    assert_eq!(e["event"], "error", "{e}");
+    // Not an id: a usage error at once.
+    let out = std::process::Command::new(BIN)
+        .args(["node", "--json", "--connect", "127.0.0.1:1@not-an-id!"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a base58 character"));
+
+    // A private network of a and c: b is kept out, c links.
+    let dir = std::env::temp_dir().join(format!("rs2p-cli-allow-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let key_c = dir.join("c.key");
+    let c_id = {
+        let c = Node::spawn(&["--key", key_c.to_str().unwrap()]).await;
+        let id = c.id();
+        c.quit().await;
+        id
+    };
+    let list = dir.join("allow");
+    std::fs::write(&list, format!("# the members\n{c_id}\n\n{}\n", a.id())).unwrap();
+    let mut private = Node::spawn(&["--allow-file", list.to_str().unwrap()]).await;
+    let mut c = Node::spawn(&["--key", key_c.to_str().unwrap(), "--connect", &private.addr()]).await;
+    c.expect(|j| j["event"] == "peer_up").await;
+    let mut outsider = Node::spawn(&["--connect", &private.addr()]).await;
+    outsider.expect(|j| j["event"] == "error" || j["event"] == "connect_failed").await;
+    private.cmd(json!({"cmd": "status", "req": "s"})).await;
+    let st = private.expect(|j| j["req"] == "s").await;
+    assert_eq!(st["refused_ids"], 1, "{st}");
+    assert_eq!(st["peers"], 1, "{st}");
+    // A list with a line that is no id: a fatal error naming the line.
+    std::fs::write(&list, format!("{c_id}\nnot an id\n")).unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["node", "--json", "--allow-file", list.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(":2: not a node id"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    for n in [ok, wrong, private, c, outsider, b, a] {
+        n.quit().await;
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -35,6 +35,30 @@ pub fn b58encode_int(bytes: &[u8]) -> String {
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct PeerId(Bytes);
 
+/// Why a string is not a node id.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IdParseError {
+    /// Empty, or longer than an id may be.
+    #[error("a node id is 1 to {MAX_ID_LEN} characters")]
+    Length,
+    /// A character outside base58 (py2p's ids are base58, Bitcoin alphabet).
+    #[error("{0:?} is not a base58 character (node ids are base58)")]
+    NotBase58(char),
+}
+
+impl std::str::FromStr for PeerId {
+    type Err = IdParseError;
+
+    /// A node id as people write it: base58 (Bitcoin alphabet).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        const B58: &str = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz";
+        if let Some(c) = s.chars().find(|c| !B58.contains(*c)) {
+            return Err(IdParseError::NotBase58(c));
+        }
+        PeerId::from_wire(s.as_bytes()).ok_or(IdParseError::Length)
+    }
+}
+
 impl PeerId {
     /// Wraps id bytes as received from the wire (no validation beyond what
     /// the caller did).

@@ -94,11 +94,18 @@ pub enum CloseReason {
 }
 
 impl CloseReason {
-    /// Whether the peer misbehaved (broke the protocol or sent undecodable
-    /// bytes), as opposed to ordinary churn. Such closes are py2p's
+    /// Whether the peer misbehaved (broke the protocol, sent undecodable
+    /// bytes, or failed to prove the id it claimed), as opposed to ordinary
+    /// churn or a refusal by policy. Such closes are py2p's
     /// "unexpected" errors: they make a node's status not nominal.
     pub fn is_misbehaviour(&self) -> bool {
-        matches!(self, CloseReason::ProtocolViolation(_) | CloseReason::Decode(_) | CloseReason::Stalled)
+        matches!(
+            self,
+            CloseReason::ProtocolViolation(_)
+                | CloseReason::Decode(_)
+                | CloseReason::Stalled
+                | CloseReason::Auth(super::AuthFailure::BadProof { .. })
+        )
     }
 }
 

@@ -996,3 +996,121 @@ fn pings_are_answered_on_tree_links_only() {
     plain.m.handle(T0.plus_ms(60_000), Input::Timeout);
     assert!(drain(&mut plain.m).iter().all(|o| !matches!(o, Output::Send { .. } | Output::Close { .. })));
 }
+
+// ----- proving ids on links (auth.rs) ----------------------------------------
+
+/// A quiet machine with the key made from `seed`; `claim` overrides the id
+/// it claims (an impostor's).
+fn keyed(seed: u8, claim: Option<PeerId>) -> Mesh {
+    let me = crate::identity::Identity::from_secret([seed; 32]);
+    let mut cfg = config_for(usize::from(seed), &Protocol::default());
+    cfg.id = claim.unwrap_or_else(|| me.id());
+    cfg.identity = Some(me);
+    cfg.maintain_outgoing = false;
+    Mesh::new(cfg, u64::from(seed))
+}
+
+/// Opens a link between `a` (conn 1, incoming) and `b` (conn 2, incoming)
+/// and carries every frame across until both are quiet. Returns what else
+/// each machine output (events, closes), and every frame sent.
+fn link(a: &mut Mesh, b: &mut Mesh) -> (Vec<Output>, Vec<Output>, Vec<Frame>) {
+    a.handle(T0, Input::Incoming { conn: ConnId(1) });
+    b.handle(T0, Input::Incoming { conn: ConnId(2) });
+    let (mut rest_a, mut rest_b, mut sent) = (Vec::new(), Vec::new(), Vec::new());
+    fn carry(from: &mut Mesh, to: &mut Mesh, to_conn: u64, rest: &mut Vec<Output>, sent: &mut Vec<Frame>) -> bool {
+        let mut moved = false;
+        for o in drain(from) {
+            match o {
+                Output::Send { frame, .. } => {
+                    moved = true;
+                    sent.push(frame.clone());
+                    to.handle(T0, Input::Packet { conn: ConnId(to_conn), packet: packet(frame) });
+                }
+                other => rest.push(other),
+            }
+        }
+        moved
+    }
+    for _ in 0..20 {
+        let moved_ab = carry(a, b, 2, &mut rest_a, &mut sent);
+        let moved_ba = carry(b, a, 1, &mut rest_b, &mut sent);
+        if !moved_ab && !moved_ba {
+            break;
+        }
+    }
+    (rest_a, rest_b, sent)
+}
+
+fn up(out: &[Output]) -> bool {
+    out.iter().any(|o| matches!(o, Output::Event(Event::PeerUp { .. })))
+}
+
+fn auth_close(out: &[Output]) -> Option<AuthFailure> {
+    out.iter().find_map(|o| match o {
+        Output::Close { reason: CloseReason::Auth(why), .. } => Some(why.clone()),
+        _ => None,
+    })
+}
+
+#[test]
+fn two_keyed_nodes_prove_their_ids_before_the_link_is_up() {
+    let (mut a, mut b) = (keyed(1, None), keyed(2, None));
+    let (out_a, out_b, sent) = link(&mut a, &mut b);
+    assert!(up(&out_a) && up(&out_b), "{out_a:?} {out_b:?}");
+    let proofs = sent
+        .iter()
+        .filter(|f| matches!(MeshMessage::decode(&packet((*f).clone())), Ok(Some(MeshMessage::AuthProof { .. }))))
+        .count();
+    assert_eq!(proofs, 2, "each side proved its id once");
+    assert_eq!(a.stats().refused_ids + b.stats().refused_ids, 0);
+}
+
+#[test]
+fn an_impostor_claiming_an_id_without_its_key_is_refused() {
+    let victim = crate::identity::Identity::from_secret([1; 32]).id();
+    let (mut b, mut impostor) = (keyed(2, None), keyed(3, Some(victim.clone())));
+    let (out_b, _, _) = link(&mut b, &mut impostor);
+    assert!(!up(&out_b));
+    assert_eq!(
+        auth_close(&out_b),
+        Some(AuthFailure::BadProof { claimed: victim, why: crate::identity::VerifyError::WrongKey })
+    );
+    assert_eq!(b.stats().refused_ids, 1);
+}
+
+#[test]
+fn a_private_network_refuses_strangers_and_unproven_peers() {
+    let a = crate::identity::Identity::from_secret([1; 32]);
+    let allow = |m: &mut Mesh| m.cfg.allow = Some(std::sync::Arc::new([a.id()].into_iter().collect()));
+    // A listed, proven peer links.
+    let (mut b, mut a_node) = (keyed(2, None), keyed(1, None));
+    allow(&mut b);
+    let (out_b, _, _) = link(&mut b, &mut a_node);
+    assert!(up(&out_b), "{out_b:?}");
+    // A stranger with its own key does not.
+    let (mut b, mut stranger) = (keyed(2, None), keyed(4, None));
+    allow(&mut b);
+    let (out_b, _, _) = link(&mut b, &mut stranger);
+    assert!(matches!(auth_close(&out_b), Some(AuthFailure::NotAllowed { .. })), "{out_b:?}");
+    // Nor does a peer that claims the listed id but offers no proof (py2p,
+    // or an intruder that leaves AUTH out of its handshake).
+    let mut one = One::quiet();
+    allow(&mut one.m);
+    one.m.cfg.identity = Some(crate::identity::Identity::from_secret([2; 32]));
+    one.m.handle(T0, Input::Incoming { conn: ConnId(1) });
+    let hello = one.hello_from(&a.id(), vec![0x2f]);
+    one.m.handle(T0, Input::Packet { conn: ConnId(1), packet: hello });
+    assert_eq!(auth_close(&drain(&mut one.m)), Some(AuthFailure::Unproven { claimed: a.id() }));
+}
+
+#[test]
+fn without_a_key_or_with_a_py2p_peer_links_come_up_at_the_handshake() {
+    // The keyed node meets a peer that does not advertise AUTH (py2p): up
+    // at once, as in py2p.
+    let mut one = One::quiet();
+    one.m.cfg.identity = Some(crate::identity::Identity::from_secret([2; 32]));
+    one.m.handle(T0, Input::Incoming { conn: ConnId(1) });
+    let hello = one.hello_from(&one.peer.clone(), vec![0x2f]);
+    one.m.handle(T0, Input::Packet { conn: ConnId(1), packet: hello });
+    assert!(up(&drain(&mut one.m)));
+}
