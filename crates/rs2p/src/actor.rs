@@ -882,10 +882,12 @@ impl Actor {
                     self.emit(Event::Connected { peer: peer.clone() });
                 }
                 self.emit(Event::PeerUp { peer, addr, outgoing });
-                if let Some(dir) = &self.peers_dir {
+                if self.peers_dir.is_some() {
                     let peers: Vec<_> =
                         self.node.mesh().peers().into_iter().filter_map(|p| Some((p.addr?, p.id))).collect();
-                    crate::store::save_peers(dir, &peers);
+                    if let Some(store) = self.store.as_mut() {
+                        store.save_peers(peers);
+                    }
                 }
             }
             mesh::Event::PeerDown { peer, reason, .. } => self.emit(Event::PeerDown { peer, reason }),

@@ -187,6 +187,8 @@ pub(crate) type Changes = Vec<(Bytes, Option<Vec<u8>>)>;
 struct Job {
     seq: u64,
     changes: Changes,
+    /// The peers to remember now (`DIR/peers`), if they changed.
+    peers: Option<Vec<(PeerAddr, PeerId)>>,
 }
 
 /// The actor's end of the store thread.
@@ -198,6 +200,8 @@ pub(crate) struct StoreLink {
     next_seq: u64,
     /// Changes not yet handed to the thread (its queue was full).
     waiting: Changes,
+    /// A peer list not yet handed to the thread.
+    waiting_peers: Option<Vec<(PeerAddr, PeerId)>>,
     /// Highest round handed to the thread.
     pub(crate) submitted: u64,
     /// Highest round on disk.
@@ -223,6 +227,7 @@ impl StoreLink {
             policy,
             next_seq: 1,
             waiting: Vec::new(),
+            waiting_peers: None,
             submitted: 0,
             committed_round: 0,
             path,
@@ -233,12 +238,12 @@ impl StoreLink {
     /// Hands over what still waits, waiting for room if need be, and lets
     /// the thread finish (for the node's shutdown; blocking).
     pub(crate) fn finish(self) {
-        let StoreLink { jobs, committed, waiting, next_seq, .. } = self;
+        let StoreLink { jobs, committed, waiting, waiting_peers, next_seq, .. } = self;
         // Nobody reads the thread's reports any more: it must not wait to
         // give one while we wait for room in its queue.
         drop(committed);
-        if !waiting.is_empty() {
-            let _ = jobs.send(Job { seq: next_seq, changes: waiting });
+        if !waiting.is_empty() || waiting_peers.is_some() {
+            let _ = jobs.send(Job { seq: next_seq, changes: waiting, peers: waiting_peers });
         }
     }
 
@@ -257,12 +262,20 @@ impl StoreLink {
         self.next_seq
     }
 
+    /// Has the thread remember `peers` (`DIR/peers`): the file is written
+    /// there, not on the actor's turn.
+    pub(crate) fn save_peers(&mut self, peers: Vec<(PeerAddr, PeerId)>) {
+        self.waiting_peers = Some(peers);
+        self.retry();
+    }
+
     /// Hands over what waits, if the thread has room.
     pub(crate) fn retry(&mut self) {
-        if self.waiting.is_empty() {
+        if self.waiting.is_empty() && self.waiting_peers.is_none() {
             return;
         }
-        let job = Job { seq: self.next_seq, changes: std::mem::take(&mut self.waiting) };
+        let job =
+            Job { seq: self.next_seq, changes: std::mem::take(&mut self.waiting), peers: self.waiting_peers.take() };
         match self.jobs.try_send(job) {
             Ok(()) => {
                 self.submitted = self.next_seq;
@@ -270,6 +283,7 @@ impl StoreLink {
             }
             Err(std_mpsc::TrySendError::Full(job) | std_mpsc::TrySendError::Disconnected(job)) => {
                 self.waiting = job.changes;
+                self.waiting_peers = job.peers;
             }
         }
     }
@@ -309,16 +323,27 @@ fn run(
         };
         let mut batch = Vec::new();
         let mut seq = 0;
+        let mut peers = None;
         if let Some(job) = first {
             seq = job.seq;
             batch.push(job.changes);
+            peers = job.peers.or(peers);
             // Group commit: whatever queued up while the last commit ran.
             if policy != Fsync::Always {
                 while let Ok(job) = jobs.try_recv() {
                     seq = job.seq;
                     batch.push(job.changes);
+                    peers = job.peers.or(peers);
                 }
             }
+        }
+        if let (Some(peers), Some(dir)) = (peers, path.parent()) {
+            save_peers(dir, &peers);
+        }
+        // A job that only carried peers: nothing to commit.
+        if seq > 0 && batch.iter().all(Vec::is_empty) && !(policy == Fsync::Never && unsynced) {
+            let _ = done.blocking_send(Ok(seq));
+            continue;
         }
         let fsync = match policy {
             Fsync::Never => last_sync.elapsed() >= NEVER_SYNC_EVERY,
