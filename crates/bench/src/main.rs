@@ -146,7 +146,8 @@ async fn child(workload: &str, args: &[String]) -> Result<Json> {
         "rs2p-scale" => rs2p_sys::formation(num(0)?, Duration::from_secs(num(1)? as u64), true).await?,
         "rs2p-memory" => rs2p_sys::idle_memory(num(0)?).await?,
         "rs2p-sync-chain" => {
-            rs2p_sys::sync_chain(num(0)?, num(1)?, args.get(2).map_or("memory", String::as_str)).await?
+            let leased = args.get(3).is_some_and(|a| a == "leased");
+            rs2p_sys::sync_chain(num(0)?, num(1)?, args.get(2).map_or("memory", String::as_str), leased).await?
         }
         "rs2p-sync-restart" => rs2p_sys::sync_restart(num(0)?).await?,
         "rs2p-sync-join" => rs2p_sys::sync_join(num(0)?).await?,

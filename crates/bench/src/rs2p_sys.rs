@@ -399,11 +399,12 @@ fn durability(b: rs2p::SyncBuilder, policy: &str, tag: &str) -> Result<rs2p::Syn
 
 /// Workload 6a: `keys` keys written on one end of a chain of `n` sync
 /// nodes; time until every node holds them all. `policy`: `memory`, or
-/// every node with a data directory under that `--fsync` policy.
-pub async fn sync_chain(n: usize, keys: usize, policy: &str) -> Result<Json> {
+/// every node with a data directory under that `--fsync` policy. `leased`:
+/// with py2p's leases on (every entry then keeps its holdings).
+pub async fn sync_chain(n: usize, keys: usize, policy: &str, leased: bool) -> Result<Json> {
     let mut nodes: Vec<SyncSocket> = Vec::with_capacity(n);
     for i in 0..n {
-        let b = SyncSocket::builder().leasing(false).mesh(|m| m.max_outgoing(0).maintain_outgoing(false));
+        let b = SyncSocket::builder().leasing(leased).mesh(|m| m.max_outgoing(0).maintain_outgoing(false));
         nodes.push(durability(b, policy, &format!("chain{i}"))?.spawn().await?);
     }
     for i in 0..n - 1 {

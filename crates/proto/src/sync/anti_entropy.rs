@@ -125,11 +125,17 @@ impl Replica {
         for f in &mut e.fields {
             f.version.owner = self.intern(&f.version.owner);
         }
-        for h in e.holdings.iter_mut().flat_map(|hs| hs.iter_mut()) {
-            h.owner = self.intern(&h.owner);
-            h.writes.base_version.owner = self.intern(&h.writes.base_version.owner);
-            for f in &mut h.writes.fields {
-                f.version.owner = self.intern(&f.version.owner);
+        match e.holdings.as_deref_mut() {
+            None => {}
+            Some(super::Holdings::One { owner, .. }) => *owner = self.intern(owner),
+            Some(super::Holdings::Many(hs)) => {
+                for h in hs {
+                    h.owner = self.intern(&h.owner);
+                    h.writes.base_version.owner = self.intern(&h.writes.base_version.owner);
+                    for f in &mut h.writes.fields {
+                        f.version.owner = self.intern(&f.version.owner);
+                    }
+                }
             }
         }
         (key, e)

@@ -6,7 +6,7 @@ use bytes::Bytes;
 use rmpv::Value;
 use sha2::{Digest, Sha256};
 
-use super::lease::Holding;
+use super::lease::{Holding, Holdings};
 use crate::id::PeerId;
 use crate::wire::message::{EntryRecord, FieldRecord, HoldingRecord};
 use crate::wire::msgpack::write_value;
@@ -91,7 +91,7 @@ pub struct Entry {
     /// Under leases: every holding of the key, from which the base and
     /// fields above are derived (see the sync module's `lease.rs`). `None`
     /// without leases, and for the register inside a holding.
-    pub holdings: Option<Box<Vec<Holding>>>,
+    pub holdings: Option<Box<Holdings>>,
 }
 
 impl Entry {
@@ -199,15 +199,24 @@ impl Entry {
         }
         // Under leases, replicas that agree on the value may still hold
         // different holdings (a refused one): anti-entropy must see that.
-        for hold in self.holdings.iter().flat_map(|hs| hs.iter()) {
+        let span = |h: &mut Sha256, owner: &PeerId, start: u64, end: u64| {
             h.update(b"holding");
-            h.update((hold.owner.as_bytes().len() as u64).to_be_bytes());
-            h.update(hold.owner.as_bytes());
-            h.update(hold.start_ms.to_be_bytes());
-            h.update(hold.end_ms.to_be_bytes());
-            put(&mut h, &hold.writes.base_version, &hold.writes.base);
-            for f in &hold.writes.fields {
-                put(&mut h, &f.version, &f.value);
+            h.update((owner.as_bytes().len() as u64).to_be_bytes());
+            h.update(owner.as_bytes());
+            h.update(start.to_be_bytes());
+            h.update(end.to_be_bytes());
+        };
+        match self.holdings.as_deref() {
+            None => {}
+            Some(Holdings::One { owner, start_ms, end_ms }) => span(&mut h, owner, *start_ms, *end_ms),
+            Some(Holdings::Many(hs)) => {
+                for hold in hs {
+                    span(&mut h, &hold.owner, hold.start_ms, hold.end_ms);
+                    put(&mut h, &hold.writes.base_version, &hold.writes.base);
+                    for f in &hold.writes.fields {
+                        put(&mut h, &f.version, &f.value);
+                    }
+                }
             }
         }
         let d = h.finalize();
@@ -223,9 +232,8 @@ impl Entry {
             base: self.base.clone(),
             fields: field_records(&self.fields),
             holdings: self
-                .holdings
+                .holdings_for_record()
                 .iter()
-                .flat_map(|hs| hs.iter())
                 .map(|h| HoldingRecord {
                     owner: h.owner.clone(),
                     start_ms: h.start_ms,
@@ -246,18 +254,25 @@ impl Entry {
     /// which checks them.
     pub fn from_record(rec: EntryRecord) -> (Bytes, Entry) {
         let mut e = register(rec.base_ts_ms, rec.base_owner, rec.base, rec.fields);
-        if !rec.holdings.is_empty() {
-            let hs = rec
-                .holdings
-                .into_iter()
-                .map(|h| Holding {
-                    owner: h.owner,
-                    start_ms: h.start_ms,
-                    end_ms: h.end_ms,
-                    writes: register(h.base_ts_ms, h.base_owner, h.base, h.fields),
-                })
-                .collect();
-            e.holdings = Some(Box::new(hs));
+        let mut hs: Vec<Holding> = rec
+            .holdings
+            .into_iter()
+            .map(|h| Holding {
+                owner: h.owner,
+                start_ms: h.start_ms,
+                end_ms: h.end_ms,
+                writes: register(h.base_ts_ms, h.base_owner, h.base, h.fields),
+            })
+            .collect();
+        match hs.len() {
+            0 => {}
+            // One holding: its writes are the entry's.
+            1 => {
+                let h = hs.pop().expect("one");
+                e = h.writes;
+                e.holdings = Some(Box::new(Holdings::One { owner: h.owner, start_ms: h.start_ms, end_ms: h.end_ms }));
+            }
+            _ => e.holdings = Some(Box::new(Holdings::Many(hs))),
         }
         (rec.key, e)
     }

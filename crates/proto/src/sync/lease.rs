@@ -104,6 +104,44 @@ impl Holding {
     }
 }
 
+/// An entry's holdings. One holding (the common case: a key one node
+/// writes) keeps no copy of its writes: they are the entry's own base and
+/// fields. Several keep each their writes, and the entry's value is derived
+/// from the granted ones. Several that come down to one become one again,
+/// so equal sets of writes give equal entries.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Holdings {
+    /// One holding; its writes are the entry's base and fields.
+    One {
+        /// Whose writes.
+        owner: PeerId,
+        /// The first write's time (ms).
+        start_ms: u64,
+        /// The last write's time (ms).
+        end_ms: u64,
+    },
+    /// Several, in order of first write (then owner).
+    Many(Vec<Holding>),
+}
+
+/// What the rule looks at in a holding.
+struct Span<'a> {
+    owner: &'a PeerId,
+    start_ms: u64,
+    end_ms: u64,
+    deleted: bool,
+}
+
+impl Span<'_> {
+    fn lease_end(&self, lease_ms: u64) -> u64 {
+        if self.deleted {
+            self.end_ms
+        } else {
+            self.end_ms.saturating_add(lease_ms)
+        }
+    }
+}
+
 /// A write's payload.
 #[derive(Debug, Clone, Copy)]
 pub(super) enum Write<'a> {
@@ -120,8 +158,18 @@ fn empty_register() -> Entry {
 
 /// Whether each holding (in their order) is granted.
 fn granted(holdings: &[Holding], lease_ms: u64) -> Vec<bool> {
+    let spans: Vec<Span<'_>> = holdings
+        .iter()
+        .map(|h| Span { owner: &h.owner, start_ms: h.start_ms, end_ms: h.end_ms, deleted: h.writes.is_tombstone() })
+        .collect();
+    granted_spans(&spans, lease_ms)
+}
+
+/// The rule itself: in order, a holding is granted if it starts when no
+/// granted holding's lease runs.
+fn granted_spans(spans: &[Span<'_>], lease_ms: u64) -> Vec<bool> {
     let mut free_from = 0;
-    holdings
+    spans
         .iter()
         .map(|h| {
             let ok = h.start_ms >= free_from;
@@ -134,24 +182,111 @@ fn granted(holdings: &[Holding], lease_ms: u64) -> Vec<bool> {
 }
 
 impl Entry {
-    /// The holdings, or for an entry made without them (stored or sent by
-    /// a node without leases) one holding of its latest writer.
+    /// The entry's value as one holding's writes (holdings aside).
+    fn register(&self) -> Entry {
+        Entry {
+            base_version: self.base_version.clone(),
+            base: self.base.clone(),
+            fields: self.fields.clone(),
+            holdings: None,
+        }
+    }
+
+    /// Whether the entry is the empty start of a new key.
+    fn is_blank(&self) -> bool {
+        self.holdings.is_none() && self.is_tombstone() && self.base_version.ts_ms == 0
+    }
+
+    /// The holdings with their writes: for one holding, or for an entry made
+    /// without holdings (stored or sent by a node without leases: one
+    /// holding of its latest writer), a copy of the entry's own.
     fn holdings_view(&self) -> Cow<'_, [Holding]> {
-        match &self.holdings {
-            Some(hs) => Cow::Borrowed(hs.as_slice()),
-            None if self.is_tombstone() && self.base_version.ts_ms == 0 => Cow::Owned(Vec::new()),
+        match self.holdings.as_deref() {
+            Some(Holdings::Many(hs)) => Cow::Borrowed(hs.as_slice()),
+            Some(Holdings::One { owner, start_ms, end_ms }) => Cow::Owned(vec![Holding {
+                owner: owner.clone(),
+                start_ms: *start_ms,
+                end_ms: *end_ms,
+                writes: self.register(),
+            }]),
+            None if self.is_blank() => Cow::Owned(Vec::new()),
             None => {
                 let latest = self.latest().clone();
-                let mut writes = self.clone();
-                writes.holdings = None;
-                Cow::Owned(vec![Holding { owner: latest.owner, start_ms: latest.ts_ms, end_ms: latest.ts_ms, writes }])
+                Cow::Owned(vec![Holding {
+                    owner: latest.owner,
+                    start_ms: latest.ts_ms,
+                    end_ms: latest.ts_ms,
+                    writes: self.register(),
+                }])
             }
+        }
+    }
+
+    /// What the rule needs of each holding, without copying writes.
+    fn spans(&self) -> Vec<Span<'_>> {
+        match self.holdings.as_deref() {
+            Some(Holdings::Many(hs)) => hs
+                .iter()
+                .map(|h| Span {
+                    owner: &h.owner,
+                    start_ms: h.start_ms,
+                    end_ms: h.end_ms,
+                    deleted: h.writes.is_tombstone(),
+                })
+                .collect(),
+            Some(Holdings::One { owner, start_ms, end_ms }) => {
+                vec![Span { owner, start_ms: *start_ms, end_ms: *end_ms, deleted: self.is_tombstone() }]
+            }
+            None if self.is_blank() => Vec::new(),
+            None => {
+                let latest = self.latest();
+                vec![Span {
+                    owner: &latest.owner,
+                    start_ms: latest.ts_ms,
+                    end_ms: latest.ts_ms,
+                    deleted: self.is_tombstone(),
+                }]
+            }
+        }
+    }
+
+    /// The holdings as records travel (see `to_record`).
+    pub(super) fn holdings_for_record(&self) -> Cow<'_, [Holding]> {
+        match self.holdings {
+            Some(_) => self.holdings_view(),
+            None => Cow::Owned(Vec::new()),
         }
     }
 
     /// Applies one write under leases. Returns whether the entry changed
     /// (its value, or a refused holding: both matter to anti-entropy).
     pub(super) fn apply_leased(&mut self, version: &Version, write: Write<'_>, lease_ms: u64) -> bool {
+        let ts = version.ts_ms;
+        // The common cases, in place: a new key, or another write of its
+        // only holder within a lease.
+        if self.is_blank() {
+            self.holdings = Some(Box::new(Holdings::One { owner: version.owner.clone(), start_ms: ts, end_ms: ts }));
+            match write {
+                Write::Set(v) => self.apply_set(version, v),
+                Write::Delta(d) => self.apply_delta(version, d),
+            };
+            return true;
+        }
+        if let Some(Holdings::One { owner, start_ms, end_ms }) = self.holdings.as_deref_mut() {
+            if *owner == version.owner
+                && ts < end_ms.saturating_add(lease_ms)
+                && *start_ms < ts.saturating_add(lease_ms)
+            {
+                let widened = ts < *start_ms || ts > *end_ms;
+                *start_ms = (*start_ms).min(ts);
+                *end_ms = (*end_ms).max(ts);
+                let changed = match write {
+                    Write::Set(v) => self.apply_set(version, v),
+                    Write::Delta(d) => self.apply_delta(version, d),
+                };
+                return changed || widened;
+            }
+        }
         let writes = match write {
             Write::Set(v) => Entry::new(version.clone(), v.clone()),
             Write::Delta(d) => {
@@ -160,17 +295,18 @@ impl Entry {
                 e
             }
         };
-        let h = Holding { owner: version.owner.clone(), start_ms: version.ts_ms, end_ms: version.ts_ms, writes };
+        let h = Holding { owner: version.owner.clone(), start_ms: ts, end_ms: ts, writes };
         self.add_holdings(std::iter::once(h), lease_ms)
     }
 
     /// Whether the holding that holds the write `version` is granted.
     pub(super) fn grants(&self, version: &Version, lease_ms: u64) -> bool {
-        let hs = self.holdings_view();
-        let ok = granted(&hs, lease_ms);
-        hs.iter()
+        let spans = self.spans();
+        let ok = granted_spans(&spans, lease_ms);
+        spans
+            .iter()
             .zip(ok)
-            .any(|(h, ok)| ok && h.owner == version.owner && h.start_ms <= version.ts_ms && version.ts_ms <= h.end_ms)
+            .any(|(h, ok)| ok && *h.owner == version.owner && h.start_ms <= version.ts_ms && version.ts_ms <= h.end_ms)
     }
 
     /// Merges another replica's entry under leases.
@@ -180,25 +316,36 @@ impl Entry {
     }
 
     fn add_holdings(&mut self, new: impl IntoIterator<Item = Holding>, lease_ms: u64) -> bool {
-        if self.holdings.is_none() {
-            self.holdings = Some(Box::new(self.holdings_view().into_owned()));
-        }
-        let hs = self.holdings.as_mut().expect("set above");
-        let mut changed = false;
+        let mut hs = match self.holdings.take().map(|b| *b) {
+            Some(Holdings::Many(hs)) => hs,
+            other => {
+                self.holdings = other.map(Box::new);
+                let hs = self.holdings_view().into_owned();
+                self.holdings = None;
+                hs
+            }
+        };
+        let before = hs.clone();
         for h in new {
-            changed |= add_holding(hs, h, lease_ms);
+            add_holding(&mut hs, h, lease_ms);
         }
-        if changed {
-            self.derive(lease_ms);
-        }
+        let changed = hs != before;
+        self.set_holdings(hs, lease_ms);
         changed
     }
 
-    /// Sets the value (base and fields) to the merge of the granted
-    /// holdings' writes.
-    fn derive(&mut self, lease_ms: u64) {
-        let hs = self.holdings.as_ref().expect("derived from holdings");
-        let ok = granted(hs, lease_ms);
+    /// Keeps `hs` (sorted) as the entry's holdings and derives its value:
+    /// the merge of the granted holdings' writes.
+    fn set_holdings(&mut self, mut hs: Vec<Holding>, lease_ms: u64) {
+        if hs.len() == 1 {
+            let h = hs.pop().expect("one");
+            self.base_version = h.writes.base_version;
+            self.base = h.writes.base;
+            self.fields = h.writes.fields;
+            self.holdings = Some(Box::new(Holdings::One { owner: h.owner, start_ms: h.start_ms, end_ms: h.end_ms }));
+            return;
+        }
+        let ok = granted(&hs, lease_ms);
         let mut value: Option<Entry> = None;
         for (h, _) in hs.iter().zip(&ok).filter(|(_, ok)| **ok) {
             match value.as_mut() {
@@ -212,6 +359,7 @@ impl Entry {
         self.base_version = v.base_version;
         self.base = v.base;
         self.fields = v.fields;
+        self.holdings = (!hs.is_empty()).then(|| Box::new(Holdings::Many(hs)));
     }
 
     /// Folds away holdings that can no longer matter to a write younger
@@ -220,7 +368,7 @@ impl Entry {
     /// merged into it), and refused ones after it that ended before
     /// `cutoff`. The value is unchanged. Returns whether anything was.
     pub(super) fn purge_holdings(&mut self, cutoff: u64, lease_ms: u64) -> bool {
-        let Some(hs) = self.holdings.as_mut() else { return false };
+        let Some(Holdings::Many(hs)) = self.holdings.as_deref_mut() else { return false };
         let ok = granted(hs, lease_ms);
         let Some(last) = ok.iter().rposition(|g| *g) else { return false };
         let mut changed = false;
@@ -230,7 +378,7 @@ impl Entry {
                 folded.merge(&h.writes);
             }
             let kept = hs.split_off(last);
-            *hs.as_mut() = kept;
+            *hs = kept;
             folded.merge(&hs[0].writes);
             hs[0].writes = folded;
             changed = true;
@@ -245,6 +393,10 @@ impl Entry {
             i <= last + 1 || h.lease_end(lease_ms) >= cutoff
         });
         changed |= hs.len() != before;
+        if changed {
+            let hs = std::mem::take(hs);
+            self.set_holdings(hs, lease_ms);
+        }
         changed
     }
 }
@@ -301,27 +453,32 @@ impl Replica {
             return None;
         }
         let lease = self.cfg.lease_ms;
-        let hs = entry.holdings_view();
-        let mine = |h: &Holding| h.owner == self.me && h.near(ts_ms, ts_ms, lease);
+        let spans = entry.spans();
+        let mine = |h: &Span<'_>| {
+            *h.owner == self.me && ts_ms < h.end_ms.saturating_add(lease) && h.start_ms < ts_ms.saturating_add(lease)
+        };
         // The holding this write would start or join.
-        let start = hs.iter().filter(|h| mine(h)).map(|h| h.start_ms).fold(ts_ms, u64::min);
-        let end = hs.iter().filter(|h| mine(h)).map(|h| h.end_ms).fold(ts_ms, u64::max);
-        let others: Vec<Holding> = hs.iter().filter(|h| !mine(h)).cloned().collect();
-        let ok = granted(&others, lease);
-        let mut blocker: Option<(&Holding, u64)> = None;
-        for (h, _) in others.iter().zip(&ok).filter(|(_, ok)| **ok) {
+        let start = spans.iter().filter(|h| mine(h)).map(|h| h.start_ms).fold(ts_ms, u64::min);
+        let end = spans.iter().filter(|h| mine(h)).map(|h| h.end_ms).fold(ts_ms, u64::max);
+        let others: Vec<&Span<'_>> = spans.iter().filter(|h| !mine(h)).collect();
+        let mut free_from = 0;
+        let mut blocker: Option<(&PeerId, u64)> = None;
+        for h in others {
             let before_us = (h.start_ms, h.owner.as_bytes()) < (start, self.me.as_bytes());
             if !before_us {
                 break;
             }
-            blocker = Some((h, h.lease_end(lease)));
+            if h.start_ms >= free_from {
+                free_from = h.lease_end(lease);
+                blocker = Some((h.owner, free_from));
+            }
         }
         let (holder, free_from) = blocker?;
         (start < free_from).then(|| {
             // Joining our refused holding keeps us refused until a lease
             // after its last write.
             let until = if start < ts_ms { free_from.max(end.saturating_add(lease)) } else { free_from };
-            WriteError::Leased { owner: holder.owner.clone(), until: until.div_ceil(1000) }
+            WriteError::Leased { owner: holder.clone(), until: until.div_ceil(1000) }
         })
     }
 
@@ -434,10 +591,10 @@ mod tests {
         e.apply_leased(&Version::new(500, pid("C")), Write::Delta(&[(Value::from("f"), Value::from(1))]), L);
         set(&mut e, 320, "D", "refused");
         let before = e.value();
-        assert_eq!(e.holdings.as_ref().unwrap().len(), 4);
+        assert!(matches!(e.holdings.as_deref(), Some(Holdings::Many(hs)) if hs.len() == 4));
         assert!(e.purge_holdings(10_000, L));
         assert_eq!(e.value(), before);
-        assert_eq!(e.holdings.as_ref().unwrap().len(), 1, "{:?}", e.holdings);
+        assert!(matches!(e.holdings.as_deref(), Some(Holdings::One { .. })), "{:?}", e.holdings);
         assert!(!e.purge_holdings(10_000, L));
     }
 }

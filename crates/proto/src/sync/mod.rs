@@ -83,7 +83,7 @@ use sha2::{Digest as _, Sha256};
 
 pub use entry::{Entry, Field, Version};
 use lease::Write;
-pub use lease::{Holding, LEASE_MS, MAX_HOLDINGS};
+pub use lease::{Holding, Holdings, LEASE_MS, MAX_HOLDINGS};
 
 use crate::id::PeerId;
 use crate::mesh::ConnId;
@@ -786,7 +786,7 @@ impl Replica {
             let old: Vec<Bytes> = self
                 .entries
                 .iter()
-                .filter(|(_, s)| s.entry.holdings.as_ref().is_some_and(|h| h.len() > 1))
+                .filter(|(_, s)| matches!(s.entry.holdings.as_deref(), Some(Holdings::Many(_))))
                 .map(|(k, _)| k.clone())
                 .collect();
             for k in old {
