@@ -6,6 +6,7 @@ checker reads the history and every node's dictionary.
 
     scripts/faultlab.py run [--nodes 5] [--seconds 40] [--seed 1]
     scripts/faultlab.py campaign [--nodes 20] [--schedules 200] [--seconds 60] [--out FILE]
+    scripts/faultlab.py summary FILE...   totals of campaign reports
     ... [--py2p K [--py2p-every M]]   K of the nodes are py2p 0.7.878 peers
 
 py2p nodes (memory only; scripts/setup-py2p.sh installs the pinned peer)
@@ -541,10 +542,45 @@ def print_report(r):
         print("   ! " + v, flush=True)
 
 
+def summary(paths):
+    """Totals of campaign reports (the JSON lines `--out` wrote)."""
+    reports = [json.loads(line) for p in paths for line in open(p) if line.strip()]
+    faults = {}
+    for r in reports:
+        for f in r["faults"]:
+            faults[f[0]] = faults.get(f[0], 0) + 1
+    skews = sorted({abs(s) for r in reports for s in r["skews"] if s})
+    with_py2p = [r for r in reports if r.get("py2p_nodes")]
+    conv = sorted(r["converged_after_s"] for r in reports if r["converged_after_s"] is not None)
+    bad = [r for r in reports if r["violations"]]
+    print("schedules: %d (%d with py2p nodes), nodes per schedule: %s" % (
+        len(reports), len(with_py2p), sorted({r["nodes"] for r in reports})))
+    print("faults: %s; clock skews drawn from: %s s" % (
+        ", ".join("%s %d" % kv for kv in sorted(faults.items())), skews))
+    print("writes: %d, acknowledged %d (of which by py2p nodes %d), refused %d, unanswered %d" % (
+        sum(r["ops"] for r in reports), sum(r["acknowledged"] for r in reports),
+        sum(r.get("py2p_acknowledged", 0) for r in reports), sum(r["refused"] for r in reports),
+        sum(r["unanswered"] for r in reports)))
+    if conv:
+        print("replicas identical after the heal: median %.1f s, 90th percentile %.1f s, max %.1f s" % (
+            conv[len(conv) // 2], conv[int(len(conv) * 0.9)], conv[-1]))
+    if with_py2p:
+        attached = [r["py2p_attached_after_s"] for r in with_py2p]
+        print("py2p nodes linked again after the heal: %d of %d schedules (the rest within the settle time: no); "
+              "py2p's own acknowledged writes missing: %d of %d" % (
+                  sum(a is not None for a in attached), len(with_py2p),
+                  sum(r.get("py2p_acknowledged_missing") or 0 for r in with_py2p),
+                  sum(r.get("py2p_acknowledged", 0) for r in with_py2p)))
+    print("schedules with violations: %d%s" % (len(bad), "".join(
+        "\n  seed %d: %s" % (r["seed"], "; ".join(r["violations"][:3])) for r in bad)))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
     sub.add_parser("selftest", help="check the checker on made-up histories")
+    sp = sub.add_parser("summary", help="totals of campaign reports (JSON lines from --out)")
+    sp.add_argument("files", nargs="+")
     for name in ("run", "campaign"):
         p = sub.add_parser(name)
         p.add_argument("--nodes", type=int, default=5 if name == "run" else 20)
@@ -567,6 +603,9 @@ def main():
     args = ap.parse_args()
     if args.cmd == "selftest":
         selftest()
+        return
+    if args.cmd == "summary":
+        summary(args.files)
         return
     args.faults = args.faults.split(",")
     args.skews = [int(s) for s in args.skews.split(",")]
