@@ -26,4 +26,4 @@ cat "$report"
 # only in its test profile).
 cargo build --release -p rs2p-cli
 python3 scripts/faultlab.py selftest
-python3 scripts/faultlab.py run --nodes 5 --seconds 40 --seed "${RS2P_FAULTLAB_SEED:-1}"
+python3 scripts/faultlab.py run --nodes 5 --seconds 40 --seed "${RS2P_FAULTLAB_SEED:-1}" --py2p 1
