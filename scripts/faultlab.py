@@ -9,6 +9,10 @@ checker reads the history and every node's dictionary.
     scripts/faultlab.py summary FILE...   totals of campaign reports
     ... [--py2p K [--py2p-every M]]   K of the nodes are py2p 0.7.878 peers
 
+With --leasing the nodes run py2p's leases (the lab otherwise runs
+--no-leasing): acknowledged writes a lease withdraws at the heal are
+counted, and the replicas must agree.
+
 py2p nodes (memory only; scripts/setup-py2p.sh installs the pinned peer)
 take writes and faults like the others; the checker requires the rs2p
 replicas to agree and the rs2p nodes to be connected, and reports when
@@ -139,11 +143,13 @@ class Node:
             env["FAKETIME"] = "%+ds" % self.skew
         if self.py2p:
             # py2p keeps nothing on disk: restarted, it starts empty.
-            cmd = ["ip", "netns", "exec", net.ns[self.i], PY2P_PYTHON, PY2P_PEER, "--sync", "--no-leasing",
+            cmd = ["ip", "netns", "exec", net.ns[self.i], PY2P_PYTHON, PY2P_PEER, "--sync",
                    "--bind", "%s:%d" % (net.addr(self.i), PORT)]
         else:
-            cmd = ["ip", "netns", "exec", net.ns[self.i], BIN, "node", "--json", "--sync", "--no-leasing", "-q",
+            cmd = ["ip", "netns", "exec", net.ns[self.i], BIN, "node", "--json", "--sync", "-q",
                    "--data-dir", self.dir, "--bind", "%s:%d" % (net.addr(self.i), PORT)]
+        if not self.lab.args.leasing:
+            cmd.append("--no-leasing")
         for j in self.lab.seeds_for(self.i):
             cmd += ["--connect", "%s:%d" % (net.addr(j), PORT)]
         self.killed_by_us = False
@@ -396,9 +402,18 @@ class Lab:
         if converged_after is None:
             violations.append("replicas still differ %d s after the heal" % self.args.settle)
         py2p_missing = None
+        withdrawn = None
         if dumps and all(d is not None for d in dumps):
             kinds = {n.i: n.py2p for n in self.nodes}
-            violations += self.check_history(dumps[0]["entries"], [o for o in self.history if not kinds[o["node"]]])
+            rs2p_ops = [o for o in self.history if not kinds[o["node"]]]
+            if self.args.leasing:
+                # Under leases a write acknowledged during a partition is
+                # withdrawn when the heal shows another node held the key
+                # first (the lease rule): counted, not a violation. The
+                # replicas must still agree.
+                withdrawn = len(self.check_history(dumps[0]["entries"], rs2p_ops))
+            else:
+                violations += self.check_history(dumps[0]["entries"], rs2p_ops)
             # py2p acknowledges a write once it holds it itself and repairs
             # nothing: its writes made while cut off, or just before it was
             # killed, may never reach anyone. Counted, not a violation.
@@ -406,6 +421,8 @@ class Lab:
                                                   [o for o in self.history if kinds[o["node"]]]))
         acked = sum(1 for o in self.history if o["answer"] == "ok")
         report = {
+            "leasing": self.args.leasing,
+            "withdrawn_by_leases": withdrawn if self.args.leasing and dumps and all(d is not None for d in dumps) else None,
             "seed": self.seed,
             "nodes": self.args.nodes,
             "skews": [n.skew for n in self.nodes],
@@ -534,6 +551,9 @@ def print_report(r):
           % (r["seed"], r["nodes"], r["ops"], r["acknowledged"], r["unanswered"], len(r["faults"]),
              r["connected_after_s"], r["converged_after_s"],
              "OK" if not r["violations"] else "%d VIOLATIONS" % len(r["violations"])), flush=True)
+    if r.get("leasing"):
+        print("   leases on: %s acknowledged writes withdrawn by the lease rule" % r.get("withdrawn_by_leases"),
+              flush=True)
     if r["py2p_nodes"]:
         print("   py2p nodes %s: attached after %s s; %d writes acknowledged by py2p, %s of them missing"
               % (r["py2p_nodes"], r["py2p_attached_after_s"], r["py2p_acknowledged"],
@@ -595,6 +615,8 @@ def main():
         p.add_argument("--freeze", default="5,10", help="freeze length range, seconds")
         p.add_argument("--keep", action="store_true", help="keep the data directories and logs")
         p.add_argument("--py2p", type=int, default=0, help="py2p nodes among the nodes (memory only)")
+        p.add_argument("--leasing", action="store_true",
+                       help="leases on (the checker then requires agreement and counts withdrawn writes)")
         p.add_argument("--py2p-every", type=int, default=1,
                        help="only schedules whose seed is a multiple of this have py2p nodes")
         if name == "campaign":
