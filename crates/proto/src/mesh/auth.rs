@@ -7,9 +7,13 @@
 //! signature over [`auth_context`] (the network, both ids and the
 //! challenge). A proof whose key does not hash to the id the handshake
 //! claimed, or whose signature does not verify, closes the link
-//! ([`AuthFailure`]); a valid one brings the link up. Frames the peer sends
-//! meanwhile (it may have accepted our proof first) are held, at most
-//! [`MAX_HELD`], and handled once the link is up.
+//! ([`AuthFailure`]); a valid one brings the link up, and is acknowledged
+//! (`AuthOk`): a `connect` returns only once the peer's acknowledgement
+//! came, so that both ends count the link (a broadcast sent right after
+//! `connect` is not relayed past a peer that does not know the link yet).
+//! Frames the peer sends while we check its proof (it may have accepted
+//! ours first) are held, at most [`MAX_HELD`], and handled once the link is
+//! up.
 //!
 //! Proofs are demanded, and links refused without one, for:
 //! - a private network ([`super::Config::allow`]): only listed ids, proven;
@@ -26,7 +30,7 @@
 //! the proof is not bound to the TLS session.
 
 use super::conn::ConnState;
-use super::{CloseReason, ConnId, Mesh};
+use super::{CloseReason, ConnId, Mesh, Output, Reply};
 use crate::id::PeerId;
 use crate::identity::{self, VerifyError};
 use crate::wire::capability;
@@ -47,6 +51,8 @@ pub(crate) struct Proving {
     pub(super) nonce: [u8; 32],
     /// Frames that arrived meanwhile.
     pub(super) held: Vec<Packet>,
+    /// Whether the peer already accepted our proof.
+    pub(super) peer_ok: bool,
 }
 
 /// Why a peer's id was not accepted on a link.
@@ -128,7 +134,9 @@ impl Mesh {
         }
         let nonce: [u8; 32] = self.rng.random();
         let Some(c) = self.conns.get_mut(&conn) else { return };
-        c.state = ConnState::Authenticating(Box::new(Proving { handshake: hs, nonce, held: Vec::new() }));
+        c.state =
+            ConnState::Authenticating(Box::new(Proving { handshake: hs, nonce, held: Vec::new(), peer_ok: false }));
+        c.awaits_peer_ok = true;
         // The payload lane, as the handshake: a control frame could
         // overtake our handshake, which must come first.
         let frame = MeshMessage::AuthChallenge(nonce).encode(&self.cfg.id, now.unix());
@@ -142,6 +150,11 @@ impl Mesh {
             Ok(Some(MeshMessage::AuthProof { key, signature })) => self.check_proof(now, conn, &key, &signature),
             Err(e) if packet.header.is(crate::wire::MsgType::Whisper, crate::wire::SubFlag::Auth) => {
                 self.violation(conn, e.0)
+            }
+            Ok(Some(MeshMessage::AuthOk)) => {
+                if let Some(ConnState::Authenticating(p)) = self.conns.get_mut(&conn).map(|c| &mut c.state) {
+                    p.peer_ok = true;
+                }
             }
             // A peer that brought the link up first may close it as the
             // loser of the conflict rule: hear why now, not after.
@@ -182,14 +195,32 @@ impl Mesh {
         let ConnState::Authenticating(p) = std::mem::replace(&mut c.state, ConnState::Handshaking) else {
             unreachable!("checked above")
         };
-        let Proving { handshake, held, .. } = *p;
+        let Proving { handshake, held, peer_ok, .. } = *p;
         tracing::debug!(conn = conn.0, peer = %claimed, "id proven");
+        // Told before anything else this end sends on the link.
+        let ok = MeshMessage::AuthOk.encode(&self.cfg.id, now.unix());
+        self.send(conn, ok);
         self.establish(now, conn, handshake);
+        if peer_ok {
+            self.on_peer_ok(conn);
+        }
         for packet in held {
             if !self.conns.contains_key(&conn) {
                 break;
             }
             self.on_packet(now, conn, packet);
+        }
+    }
+
+    /// The peer counts the link: a `connect` waiting for that returns.
+    pub(super) fn on_peer_ok(&mut self, conn: ConnId) {
+        let Some(c) = self.conns.get_mut(&conn) else { return };
+        let Some(peer) = c.peer().cloned() else { return };
+        if !std::mem::take(&mut c.awaits_peer_ok) {
+            return;
+        }
+        if let Some(request) = c.request.take() {
+            self.out.push_back(Output::Reply { request, result: Ok(Reply::Connected(peer)) });
         }
     }
 

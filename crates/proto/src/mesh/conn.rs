@@ -69,6 +69,9 @@ pub(super) struct Conn {
     /// The id the peer must prove it holds the key of
     /// ([`super::Command::ConnectProven`]).
     pub(super) must_prove: Option<PeerId>,
+    /// A proven link whose `Connect` reply waits for the peer's `AuthOk`
+    /// (the peer counting the link too).
+    pub(super) awaits_peer_ok: bool,
 }
 
 impl Conn {
@@ -95,6 +98,7 @@ impl Conn {
             next_heartbeat_ms: 0,
             farewell: None,
             must_prove: None,
+            awaits_peer_ok: false,
         }
     }
 

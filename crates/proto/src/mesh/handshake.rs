@@ -98,7 +98,8 @@ impl Mesh {
         c.last_rx_ms = now.mono_ms;
         c.next_heartbeat_ms = now.mono_ms + self.cfg.keepalive_interval_ms;
         let outgoing = c.dir == super::Direction::Outgoing;
-        let request = c.request.take();
+        // A proven link answers its `connect` once the peer counts it too.
+        let request = if c.awaits_peer_ok { None } else { c.request.take() };
         self.routing.insert(peer.clone(), conn);
         self.known.remove(&peer);
         self.dissemination.link_up(conn, tree);
@@ -144,6 +145,17 @@ impl Mesh {
     pub(super) fn forget(&mut self, now: Now, conn: ConnId, c: Conn, reason: CloseReason) {
         match c.state {
             ConnState::Established(peer) => {
+                if let Some(request) = c.request {
+                    // Closed before the peer confirmed it: connected all the
+                    // same if another link to the peer wins.
+                    let replaced = reason == CloseReason::Duplicate || c.farewell == Some(Farewell::Replaced);
+                    let result = match (replaced, c.target.clone()) {
+                        (true, _) => Ok(Reply::Connected(peer.clone())),
+                        (false, Some(addr)) => Err(CommandError::Connect { addr, reason: reason.clone() }),
+                        (false, None) => Err(CommandError::ShuttingDown),
+                    };
+                    self.out.push_back(Output::Reply { request, result });
+                }
                 self.dissemination.link_down(conn);
                 if c.tree {
                     self.tree_links -= 1;

@@ -686,6 +686,7 @@ impl Mesh {
                         c.farewell = Some(why);
                     }
                 }
+                Ok(Some(MeshMessage::AuthOk)) => self.on_peer_ok(conn),
                 // A repeated handshake, tree messages on a link that did
                 // not negotiate the tree, or junk: nothing to act on (py2p
                 // ignores such messages too).

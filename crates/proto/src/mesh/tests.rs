@@ -1114,3 +1114,56 @@ fn without_a_key_or_with_a_py2p_peer_links_come_up_at_the_handshake() {
     one.m.handle(T0, Input::Packet { conn: ConnId(1), packet: hello });
     assert!(up(&drain(&mut one.m)));
 }
+
+#[test]
+fn a_proven_connect_returns_only_once_the_peer_counts_the_link() {
+    let (mut a, mut b) = (keyed(1, None), keyed(2, None));
+    a.handle(
+        T0,
+        Input::Command { request: RequestId(9), command: Command::Connect { addr: addr_of(2), expected: None } },
+    );
+    let dial = drain(&mut a)
+        .into_iter()
+        .find_map(|o| match o {
+            Output::Dial { dial, .. } => Some(dial),
+            _ => None,
+        })
+        .expect("a dials");
+    a.handle(T0, Input::Dialed { dial, conn: ConnId(1) });
+    b.handle(T0, Input::Incoming { conn: ConnId(2) });
+    // Carry frames both ways, holding back b's AuthOk.
+    let is_ok = |f: &Frame| matches!(MeshMessage::decode(&packet(f.clone())), Ok(Some(MeshMessage::AuthOk)));
+    let (mut held, mut out_a, mut out_b) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..20 {
+        let mut moved = false;
+        for o in drain(&mut a) {
+            match o {
+                Output::Send { frame, .. } => {
+                    moved = true;
+                    b.handle(T0, Input::Packet { conn: ConnId(2), packet: packet(frame) });
+                }
+                other => out_a.push(other),
+            }
+        }
+        for o in drain(&mut b) {
+            match o {
+                Output::Send { frame, .. } if is_ok(&frame) => held.push(frame),
+                Output::Send { frame, .. } => {
+                    moved = true;
+                    a.handle(T0, Input::Packet { conn: ConnId(1), packet: packet(frame) });
+                }
+                other => out_b.push(other),
+            }
+        }
+        if !moved {
+            break;
+        }
+    }
+    let replied =
+        |out: &[Output]| out.iter().any(|o| matches!(o, Output::Reply { request: RequestId(9), result: Ok(_) }));
+    assert!(up(&out_a) && up(&out_b), "both ends count the link");
+    assert!(!replied(&out_a), "the connect waits for b's AuthOk");
+    assert_eq!(held.len(), 1);
+    a.handle(T0, Input::Packet { conn: ConnId(1), packet: packet(held.remove(0)) });
+    assert!(replied(&drain(&mut a)), "b's AuthOk answers the connect");
+}

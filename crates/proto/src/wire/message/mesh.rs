@@ -98,6 +98,9 @@ pub enum MeshMessage {
         /// Its signature.
         signature: [u8; 64],
     },
+    /// Whisper `0x27`: `[2]`, "your proof is good: the link is up here"
+    /// (so a `connect` returns only once both ends count the link).
+    AuthOk,
     /// Message type `0x03` (rs2p, tree links): "are you there?".
     Ping,
     /// Message type `0x04` (rs2p, tree links): "here I am".
@@ -221,6 +224,7 @@ impl MeshMessage {
                         key: fixed(1).and_then(|b| b.try_into().ok()).ok_or(Malformed("auth key"))?,
                         signature: fixed(2).and_then(|b| b.try_into().ok()).ok_or(Malformed("auth signature"))?,
                     },
+                    Some(2) if v.len() == 1 => MeshMessage::AuthOk,
                     _ => return Err(Malformed("auth message")),
                 }
             }
@@ -245,7 +249,9 @@ impl MeshMessage {
             MeshMessage::Prune(_) => (MsgType::Whisper, SubFlag::Prune),
             MeshMessage::Want(_) => (MsgType::Whisper, SubFlag::Want),
             MeshMessage::Goodbye(_) => (MsgType::Whisper, SubFlag::Goodbye),
-            MeshMessage::AuthChallenge(_) | MeshMessage::AuthProof { .. } => (MsgType::Whisper, SubFlag::Auth),
+            MeshMessage::AuthChallenge(_) | MeshMessage::AuthProof { .. } | MeshMessage::AuthOk => {
+                (MsgType::Whisper, SubFlag::Auth)
+            }
             MeshMessage::Ping => (MsgType::Ping, SubFlag::Ping),
             MeshMessage::Pong => (MsgType::Pong, SubFlag::Pong),
         }
@@ -318,6 +324,11 @@ impl MeshMessage {
             MeshMessage::AuthProof { key, signature } => {
                 let mut b = start(3);
                 b.uint(1).bin(key).bin(signature);
+                b.finish()
+            }
+            MeshMessage::AuthOk => {
+                let mut b = start(1);
+                b.uint(2);
                 b.finish()
             }
             MeshMessage::Prune(origins) => {
@@ -397,6 +408,7 @@ mod tests {
         round_trip(MeshMessage::Goodbye(Farewell::Replaced));
         round_trip(MeshMessage::AuthChallenge([7; 32]));
         round_trip(MeshMessage::AuthProof { key: [8; 32], signature: [9; 64] });
+        round_trip(MeshMessage::AuthOk);
         round_trip(MeshMessage::Ping);
         round_trip(MeshMessage::Pong);
     }
