@@ -722,10 +722,9 @@ impl Mesh {
             self.stats.stale += 1;
             return;
         }
-        if self.cfg.allow.is_some() && !self.sender_allowed(&packet.header.sender.clone()) {
+        if self.cfg.allow.is_some() && !self.sender_allowed(&h.sender) {
             return;
         }
-        let h = &packet.header;
         // The original sender's own link gets no copy back (the lookup only
         // matters with other peers).
         let origin = if self.routing.len() > 1 { self.routing.get(&h.sender).copied() } else { None };

@@ -86,11 +86,11 @@ impl Holding {
     /// When the key is free again after this holding: a lease after its
     /// last write, or at once if its writes left the key deleted.
     pub fn lease_end(&self, lease_ms: u64) -> u64 {
-        if self.writes.is_tombstone() {
-            self.end_ms
-        } else {
-            self.end_ms.saturating_add(lease_ms)
-        }
+        self.span().lease_end(lease_ms)
+    }
+
+    fn span(&self) -> Span<'_> {
+        Span { owner: &self.owner, start_ms: self.start_ms, end_ms: self.end_ms, deleted: self.writes.is_tombstone() }
     }
 
     /// Whether writes from `start` to `end` by the same owner join this
@@ -158,10 +158,7 @@ fn empty_register() -> Entry {
 
 /// Whether each holding (in their order) is granted.
 fn granted(holdings: &[Holding], lease_ms: u64) -> Vec<bool> {
-    let spans: Vec<Span<'_>> = holdings
-        .iter()
-        .map(|h| Span { owner: &h.owner, start_ms: h.start_ms, end_ms: h.end_ms, deleted: h.writes.is_tombstone() })
-        .collect();
+    let spans: Vec<Span<'_>> = holdings.iter().map(Holding::span).collect();
     granted_spans(&spans, lease_ms)
 }
 
@@ -182,6 +179,15 @@ fn granted_spans(spans: &[Span<'_>], lease_ms: u64) -> Vec<bool> {
 }
 
 impl Entry {
+    /// Applies one write to the entry's own base and fields (the register
+    /// rules of `entry.rs`). Returns whether they changed.
+    fn apply_to_register(&mut self, version: &Version, write: Write<'_>) -> bool {
+        match write {
+            Write::Set(v) => self.apply_set(version, v),
+            Write::Delta(d) => self.apply_delta(version, d),
+        }
+    }
+
     /// The entry's value as one holding's writes (holdings aside).
     fn register(&self) -> Entry {
         Entry {
@@ -225,15 +231,7 @@ impl Entry {
     /// What the rule needs of each holding, without copying writes.
     fn spans(&self) -> Vec<Span<'_>> {
         match self.holdings.as_deref() {
-            Some(Holdings::Many(hs)) => hs
-                .iter()
-                .map(|h| Span {
-                    owner: &h.owner,
-                    start_ms: h.start_ms,
-                    end_ms: h.end_ms,
-                    deleted: h.writes.is_tombstone(),
-                })
-                .collect(),
+            Some(Holdings::Many(hs)) => hs.iter().map(Holding::span).collect(),
             Some(Holdings::One { owner, start_ms, end_ms }) => {
                 vec![Span { owner, start_ms: *start_ms, end_ms: *end_ms, deleted: self.is_tombstone() }]
             }
@@ -267,9 +265,15 @@ impl Entry {
         if self.is_blank() {
             self.holdings = Some(Box::new(Holdings::One { owner: version.owner.clone(), start_ms: ts, end_ms: ts }));
             match write {
-                Write::Set(v) => self.apply_set(version, v),
-                Write::Delta(d) => self.apply_delta(version, d),
-            };
+                // Taken as is: the blank entry would win a tie at time 0.
+                Write::Set(v) => {
+                    self.base_version = version.clone();
+                    self.base = v.clone();
+                }
+                Write::Delta(_) => {
+                    self.apply_to_register(version, write);
+                }
+            }
             return true;
         }
         if let Some(Holdings::One { owner, start_ms, end_ms }) = self.holdings.as_deref_mut() {
@@ -280,18 +284,16 @@ impl Entry {
                 let widened = ts < *start_ms || ts > *end_ms;
                 *start_ms = (*start_ms).min(ts);
                 *end_ms = (*end_ms).max(ts);
-                let changed = match write {
-                    Write::Set(v) => self.apply_set(version, v),
-                    Write::Delta(d) => self.apply_delta(version, d),
-                };
-                return changed || widened;
+                return self.apply_to_register(version, write) || widened;
             }
         }
+        // A set starts its register (the empty one would win a tie at
+        // time 0); a delta applies to the empty one.
         let writes = match write {
             Write::Set(v) => Entry::new(version.clone(), v.clone()),
-            Write::Delta(d) => {
+            Write::Delta(_) => {
                 let mut e = empty_register();
-                e.apply_delta(version, d);
+                e.apply_to_register(version, write);
                 e
             }
         };
@@ -301,6 +303,10 @@ impl Entry {
 
     /// Whether the holding that holds the write `version` is granted.
     pub(super) fn grants(&self, version: &Version, lease_ms: u64) -> bool {
+        // A lone holding is granted: no list to build on this path.
+        if let Some(Holdings::One { owner, start_ms, end_ms }) = self.holdings.as_deref() {
+            return *owner == version.owner && (*start_ms..=*end_ms).contains(&version.ts_ms);
+        }
         let spans = self.spans();
         let ok = granted_spans(&spans, lease_ms);
         spans
@@ -325,11 +331,10 @@ impl Entry {
                 hs
             }
         };
-        let before = hs.clone();
+        let mut changed = false;
         for h in new {
-            add_holding(&mut hs, h, lease_ms);
+            changed |= add_holding(&mut hs, h, lease_ms);
         }
-        let changed = hs != before;
         self.set_holdings(hs, lease_ms);
         changed
     }
