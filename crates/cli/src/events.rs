@@ -62,6 +62,7 @@ fn write_message_json(out: &mut Vec<u8>, m: &Message) {
     }
     out.extend_from_slice(b",\"time\":");
     let _ = write!(out, "{}", m.time());
+    out.extend_from_slice(if m.verified() { b",\"verified\":true" } else { b",\"verified\":false" });
     out.extend_from_slice(b",\"packets\":[");
     // Borrowed from the frame: no owned copy of each packet on the way.
     if let Ok(packets) = m.raw().value_refs() {

@@ -91,6 +91,11 @@ pub async fn encode(session: &Session) -> Result<String, rs2p::Error> {
     counter(&mut r, "slow_peers", "Peers disconnected for not draining their queue", s.slow_peers);
     counter(&mut r, "refused_connections", "Incoming connections refused at accept", s.refused_connections);
     counter(&mut r, "unresponsive_peers", "Peers declared dead after a silence", s.stats.unresponsive);
+    counter(&mut r, "stale", "Broadcasts dropped: outside the 60 s window (replays included)", s.stats.stale);
+    counter(&mut r, "refused_ids", "Links refused: the peer's id was not accepted", s.stats.refused_ids);
+    counter(&mut r, "rejected", "Broadcasts dropped for the identity they claim", s.stats.rejected);
+    counter(&mut r, "unsigned", "Of rejected: no valid signature from a sender known to sign", s.stats.unsigned);
+    counter(&mut r, "bad_signatures", "Of rejected: forged or malformed signature messages", s.stats.bad_signatures);
     gauge(&mut r, "queued_messages", "Messages waiting in the receive queue", s.queued_messages as u64);
     gauge(&mut r, "queued_frames", "Frames waiting in peers' send queues", s.queued_frames as u64);
     gauge(&mut r, "queued_bytes", "Bytes waiting in peers' send queues", s.queued_bytes as u64);

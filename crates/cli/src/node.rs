@@ -74,6 +74,16 @@ pub struct NodeArgs {
     /// starting with # are skipped).
     #[arg(long, value_name = "FILE")]
     pub allow_file: Option<std::path::PathBuf>,
+    /// Deliver only broadcasts signed by their sender, and link only with
+    /// peers that sign (py2p peers, which cannot, are refused with the
+    /// reason). Without it, a py2p node's broadcasts are delivered, marked
+    /// "verified": false.
+    #[arg(long)]
+    pub require_signed: bool,
+    /// Do not sign this node's broadcasts (to measure what signing costs).
+    /// Conflicts with --require-signed.
+    #[arg(long, conflicts_with = "require_signed")]
+    pub no_sign: bool,
     /// Subnet name; nodes on other subnets are refused. Default `mesh`, or
     /// `sync` with --sync (the network's subnet is then NAME + "1", or
     /// NAME + "0" with --no-leasing, as in py2p).
@@ -189,6 +199,8 @@ impl Session {
             if let Some(ids) = allow.clone() {
                 b = b.mesh(|m| m.allow(ids));
             }
+            let (sign, require) = (!args.no_sign, args.require_signed);
+            b = b.mesh(|m| m.sign_broadcasts(sign).require_signed(require));
             let s = b.spawn().await.with_context(|| format!("cannot start a node on {}", args.bind))?;
             (s.mesh().clone(), Some(s))
         } else {
@@ -208,6 +220,7 @@ impl Session {
             if let Some(ids) = allow {
                 b = b.allow(ids);
             }
+            b = b.sign_broadcasts(!args.no_sign).require_signed(args.require_signed);
             if args.tls {
                 b = b.tls(rs2p::TlsConfig::new());
             }
@@ -328,6 +341,9 @@ impl Session {
             "refused_connections": s.refused_connections,
             "refused_ids": s.stats.refused_ids,
             "rejected": s.stats.rejected,
+            "unsigned": s.stats.unsigned,
+            "bad_signatures": s.stats.bad_signatures,
+            "stale": s.stats.stale,
             "keys": keys,
             "lease_refused": lease_refused,
             "bad_versions": bad_versions,

@@ -84,6 +84,17 @@ pub enum VerifyError {
     BadSignature,
 }
 
+impl VerifyError {
+    /// The reason as a static string, for logs.
+    pub fn as_reason(self) -> &'static str {
+        match self {
+            VerifyError::BadKey => "not an Ed25519 public key",
+            VerifyError::WrongKey => "the public key is not the claimed id's",
+            VerifyError::BadSignature => "bad signature",
+        }
+    }
+}
+
 /// Checks that `signature` is `id`'s over `message`: `public_key` must be
 /// the key behind `id` ([`id_of_key`]) and the signature valid for it
 /// (strict verification: no malleable or small-order forms).

@@ -229,6 +229,8 @@ impl Node {
                     }),
                 }
             }
+            // The replica's writes of this round, behind their signature.
+            self.mesh.flush_signed(now);
             if !moved {
                 return;
             }

@@ -113,6 +113,13 @@ impl RawMessage {
         self.msg.via().map(|p| PyBytes::new(py, p.as_bytes()))
     }
 
+    /// Whether it is proven to come from its sender (signed, or a whisper
+    /// on the link its sender proved).
+    #[getter]
+    fn verified(&self) -> bool {
+        self.msg.verified()
+    }
+
     /// Bytes on the wire (length prefix included, uncompressed).
     #[getter]
     fn wire_len(&self) -> usize {

@@ -895,7 +895,7 @@ impl Actor {
             mesh::Event::Message(d) => {
                 let for_application = d.for_application || self.cfg.driver.queue_all_subflags;
                 let via = self.conns.get(&d.conn).and_then(|h| h.peer.clone());
-                self.on_message(Message::new(d.packet, via, &self.weak_cmd), for_application)
+                self.on_message(Message::new(d.packet, via, d.verified, &self.weak_cmd), for_application)
             }
         }
     }

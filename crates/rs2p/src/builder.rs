@@ -54,6 +54,8 @@ pub struct Builder {
     seed: Option<u64>,
     identity: Option<Identity>,
     allow: Option<std::collections::HashSet<PeerId>>,
+    sign_broadcasts: bool,
+    require_signed: bool,
     key_file: Option<std::path::PathBuf>,
     pub(crate) durability: Durability,
     tls: Option<crate::TlsConfig>,
@@ -87,6 +89,8 @@ impl Default for Builder {
             seed: None,
             identity: None,
             allow: None,
+            sign_broadcasts: true,
+            require_signed: false,
             key_file: None,
             durability: Durability::default(),
             tls: None,
@@ -232,6 +236,29 @@ impl Builder {
         self
     }
 
+    /// Whether the node signs the broadcasts (and sync writes) it
+    /// originates, so that rs2p nodes can tell them from forgeries (see
+    /// [`Message::verified`](crate::Message::verified)). Default on: the
+    /// signature covers a batch of messages, a few percent of throughput
+    /// (BENCHMARKS.md). Off only to measure that cost, or to talk to rs2p
+    /// nodes that do not expect signatures. py2p peers never see them.
+    pub fn sign_broadcasts(mut self, on: bool) -> Self {
+        self.sign_broadcasts = on;
+        self
+    }
+
+    /// Deliver only messages proven to come from their sender: broadcasts
+    /// covered by their sender's signature, and links only with peers that
+    /// sign (so py2p peers, which cannot, are refused with
+    /// [`AuthFailure::Unsigned`](crate::proto::mesh::AuthFailure::Unsigned)).
+    /// Unsigned broadcasts are dropped and counted (`rejected` in
+    /// [`Status`](crate::Status)). Default off: a py2p node's broadcasts are
+    /// delivered, marked unverified.
+    pub fn require_signed(mut self, on: bool) -> Self {
+        self.require_signed = on;
+        self
+    }
+
     /// The node's key pair, which determines its id (see
     /// [`crate::proto::identity`]). Default: a fresh key (a new id each
     /// run), unless [`Builder::key_file`] is set.
@@ -362,6 +389,8 @@ impl Builder {
         let mut mesh = mesh::Config::new(protocol, identity.id(), out_addr);
         mesh.identity = Some(identity.clone());
         mesh.allow = self.allow.clone().map(std::sync::Arc::new);
+        mesh.sign_broadcasts = self.sign_broadcasts || self.require_signed;
+        mesh.require_signed = self.require_signed;
         mesh.max_outgoing = self.max_outgoing;
         mesh.max_frame_len = self.limits.max_frame_len;
         mesh.compression = self.compression;

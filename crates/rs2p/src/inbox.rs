@@ -150,7 +150,7 @@ mod tests {
         (0..n)
             .map(|i| {
                 let f = Frame::build(MsgType::Broadcast, &me, i, 0u64, &[]);
-                Message::new(Packet::parse(f, &Limits::default()).unwrap(), None, &weak)
+                Message::new(Packet::parse(f, &Limits::default()).unwrap(), None, false, &weak)
             })
             .collect()
     }

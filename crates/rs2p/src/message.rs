@@ -41,6 +41,8 @@ pub struct Message {
     packet: Packet,
     /// The direct peer it arrived from (the sender, or the last relay).
     via: Option<PeerId>,
+    /// Whether it is proven to be its sender's.
+    verified: bool,
     /// The node it arrived at, for [`Message::reply`] (weak: a message kept
     /// by the application does not keep its node alive).
     node: mpsc::WeakSender<Command>,
@@ -57,8 +59,25 @@ impl std::fmt::Debug for Message {
 }
 
 impl Message {
-    pub(crate) fn new(packet: Packet, via: Option<PeerId>, node: &mpsc::WeakSender<Command>) -> Self {
-        Message { packet, via, node: node.clone() }
+    pub(crate) fn new(
+        packet: Packet,
+        via: Option<PeerId>,
+        verified: bool,
+        node: &mpsc::WeakSender<Command>,
+    ) -> Self {
+        Message { packet, via, verified, node: node.clone() }
+    }
+
+    /// Whether the message is proven to come from [`Message::sender`]: a
+    /// broadcast covered by its sender's signature (rs2p nodes sign what
+    /// they originate), or a whisper on the link its sender proved its id
+    /// on. `false` for a py2p node's messages, and for an rs2p node's
+    /// broadcast that crossed a py2p relay (py2p re-encodes what it
+    /// forwards, and is never sent signatures) from a sender this node had
+    /// not yet seen signing. A message that claims a sender known to sign,
+    /// without its signature, is never delivered at all.
+    pub fn verified(&self) -> bool {
+        self.verified
     }
 
     /// The directly connected peer this message arrived from: its sender, or

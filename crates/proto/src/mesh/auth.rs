@@ -65,6 +65,13 @@ pub enum AuthFailure {
         /// The id it claimed.
         claimed: PeerId,
     },
+    /// The peer does not sign its broadcasts (a py2p node, or rs2p without
+    /// a key), and this node requires signed messages.
+    #[error("the peer ({claimed}) does not sign its messages, and this node requires signed ones")]
+    Unsigned {
+        /// The id it claimed.
+        claimed: PeerId,
+    },
     /// The peer's id is not on this private network's list.
     #[error("{claimed} is not allowed on this private network")]
     NotAllowed {
@@ -125,6 +132,9 @@ impl Mesh {
             if !allow.contains(&claimed) {
                 return self.refuse(conn, AuthFailure::NotAllowed { claimed });
             }
+        }
+        if self.cfg.require_signed && !hs.methods.contains(&capability::SIGNED) {
+            return self.refuse(conn, AuthFailure::Unsigned { claimed });
         }
         if !both_prove {
             if self.cfg.allow.is_some() || must_prove.is_some() {
@@ -197,6 +207,11 @@ impl Mesh {
         };
         let Proving { handshake, held, peer_ok, .. } = *p;
         tracing::debug!(conn = conn.0, peer = %claimed, "id proven");
+        c.proven = true;
+        if handshake.methods.contains(&capability::SIGNED) {
+            // From now on its unsigned broadcasts are forgeries.
+            self.signing.learn(&claimed);
+        }
         // Told before anything else this end sends on the link.
         let ok = MeshMessage::AuthOk.encode(&self.cfg.id, now.unix());
         self.send(conn, ok);

@@ -91,6 +91,17 @@ pub struct Config {
     /// proving it holds the key behind its id (so py2p peers, which cannot,
     /// are refused), and only broadcasts from them are delivered.
     pub allow: Option<std::sync::Arc<std::collections::HashSet<PeerId>>>,
+    /// Sign the broadcasts this node originates (needs
+    /// [`Config::identity`]; see `signed.rs`). Default on; off only to
+    /// measure what signing costs.
+    pub sign_broadcasts: bool,
+    /// Deliver only broadcasts covered by their sender's signature, and
+    /// refuse links with peers that do not sign (py2p peers, by design).
+    /// Needs [`Config::identity`]. Default off.
+    pub require_signed: bool,
+    /// How long a broadcast from a sender known to sign waits for its
+    /// signature before it is dropped. Default 5 s.
+    pub signature_wait_ms: u64,
 }
 
 impl Config {
@@ -121,6 +132,9 @@ impl Config {
             max_frame_len: crate::wire::DEFAULT_MAX_FRAME_LEN,
             identity: None,
             allow: None,
+            sign_broadcasts: true,
+            require_signed: false,
+            signature_wait_ms: 5_000,
         }
     }
 }

@@ -72,6 +72,8 @@ pub(super) struct Conn {
     /// A proven link whose `Connect` reply waits for the peer's `AuthOk`
     /// (the peer counting the link too).
     pub(super) awaits_peer_ok: bool,
+    /// Whether the peer proved its id on this link.
+    pub(super) proven: bool,
 }
 
 impl Conn {
@@ -99,6 +101,7 @@ impl Conn {
             farewell: None,
             must_prove: None,
             awaits_peer_ok: false,
+            proven: false,
         }
     }
 

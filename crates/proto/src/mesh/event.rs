@@ -171,6 +171,10 @@ pub struct Delivery {
     /// Whether it is a user broadcast or whisper, for the application's
     /// receive queue; other sub-flags go only to registered handlers.
     pub for_application: bool,
+    /// Whether it is proven to come from its header's sender: a broadcast
+    /// covered by its sender's signature, or a whisper on the link its
+    /// sender proved (see `signed.rs`).
+    pub verified: bool,
 }
 
 /// Something the application may want to know.
@@ -361,8 +365,16 @@ pub struct Stats {
     /// ([`CloseReason::Auth`]).
     pub refused_ids: u64,
     /// Messages dropped for their sender's identity (on a private network,
-    /// a broadcast from an id not on the list).
+    /// a broadcast from an id not on the list; a broadcast without a valid
+    /// signature from a sender known to sign; a forged signature message).
     pub rejected: u64,
+    /// Of `rejected`: broadcasts whose sender is known to sign (or, with
+    /// [`super::Config::require_signed`], any sender) that came with no
+    /// valid signature.
+    pub unsigned: u64,
+    /// Of `rejected`: signature messages that were malformed, or whose key
+    /// or signature did not check.
+    pub bad_signatures: u64,
 }
 
 /// What a connection looks like from the machine.

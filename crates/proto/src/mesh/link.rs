@@ -81,6 +81,9 @@ impl Mesh {
         }
         if self.cfg.identity.is_some() {
             m.push(capability::AUTH);
+            if self.cfg.sign_broadcasts {
+                m.push(capability::SIGNED);
+            }
         }
         m
     }

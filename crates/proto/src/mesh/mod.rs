@@ -58,6 +58,7 @@ mod keepalive;
 mod link;
 mod peers;
 mod route;
+mod signed;
 
 use std::collections::{HashMap, VecDeque};
 
@@ -74,6 +75,7 @@ pub use event::{
     CloseReason, CommandError, Delivery, Event, Lane, Output, PeerInfo, Reply, ReplyRoute, Stats, TlsFailure,
 };
 pub use link::LinkCodec;
+pub use signed::{signatures_context, MAX_HELD_UNSIGNED, MAX_KEYED, MAX_SIGNED_WAITING};
 
 use conn::{Conn, ConnState};
 use dissemination::{Dissemination, Flood, Push, TreeControl, Verdict};
@@ -260,6 +262,8 @@ pub struct Mesh {
     pushes: Vec<Push>,
     out: VecDeque<Output>,
     stats: Stats,
+    /// Signing our broadcasts and checking others' (`signed.rs`).
+    signing: signed::Signing,
 }
 
 impl Mesh {
@@ -272,6 +276,11 @@ impl Mesh {
             Broadcast::Flood => Box::new(Flood::new(seen_keep_ms, cfg.seen_capacity, key)),
             Broadcast::Tree => Box::new(dissemination::Tree::new(cfg.tree, seen_keep_ms, cfg.seen_capacity, key)),
         };
+        let mut signing = signed::Signing::default();
+        if cfg.sign_broadcasts && cfg.identity.is_some() {
+            // A message claiming our id without our signature is a forgery.
+            signing.learn(&cfg.id);
+        }
         Mesh {
             protocol_id: cfg.protocol.id(),
             cfg,
@@ -295,6 +304,7 @@ impl Mesh {
             pushes: Vec::new(),
             out: VecDeque::new(),
             stats: Stats::default(),
+            signing,
         }
     }
 
@@ -337,10 +347,12 @@ impl Mesh {
             Input::Timeout => self.on_timeout(now),
             Input::Command { request, command } => self.on_command(now, request, command),
         }
+        // Our broadcasts of this input, behind their signature.
+        self.flush_signed(now);
         // What the strategy batched during this input (announcements).
         let mut pushes = std::mem::take(&mut self.pushes);
         self.dissemination.flush(now, &mut pushes);
-        self.apply_pushes(now, &mut pushes, false);
+        self.apply_pushes(now, &mut pushes, false, false);
         self.pushes = pushes;
     }
 
@@ -364,6 +376,7 @@ impl Mesh {
             maintain,
             liveness,
             self.dissemination.poll_timeout(),
+            self.signing.poll_timeout(),
         ]
         .into_iter()
         .flatten()
@@ -451,22 +464,32 @@ impl Mesh {
 
     // ----- for the layers above (crate::node) -------------------------------
 
-    /// Floods an already built broadcast frame (a sync write).
+    /// Floods an already built broadcast frame of ours (a sync write): at
+    /// the end of the input, behind its signature, if this node signs (a
+    /// caller outside [`Mesh::handle`] calls [`Mesh::flush_signed`]).
     pub(crate) fn broadcast_frame(&mut self, now: Now, frame: Frame) -> MsgId {
         self.clock = self.clock.max(now);
         let id = frame.id();
-        let mut pushes = std::mem::take(&mut self.pushes);
-        self.dissemination.publish(now, &self.cfg.id, &frame, &mut pushes);
-        self.apply_pushes(now, &mut pushes, false);
-        self.pushes = pushes;
+        self.publish_own(now, frame);
         id
     }
 
+    /// Floods `frame` now (`signatures_only`: a signature message, which
+    /// goes only to peers that check them).
+    fn publish_now(&mut self, now: Now, frame: &Frame, signatures_only: bool) {
+        let mut pushes = std::mem::take(&mut self.pushes);
+        self.dissemination.publish(now, &self.cfg.id, frame, &mut pushes);
+        self.apply_pushes(now, &mut pushes, false, signatures_only);
+        self.pushes = pushes;
+    }
+
     /// Sends what the dissemination strategy asked for (`relay`: counted as
-    /// relayed payload).
-    fn apply_pushes(&mut self, now: Now, pushes: &mut Vec<Push>, relay: bool) {
+    /// relayed payload; `signatures_only`: payload goes only to peers that
+    /// take signature messages).
+    fn apply_pushes(&mut self, now: Now, pushes: &mut Vec<Push>, relay: bool, signatures_only: bool) {
         for p in pushes.drain(..) {
             match p {
+                Push::Payload(conn, _) if signatures_only && !self.takes_signatures(conn) => {}
                 Push::Payload(conn, frame) => {
                     if relay {
                         self.stats.relayed += 1;
@@ -622,8 +645,9 @@ impl Mesh {
     fn on_timeout(&mut self, now: Now) {
         let mut pushes = std::mem::take(&mut self.pushes);
         self.dissemination.handle_timeout(now, &mut pushes);
-        self.apply_pushes(now, &mut pushes, false);
+        self.apply_pushes(now, &mut pushes, false, false);
         self.pushes = pushes;
+        self.expire_signed(now);
         self.check_liveness(now);
         while let Some(&(deadline, conn)) = self.handshake_deadlines.front() {
             if deadline > now.mono_ms {
@@ -668,7 +692,13 @@ impl Mesh {
         match packet.header.kind() {
             Some(MsgType::Broadcast) => self.on_broadcast(now, conn, packet),
             Some(MsgType::Whisper) => match MeshMessage::decode(&packet) {
-                Ok(None) => self.deliver(conn, packet),
+                Ok(None) => {
+                    // A whisper is its sender's if it came on the link the
+                    // sender proved.
+                    let verified = self.conns.get(&conn).is_some_and(|c| c.proven)
+                        && self.routing.get(&packet.header.sender) == Some(&conn);
+                    self.deliver(conn, packet, verified)
+                }
                 Ok(Some(MeshMessage::Peers(list))) => self.on_peers(list),
                 Ok(Some(MeshMessage::PeerRequest)) => self.send_peers(now, conn),
                 Ok(Some(MeshMessage::IHave(groups))) if tree => {
@@ -710,7 +740,7 @@ impl Mesh {
     fn tree_control(&mut self, now: Now, conn: ConnId, control: TreeControl) {
         let mut pushes = std::mem::take(&mut self.pushes);
         self.dissemination.on_control(now, conn, control, &mut pushes);
-        self.apply_pushes(now, &mut pushes, false);
+        self.apply_pushes(now, &mut pushes, false, false);
         self.pushes = pushes;
     }
 
@@ -725,19 +755,28 @@ impl Mesh {
         if self.cfg.allow.is_some() && !self.sender_allowed(&h.sender) {
             return;
         }
+        if h.subflag == SubFlag::Signatures.code() {
+            return self.on_signatures(now, conn, packet);
+        }
         // The original sender's own link gets no copy back (the lookup only
         // matters with other peers).
         let origin = if self.routing.len() > 1 { self.routing.get(&h.sender).copied() } else { None };
         let mut pushes = std::mem::take(&mut self.pushes);
         let verdict = self.dissemination.receive(now, conn, origin, &h.sender, &packet.frame, &mut pushes);
-        self.apply_pushes(now, &mut pushes, true);
+        self.apply_pushes(now, &mut pushes, true, false);
         self.pushes = pushes;
         if verdict == Verdict::Duplicate {
             self.stats.duplicates += 1;
             return;
         }
+        self.check_signed(now, conn, packet);
+    }
+
+    /// A fresh broadcast whose signature was settled (`signed.rs`): to the
+    /// mesh's own handlers or to the layers above.
+    fn dispatch_broadcast(&mut self, now: Now, conn: ConnId, packet: Packet, verified: bool) {
         match MeshMessage::decode(&packet) {
-            Ok(None) => self.deliver(conn, packet),
+            Ok(None) => self.deliver(conn, packet, verified),
             Ok(Some(MeshMessage::RouteRequest { request_id, wanted })) => {
                 self.on_route_request(now, conn, request_id, &wanted)
             }
@@ -773,10 +812,10 @@ impl Mesh {
         self.send(conn, frame);
     }
 
-    fn deliver(&mut self, conn: ConnId, packet: Packet) {
+    fn deliver(&mut self, conn: ConnId, packet: Packet, verified: bool) {
         self.stats.delivered += 1;
         let for_application = SubFlag::is_user(packet.header.subflag);
-        self.event(Event::Message(Delivery { conn, packet, for_application }));
+        self.event(Event::Message(Delivery { conn, packet, for_application, verified }));
     }
 
     fn event(&mut self, e: Event) {

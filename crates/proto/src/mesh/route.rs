@@ -55,7 +55,7 @@ impl Mesh {
         let frame =
             MeshMessage::RouteResponse { request_id, addr, id: wanted.clone() }.encode(&self.cfg.id, now.unix());
         self.dissemination.mark_seen(now, &frame.id());
-        self.send(conn, frame);
+        self.send_signed_on(now, conn, frame);
     }
 
     /// Someone knows where our reply's target is: dial it (the reply goes

@@ -5,7 +5,7 @@ use super::*;
 use crate::id::{Encryption, Protocol};
 use crate::node;
 use crate::sim::{addr_of, config_for, text_frame, Sim};
-use crate::wire::message::{Farewell, Handshake};
+use crate::wire::message::{Farewell, Handshake, MAX_IDS_PER_MESSAGE};
 use crate::wire::{Compression, Limits};
 
 fn pid(n: u128) -> PeerId {
@@ -261,7 +261,8 @@ fn broadcasts_are_relayed_delivered_and_deduplicated_exactly() {
             Output::Event(Event::Message(Delivery {
                 conn: ConnId(1),
                 packet: packet(f.clone()),
-                for_application: true
+                for_application: true,
+                verified: false
             })),
         ]
     );
@@ -276,7 +277,12 @@ fn broadcasts_are_relayed_delivered_and_deduplicated_exactly() {
         drain(&mut one.m),
         vec![
             Output::Send { conn: ConnId(2), frame: custom.clone(), lane: Lane::Payload },
-            Output::Event(Event::Message(Delivery { conn: ConnId(1), packet: packet(custom), for_application: false })),
+            Output::Event(Event::Message(Delivery {
+                conn: ConnId(1),
+                packet: packet(custom),
+                for_application: false,
+                verified: false
+            })),
         ]
     );
 }
@@ -1166,4 +1172,233 @@ fn a_proven_connect_returns_only_once_the_peer_counts_the_link() {
     assert_eq!(held.len(), 1);
     a.handle(T0, Input::Packet { conn: ConnId(1), packet: packet(held.remove(0)) });
     assert!(replied(&drain(&mut a)), "b's AuthOk answers the connect");
+}
+
+// ----- signed broadcasts (signed.rs) -----------------------------------------
+
+/// The broadcasts a machine delivered, with whether each was verified.
+fn deliveries(out: &[Output]) -> Vec<(Frame, bool)> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::Event(Event::Message(d)) => Some((d.packet.frame.clone(), d.verified)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn is_signatures(f: &Frame) -> bool {
+    matches!(MeshMessage::decode(&packet(f.clone())), Ok(Some(MeshMessage::Signatures { .. })))
+}
+
+/// `a`'s frames after a broadcast command, in order, per connection.
+fn sent_on(out: &[Output], conn: u64) -> Vec<Frame> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::Send { conn: c, frame, .. } if *c == ConnId(conn) => Some(frame.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A signature message claiming `sender`, made with `signer`'s key.
+fn signatures_frame(signer: &crate::identity::Identity, sender: &PeerId, now: Now, ids: Vec<MsgId>) -> Frame {
+    let context = signatures_context(Protocol::default().id().as_bytes(), &ids);
+    MeshMessage::Signatures { key: signer.public_key(), signature: signer.sign(&context), ids }.encode(sender, now.unix())
+}
+
+#[test]
+fn a_keyed_node_signs_its_broadcasts_and_py2p_peers_never_see_the_signatures() {
+    let (mut a, mut b) = (keyed(1, None), keyed(2, None));
+    link(&mut a, &mut b);
+    // A py2p peer on a's conn 5 (zlib, no capabilities).
+    a.handle(T0, Input::Incoming { conn: ConnId(5) });
+    let py2p = pid(99);
+    let hs = Handshake {
+        id: py2p.clone(),
+        protocol: Protocol::default().id().as_bytes().to_vec(),
+        addr: Some(addr_of(9)),
+        methods: vec![0x13],
+    };
+    a.handle(T0, Input::Packet { conn: ConnId(5), packet: packet(MeshMessage::Handshake(hs).encode(&py2p, T0.unix())) });
+    drain(&mut a);
+    let messages: Vec<Vec<Value>> = (0..3).map(|i| vec![Value::from(i)]).collect();
+    a.handle(T0, Input::Command { request: RequestId(1), command: Command::BroadcastMany { messages } });
+    let out = drain(&mut a);
+    let to_b = sent_on(&out, 1);
+    assert_eq!(to_b.len(), 4, "a signature, then the three broadcasts: {to_b:?}");
+    assert!(is_signatures(&to_b[0]) && !to_b[1..].iter().any(is_signatures));
+    let to_py2p = sent_on(&out, 5);
+    assert_eq!(to_py2p, to_b[1..].to_vec(), "py2p gets the broadcasts, and nothing else");
+    for f in &to_b {
+        b.handle(T0, Input::Packet { conn: ConnId(2), packet: packet(f.clone()) });
+    }
+    let got = deliveries(&drain(&mut b));
+    assert_eq!(got, to_b[1..].iter().map(|f| (f.clone(), true)).collect::<Vec<_>>());
+    assert_eq!(b.stats().rejected, 0);
+}
+
+#[test]
+fn a_large_burst_is_signed_in_bounded_batches_each_ahead_of_its_messages() {
+    let (mut a, mut b) = (keyed(1, None), keyed(2, None));
+    link(&mut a, &mut b);
+    let messages: Vec<Vec<Value>> = (0..2_500).map(|i| vec![Value::from(i)]).collect();
+    a.handle(T0, Input::Command { request: RequestId(1), command: Command::BroadcastMany { messages } });
+    let to_b = sent_on(&drain(&mut a), 1);
+    let batches: Vec<usize> = to_b.iter().enumerate().filter(|(_, f)| is_signatures(f)).map(|(i, _)| i).collect();
+    assert_eq!(batches, vec![0, 1 + MAX_IDS_PER_MESSAGE, 2 + 2 * MAX_IDS_PER_MESSAGE]);
+    for f in &to_b {
+        b.handle(T0, Input::Packet { conn: ConnId(2), packet: packet(f.clone()) });
+    }
+    let got = deliveries(&drain(&mut b));
+    assert_eq!(got.len(), 2_500);
+    assert!(got.iter().all(|(_, v)| *v));
+}
+
+#[test]
+fn forged_broadcasts_and_signatures_claiming_a_keyed_node_are_dropped_and_counted() {
+    let (mut a, mut b) = (keyed(1, None), keyed(2, None));
+    link(&mut a, &mut b);
+    let a_key = crate::identity::Identity::from_secret([1; 32]);
+    let attacker = crate::identity::Identity::from_secret([66; 32]);
+    // The attacker is a py2p-style peer of b (conn 3).
+    b.handle(T0, Input::Incoming { conn: ConnId(3) });
+    let hs = Handshake {
+        id: attacker.id(),
+        protocol: Protocol::default().id().as_bytes().to_vec(),
+        addr: Some(addr_of(9)),
+        methods: vec![0x2f],
+    };
+    b.handle(
+        T0,
+        Input::Packet { conn: ConnId(3), packet: packet(MeshMessage::Handshake(hs).encode(&attacker.id(), T0.unix())) },
+    );
+    drain(&mut b);
+    let forged = text_frame(&a_key.id(), T0, "I am a");
+    let inject = |b: &mut Mesh, f: &Frame| b.handle(T0, Input::Packet { conn: ConnId(3), packet: packet(f.clone()) });
+    // 1. No signature: held, then dropped when none comes.
+    inject(&mut b, &forged);
+    // 2. A signature message in a's name made with the attacker's key.
+    inject(&mut b, &signatures_frame(&attacker, &a_key.id(), T0, vec![forged.id()]));
+    // 3. a's real key, but a signature over something else.
+    let mut wrong = signatures_frame(&a_key, &a_key.id(), T0, vec![MsgId([7; 32])]);
+    if let Ok(Some(MeshMessage::Signatures { key, signature, .. })) = MeshMessage::decode(&packet(wrong.clone())) {
+        wrong = MeshMessage::Signatures { key, signature, ids: vec![forged.id()] }.encode(&a_key.id(), T0.unix());
+    }
+    inject(&mut b, &wrong);
+    // 4. The attacker's own valid signature listing the forged id: it is
+    //    not the attacker's message to vouch for.
+    inject(&mut b, &signatures_frame(&attacker, &attacker.id(), T0, vec![forged.id()]));
+    let out = drain(&mut b);
+    assert!(deliveries(&out).is_empty(), "{out:?}");
+    assert!(sent_on(&out, 2).iter().all(|f| !is_signatures(f) || f.id() != wrong.id()), "a bad signature is not relayed");
+    assert_eq!(b.stats().bad_signatures, 2);
+    b.handle(T0.plus_ms(b.config().signature_wait_ms), Input::Timeout);
+    assert!(deliveries(&drain(&mut b)).is_empty());
+    assert_eq!(b.stats().unsigned, 1);
+    assert_eq!(b.stats().rejected, 3);
+    // The attacker's own unsigned broadcast: a sender b does not know as
+    // keyed is delivered, marked unverified.
+    let own = text_frame(&pid(12345), T0, "plain");
+    inject(&mut b, &own);
+    assert_eq!(deliveries(&drain(&mut b)), vec![(own, false)]);
+}
+
+#[test]
+fn a_message_ahead_of_its_signature_waits_for_it() {
+    let (mut a, mut b) = (keyed(1, None), keyed(2, None));
+    link(&mut a, &mut b);
+    a.handle(T0, Input::Command { request: RequestId(1), command: Command::BroadcastMany { messages: vec![vec![Value::from("x")]] } });
+    let mut to_b = sent_on(&drain(&mut a), 1);
+    to_b.reverse();
+    b.handle(T0, Input::Packet { conn: ConnId(2), packet: packet(to_b[0].clone()) });
+    assert!(deliveries(&drain(&mut b)).is_empty(), "held for its signature");
+    b.handle(T0.plus_ms(10), Input::Packet { conn: ConnId(2), packet: packet(to_b[1].clone()) });
+    assert_eq!(deliveries(&drain(&mut b)), vec![(to_b[0].clone(), true)]);
+    b.handle(T0.plus_ms(60_000), Input::Timeout);
+    assert_eq!(b.stats().rejected, 0);
+}
+
+#[test]
+fn a_signed_broadcast_replayed_after_the_window_is_refused() {
+    let (mut a, mut b) = (keyed(1, None), keyed(2, None));
+    link(&mut a, &mut b);
+    a.handle(T0, Input::Command { request: RequestId(1), command: Command::BroadcastMany { messages: vec![vec![Value::from("x")]] } });
+    let captured = sent_on(&drain(&mut a), 1);
+    // A node that never saw it gets the captured pair 61 s later.
+    let (mut c, mut a2) = (keyed(3, None), keyed(1, None));
+    link(&mut c, &mut a2);
+    let later = T0.plus_ms(61_000);
+    for f in &captured {
+        c.handle(later, Input::Packet { conn: ConnId(1), packet: packet(f.clone()) });
+    }
+    assert!(deliveries(&drain(&mut c)).is_empty());
+    assert_eq!(c.stats().stale, 2);
+    // Inside the window, a replay is a duplicate.
+    for f in captured.iter().chain(&captured) {
+        b.handle(T0.plus_ms(10_000), Input::Packet { conn: ConnId(2), packet: packet(f.clone()) });
+    }
+    assert_eq!(deliveries(&drain(&mut b)).len(), 1);
+    assert_eq!(b.stats().duplicates, 2);
+}
+
+#[test]
+fn requiring_signatures_refuses_py2p_peers_and_unsigned_messages() {
+    let mut one = One::quiet();
+    one.m.cfg.identity = Some(crate::identity::Identity::from_secret([2; 32]));
+    one.m.cfg.require_signed = true;
+    one.m.handle(T0, Input::Incoming { conn: ConnId(1) });
+    let hello = one.hello_from(&one.peer.clone(), vec![0x13]);
+    one.m.handle(T0, Input::Packet { conn: ConnId(1), packet: hello });
+    assert_eq!(auth_close(&drain(&mut one.m)), Some(AuthFailure::Unsigned { claimed: one.peer.clone() }));
+    // A keyed peer links; its unsigned broadcast (a sender b never saw
+    // sign) is still dropped.
+    let (mut a, mut b) = (keyed(1, None), keyed(2, None));
+    b.cfg.require_signed = true;
+    link(&mut a, &mut b);
+    let stranger = text_frame(&pid(4242), T0, "unsigned");
+    b.handle(T0, Input::Packet { conn: ConnId(2), packet: packet(stranger) });
+    b.handle(T0.plus_ms(b.config().signature_wait_ms), Input::Timeout);
+    assert!(deliveries(&drain(&mut b)).is_empty());
+    assert_eq!(b.stats().unsigned, 1);
+}
+
+proptest::proptest! {
+    /// Whatever order a burst and its signature arrive in, each message is
+    /// delivered once, verified, and nothing is rejected; a burst whose
+    /// signature never comes is delivered to nobody.
+    #[test]
+    fn signed_bursts_are_delivered_once_whatever_the_order(
+        n in 1usize..20,
+        order in proptest::collection::vec(proptest::num::usize::ANY, 21),
+        drop_signature in proptest::bool::ANY,
+    ) {
+        let (mut a, mut b) = (keyed(1, None), keyed(2, None));
+        link(&mut a, &mut b);
+        let messages: Vec<Vec<Value>> = (0..n).map(|i| vec![Value::from(i)]).collect();
+        a.handle(T0, Input::Command { request: RequestId(1), command: Command::BroadcastMany { messages } });
+        let mut frames = sent_on(&drain(&mut a), 1);
+        if drop_signature {
+            frames.remove(0);
+        }
+        // A permutation from the random keys.
+        let mut keyed_frames: Vec<(usize, Frame)> = frames.into_iter().enumerate().map(|(i, f)| (order[i], f)).collect();
+        keyed_frames.sort_by_key(|(k, _)| *k);
+        let mut got = Vec::new();
+        for (i, (_, f)) in keyed_frames.iter().enumerate() {
+            b.handle(T0.plus_ms(i as u64), Input::Packet { conn: ConnId(2), packet: packet(f.clone()) });
+            got.extend(deliveries(&drain(&mut b)));
+        }
+        b.handle(T0.plus_ms(60_000), Input::Timeout);
+        got.extend(deliveries(&drain(&mut b)));
+        if drop_signature {
+            proptest::prop_assert!(got.is_empty());
+            proptest::prop_assert_eq!(b.stats().unsigned, n as u64);
+        } else {
+            proptest::prop_assert_eq!(got.len(), n);
+            proptest::prop_assert!(got.iter().all(|(_, v)| *v));
+            let ids: std::collections::HashSet<MsgId> = got.iter().map(|(f, _)| f.id()).collect();
+            proptest::prop_assert_eq!(ids.len(), n);
+            proptest::prop_assert_eq!(b.stats().rejected, 0);
+        }
+    }
 }

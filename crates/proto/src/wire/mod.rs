@@ -123,6 +123,10 @@ pub enum SubFlag {
     /// rs2p: proving the id on a link (a challenge, then a signed answer;
     /// peers that advertise [`capability::AUTH`] only).
     Auth = 0x27,
+    /// rs2p: a node's signature over the ids of its broadcasts (a
+    /// broadcast itself, relayed only to peers that advertise
+    /// [`capability::SIGNED`]).
+    Signatures = 0x28,
 }
 
 impl SubFlag {
@@ -159,6 +163,7 @@ impl SubFlag {
             0x25 => Want,
             0x26 => Goodbye,
             0x27 => Auth,
+            0x28 => Signatures,
             _ => return None,
         })
     }
@@ -188,6 +193,9 @@ pub mod capability {
     pub const TREE: u64 = 0x2E;
     /// The node has a key and proves its id on the link (sub-flag `0x27`).
     pub const AUTH: u64 = 0x2D;
+    /// The node signs its broadcasts (sub-flag `0x28`) and checks others'
+    /// signatures: such peers are sent signature messages.
+    pub const SIGNED: u64 = 0x2C;
 }
 
 impl From<SubFlag> for u64 {

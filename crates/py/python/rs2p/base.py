@@ -104,6 +104,14 @@ class Message:
         return self.msg.msg_type
 
     @property
+    def verified(self) -> bool:
+        """Whether this Message is proven to come from :attr:`sender` (rs2p
+        only; py2p has no such notion): a broadcast signed by its sender, or a
+        whisper on the link its sender proved its id on. False for py2p
+        nodes' messages."""
+        return self.msg.verified
+
+    @property
     def packets(self) -> Tuple[Any, ...]:
         """The payload: packet 0 is the sub-flag, then the sender's packets."""
         if self._packets is None:

@@ -42,6 +42,10 @@ impl Dissemination for Flood {
         out.extend(self.links.iter().map(|&c| Push::Payload(c, frame.clone())));
     }
 
+    fn has_seen(&self, id: &MsgId) -> bool {
+        self.seen.contains(id)
+    }
+
     fn mark_seen(&mut self, now: Now, id: &MsgId) {
         self.seen.insert(id, now.mono_ms);
     }

@@ -75,6 +75,8 @@ pub trait Dissemination: std::fmt::Debug + Send {
     /// Remembers `id` as seen without sending it anywhere (a message sent on
     /// one link only, whose flood must not come back through us).
     fn mark_seen(&mut self, now: Now, id: &MsgId);
+    /// Whether the broadcast `id` was seen (no side effect).
+    fn has_seen(&self, id: &MsgId) -> bool;
     /// The broadcast `frame` of `sender` arrived on `from`; `origin_link`
     /// is the link to `sender`, if direct.
     fn receive(

@@ -522,6 +522,10 @@ impl Dissemination for Tree {
         self.forward(now, sender, frame, id, [None, None, None], out);
     }
 
+    fn has_seen(&self, id: &MsgId) -> bool {
+        self.seen.contains(id)
+    }
+
     fn mark_seen(&mut self, now: Now, id: &MsgId) {
         self.seen.insert(id, now.mono_ms);
     }

@@ -101,6 +101,18 @@ pub enum MeshMessage {
     /// Whisper `0x27`: `[2]`, "your proof is good: the link is up here"
     /// (so a `connect` returns only once both ends count the link).
     AuthOk,
+    /// Broadcast `0x28` (to rs2p peers that advertise `SIGNED`): `[public_key,
+    /// signature, ids]`, the sender's signature over the ids of broadcasts
+    /// it originated (what is signed: [`crate::mesh::signatures_context`]).
+    Signatures {
+        /// The signer's Ed25519 public key; its hash is the header's sender.
+        key: [u8; 32],
+        /// Its signature.
+        signature: [u8; 64],
+        /// The ids of the broadcasts it vouches for, at most
+        /// [`MAX_IDS_PER_MESSAGE`].
+        ids: Vec<MsgId>,
+    },
     /// Message type `0x03` (rs2p, tree links): "are you there?".
     Ping,
     /// Message type `0x04` (rs2p, tree links): "here I am".
@@ -130,14 +142,19 @@ fn id_groups_of(v: &[Value]) -> Result<Vec<(PeerId, Vec<MsgId>)>, Malformed> {
     Ok(groups)
 }
 
+/// Message ids side by side, as one bin.
+pub(crate) fn ids_bytes(ids: &[MsgId]) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(32 * ids.len());
+    for id in ids {
+        bytes.extend_from_slice(&id.0);
+    }
+    bytes
+}
+
 fn write_id_groups(groups: &[(PeerId, Vec<MsgId>)], start: impl FnOnce(usize) -> FrameBuilder) -> Frame {
     let mut b = start(2 * groups.len());
     for (origin, ids) in groups {
-        let mut bytes = Vec::with_capacity(32 * ids.len());
-        for id in ids {
-            bytes.extend_from_slice(&id.0);
-        }
-        b.bin(origin.as_bytes()).bin(&bytes);
+        b.bin(origin.as_bytes()).bin(&ids_bytes(ids));
     }
     b.finish()
 }
@@ -228,6 +245,19 @@ impl MeshMessage {
                     _ => return Err(Malformed("auth message")),
                 }
             }
+            (MsgType::Broadcast, Some(SubFlag::Signatures)) => {
+                let v = values(p)?;
+                let fixed = |i: usize| bytes_of(v.get(i)?);
+                let ids = fixed(2).ok_or(Malformed("signed ids"))?;
+                if v.len() != 3 || ids.len() % 32 != 0 || ids.len() / 32 > MAX_IDS_PER_MESSAGE {
+                    return Err(Malformed("signature message shape"));
+                }
+                MeshMessage::Signatures {
+                    key: fixed(0).and_then(|b| b.try_into().ok()).ok_or(Malformed("signer key"))?,
+                    signature: fixed(1).and_then(|b| b.try_into().ok()).ok_or(Malformed("signature"))?,
+                    ids: ids.chunks_exact(32).map(|c| MsgId(c.try_into().unwrap_or([0; 32]))).collect(),
+                }
+            }
             (MsgType::Ping, _) => MeshMessage::Ping,
             (MsgType::Pong, _) => MeshMessage::Pong,
             (MsgType::Broadcast | MsgType::Whisper, _) => return Ok(None),
@@ -252,6 +282,7 @@ impl MeshMessage {
             MeshMessage::AuthChallenge(_) | MeshMessage::AuthProof { .. } | MeshMessage::AuthOk => {
                 (MsgType::Whisper, SubFlag::Auth)
             }
+            MeshMessage::Signatures { .. } => (MsgType::Broadcast, SubFlag::Signatures),
             MeshMessage::Ping => (MsgType::Ping, SubFlag::Ping),
             MeshMessage::Pong => (MsgType::Pong, SubFlag::Pong),
         }
@@ -329,6 +360,11 @@ impl MeshMessage {
             MeshMessage::AuthOk => {
                 let mut b = start(1);
                 b.uint(2);
+                b.finish()
+            }
+            MeshMessage::Signatures { key, signature, ids } => {
+                let mut b = start(3);
+                b.bin(key).bin(signature).bin(&ids_bytes(ids));
                 b.finish()
             }
             MeshMessage::Prune(origins) => {
@@ -409,6 +445,7 @@ mod tests {
         round_trip(MeshMessage::AuthChallenge([7; 32]));
         round_trip(MeshMessage::AuthProof { key: [8; 32], signature: [9; 64] });
         round_trip(MeshMessage::AuthOk);
+        round_trip(MeshMessage::Signatures { key: [1; 32], signature: [2; 64], ids: vec![MsgId([3; 32]), MsgId([4; 32])] });
         round_trip(MeshMessage::Ping);
         round_trip(MeshMessage::Pong);
     }

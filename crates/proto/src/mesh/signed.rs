@@ -1,0 +1,281 @@
+//! Signed broadcasts: which messages really come from the node they name.
+//!
+//! A node with a key ([`super::Config::identity`], and
+//! [`super::Config::sign_broadcasts`]) signs what it originates. One
+//! Ed25519 signature per message would cost every node tens of µs per
+//! message, so the signature covers a *batch*: the ids of the broadcasts
+//! one input produced (a message id is the SHA-256 of the whole payload,
+//! so it binds the sender, the time and the packets). At the end of the
+//! input the node floods a signature message (sub-flag `0x28`:
+//! `[public_key, signature, ids]`) and then the broadcasts themselves, so a
+//! receiver usually knows a message is vouched for before it arrives. The
+//! signature message is an ordinary broadcast to the dissemination strategy
+//! (deduplicated, relayed along the tree, announced and grafted like any
+//! other), but it only goes to peers that advertise
+//! [`capability::SIGNED`]: py2p peers receive exactly what they always did.
+//!
+//! A receiver checks a signature message once (never a duplicate), before
+//! relaying it: the key must hash to the header's sender
+//! ([`crate::identity::id_of_key`]) and sign [`signatures_context`]. A bad
+//! one is dropped, counted and logged, and goes no further. A good one
+//! teaches that the sender is *keyed*; so does a peer proving its id on a
+//! link ([`super::auth`]).
+//!
+//! A broadcast is then delivered as:
+//! - **verified**, when a checked signature message of its header's sender
+//!   listed its id;
+//! - **held**, when its sender is keyed (or the node requires signatures,
+//!   [`super::Config::require_signed`]) but no signature covers it yet: it
+//!   waits up to [`super::Config::signature_wait_ms`] for one (it may have
+//!   overtaken its signature on another path), then is dropped, counted in
+//!   [`super::Stats::rejected`] and logged;
+//! - **unverified** otherwise: a sender never seen signing (a py2p node), or
+//!   a message that crossed a py2p relay (py2p re-encodes what it forwards,
+//!   so the ids no longer match, and it drops the signature messages it is
+//!   never sent) from a node this one does not know as keyed yet.
+//!
+//! Relaying does not wait for verification (relays pass original bytes,
+//! so the signature still holds at the next rs2p node); delivery does.
+//! A replay is refused by the window every broadcast is held to (header
+//! time within [`super::Config::broadcast_window_secs`], which the
+//! signature covers) and by deduplication inside it.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+
+use super::{ConnId, Mesh};
+use crate::id::{MsgId, PeerId};
+use crate::identity;
+use crate::wire::message::{ids_bytes, MeshMessage, MAX_IDS_PER_MESSAGE};
+use crate::wire::{capability, Frame, Packet};
+use crate::Now;
+
+/// Most messages held at once waiting for a signature; past it, unsigned
+/// messages from keyed senders are dropped at once.
+pub const MAX_HELD_UNSIGNED: usize = 16_384;
+
+/// Most signed ids remembered before their message arrives; past it the
+/// oldest are forgotten (their message, if it comes, waits and is dropped).
+pub const MAX_SIGNED_WAITING: usize = 1 << 18;
+
+/// Most identities remembered as keyed; past it, new ones are not added
+/// (their unsigned messages are then delivered, marked unverified).
+pub const MAX_KEYED: usize = 1 << 16;
+
+/// What a node signs for a batch of its broadcasts: a domain tag, the
+/// network's protocol id (length-prefixed), and the ids side by side.
+pub fn signatures_context(protocol_id: &[u8], ids: &[MsgId]) -> Vec<u8> {
+    let mut m = Vec::with_capacity(40 + protocol_id.len() + 32 * ids.len());
+    m.extend_from_slice(b"rs2p broadcast signatures v1\0");
+    m.extend_from_slice(&(protocol_id.len() as u32).to_be_bytes());
+    m.extend_from_slice(protocol_id);
+    m.extend_from_slice(&ids_bytes(ids));
+    m
+}
+
+/// The signing and checking state of a node.
+#[derive(Debug, Default)]
+pub(super) struct Signing {
+    /// Our broadcasts of the current input, sent behind their signature.
+    outbox: Vec<Frame>,
+    /// Identities known to sign.
+    keyed: HashSet<PeerId>,
+    /// Ids a checked signature vouched for, with their signer, whose
+    /// message has not arrived yet.
+    signed: HashSet<(MsgId, PeerId)>,
+    /// `signed`, oldest first, with when each is forgotten (monotonic ms).
+    signed_order: VecDeque<(u64, MsgId, PeerId)>,
+    /// Messages of keyed senders waiting for their signature.
+    held: HashMap<MsgId, (ConnId, Packet)>,
+    /// `held`, oldest first, with when each is dropped (monotonic ms).
+    held_order: VecDeque<(u64, MsgId)>,
+    /// When a dropped message may next be logged at info level.
+    next_log_ms: u64,
+}
+
+impl Signing {
+    /// Remembers `id` as keyed.
+    pub(super) fn learn(&mut self, id: &PeerId) {
+        if self.keyed.len() < MAX_KEYED && !self.keyed.contains(id) {
+            self.keyed.insert(id.clone());
+        }
+    }
+
+    /// Whether `id` is known to sign.
+    pub(super) fn is_keyed(&self, id: &PeerId) -> bool {
+        self.keyed.contains(id)
+    }
+
+    /// When the next held message or signed id expires.
+    pub(super) fn poll_timeout(&self) -> Option<u64> {
+        let held = self.held_order.front().map(|e| e.0);
+        let signed = self.signed_order.front().map(|e| e.0);
+        held.into_iter().chain(signed).min()
+    }
+}
+
+impl Mesh {
+    /// Whether this node signs its broadcasts.
+    pub(super) fn signs(&self) -> bool {
+        self.cfg.sign_broadcasts && self.cfg.identity.is_some()
+    }
+
+    /// Queues our broadcast `frame` to go out at the end of the input,
+    /// behind its signature (or now, unsigned, if this node does not sign).
+    pub(super) fn publish_own(&mut self, now: Now, frame: Frame) {
+        if self.signs() {
+            self.signing.outbox.push(frame);
+        } else {
+            self.publish_now(now, &frame, false);
+        }
+    }
+
+    /// Signs and sends the broadcasts queued during this input: one
+    /// signature message per [`MAX_IDS_PER_MESSAGE`] broadcasts, each ahead
+    /// of the broadcasts it covers.
+    pub(crate) fn flush_signed(&mut self, now: Now) {
+        if self.signing.outbox.is_empty() {
+            return;
+        }
+        let Some(me) = self.cfg.identity.clone() else { return };
+        let outbox = std::mem::take(&mut self.signing.outbox);
+        for chunk in outbox.chunks(MAX_IDS_PER_MESSAGE) {
+            let ids: Vec<MsgId> = chunk.iter().map(Frame::id).collect();
+            let signature = me.sign(&signatures_context(self.protocol_id.as_bytes(), &ids));
+            let batch = MeshMessage::Signatures { key: me.public_key(), signature, ids };
+            self.publish_now(now, &batch.encode(&self.cfg.id, now.unix()), true);
+            for frame in chunk {
+                self.publish_now(now, frame, false);
+            }
+        }
+        self.signing.outbox = outbox;
+        self.signing.outbox.clear();
+    }
+
+    /// Sends our broadcast `frame` on `conn` only (a route response, which
+    /// floods back from there), behind its own signature if the peer takes
+    /// signatures.
+    pub(super) fn send_signed_on(&mut self, now: Now, conn: ConnId, frame: Frame) {
+        if let (true, Some(me)) = (self.signs() && self.takes_signatures(conn), &self.cfg.identity) {
+            let ids = vec![frame.id()];
+            let signature = me.sign(&signatures_context(self.protocol_id.as_bytes(), &ids));
+            let batch = MeshMessage::Signatures { key: me.public_key(), signature, ids }.encode(&self.cfg.id, now.unix());
+            self.dissemination.mark_seen(now, &batch.id());
+            self.send(conn, batch);
+        }
+        self.send(conn, frame);
+    }
+
+    /// Whether a signature message may go to `conn` (its peer checks them).
+    pub(super) fn takes_signatures(&self, conn: ConnId) -> bool {
+        self.conns.get(&conn).is_some_and(|c| c.peer_methods.contains(&capability::SIGNED))
+    }
+
+    /// A signature message arrived on `conn`: check it (once), relay it,
+    /// and deliver the held messages it vouches for.
+    pub(super) fn on_signatures(&mut self, now: Now, conn: ConnId, packet: Packet) {
+        let id = packet.frame.id();
+        if self.dissemination.has_seen(&id) {
+            self.stats.duplicates += 1;
+            return;
+        }
+        let signer = packet.header.sender.clone();
+        let (key, signature, ids) = match MeshMessage::decode(&packet) {
+            Ok(Some(MeshMessage::Signatures { key, signature, ids })) => (key, signature, ids),
+            _ => {
+                self.stats.bad_signatures += 1;
+                return self.reject(now, &signer, "malformed signature message");
+            }
+        };
+        let context = signatures_context(self.protocol_id.as_bytes(), &ids);
+        if let Err(why) = identity::verify(&signer, &key, &context, &signature) {
+            self.stats.bad_signatures += 1;
+            return self.reject(now, &signer, why.as_reason());
+        }
+        self.signing.learn(&signer);
+        let origin = if self.routing.len() > 1 { self.routing.get(&signer).copied() } else { None };
+        let mut pushes = std::mem::take(&mut self.pushes);
+        self.dissemination.receive(now, conn, origin, &signer, &packet.frame, &mut pushes);
+        self.apply_pushes(now, &mut pushes, true, true);
+        self.pushes = pushes;
+        let forget_at = now.mono_ms + self.cfg.broadcast_window_secs * 1000;
+        for id in ids {
+            match self.signing.held.remove(&id) {
+                Some((c, p)) if p.header.sender == signer => self.dispatch_broadcast(now, c, p, true),
+                // Listed by someone else: not its signer's to vouch for.
+                Some(other) => {
+                    self.signing.held.insert(id, other);
+                }
+                None => {
+                    if self.signing.signed.len() >= MAX_SIGNED_WAITING {
+                        if let Some((_, old, s)) = self.signing.signed_order.pop_front() {
+                            self.signing.signed.remove(&(old, s));
+                        }
+                    }
+                    if self.signing.signed.insert((id, signer.clone())) {
+                        self.signing.signed_order.push_back((forget_at, id, signer.clone()));
+                    }
+                }
+            }
+        }
+    }
+
+    /// A fresh broadcast (not a signature message): deliver it now, or
+    /// hold it for its signature.
+    pub(super) fn check_signed(&mut self, now: Now, conn: ConnId, packet: Packet) {
+        let id = packet.frame.id();
+        let sender = &packet.header.sender;
+        let verified = !self.signing.signed.is_empty() && self.signing.signed.remove(&(id, sender.clone()));
+        if verified || !(self.cfg.require_signed || self.signing.is_keyed(sender)) {
+            return self.dispatch_broadcast(now, conn, packet, verified);
+        }
+        if self.signing.held.len() >= MAX_HELD_UNSIGNED {
+            let sender = sender.clone();
+            self.stats.unsigned += 1;
+            return self.reject(now, &sender, "unsigned, and too many messages wait for signatures");
+        }
+        let deadline = now.mono_ms + self.cfg.signature_wait_ms;
+        self.signing.held.insert(id, (conn, packet));
+        self.signing.held_order.push_back((deadline, id));
+    }
+
+    /// Drops held messages whose signature did not come in time, and
+    /// forgets signed ids whose message did not.
+    pub(super) fn expire_signed(&mut self, now: Now) {
+        while let Some(&(deadline, id)) = self.signing.held_order.front() {
+            if deadline > now.mono_ms {
+                break;
+            }
+            self.signing.held_order.pop_front();
+            if let Some((_, p)) = self.signing.held.remove(&id) {
+                self.stats.unsigned += 1;
+                let why = if self.cfg.require_signed {
+                    "unsigned, and this node requires signatures"
+                } else {
+                    "unsigned, from a sender known to sign"
+                };
+                self.reject(now, &p.header.sender, why);
+            }
+        }
+        while let Some((forget_at, _, _)) = self.signing.signed_order.front() {
+            if *forget_at > now.mono_ms {
+                break;
+            }
+            if let Some((_, id, signer)) = self.signing.signed_order.pop_front() {
+                self.signing.signed.remove(&(id, signer));
+            }
+        }
+    }
+
+    /// Counts and logs a message dropped for its claimed sender: at info
+    /// level once a second at most (a flood of forgeries must not flood
+    /// the log), at debug level otherwise.
+    fn reject(&mut self, now: Now, sender: &PeerId, why: &'static str) {
+        self.stats.rejected += 1;
+        if now.mono_ms >= self.signing.next_log_ms {
+            self.signing.next_log_ms = now.mono_ms + 1_000;
+            tracing::info!(%sender, why, rejected = self.stats.rejected, "dropping a broadcast");
+        } else {
+            tracing::debug!(%sender, why, "dropping a broadcast");
+        }
+    }
+}
