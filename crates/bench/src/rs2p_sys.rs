@@ -9,11 +9,19 @@ use anyhow::{bail, Result};
 use rs2p::{MeshSocket, PeerId, SyncSocket, Value};
 use serde_json::{json, Value as Json};
 
+/// Whether nodes sign their broadcasts: on, unless `RS2P_SIGN=0` (how
+/// `scripts/bench-signing.sh` measures what signing costs).
+fn signing() -> bool {
+    std::env::var("RS2P_SIGN").map_or(true, |v| v != "0")
+}
+
 /// A chain: node i dials node i+1; nobody dials anybody else.
 async fn chain(n: usize) -> Result<Vec<MeshSocket>> {
     let mut nodes = Vec::with_capacity(n);
     for _ in 0..n {
-        nodes.push(MeshSocket::builder().max_outgoing(0).maintain_outgoing(false).spawn().await?);
+        nodes.push(
+            MeshSocket::builder().max_outgoing(0).maintain_outgoing(false).sign_broadcasts(signing()).spawn().await?,
+        );
     }
     for i in 0..n - 1 {
         nodes[i].connect(nodes[i + 1].out_addr().clone()).await?;
@@ -162,6 +170,7 @@ async fn form(
                 .max_pending_handshakes(4096)
                 .broadcast(broadcast)
                 .tree(tree)
+                .sign_broadcasts(signing())
                 .spawn()
                 .await?,
         );
@@ -404,7 +413,9 @@ fn durability(b: rs2p::SyncBuilder, policy: &str, tag: &str) -> Result<rs2p::Syn
 pub async fn sync_chain(n: usize, keys: usize, policy: &str, leased: bool) -> Result<Json> {
     let mut nodes: Vec<SyncSocket> = Vec::with_capacity(n);
     for i in 0..n {
-        let b = SyncSocket::builder().leasing(leased).mesh(|m| m.max_outgoing(0).maintain_outgoing(false));
+        let b = SyncSocket::builder()
+            .leasing(leased)
+            .mesh(|m| m.max_outgoing(0).maintain_outgoing(false).sign_broadcasts(signing()));
         nodes.push(durability(b, policy, &format!("chain{i}"))?.spawn().await?);
     }
     for i in 0..n - 1 {

@@ -67,6 +67,7 @@ def test_broadcast_whisper_and_reply_both_ways(sockets, py2p_nodes):
     py.send(b"from py2p", "text")
     got = next(rs.messages(timeout=10))
     assert got.packets == (flags.broadcast, b"from py2p", "text") and got.sender == py.id
+    assert got.verified is False  # py2p signs nothing
     got.reply(b"rs2p answers")
     assert list(recv_py2p(py).packets) == [flags.whisper, b"rs2p answers"]
     # A whisper through the routing table's connection, both ways.
@@ -98,6 +99,19 @@ def test_relay_through_each_other(sockets, py2p_nodes, monkeypatch):
     )
     p2.send(b"across rs2p")
     assert list(recv_py2p(p3).packets) == [0, b"across rs2p"]
+
+
+def test_messages_between_rs2p_nodes_are_verified(sockets):
+    a, b = sockets(), sockets()
+    b.connect(*a.out_addr)
+    wait_for("linked", lambda: a.id in b.routing_table and b.id in a.routing_table)
+    a.send(b"signed")
+    got = next(b.messages(timeout=10))
+    assert got.packets == (flags.broadcast, b"signed") and got.sender == a.id
+    assert got.verified is True
+    b.routing_table[a.id].send(flags.whisper, flags.whisper, b"on a proven link")
+    got = next(a.messages(timeout=10))
+    assert got.packets == (flags.whisper, b"on a proven link") and got.verified is True
 
 
 def test_synced_dictionary_both_ways(sockets, py2p_nodes):

@@ -231,6 +231,20 @@ pub(crate) struct Traffic {
     pub(crate) bytes_out: AtomicU64,
 }
 
+/// How long a failed write waits before reporting the connection lost.
+/// A peer that says goodbye and closes makes our next write fail (its
+/// socket answers with a reset) while its goodbye may still wait in our
+/// reader: reported at once, the write error would overtake the goodbye,
+/// and a peer that left on purpose would look like a lost connection.
+const WRITE_ERROR_GRACE: Duration = Duration::from_millis(100);
+
+/// Reports a failed write, after [`WRITE_ERROR_GRACE`] (the reader's own
+/// report, if it has one, comes first and is the one that counts).
+async fn write_failed(conn: ConnId, e: std::io::Error, to_actor: &mpsc::Sender<ConnEvent>) {
+    tokio::time::sleep(WRITE_ERROR_GRACE).await;
+    let _ = to_actor.send(ConnEvent::Closed(conn, CloseReason::Io(e.kind()))).await;
+}
+
 /// Writes queued frames with the link's codec, control lane first.
 ///
 /// Toward rs2p peers (`coalesce`), everything queued is gathered into one
@@ -300,8 +314,7 @@ pub(crate) async fn write_loop<W: AsyncWrite + Unpin>(
                 bytes += buf.len() - before;
                 if !codec.coalesce {
                     if let Err(e) = wr.write_all(&buf).await {
-                        let _ = to_actor.send(ConnEvent::Closed(conn, CloseReason::Io(e.kind()))).await;
-                        return;
+                        return write_failed(conn, e, &to_actor).await;
                     }
                     buf.clear();
                 }
@@ -322,8 +335,7 @@ pub(crate) async fn write_loop<W: AsyncWrite + Unpin>(
         }
         if !buf.is_empty() {
             if let Err(e) = wr.write_all(&buf).await {
-                let _ = to_actor.send(ConnEvent::Closed(conn, CloseReason::Io(e.kind()))).await;
-                return;
+                return write_failed(conn, e, &to_actor).await;
             }
             buf.clear();
         }

@@ -59,12 +59,7 @@ impl std::fmt::Debug for Message {
 }
 
 impl Message {
-    pub(crate) fn new(
-        packet: Packet,
-        via: Option<PeerId>,
-        verified: bool,
-        node: &mpsc::WeakSender<Command>,
-    ) -> Self {
+    pub(crate) fn new(packet: Packet, via: Option<PeerId>, verified: bool, node: &mpsc::WeakSender<Command>) -> Self {
         Message { packet, via, verified, node: node.clone() }
     }
 
@@ -72,9 +67,8 @@ impl Message {
     /// broadcast covered by its sender's signature (rs2p nodes sign what
     /// they originate), or a whisper on the link its sender proved its id
     /// on. `false` for a py2p node's messages, and for an rs2p node's
-    /// broadcast that crossed a py2p relay (py2p re-encodes what it
-    /// forwards, and is never sent signatures) from a sender this node had
-    /// not yet seen signing. A message that claims a sender known to sign,
+    /// broadcast that crossed a py2p relay (py2p is never sent signatures)
+    /// from a sender this node had not yet seen signing. A message that claims a sender known to sign,
     /// without its signature, is never delivered at all.
     pub fn verified(&self) -> bool {
         self.verified

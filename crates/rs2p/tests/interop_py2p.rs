@@ -129,8 +129,11 @@ async fn rs2p_relays_between_py2p_nodes() {
         let got = p2.expect(10, |j| j["event"] == "message").await;
         assert_eq!(got["sender"], json!(p1.id), "original sender kept");
         assert_eq!(got["packets"], json!(["via rs2p", i]));
-        // rs2p delivered it too, once.
-        assert_eq!(next_msg(&rs).await.packets().unwrap(), vec![Value::from("via rs2p"), Value::from(i)]);
+        // rs2p delivered it too, once, marked unverified (py2p signs
+        // nothing).
+        let m = next_msg(&rs).await;
+        assert_eq!(m.packets().unwrap(), vec![Value::from("via rs2p"), Value::from(i)]);
+        assert!(!m.verified());
     }
     // No copy comes back to p1.
     assert!(p1.messages(300).await.is_empty());
@@ -162,11 +165,28 @@ async fn py2p_relays_between_rs2p_nodes() {
         let m = next_msg(&r2).await;
         assert_eq!(m.sender(), r1.id(), "original sender kept");
         assert_eq!(m.packets().unwrap(), vec![Value::from("via py2p"), Value::from(i)]);
+        // Signatures do not cross py2p; r2 has not seen r1 sign yet.
+        assert!(!m.verified());
     }
     let relayed = py.messages(300).await;
     assert_eq!(relayed.len(), 5, "py2p delivered each once too");
     assert!(r1.recv(100).is_empty(), "nothing came back to the sender");
     assert_eq!(py.status().await, json!("Nominal"));
+    // Once r2 has seen r1 prove its key (a direct link, then gone), an
+    // unsigned broadcast in r1's name is a forgery to r2: what crosses py2p
+    // alone is dropped and counted, while py2p still gets it.
+    r2.connect(r1.out_addr().clone()).await.unwrap();
+    r1.broadcast(vec![Value::from("direct")]).await.unwrap();
+    let m = next_msg(&r2).await;
+    assert_eq!(m.packets().unwrap(), vec![Value::from("direct")]);
+    assert!(m.verified(), "signed, on the direct link");
+    r2.disconnect(r1.id()).await.unwrap();
+    wait_for(5, "r1 and r2 apart", || async { r1.routing_table().await.unwrap().len() == 1 }).await;
+    let before = r2.status().await.unwrap().stats.unsigned;
+    r1.broadcast(vec![Value::from("through py2p, known keyed")]).await.unwrap();
+    wait_for(10, "r2 drops it", || async { r2.status().await.unwrap().stats.unsigned > before }).await;
+    assert!(r2.recv(100).iter().all(|m| m.packets().unwrap()[0] != Value::from("through py2p, known keyed")));
+    assert!(py.messages(300).await.iter().any(|j| j["packets"][0] == "through py2p, known keyed"));
     r1.close().await.unwrap();
     r2.close().await.unwrap();
     py.quit().await;

@@ -30,9 +30,9 @@
 //!   overtaken its signature on another path), then is dropped, counted in
 //!   [`super::Stats::rejected`] and logged;
 //! - **unverified** otherwise: a sender never seen signing (a py2p node), or
-//!   a message that crossed a py2p relay (py2p re-encodes what it forwards,
-//!   so the ids no longer match, and it drops the signature messages it is
-//!   never sent) from a node this one does not know as keyed yet.
+//!   a message that crossed a py2p relay (py2p is never sent signature
+//!   messages, so the signature stays behind) from a node this one does not
+//!   know as keyed yet.
 //!
 //! Relaying does not wait for verification (relays pass original bytes,
 //! so the signature still holds at the next rs2p node); delivery does.
@@ -158,7 +158,8 @@ impl Mesh {
         if let (true, Some(me)) = (self.signs() && self.takes_signatures(conn), &self.cfg.identity) {
             let ids = vec![frame.id()];
             let signature = me.sign(&signatures_context(self.protocol_id.as_bytes(), &ids));
-            let batch = MeshMessage::Signatures { key: me.public_key(), signature, ids }.encode(&self.cfg.id, now.unix());
+            let batch =
+                MeshMessage::Signatures { key: me.public_key(), signature, ids }.encode(&self.cfg.id, now.unix());
             self.dissemination.mark_seen(now, &batch.id());
             self.send(conn, batch);
         }

@@ -1203,7 +1203,8 @@ fn sent_on(out: &[Output], conn: u64) -> Vec<Frame> {
 /// A signature message claiming `sender`, made with `signer`'s key.
 fn signatures_frame(signer: &crate::identity::Identity, sender: &PeerId, now: Now, ids: Vec<MsgId>) -> Frame {
     let context = signatures_context(Protocol::default().id().as_bytes(), &ids);
-    MeshMessage::Signatures { key: signer.public_key(), signature: signer.sign(&context), ids }.encode(sender, now.unix())
+    MeshMessage::Signatures { key: signer.public_key(), signature: signer.sign(&context), ids }
+        .encode(sender, now.unix())
 }
 
 #[test]
@@ -1219,7 +1220,10 @@ fn a_keyed_node_signs_its_broadcasts_and_py2p_peers_never_see_the_signatures() {
         addr: Some(addr_of(9)),
         methods: vec![0x13],
     };
-    a.handle(T0, Input::Packet { conn: ConnId(5), packet: packet(MeshMessage::Handshake(hs).encode(&py2p, T0.unix())) });
+    a.handle(
+        T0,
+        Input::Packet { conn: ConnId(5), packet: packet(MeshMessage::Handshake(hs).encode(&py2p, T0.unix())) },
+    );
     drain(&mut a);
     let messages: Vec<Vec<Value>> = (0..3).map(|i| vec![Value::from(i)]).collect();
     a.handle(T0, Input::Command { request: RequestId(1), command: Command::BroadcastMany { messages } });
@@ -1290,7 +1294,10 @@ fn forged_broadcasts_and_signatures_claiming_a_keyed_node_are_dropped_and_counte
     inject(&mut b, &signatures_frame(&attacker, &attacker.id(), T0, vec![forged.id()]));
     let out = drain(&mut b);
     assert!(deliveries(&out).is_empty(), "{out:?}");
-    assert!(sent_on(&out, 2).iter().all(|f| !is_signatures(f) || f.id() != wrong.id()), "a bad signature is not relayed");
+    assert!(
+        sent_on(&out, 2).iter().all(|f| !is_signatures(f) || f.id() != wrong.id()),
+        "a bad signature is not relayed"
+    );
     assert_eq!(b.stats().bad_signatures, 2);
     b.handle(T0.plus_ms(b.config().signature_wait_ms), Input::Timeout);
     assert!(deliveries(&drain(&mut b)).is_empty());
@@ -1307,7 +1314,13 @@ fn forged_broadcasts_and_signatures_claiming_a_keyed_node_are_dropped_and_counte
 fn a_message_ahead_of_its_signature_waits_for_it() {
     let (mut a, mut b) = (keyed(1, None), keyed(2, None));
     link(&mut a, &mut b);
-    a.handle(T0, Input::Command { request: RequestId(1), command: Command::BroadcastMany { messages: vec![vec![Value::from("x")]] } });
+    a.handle(
+        T0,
+        Input::Command {
+            request: RequestId(1),
+            command: Command::BroadcastMany { messages: vec![vec![Value::from("x")]] },
+        },
+    );
     let mut to_b = sent_on(&drain(&mut a), 1);
     to_b.reverse();
     b.handle(T0, Input::Packet { conn: ConnId(2), packet: packet(to_b[0].clone()) });
@@ -1322,7 +1335,13 @@ fn a_message_ahead_of_its_signature_waits_for_it() {
 fn a_signed_broadcast_replayed_after_the_window_is_refused() {
     let (mut a, mut b) = (keyed(1, None), keyed(2, None));
     link(&mut a, &mut b);
-    a.handle(T0, Input::Command { request: RequestId(1), command: Command::BroadcastMany { messages: vec![vec![Value::from("x")]] } });
+    a.handle(
+        T0,
+        Input::Command {
+            request: RequestId(1),
+            command: Command::BroadcastMany { messages: vec![vec![Value::from("x")]] },
+        },
+    );
     let captured = sent_on(&drain(&mut a), 1);
     // A node that never saw it gets the captured pair 61 s later.
     let (mut c, mut a2) = (keyed(3, None), keyed(1, None));

@@ -445,7 +445,11 @@ mod tests {
         round_trip(MeshMessage::AuthChallenge([7; 32]));
         round_trip(MeshMessage::AuthProof { key: [8; 32], signature: [9; 64] });
         round_trip(MeshMessage::AuthOk);
-        round_trip(MeshMessage::Signatures { key: [1; 32], signature: [2; 64], ids: vec![MsgId([3; 32]), MsgId([4; 32])] });
+        round_trip(MeshMessage::Signatures {
+            key: [1; 32],
+            signature: [2; 64],
+            ids: vec![MsgId([3; 32]), MsgId([4; 32])],
+        });
         round_trip(MeshMessage::Ping);
         round_trip(MeshMessage::Pong);
     }

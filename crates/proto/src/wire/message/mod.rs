@@ -15,8 +15,8 @@
 mod mesh;
 mod sync;
 
-pub use mesh::{Farewell, Handshake, MeshMessage, MAX_IDS_PER_MESSAGE};
 pub(crate) use mesh::ids_bytes;
+pub use mesh::{Farewell, Handshake, MeshMessage, MAX_IDS_PER_MESSAGE};
 pub use sync::{Digest, EntryRecord, FieldRecord, HoldingRecord, SyncMessage, DIGEST_BUCKETS};
 
 use bytes::Bytes;
