@@ -207,11 +207,13 @@ async fn every_command_with_req_gets_exactly_one_answer() {
     // A message carries its id; replying to its sender by prefix reaches it.
     let m = b.expect(|j| j["event"] == "message" && j["packets"] == json!(["quiet"])).await;
     assert_eq!(m["id"].as_str().unwrap().len(), 64, "{m}");
+    assert_eq!(m["verified"], true, "signed by a: {m}");
     b.cmd(json!({"cmd": "reply", "to": &m["sender"].as_str().unwrap()[..5], "packets": ["re"], "req": "r"})).await;
     let ok = b.expect(|j| j["req"] == "r").await;
     assert_eq!(ok, json!({"event": "ok", "cmd": "reply", "to": a_id, "route": "direct", "peers": 1, "req": "r"}));
     let re = a.expect(|j| j["event"] == "message" && j["packets"] == json!(["re"])).await;
     assert_eq!((re["kind"].clone(), re["sender"].clone()), (json!("whisper"), json!(b_id)));
+    assert_eq!(re["verified"], true, "on the link b proved: {re}");
 
     // Connect answers when the handshake is done.
     let mut c = Node::spawn(&[]).await;
@@ -582,6 +584,32 @@ async fn a_damaged_store_is_refused_or_set_aside() {
 
 /// `--connect HOST:PORT@ID` links only to ID, proven; `--allow-file` makes a
 /// private network that keeps other nodes out; both say why.
+#[tokio::test]
+async fn require_signed_refuses_peers_that_do_not_sign() {
+    let mut strict = Node::spawn(&["--require-signed"]).await;
+    // A signing node links, and its broadcasts arrive verified.
+    let mut signer = Node::spawn(&["--connect", &strict.addr()]).await;
+    signer.expect(|j| j["event"] == "peer_up").await;
+    signer.cmd(json!({"cmd": "broadcast", "packets": ["signed"]})).await;
+    let m = strict.expect(|j| j["event"] == "message" && j["packets"] == json!(["signed"])).await;
+    assert_eq!(m["verified"], true, "{m}");
+    // A node that does not sign is refused, with the reason on its side
+    // of the log and counted on the strict side.
+    let mut unsigned = Node::spawn(&["--no-sign", "--connect", &strict.addr()]).await;
+    unsigned.expect(|j| j["event"] == "error" || j["event"] == "connect_failed").await;
+    let refusal = strict.expect(|j| j["event"] == "connect_failed").await;
+    assert!(refusal.to_string().contains("does not sign its messages"), "{refusal}");
+    strict.cmd(json!({"cmd": "status", "req": "s"})).await;
+    let st = strict.expect(|j| j["req"] == "s").await;
+    assert_eq!((st["refused_ids"].clone(), st["peers"].clone()), (json!(1), json!(1)), "{st}");
+    // The flags exclude each other.
+    let out = std::process::Command::new(BIN).args(["node", "--require-signed", "--no-sign"]).output().unwrap();
+    assert!(!out.status.success());
+    for n in [strict, signer, unsigned] {
+        n.quit().await;
+    }
+}
+
 #[tokio::test]
 async fn proven_connects_and_a_private_network() {
     let a = Node::spawn(&[]).await;

@@ -193,6 +193,32 @@ async fn py2p_relays_between_rs2p_nodes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_requires_signatures_refuses_py2p_with_the_reason() {
+    let strict = MeshSocket::builder().require_signed(true).spawn().await.unwrap();
+    let mut py = Py2p::spawn(&[]).await;
+    // rs2p dials py2p: refused, saying why.
+    let err = strict.connect(py.addr.clone()).await.unwrap_err().to_string();
+    assert!(err.contains("does not sign its messages, and this node requires signed ones"), "{err}");
+    // py2p dials rs2p: refused, and the rs2p node says why.
+    let mut events = strict.events();
+    py.run(json!({"cmd": "connect", "addr": strict.out_addr().to_string()})).await;
+    let reason = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Some(Event::ConnectFailed { reason, .. }) = events.recv().await {
+                return reason;
+            }
+        }
+    })
+    .await
+    .expect("a refusal event");
+    assert!(reason.to_string().contains("does not sign its messages"), "{reason}");
+    assert!(strict.routing_table().await.unwrap().is_empty());
+    assert_eq!(strict.status().await.unwrap().stats.refused_ids, 2);
+    strict.close().await.unwrap();
+    py.quit().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn foreign_subnet_is_refused_both_ways() {
     let mut py = Py2p::spawn(&["--subnet", "elsewhere"]).await;
     let rs = rs_node().await;
