@@ -12,7 +12,8 @@
 
 use std::fmt;
 
-use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
+pub use ed25519_dalek::VerifyingKey;
+use ed25519_dalek::{Signer, SigningKey};
 use sha2::{Digest, Sha384};
 
 use crate::id::{b58encode_int, PeerId};
@@ -95,6 +96,23 @@ impl VerifyError {
     }
 }
 
+/// The key behind `id`: `public_key` must hash to `id` ([`id_of_key`]) and
+/// be a valid Ed25519 key. Kept, it spares [`verify`]'s checks of the key
+/// on the next message of the same sender ([`verify_with`]).
+pub fn key_of(id: &PeerId, public_key: &[u8; PUBLIC_KEY_LEN]) -> Result<VerifyingKey, VerifyError> {
+    if id_of_key(public_key) != *id {
+        return Err(VerifyError::WrongKey);
+    }
+    VerifyingKey::from_bytes(public_key).map_err(|_| VerifyError::BadKey)
+}
+
+/// Checks `signature` over `message` with a key already checked by
+/// [`key_of`] (strict verification).
+pub fn verify_with(key: &VerifyingKey, message: &[u8], signature: &[u8; SIGNATURE_LEN]) -> Result<(), VerifyError> {
+    let signature = ed25519_dalek::Signature::from_bytes(signature);
+    key.verify_strict(message, &signature).map_err(|_| VerifyError::BadSignature)
+}
+
 /// Checks that `signature` is `id`'s over `message`: `public_key` must be
 /// the key behind `id` ([`id_of_key`]) and the signature valid for it
 /// (strict verification: no malleable or small-order forms).
@@ -107,12 +125,7 @@ pub fn verify(
     message: &[u8],
     signature: &[u8; SIGNATURE_LEN],
 ) -> Result<(), VerifyError> {
-    if id_of_key(public_key) != *id {
-        return Err(VerifyError::WrongKey);
-    }
-    let key = VerifyingKey::from_bytes(public_key).map_err(|_| VerifyError::BadKey)?;
-    let signature = ed25519_dalek::Signature::from_bytes(signature);
-    key.verify_strict(message, &signature).map_err(|_| VerifyError::BadSignature)
+    verify_with(&key_of(id, public_key)?, message, signature)
 }
 
 #[cfg(test)]

@@ -14,12 +14,15 @@
 //! other), but it only goes to peers that advertise
 //! [`capability::SIGNED`]: py2p peers receive exactly what they always did.
 //!
-//! A receiver checks a signature message once (never a duplicate), before
-//! relaying it: the key must hash to the header's sender
-//! ([`crate::identity::id_of_key`]) and sign [`signatures_context`]. A bad
-//! one is dropped, counted and logged, and goes no further. A good one
-//! teaches that the sender is *keyed*; so does a peer proving its id on a
-//! link ([`super::auth`]).
+//! A receiver relays a signature message first (every rs2p node checks for
+//! itself, so the check stays off the path of the next hops: in a chain,
+//! checks overlap instead of adding up) and then checks it, once (never a
+//! duplicate): the key must hash to the header's sender
+//! ([`crate::identity::id_of_key`]; kept once checked, so the next batch
+//! of that sender costs one signature check) and sign
+//! [`signatures_context`]. A bad one vouches for nothing, and is counted
+//! and logged. A good one teaches that the sender is *keyed*; so does a
+//! peer proving its id on a link ([`super::auth`]).
 //!
 //! A broadcast is then delivered as:
 //! - **verified**, when a checked signature message of its header's sender
@@ -40,11 +43,12 @@
 //! time within [`super::Config::broadcast_window_secs`], which the
 //! signature covers) and by deduplication inside it.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 
+use super::dissemination::Verdict;
 use super::{ConnId, Mesh};
 use crate::id::{MsgId, PeerId};
-use crate::identity;
+use crate::identity::{self, VerifyingKey};
 use crate::wire::message::{ids_bytes, MeshMessage, MAX_IDS_PER_MESSAGE};
 use crate::wire::{capability, Frame, Packet};
 use crate::Now;
@@ -53,8 +57,9 @@ use crate::Now;
 /// messages from keyed senders are dropped at once.
 pub const MAX_HELD_UNSIGNED: usize = 16_384;
 
-/// Most signed ids remembered before their message arrives; past it the
-/// oldest are forgotten (their message, if it comes, waits and is dropped).
+/// Most signed ids remembered before their message arrives (in each of the
+/// two generations); past it, the older generation is forgotten early
+/// (its messages, if they come, wait and are dropped).
 pub const MAX_SIGNED_WAITING: usize = 1 << 18;
 
 /// Most identities remembered as keyed; past it, new ones are not added
@@ -77,14 +82,21 @@ pub fn signatures_context(protocol_id: &[u8], ids: &[MsgId]) -> Vec<u8> {
 pub(super) struct Signing {
     /// Our broadcasts of the current input, sent behind their signature.
     outbox: Vec<Frame>,
-    /// Identities known to sign.
-    keyed: HashSet<PeerId>,
-    /// Ids a checked signature vouched for, with their signer, whose
-    /// message has not arrived yet.
-    signed: HashSet<(MsgId, PeerId)>,
-    /// `signed`, oldest first, with when each is forgotten (monotonic ms).
-    signed_order: VecDeque<(u64, MsgId, PeerId)>,
-    /// Messages of keyed senders waiting for their signature.
+    /// Identities known to sign, with their checked key once one of their
+    /// signatures was checked (the next need not hash the key again).
+    keyed: HashMap<PeerId, Option<VerifyingKey>>,
+    /// Ids a checked signature vouched for whose message has not arrived
+    /// yet, with a tag of their signer ([`Signing::tag`]): two generations,
+    /// the current first. A generation lives
+    /// [`super::Config::signature_wait_ms`]; an arriving message takes its
+    /// id out, so only ids whose message is late or lost stay.
+    signed: [HashMap<MsgId, u64>; 2],
+    /// When the current generation becomes the older one (monotonic ms).
+    next_generation_ms: u64,
+    /// Keys the signer tags (random per node).
+    tags: std::hash::RandomState,
+    /// Messages of keyed senders waiting for their signature (detached from
+    /// their read buffers).
     held: HashMap<MsgId, (ConnId, Packet)>,
     /// `held`, oldest first, with when each is dropped (monotonic ms).
     held_order: VecDeque<(u64, MsgId)>,
@@ -95,20 +107,50 @@ pub(super) struct Signing {
 impl Signing {
     /// Remembers `id` as keyed.
     pub(super) fn learn(&mut self, id: &PeerId) {
-        if self.keyed.len() < MAX_KEYED && !self.keyed.contains(id) {
-            self.keyed.insert(id.clone());
+        if self.keyed.len() < MAX_KEYED && !self.keyed.contains_key(id) {
+            self.keyed.insert(id.clone(), None);
         }
     }
 
     /// Whether `id` is known to sign.
     pub(super) fn is_keyed(&self, id: &PeerId) -> bool {
-        self.keyed.contains(id)
+        self.keyed.contains_key(id)
     }
 
-    /// When the next held message or signed id expires.
+    /// A 64-bit tag of a signer: an id vouched for by one signer does not
+    /// verify a message of another.
+    fn tag(&self, id: &PeerId) -> u64 {
+        std::hash::BuildHasher::hash_one(&self.tags, id.as_bytes())
+    }
+
+    /// Takes `id` out of the signed ids: whether `sender` signed it.
+    fn take_signed(&mut self, id: &MsgId, sender: &PeerId) -> bool {
+        if self.signed[0].is_empty() && self.signed[1].is_empty() {
+            return false;
+        }
+        let tag = self.tag(sender);
+        for generation in &mut self.signed {
+            if generation.get(id) == Some(&tag) {
+                generation.remove(id);
+                return true;
+            }
+        }
+        false
+    }
+
+    /// The older generation of signed ids is forgotten, the current one
+    /// becomes the older.
+    fn next_generation(&mut self, now_ms: u64, period_ms: u64) {
+        let [current, older] = &mut self.signed;
+        std::mem::swap(current, older);
+        current.clear();
+        self.next_generation_ms = now_ms + period_ms;
+    }
+
+    /// When the next held message expires, or the signed ids age.
     pub(super) fn poll_timeout(&self) -> Option<u64> {
         let held = self.held_order.front().map(|e| e.0);
-        let signed = self.signed_order.front().map(|e| e.0);
+        let signed = (!self.signed[0].is_empty() || !self.signed[1].is_empty()).then_some(self.next_generation_ms);
         held.into_iter().chain(signed).min()
     }
 }
@@ -171,34 +213,33 @@ impl Mesh {
         self.conns.get(&conn).is_some_and(|c| c.peer_methods.contains(&capability::SIGNED))
     }
 
-    /// A signature message arrived on `conn`: check it (once), relay it,
-    /// and deliver the held messages it vouches for.
+    /// A signature message arrived on `conn`: relay it (every rs2p node
+    /// checks signatures for itself, so relaying first keeps the check off
+    /// the path of the next hops), check it once, and deliver the held
+    /// messages it vouches for.
     pub(super) fn on_signatures(&mut self, now: Now, conn: ConnId, packet: Packet) {
-        let id = packet.frame.id();
-        if self.dissemination.has_seen(&id) {
+        let signer = packet.header.sender.clone();
+        let Ok(Some(MeshMessage::Signatures { key, signature, ids })) = MeshMessage::decode(&packet) else {
+            self.stats.bad_signatures += 1;
+            return self.reject(now, &signer, "malformed signature message");
+        };
+        let origin = if self.routing.len() > 1 { self.routing.get(&signer).copied() } else { None };
+        let mut pushes = std::mem::take(&mut self.pushes);
+        let verdict = self.dissemination.receive(now, conn, origin, &signer, &packet.frame, &mut pushes);
+        self.apply_pushes(now, &mut pushes, true, true);
+        self.pushes = pushes;
+        if verdict == Verdict::Duplicate {
             self.stats.duplicates += 1;
             return;
         }
-        let signer = packet.header.sender.clone();
-        let (key, signature, ids) = match MeshMessage::decode(&packet) {
-            Ok(Some(MeshMessage::Signatures { key, signature, ids })) => (key, signature, ids),
-            _ => {
-                self.stats.bad_signatures += 1;
-                return self.reject(now, &signer, "malformed signature message");
-            }
-        };
-        let context = signatures_context(self.protocol_id.as_bytes(), &ids);
-        if let Err(why) = identity::verify(&signer, &key, &context, &signature) {
+        if let Err(why) = self.check_signature(&signer, &key, &ids, &signature) {
             self.stats.bad_signatures += 1;
             return self.reject(now, &signer, why.as_reason());
         }
-        self.signing.learn(&signer);
-        let origin = if self.routing.len() > 1 { self.routing.get(&signer).copied() } else { None };
-        let mut pushes = std::mem::take(&mut self.pushes);
-        self.dissemination.receive(now, conn, origin, &signer, &packet.frame, &mut pushes);
-        self.apply_pushes(now, &mut pushes, true, true);
-        self.pushes = pushes;
-        let forget_at = now.mono_ms + self.cfg.broadcast_window_secs * 1000;
+        if now.mono_ms >= self.signing.next_generation_ms {
+            self.signing.next_generation(now.mono_ms, self.cfg.signature_wait_ms);
+        }
+        let tag = self.signing.tag(&signer);
         for id in ids {
             match self.signing.held.remove(&id) {
                 Some((c, p)) if p.header.sender == signer => self.dispatch_broadcast(now, c, p, true),
@@ -207,17 +248,36 @@ impl Mesh {
                     self.signing.held.insert(id, other);
                 }
                 None => {
-                    if self.signing.signed.len() >= MAX_SIGNED_WAITING {
-                        if let Some((_, old, s)) = self.signing.signed_order.pop_front() {
-                            self.signing.signed.remove(&(old, s));
-                        }
+                    if self.signing.signed[0].len() >= MAX_SIGNED_WAITING {
+                        self.signing.next_generation(now.mono_ms, self.cfg.signature_wait_ms);
                     }
-                    if self.signing.signed.insert((id, signer.clone())) {
-                        self.signing.signed_order.push_back((forget_at, id, signer.clone()));
-                    }
+                    self.signing.signed[0].insert(id, tag);
                 }
             }
         }
+    }
+
+    /// Checks `signer`'s signature over `ids`, with its key kept from a
+    /// previous check when it is the same key.
+    fn check_signature(
+        &mut self,
+        signer: &PeerId,
+        key: &[u8; 32],
+        ids: &[MsgId],
+        signature: &[u8; 64],
+    ) -> Result<(), identity::VerifyError> {
+        let context = signatures_context(self.protocol_id.as_bytes(), ids);
+        if let Some(Some(known)) = self.signing.keyed.get(signer) {
+            if known.as_bytes() == key {
+                return identity::verify_with(known, &context, signature);
+            }
+        }
+        let checked = identity::key_of(signer, key)?;
+        identity::verify_with(&checked, &context, signature)?;
+        if self.signing.keyed.len() < MAX_KEYED || self.signing.keyed.contains_key(signer) {
+            self.signing.keyed.insert(signer.clone(), Some(checked));
+        }
+        Ok(())
     }
 
     /// A fresh broadcast (not a signature message): deliver it now, or
@@ -225,7 +285,7 @@ impl Mesh {
     pub(super) fn check_signed(&mut self, now: Now, conn: ConnId, packet: Packet) {
         let id = packet.frame.id();
         let sender = &packet.header.sender;
-        let verified = !self.signing.signed.is_empty() && self.signing.signed.remove(&(id, sender.clone()));
+        let verified = self.signing.take_signed(&id, sender);
         if verified || !(self.cfg.require_signed || self.signing.is_keyed(sender)) {
             return self.dispatch_broadcast(now, conn, packet, verified);
         }
@@ -235,12 +295,13 @@ impl Mesh {
             return self.reject(now, &sender, "unsigned, and too many messages wait for signatures");
         }
         let deadline = now.mono_ms + self.cfg.signature_wait_ms;
-        self.signing.held.insert(id, (conn, packet));
-        self.signing.held_order.push_back((deadline, id));
+        if self.signing.held.insert(id, (conn, packet.detached())).is_none() {
+            self.signing.held_order.push_back((deadline, id));
+        }
     }
 
-    /// Drops held messages whose signature did not come in time, and
-    /// forgets signed ids whose message did not.
+    /// Drops held messages whose signature did not come in time, and ages
+    /// the signed ids whose message did not.
     pub(super) fn expire_signed(&mut self, now: Now) {
         while let Some(&(deadline, id)) = self.signing.held_order.front() {
             if deadline > now.mono_ms {
@@ -257,13 +318,8 @@ impl Mesh {
                 self.reject(now, &p.header.sender, why);
             }
         }
-        while let Some((forget_at, _, _)) = self.signing.signed_order.front() {
-            if *forget_at > now.mono_ms {
-                break;
-            }
-            if let Some((_, id, signer)) = self.signing.signed_order.pop_front() {
-                self.signing.signed.remove(&(id, signer));
-            }
+        if now.mono_ms >= self.signing.next_generation_ms {
+            self.signing.next_generation(now.mono_ms, self.cfg.signature_wait_ms);
         }
     }
 

@@ -1294,10 +1294,6 @@ fn forged_broadcasts_and_signatures_claiming_a_keyed_node_are_dropped_and_counte
     inject(&mut b, &signatures_frame(&attacker, &attacker.id(), T0, vec![forged.id()]));
     let out = drain(&mut b);
     assert!(deliveries(&out).is_empty(), "{out:?}");
-    assert!(
-        sent_on(&out, 2).iter().all(|f| !is_signatures(f) || f.id() != wrong.id()),
-        "a bad signature is not relayed"
-    );
     assert_eq!(b.stats().bad_signatures, 2);
     b.handle(T0.plus_ms(b.config().signature_wait_ms), Input::Timeout);
     assert!(deliveries(&drain(&mut b)).is_empty());

@@ -221,6 +221,16 @@ impl std::fmt::Debug for Packet {
 }
 
 impl Packet {
+    /// The same packet in an allocation of its own (see
+    /// [`Frame::detached`]), for a packet kept a while: a received one
+    /// would keep its whole read buffer alive.
+    pub fn detached(&self) -> Packet {
+        let mut p = self.clone();
+        p.frame = self.frame.detached();
+        p.header.sender = PeerId::from_bytes(Bytes::copy_from_slice(self.header.sender.as_bytes()));
+        p
+    }
+
     /// Checks an uncompressed frame and parses its header.
     ///
     /// # Errors
