@@ -95,6 +95,15 @@ pub(super) struct Signing {
     next_generation_ms: u64,
     /// Keys the signer tags (random per node).
     tags: std::hash::RandomState,
+    /// Signature messages relayed but not checked yet: checked on the next
+    /// timeout, which is due at once (so the driver sends the relayed
+    /// copies before the check, and checks along a path overlap).
+    unchecked: Vec<Unchecked>,
+    /// The ids `unchecked` vouches for, with their signer's tag.
+    unchecked_ids: HashMap<MsgId, u64>,
+    /// Messages whose id an unchecked signature lists, in arrival order,
+    /// settled by the check (briefly: not detached).
+    parked: Vec<(ConnId, Packet)>,
     /// Messages of keyed senders waiting for their signature (detached from
     /// their read buffers).
     held: HashMap<MsgId, (ConnId, Packet)>,
@@ -102,6 +111,15 @@ pub(super) struct Signing {
     held_order: VecDeque<(u64, MsgId)>,
     /// When a dropped message may next be logged at info level.
     next_log_ms: u64,
+}
+
+/// A signature message waiting for its check.
+#[derive(Debug)]
+struct Unchecked {
+    signer: PeerId,
+    key: [u8; 32],
+    signature: [u8; 64],
+    ids: Vec<MsgId>,
 }
 
 impl Signing {
@@ -147,8 +165,12 @@ impl Signing {
         self.next_generation_ms = now_ms + period_ms;
     }
 
-    /// When the next held message expires, or the signed ids age.
+    /// When the next held message expires, or the signed ids age; at once
+    /// (0) while signatures wait for their check.
     pub(super) fn poll_timeout(&self) -> Option<u64> {
+        if !self.unchecked.is_empty() {
+            return Some(0);
+        }
         let held = self.held_order.front().map(|e| e.0);
         let signed = (!self.signed[0].is_empty() || !self.signed[1].is_empty()).then_some(self.next_generation_ms);
         held.into_iter().chain(signed).min()
@@ -232,28 +254,49 @@ impl Mesh {
             self.stats.duplicates += 1;
             return;
         }
-        if let Err(why) = self.check_signature(&signer, &key, &ids, &signature) {
-            self.stats.bad_signatures += 1;
-            return self.reject(now, &signer, why.as_reason());
+        let tag = self.signing.tag(&signer);
+        for id in &ids {
+            self.signing.unchecked_ids.insert(*id, tag);
+        }
+        self.signing.unchecked.push(Unchecked { signer, key, signature, ids });
+    }
+
+    /// Checks the signature messages relayed since the last check, then
+    /// settles the messages that waited for them.
+    pub(super) fn check_signatures(&mut self, now: Now) {
+        if self.signing.unchecked.is_empty() {
+            return;
         }
         if now.mono_ms >= self.signing.next_generation_ms {
             self.signing.next_generation(now.mono_ms, self.cfg.signature_wait_ms);
         }
-        let tag = self.signing.tag(&signer);
-        for id in ids {
-            match self.signing.held.remove(&id) {
-                Some((c, p)) if p.header.sender == signer => self.dispatch_broadcast(now, c, p, true),
-                // Listed by someone else: not its signer's to vouch for.
-                Some(other) => {
-                    self.signing.held.insert(id, other);
-                }
-                None => {
-                    if self.signing.signed[0].len() >= MAX_SIGNED_WAITING {
-                        self.signing.next_generation(now.mono_ms, self.cfg.signature_wait_ms);
+        self.signing.unchecked_ids.clear();
+        for Unchecked { signer, key, signature, ids } in std::mem::take(&mut self.signing.unchecked) {
+            if let Err(why) = self.check_signature(&signer, &key, &ids, &signature) {
+                self.stats.bad_signatures += 1;
+                self.reject(now, &signer, why.as_reason());
+                continue;
+            }
+            let tag = self.signing.tag(&signer);
+            for id in ids {
+                match self.signing.held.remove(&id) {
+                    Some((c, p)) if p.header.sender == signer => self.dispatch_broadcast(now, c, p, true),
+                    // Listed by someone else: not its signer's to vouch for.
+                    Some(other) => {
+                        self.signing.held.insert(id, other);
                     }
-                    self.signing.signed[0].insert(id, tag);
+                    None => {
+                        if self.signing.signed[0].len() >= MAX_SIGNED_WAITING {
+                            self.signing.next_generation(now.mono_ms, self.cfg.signature_wait_ms);
+                        }
+                        self.signing.signed[0].insert(id, tag);
+                    }
                 }
             }
+        }
+        // In arrival order: each is now signed, or held, or unverified.
+        for (conn, packet) in std::mem::take(&mut self.signing.parked) {
+            self.check_signed(now, conn, packet);
         }
     }
 
@@ -286,6 +329,10 @@ impl Mesh {
         let id = packet.frame.id();
         let sender = &packet.header.sender;
         let verified = self.signing.take_signed(&id, sender);
+        if !verified && self.signing.unchecked_ids.get(&id) == Some(&self.signing.tag(sender)) {
+            self.signing.parked.push((conn, packet));
+            return;
+        }
         if verified || !(self.cfg.require_signed || self.signing.is_keyed(sender)) {
             return self.dispatch_broadcast(now, conn, packet, verified);
         }

@@ -1186,6 +1186,16 @@ fn deliveries(out: &[Output]) -> Vec<(Frame, bool)> {
         .collect()
 }
 
+/// Drains `m`, lets it check the signatures it relayed (a timeout due at
+/// once, which a driver runs after sending the relayed copies), and drains
+/// again.
+fn settle(m: &mut Mesh) -> Vec<Output> {
+    let mut out = drain(m);
+    m.handle(m.clock(), Input::Timeout);
+    out.extend(drain(m));
+    out
+}
+
 fn is_signatures(f: &Frame) -> bool {
     matches!(MeshMessage::decode(&packet(f.clone())), Ok(Some(MeshMessage::Signatures { .. })))
 }
@@ -1236,7 +1246,11 @@ fn a_keyed_node_signs_its_broadcasts_and_py2p_peers_never_see_the_signatures() {
     for f in &to_b {
         b.handle(T0, Input::Packet { conn: ConnId(2), packet: packet(f.clone()) });
     }
-    let got = deliveries(&drain(&mut b));
+    // The check waits for a timeout due at once: what b relays goes out
+    // before b spends time on the signature.
+    assert!(deliveries(&drain(&mut b)).is_empty());
+    assert_eq!(b.poll_timeout(), Some(0));
+    let got = deliveries(&settle(&mut b));
     assert_eq!(got, to_b[1..].iter().map(|f| (f.clone(), true)).collect::<Vec<_>>());
     assert_eq!(b.stats().rejected, 0);
 }
@@ -1253,7 +1267,7 @@ fn a_large_burst_is_signed_in_bounded_batches_each_ahead_of_its_messages() {
     for f in &to_b {
         b.handle(T0, Input::Packet { conn: ConnId(2), packet: packet(f.clone()) });
     }
-    let got = deliveries(&drain(&mut b));
+    let got = deliveries(&settle(&mut b));
     assert_eq!(got.len(), 2_500);
     assert!(got.iter().all(|(_, v)| *v));
 }
@@ -1292,18 +1306,18 @@ fn forged_broadcasts_and_signatures_claiming_a_keyed_node_are_dropped_and_counte
     // 4. The attacker's own valid signature listing the forged id: it is
     //    not the attacker's message to vouch for.
     inject(&mut b, &signatures_frame(&attacker, &attacker.id(), T0, vec![forged.id()]));
-    let out = drain(&mut b);
+    let out = settle(&mut b);
     assert!(deliveries(&out).is_empty(), "{out:?}");
     assert_eq!(b.stats().bad_signatures, 2);
     b.handle(T0.plus_ms(b.config().signature_wait_ms), Input::Timeout);
-    assert!(deliveries(&drain(&mut b)).is_empty());
+    assert!(deliveries(&settle(&mut b)).is_empty());
     assert_eq!(b.stats().unsigned, 1);
     assert_eq!(b.stats().rejected, 3);
     // The attacker's own unsigned broadcast: a sender b does not know as
     // keyed is delivered, marked unverified.
     let own = text_frame(&pid(12345), T0, "plain");
     inject(&mut b, &own);
-    assert_eq!(deliveries(&drain(&mut b)), vec![(own, false)]);
+    assert_eq!(deliveries(&settle(&mut b)), vec![(own, false)]);
 }
 
 #[test]
@@ -1320,9 +1334,9 @@ fn a_message_ahead_of_its_signature_waits_for_it() {
     let mut to_b = sent_on(&drain(&mut a), 1);
     to_b.reverse();
     b.handle(T0, Input::Packet { conn: ConnId(2), packet: packet(to_b[0].clone()) });
-    assert!(deliveries(&drain(&mut b)).is_empty(), "held for its signature");
+    assert!(deliveries(&settle(&mut b)).is_empty(), "held for its signature");
     b.handle(T0.plus_ms(10), Input::Packet { conn: ConnId(2), packet: packet(to_b[1].clone()) });
-    assert_eq!(deliveries(&drain(&mut b)), vec![(to_b[0].clone(), true)]);
+    assert_eq!(deliveries(&settle(&mut b)), vec![(to_b[0].clone(), true)]);
     b.handle(T0.plus_ms(60_000), Input::Timeout);
     assert_eq!(b.stats().rejected, 0);
 }
@@ -1346,13 +1360,13 @@ fn a_signed_broadcast_replayed_after_the_window_is_refused() {
     for f in &captured {
         c.handle(later, Input::Packet { conn: ConnId(1), packet: packet(f.clone()) });
     }
-    assert!(deliveries(&drain(&mut c)).is_empty());
+    assert!(deliveries(&settle(&mut c)).is_empty());
     assert_eq!(c.stats().stale, 2);
     // Inside the window, a replay is a duplicate.
     for f in captured.iter().chain(&captured) {
         b.handle(T0.plus_ms(10_000), Input::Packet { conn: ConnId(2), packet: packet(f.clone()) });
     }
-    assert_eq!(deliveries(&drain(&mut b)).len(), 1);
+    assert_eq!(deliveries(&settle(&mut b)).len(), 1);
     assert_eq!(b.stats().duplicates, 2);
 }
 
@@ -1373,7 +1387,7 @@ fn requiring_signatures_refuses_py2p_peers_and_unsigned_messages() {
     let stranger = text_frame(&pid(4242), T0, "unsigned");
     b.handle(T0, Input::Packet { conn: ConnId(2), packet: packet(stranger) });
     b.handle(T0.plus_ms(b.config().signature_wait_ms), Input::Timeout);
-    assert!(deliveries(&drain(&mut b)).is_empty());
+    assert!(deliveries(&settle(&mut b)).is_empty());
     assert_eq!(b.stats().unsigned, 1);
 }
 
@@ -1401,10 +1415,10 @@ proptest::proptest! {
         let mut got = Vec::new();
         for (i, (_, f)) in keyed_frames.iter().enumerate() {
             b.handle(T0.plus_ms(i as u64), Input::Packet { conn: ConnId(2), packet: packet(f.clone()) });
-            got.extend(deliveries(&drain(&mut b)));
+            got.extend(deliveries(&settle(&mut b)));
         }
         b.handle(T0.plus_ms(60_000), Input::Timeout);
-        got.extend(deliveries(&drain(&mut b)));
+        got.extend(deliveries(&settle(&mut b)));
         if drop_signature {
             proptest::prop_assert!(got.is_empty());
             proptest::prop_assert_eq!(b.stats().unsigned, n as u64);
