@@ -1431,3 +1431,51 @@ proptest::proptest! {
         }
     }
 }
+
+#[test]
+fn in_a_network_of_keyed_nodes_every_broadcast_arrives_once_and_verified() {
+    let p = Protocol::default();
+    let cfgs = (0..8)
+        .map(|i| {
+            let key = crate::identity::Identity::from_secret([i as u8 + 1; 32]);
+            let mut c = config_for(i, &p);
+            c.id = key.id();
+            c.identity = Some(key);
+            c
+        })
+        .collect();
+    let mut sim = Sim::with_configs(cfgs);
+    // A ring with two chords: several paths to every node.
+    for i in 0..8 {
+        sim.connect(i, (i + 1) % 8);
+    }
+    sim.connect(0, 4);
+    sim.connect(2, 6);
+    sim.run();
+    sim.advance(2_000);
+    for (i, text) in [(0, "from 0"), (3, "from 3"), (5, "from 5")] {
+        sim.broadcast_text(i, text);
+    }
+    sim.run();
+    sim.advance(10);
+    sim.run();
+    for node in 0..8 {
+        let got: Vec<(String, bool)> = sim.events[node]
+            .iter()
+            .filter_map(|e| match e {
+                Event::Message(d) => {
+                    let text = d.packet.values().ok()?.first()?.as_str()?.to_owned();
+                    text.starts_with("from ").then_some((text, d.verified))
+                }
+                _ => None,
+            })
+            .collect();
+        let expected: Vec<&str> =
+            ["from 0", "from 3", "from 5"].into_iter().filter(|t| *t != format!("from {node}")).collect();
+        assert_eq!(got.len(), expected.len(), "node {node}: {got:?}");
+        for t in expected {
+            assert_eq!(got.iter().filter(|(g, v)| g == t && *v).count(), 1, "node {node} got {t} once, verified");
+        }
+        assert_eq!(sim.nodes[node].mesh().stats().rejected, 0);
+    }
+}
