@@ -590,6 +590,7 @@ async fn require_signed_refuses_peers_that_do_not_sign() {
     // A signing node links, and its broadcasts arrive verified.
     let mut signer = Node::spawn(&["--connect", &strict.addr()]).await;
     signer.expect(|j| j["event"] == "peer_up").await;
+    strict.expect(|j| j["event"] == "peer_up").await;
     signer.cmd(json!({"cmd": "broadcast", "packets": ["signed"]})).await;
     let m = strict.expect(|j| j["event"] == "message" && j["packets"] == json!(["signed"])).await;
     assert_eq!(m["verified"], true, "{m}");

@@ -217,7 +217,10 @@ async fn json_lines_sync_contract() {
 async fn json_lines_tls() {
     let mut a = Node::spawn(&["--tls"]).await;
     let mut b = Node::spawn(&["--tls", "--connect", &a.addr]).await;
+    // Both ends count the link before a broadcasts (b's peer_up alone does
+    // not say a has checked b's proof yet).
     b.expect(|j| j["event"] == "peer_up").await;
+    a.expect(|j| j["event"] == "peer_up").await;
     a.cmd(json!({"cmd": "broadcast", "packets": ["secret"]})).await;
     let m = b.expect(|j| j["event"] == "message").await;
     assert_eq!(m["packets"], json!(["secret"]));
