@@ -647,7 +647,6 @@ impl Mesh {
         self.dissemination.handle_timeout(now, &mut pushes);
         self.apply_pushes(now, &mut pushes, false, false);
         self.pushes = pushes;
-        self.check_signatures(now);
         self.expire_signed(now);
         self.check_liveness(now);
         while let Some(&(deadline, conn)) = self.handshake_deadlines.front() {

@@ -14,15 +14,21 @@
 //! other), but it only goes to peers that advertise
 //! [`capability::SIGNED`]: py2p peers receive exactly what they always did.
 //!
-//! A receiver relays a signature message first (every rs2p node checks for
-//! itself, so the check stays off the path of the next hops: in a chain,
-//! checks overlap instead of adding up) and then checks it, once (never a
-//! duplicate): the key must hash to the header's sender
+//! A receiver checks a signature message once (never a duplicate), before
+//! relaying it: the key must hash to the header's sender
 //! ([`crate::identity::id_of_key`]; kept once checked, so the next batch
 //! of that sender costs one signature check) and sign
-//! [`signatures_context`]. A bad one vouches for nothing, and is counted
-//! and logged. A good one teaches that the sender is *keyed*; so does a
-//! peer proving its id on a link ([`super::auth`]).
+//! [`signatures_context`]. A bad one is dropped, counted and logged, and
+//! goes no further: one forgery costs one check, at the first rs2p node it
+//! reaches, not one at every node. Since an rs2p node relays only good
+//! signatures, a bad one from a peer that advertises
+//! [`capability::SIGNED`] closes that link (a protocol violation). A good
+//! one teaches that the sender is *keyed*; so does a peer proving its id on
+//! a link ([`super::auth`]).
+//!
+//! (Relaying first and checking after was tried: on one machine it changed
+//! no latency, since the CPU and not the path is the limit there, and it
+//! let one forged signature cost a check at every node.)
 //!
 //! A broadcast is then delivered as:
 //! - **verified**, when a checked signature message of its header's sender
@@ -45,7 +51,6 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use super::dissemination::Verdict;
 use super::{ConnId, Mesh};
 use crate::id::{MsgId, PeerId};
 use crate::identity::{self, VerifyingKey};
@@ -95,15 +100,6 @@ pub(super) struct Signing {
     next_generation_ms: u64,
     /// Keys the signer tags (random per node).
     tags: std::hash::RandomState,
-    /// Signature messages relayed but not checked yet: checked on the next
-    /// timeout, which is due at once (so the driver sends the relayed
-    /// copies before the check, and checks along a path overlap).
-    unchecked: Vec<Unchecked>,
-    /// The ids `unchecked` vouches for, with their signer's tag.
-    unchecked_ids: HashMap<MsgId, u64>,
-    /// Messages whose id an unchecked signature lists, in arrival order,
-    /// settled by the check (briefly: not detached).
-    parked: Vec<(ConnId, Packet)>,
     /// Messages of keyed senders waiting for their signature (detached from
     /// their read buffers).
     held: HashMap<MsgId, (ConnId, Packet)>,
@@ -111,15 +107,6 @@ pub(super) struct Signing {
     held_order: VecDeque<(u64, MsgId)>,
     /// When a dropped message may next be logged at info level.
     next_log_ms: u64,
-}
-
-/// A signature message waiting for its check.
-#[derive(Debug)]
-struct Unchecked {
-    signer: PeerId,
-    key: [u8; 32],
-    signature: [u8; 64],
-    ids: Vec<MsgId>,
 }
 
 impl Signing {
@@ -165,12 +152,8 @@ impl Signing {
         self.next_generation_ms = now_ms + period_ms;
     }
 
-    /// When the next held message expires, or the signed ids age; at once
-    /// (0) while signatures wait for their check.
+    /// When the next held message expires, or the signed ids age.
     pub(super) fn poll_timeout(&self) -> Option<u64> {
-        if !self.unchecked.is_empty() {
-            return Some(0);
-        }
         let held = self.held_order.front().map(|e| e.0);
         let signed = (!self.signed[0].is_empty() || !self.signed[1].is_empty()).then_some(self.next_generation_ms);
         held.into_iter().chain(signed).min()
@@ -235,68 +218,59 @@ impl Mesh {
         self.conns.get(&conn).is_some_and(|c| c.peer_methods.contains(&capability::SIGNED))
     }
 
-    /// A signature message arrived on `conn`: relay it (every rs2p node
-    /// checks signatures for itself, so relaying first keeps the check off
-    /// the path of the next hops), check it once, and deliver the held
-    /// messages it vouches for.
+    /// A signature message arrived on `conn`: check it, once (never a
+    /// duplicate), then relay it and deliver the held messages it vouches
+    /// for.
     pub(super) fn on_signatures(&mut self, now: Now, conn: ConnId, packet: Packet) {
-        let signer = packet.header.sender.clone();
-        let Ok(Some(MeshMessage::Signatures { key, signature, ids })) = MeshMessage::decode(&packet) else {
-            self.stats.bad_signatures += 1;
-            return self.reject(now, &signer, "malformed signature message");
-        };
-        let origin = if self.routing.len() > 1 { self.routing.get(&signer).copied() } else { None };
-        let mut pushes = std::mem::take(&mut self.pushes);
-        let verdict = self.dissemination.receive(now, conn, origin, &signer, &packet.frame, &mut pushes);
-        self.apply_pushes(now, &mut pushes, true, true);
-        self.pushes = pushes;
-        if verdict == Verdict::Duplicate {
+        if self.dissemination.has_seen(&packet.frame.id()) {
             self.stats.duplicates += 1;
             return;
         }
-        let tag = self.signing.tag(&signer);
-        for id in &ids {
-            self.signing.unchecked_ids.insert(*id, tag);
-        }
-        self.signing.unchecked.push(Unchecked { signer, key, signature, ids });
-    }
-
-    /// Checks the signature messages relayed since the last check, then
-    /// settles the messages that waited for them.
-    pub(super) fn check_signatures(&mut self, now: Now) {
-        if self.signing.unchecked.is_empty() {
-            return;
-        }
+        let signer = packet.header.sender.clone();
+        let checked = match MeshMessage::decode(&packet) {
+            Ok(Some(MeshMessage::Signatures { key, signature, ids })) => {
+                self.check_signature(&signer, &key, &ids, &signature).map(|()| ids).map_err(|e| e.as_reason())
+            }
+            _ => Err("malformed signature message"),
+        };
+        let ids = match checked {
+            Ok(ids) => ids,
+            Err(why) => {
+                self.stats.bad_signatures += 1;
+                self.reject(now, &signer, why);
+                // A peer that checks signatures relays only good ones: a
+                // bad one from it is its own doing. (From other links, a
+                // py2p application's own use of the sub-flag is dropped,
+                // not punished.)
+                if self.takes_signatures(conn) {
+                    self.violation(conn, "sent a bad signature message");
+                }
+                return;
+            }
+        };
+        let origin = if self.routing.len() > 1 { self.routing.get(&signer).copied() } else { None };
+        let mut pushes = std::mem::take(&mut self.pushes);
+        self.dissemination.receive(now, conn, origin, &signer, &packet.frame, &mut pushes);
+        self.apply_pushes(now, &mut pushes, true, true);
+        self.pushes = pushes;
         if now.mono_ms >= self.signing.next_generation_ms {
             self.signing.next_generation(now.mono_ms, self.cfg.signature_wait_ms);
         }
-        self.signing.unchecked_ids.clear();
-        for Unchecked { signer, key, signature, ids } in std::mem::take(&mut self.signing.unchecked) {
-            if let Err(why) = self.check_signature(&signer, &key, &ids, &signature) {
-                self.stats.bad_signatures += 1;
-                self.reject(now, &signer, why.as_reason());
-                continue;
-            }
-            let tag = self.signing.tag(&signer);
-            for id in ids {
-                match self.signing.held.remove(&id) {
-                    Some((c, p)) if p.header.sender == signer => self.dispatch_broadcast(now, c, p, true),
-                    // Listed by someone else: not its signer's to vouch for.
-                    Some(other) => {
-                        self.signing.held.insert(id, other);
+        let tag = self.signing.tag(&signer);
+        for id in ids {
+            match self.signing.held.remove(&id) {
+                Some((c, p)) if p.header.sender == signer => self.dispatch_broadcast(now, c, p, true),
+                // Listed by someone else: not its signer's to vouch for.
+                Some(other) => {
+                    self.signing.held.insert(id, other);
+                }
+                None => {
+                    if self.signing.signed[0].len() >= MAX_SIGNED_WAITING {
+                        self.signing.next_generation(now.mono_ms, self.cfg.signature_wait_ms);
                     }
-                    None => {
-                        if self.signing.signed[0].len() >= MAX_SIGNED_WAITING {
-                            self.signing.next_generation(now.mono_ms, self.cfg.signature_wait_ms);
-                        }
-                        self.signing.signed[0].insert(id, tag);
-                    }
+                    self.signing.signed[0].insert(id, tag);
                 }
             }
-        }
-        // In arrival order: each is now signed, or held, or unverified.
-        for (conn, packet) in std::mem::take(&mut self.signing.parked) {
-            self.check_signed(now, conn, packet);
         }
     }
 
@@ -329,10 +303,6 @@ impl Mesh {
         let id = packet.frame.id();
         let sender = &packet.header.sender;
         let verified = self.signing.take_signed(&id, sender);
-        if !verified && self.signing.unchecked_ids.get(&id) == Some(&self.signing.tag(sender)) {
-            self.signing.parked.push((conn, packet));
-            return;
-        }
         if verified || !(self.cfg.require_signed || self.signing.is_keyed(sender)) {
             return self.dispatch_broadcast(now, conn, packet, verified);
         }
