@@ -26,7 +26,7 @@ fn now_ms() -> u64 {
 }
 
 /// A raw connection to `addr` that completed the handshake as `me` with
-/// `methods` (py2p's zlib: a py2p peer; with `SIGNED`: a peer that is sent
+/// `methods` (py2p's zlib: a py2p peer; with `CHECKS`: a peer that is sent
 /// signature messages).
 struct Raw {
     s: TcpStream,
@@ -175,7 +175,7 @@ async fn a_captured_signed_broadcast_replayed_after_61_s_is_refused() {
     // The eavesdropper: a peer of a that says it checks signatures, so it
     // is sent them.
     let spy = PeerId::random(b"spy");
-    let mut raw = Raw::link(&a.out_addr().to_string(), &protocol_id, &spy, &[0x2f, capability::SIGNED]).await;
+    let mut raw = Raw::link(&a.out_addr().to_string(), &protocol_id, &spy, &[0x2f, capability::CHECKS]).await;
     wait_for(5, "a counts the spy", || async { a.routing_table().await.unwrap().len() == 2 }).await;
     a.broadcast(vec![Value::from("once")]).await.unwrap();
     let sig = raw.next(|p| p.header.subflag == SubFlag::Signatures.code()).await;

@@ -85,6 +85,8 @@ impl Mesh {
                 m.push(capability::SIGNED);
             }
         }
+        // Checking and relaying others' signatures needs no key.
+        m.push(capability::CHECKS);
         m
     }
 }

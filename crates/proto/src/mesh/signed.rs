@@ -12,7 +12,8 @@
 //! signature message is an ordinary broadcast to the dissemination strategy
 //! (deduplicated, relayed along the tree, announced and grafted like any
 //! other), but it only goes to peers that advertise
-//! [`capability::SIGNED`]: py2p peers receive exactly what they always did.
+//! [`capability::CHECKS`] (every rs2p node, whether it signs its own or
+//! not): py2p peers receive exactly what they always did.
 //!
 //! A receiver checks a signature message once (never a duplicate), before
 //! relaying it: the key must hash to the header's sender
@@ -22,7 +23,7 @@
 //! goes no further: one forgery costs one check, at the first rs2p node it
 //! reaches, not one at every node. Since an rs2p node relays only good
 //! signatures, a bad one from a peer that advertises
-//! [`capability::SIGNED`] closes that link (a protocol violation). A good
+//! [`capability::CHECKS`] closes that link (a protocol violation). A good
 //! one teaches that the sender is *keyed*; so does a peer proving its id on
 //! a link ([`super::auth`]).
 //!
@@ -215,7 +216,7 @@ impl Mesh {
 
     /// Whether a signature message may go to `conn` (its peer checks them).
     pub(super) fn takes_signatures(&self, conn: ConnId) -> bool {
-        self.conns.get(&conn).is_some_and(|c| c.peer_methods.contains(&capability::SIGNED))
+        self.conns.get(&conn).is_some_and(|c| c.peer_methods.contains(&capability::CHECKS))
     }
 
     /// A signature message arrived on `conn`: check it, once (never a

@@ -71,7 +71,7 @@ impl One {
             methods: Compression::DEFAULT_PREFERENCE
                 .iter()
                 .map(|c| u64::from(c.code()))
-                .chain([crate::wire::capability::TREE])
+                .chain([crate::wire::capability::TREE, crate::wire::capability::CHECKS])
                 .collect(),
         })
         .encode(self.m.id(), T0.unix())
@@ -1479,7 +1479,7 @@ fn in_a_network_of_keyed_nodes_every_broadcast_arrives_once_and_verified() {
 fn a_peer_that_checks_signatures_and_relays_a_forged_one_is_closed() {
     let (mut a, mut b) = (keyed(1, None), keyed(2, None));
     link(&mut a, &mut b);
-    // b's link to a (conn 2): a advertises SIGNED, so it relays only good
+    // b's link to a (conn 2): a advertises CHECKS, so it relays only good
     // signatures. A forged one from it closes the link.
     let mallory = crate::identity::Identity::from_secret([66; 32]);
     let victim = pid(4242);
@@ -1492,4 +1492,48 @@ fn a_peer_that_checks_signatures_and_relays_a_forged_one_is_closed() {
     );
     assert_eq!(b.stats().bad_signatures, 1);
     assert!(sent_on(&out, 2).iter().all(|f| !is_signatures(f)), "not relayed");
+}
+
+#[test]
+fn a_node_that_does_not_sign_still_relays_signatures() {
+    // 0 - 1 - 2, all keyed; 1 does not sign its own broadcasts.
+    let p = Protocol::default();
+    let cfgs = (0..3)
+        .map(|i| {
+            let key = crate::identity::Identity::from_secret([i as u8 + 1; 32]);
+            let mut c = config_for(i, &p);
+            c.id = key.id();
+            c.identity = Some(key);
+            c.sign_broadcasts = i != 1;
+            c.max_outgoing = 0;
+            c
+        })
+        .collect();
+    let mut sim = Sim::with_configs(cfgs);
+    sim.connect(0, 1);
+    sim.connect(1, 2);
+    sim.run();
+    sim.advance(2_000);
+    sim.broadcast_text(0, "from 0");
+    sim.broadcast_text(1, "from 1");
+    sim.run();
+    sim.advance(10);
+    let got = |sim: &Sim, node: usize| -> Vec<(String, bool)> {
+        sim.events[node]
+            .iter()
+            .filter_map(|e| match e {
+                Event::Message(d) => Some((d.packet.values().ok()?.first()?.as_str()?.to_owned(), d.verified)),
+                _ => None,
+            })
+            .collect()
+    };
+    // 0's signature crossed 1: verified at 2. 1's own broadcasts are
+    // delivered, unverified (1 never claimed to sign).
+    let mut at_2 = got(&sim, 2);
+    at_2.sort();
+    assert_eq!(at_2, vec![("from 0".to_string(), true), ("from 1".to_string(), false)]);
+    assert_eq!(got(&sim, 0), vec![("from 1".to_string(), false)]);
+    for node in 0..3 {
+        assert_eq!(sim.nodes[node].mesh().stats().rejected, 0, "node {node}");
+    }
 }

@@ -125,7 +125,7 @@ pub enum SubFlag {
     Auth = 0x27,
     /// rs2p: a node's signature over the ids of its broadcasts (a
     /// broadcast itself, relayed only to peers that advertise
-    /// [`capability::SIGNED`]).
+    /// [`capability::CHECKS`]).
     Signatures = 0x28,
 }
 
@@ -193,9 +193,12 @@ pub mod capability {
     pub const TREE: u64 = 0x2E;
     /// The node has a key and proves its id on the link (sub-flag `0x27`).
     pub const AUTH: u64 = 0x2D;
-    /// The node signs its broadcasts (sub-flag `0x28`) and checks others'
-    /// signatures: such peers are sent signature messages.
+    /// The node signs the broadcasts it originates (sub-flag `0x28`): once
+    /// it proved its id, its unsigned broadcasts are forgeries.
     pub const SIGNED: u64 = 0x2C;
+    /// The node checks and relays signature messages (sub-flag `0x28`):
+    /// such peers are sent them, whether or not they sign their own.
+    pub const CHECKS: u64 = 0x2B;
 }
 
 impl From<SubFlag> for u64 {
