@@ -39,21 +39,4 @@ for w in "$@"; do
         done
     done
 done
-python3 - "$out" <<'PY'
-import collections, json, statistics, sys
-d = collections.defaultdict(lambda: collections.defaultdict(list))
-for line in open(sys.argv[1]):
-    v, w, j = [x.strip() for x in line.split("|", 2)]
-    for k, val in json.loads(j).items():
-        d[w][(v, k)].append(val)
-print("| workload | metric | before: median [min-max] | after: median [min-max] | after/before |")
-print("|---|---|---|---|---|")
-for w in d:
-    for k in sorted({k for (_, k) in d[w]}):
-        b, a = d[w].get(("before", k), []), d[w].get(("after", k), [])
-        if not b or not a or k == "secs":
-            continue
-        mb, ma = statistics.median(b), statistics.median(a)
-        ratio = f"{ma / mb:.3f}" if mb else "-"
-        print(f"| `{w}` | {k} | {mb:,.1f} [{min(b):,.0f}-{max(b):,.0f}] | {ma:,.1f} [{min(a):,.0f}-{max(a):,.0f}] | {ratio} |")
-PY
+python3 "$root/scripts/bench-table.py" "$out" before after

@@ -26,21 +26,4 @@ for w in "$@"; do
         done
     done
 done
-python3 - "$out" <<'PY'
-import collections, json, statistics, sys
-d = collections.defaultdict(lambda: collections.defaultdict(list))
-for line in open(sys.argv[1]):
-    v, w, j = [x.strip() for x in line.split("|", 2)]
-    for k, val in json.loads(j).items():
-        d[w][(v, k)].append(val)
-print("| workload | metric | unsigned: median [min-max] | signed: median [min-max] | signed/unsigned |")
-print("|---|---|---|---|---|")
-for w in d:
-    for k in sorted({k for (_, k) in d[w]}):
-        b, a = d[w].get(("unsigned", k), []), d[w].get(("signed", k), [])
-        if not b or not a or k == "secs" or not isinstance(b[0], (int, float)):
-            continue
-        mb, ma = statistics.median(b), statistics.median(a)
-        ratio = f"{ma / mb:.3f}" if mb else "-"
-        print(f"| `{w}` | {k} | {mb:,.1f} [{min(b):,.0f}-{max(b):,.0f}] | {ma:,.1f} [{min(a):,.0f}-{max(a):,.0f}] | {ratio} |")
-PY
+python3 "$root/scripts/bench-table.py" "$out" unsigned signed

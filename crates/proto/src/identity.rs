@@ -75,18 +75,18 @@ pub fn id_of_key(public_key: &[u8; PUBLIC_KEY_LEN]) -> PeerId {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum VerifyError {
     /// The bytes are not a valid Ed25519 public key.
-    #[error("not an Ed25519 public key")]
+    #[error("{}", self.as_reason())]
     BadKey,
     /// The public key does not hash to the id the message claims.
-    #[error("the public key is not the claimed id's")]
+    #[error("{}", self.as_reason())]
     WrongKey,
     /// The signature does not match the message and key.
-    #[error("bad signature")]
+    #[error("{}", self.as_reason())]
     BadSignature,
 }
 
 impl VerifyError {
-    /// The reason as a static string, for logs.
+    /// The reason as a static string, for logs (and the error's text).
     pub fn as_reason(self) -> &'static str {
         match self {
             VerifyError::BadKey => "not an Ed25519 public key",

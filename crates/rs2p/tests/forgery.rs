@@ -11,7 +11,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::wait_for;
+use common::{now_ms, raw_handshake, wait_for};
 use rs2p::proto::identity::Identity;
 use rs2p::proto::mesh::signatures_context;
 use rs2p::proto::wire::capability;
@@ -20,10 +20,6 @@ use rs2p::proto::wire::{Compression, Frame, FrameDecoder, Limits, MsgType, Packe
 use rs2p::{MeshSocket, MsgId, PeerId, SyncSocket, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
-}
 
 /// A raw connection to `addr` that completed the handshake as `me` with
 /// `methods` (py2p's zlib: a py2p peer; with `CHECKS`: a peer that is sent
@@ -36,19 +32,7 @@ struct Raw {
 impl Raw {
     async fn link(addr: &str, protocol_id: &[u8], me: &PeerId, methods: &[u64]) -> Raw {
         let mut s = TcpStream::connect(addr).await.unwrap();
-        let shake = Frame::build(
-            MsgType::Whisper,
-            me,
-            now_ms() / 1000,
-            SubFlag::Handshake,
-            &[
-                Value::Binary(me.as_bytes().to_vec()),
-                Value::Binary(protocol_id.to_vec()),
-                Value::Array(vec![Value::from("127.0.0.1"), Value::from(1)]),
-                Value::Array(methods.iter().map(|&m| Value::from(m)).collect()),
-            ],
-        );
-        s.write_all(shake.wire_bytes()).await.unwrap();
+        s.write_all(raw_handshake(me, protocol_id, methods).wire_bytes()).await.unwrap();
         let mut raw = Raw { s, decoder: FrameDecoder::new(Limits::default(), &[Compression::Zlib]) };
         raw.next(|p| p.header.is(MsgType::Whisper, SubFlag::Handshake)).await;
         raw

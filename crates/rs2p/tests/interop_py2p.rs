@@ -6,9 +6,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{next_msg, wait_for, Py2p};
+use common::{next_connect_failed, next_msg, wait_for, Py2p};
 use rs2p::json::from_json;
-use rs2p::{Encryption, Event, MeshSocket, MessageKind, PeerId, Protocol, Value};
+use rs2p::{Encryption, MeshSocket, MessageKind, PeerId, Protocol, Value};
 use serde_json::{json, Value as Json};
 
 async fn rs_node() -> MeshSocket {
@@ -202,15 +202,7 @@ async fn a_node_that_requires_signatures_refuses_py2p_with_the_reason() {
     // py2p dials rs2p: refused, and the rs2p node says why.
     let mut events = strict.events();
     py.run(json!({"cmd": "connect", "addr": strict.out_addr().to_string()})).await;
-    let reason = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            if let Some(Event::ConnectFailed { reason, .. }) = events.recv().await {
-                return reason;
-            }
-        }
-    })
-    .await
-    .expect("a refusal event");
+    let reason = next_connect_failed(&mut events).await;
     assert!(reason.to_string().contains("does not sign its messages"), "{reason}");
     // The event seen may be the first refusal's (the connect's answer can
     // come before its event): wait for the second to be counted.
@@ -232,15 +224,7 @@ async fn foreign_subnet_is_refused_both_ways() {
     // py2p dials rs2p: py2p is silent, rs2p reports why it closed.
     let mut events = rs.events();
     py.run(json!({"cmd": "connect", "addr": rs.out_addr().to_string()})).await;
-    let reason = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            if let Some(Event::ConnectFailed { reason, .. }) = events.recv().await {
-                return reason;
-            }
-        }
-    })
-    .await
-    .expect("a refusal event");
+    let reason = next_connect_failed(&mut events).await;
     assert!(matches!(reason, rs2p::CloseReason::ProtocolMismatch { .. }), "{reason}");
     assert!(rs.routing_table().await.unwrap().is_empty());
     tokio::time::sleep(Duration::from_millis(200)).await;

@@ -9,10 +9,10 @@ mod common;
 
 use std::time::Duration;
 
-use common::wait_for;
+use common::{now_ms, raw_handshake, wait_for};
 use rs2p::proto::id::PeerId;
 use rs2p::proto::wire::message::SyncMessage;
-use rs2p::proto::wire::{Compression, Frame, MsgType, SubFlag};
+use rs2p::proto::wire::Compression;
 use rs2p::{SyncSocket, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -21,25 +21,11 @@ async fn sync_node() -> SyncSocket {
     SyncSocket::builder().anti_entropy_interval(Duration::from_millis(300)).spawn().await.expect("spawn")
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
-}
-
 /// A connection to `victim` that completed py2p's handshake as `me`.
 async fn rival_link(victim: &SyncSocket, me: &PeerId) -> TcpStream {
     let mut s = TcpStream::connect(victim.out_addr().to_string()).await.unwrap();
-    let shake = Frame::build(
-        MsgType::Whisper,
-        me,
-        now_ms() / 1000,
-        SubFlag::Handshake,
-        &[
-            Value::Binary(me.as_bytes().to_vec()),
-            Value::Binary(victim.protocol().id().as_bytes().to_vec()),
-            Value::Array(vec![Value::from("127.0.0.1"), Value::from(1)]),
-            Value::Array(vec![Value::from(Compression::Zlib.code())]),
-        ],
-    );
+    let methods = [u64::from(Compression::Zlib.code())];
+    let shake = raw_handshake(me, victim.protocol().id().as_bytes(), &methods);
     s.write_all(shake.wire_bytes()).await.unwrap();
     let mut buf = [0u8; 4];
     tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut buf)).await.unwrap().unwrap();

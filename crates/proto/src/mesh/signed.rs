@@ -184,32 +184,36 @@ impl Mesh {
         if self.signing.outbox.is_empty() {
             return;
         }
-        let Some(me) = self.cfg.identity.clone() else { return };
-        let outbox = std::mem::take(&mut self.signing.outbox);
+        let mut outbox = std::mem::take(&mut self.signing.outbox);
         for chunk in outbox.chunks(MAX_IDS_PER_MESSAGE) {
-            let ids: Vec<MsgId> = chunk.iter().map(Frame::id).collect();
-            let signature = me.sign(&signatures_context(self.protocol_id.as_bytes(), &ids));
-            let batch = MeshMessage::Signatures { key: me.public_key(), signature, ids };
-            self.publish_now(now, &batch.encode(&self.cfg.id, now.unix()), true);
+            if let Some(batch) = self.signature_message(now, chunk.iter().map(Frame::id).collect()) {
+                self.publish_now(now, &batch, true);
+            }
             for frame in chunk {
                 self.publish_now(now, frame, false);
             }
         }
+        // The buffer is kept for the next input.
+        outbox.clear();
         self.signing.outbox = outbox;
-        self.signing.outbox.clear();
+    }
+
+    /// Our signature message over `ids` (none without a key).
+    fn signature_message(&self, now: Now, ids: Vec<MsgId>) -> Option<Frame> {
+        let me = self.cfg.identity.as_ref()?;
+        let signature = me.sign(&signatures_context(self.protocol_id.as_bytes(), &ids));
+        Some(MeshMessage::Signatures { key: me.public_key(), signature, ids }.encode(&self.cfg.id, now.unix()))
     }
 
     /// Sends our broadcast `frame` on `conn` only (a route response, which
     /// floods back from there), behind its own signature if the peer takes
     /// signatures.
     pub(super) fn send_signed_on(&mut self, now: Now, conn: ConnId, frame: Frame) {
-        if let (true, Some(me)) = (self.signs() && self.takes_signatures(conn), &self.cfg.identity) {
-            let ids = vec![frame.id()];
-            let signature = me.sign(&signatures_context(self.protocol_id.as_bytes(), &ids));
-            let batch =
-                MeshMessage::Signatures { key: me.public_key(), signature, ids }.encode(&self.cfg.id, now.unix());
-            self.dissemination.mark_seen(now, &batch.id());
-            self.send(conn, batch);
+        if self.signs() && self.takes_signatures(conn) {
+            if let Some(batch) = self.signature_message(now, vec![frame.id()]) {
+                self.dissemination.mark_seen(now, &batch.id());
+                self.send(conn, batch);
+            }
         }
         self.send(conn, frame);
     }

@@ -1186,13 +1186,12 @@ fn deliveries(out: &[Output]) -> Vec<(Frame, bool)> {
         .collect()
 }
 
-/// Drains `m`, lets a timeout at its current time pass (nothing due: a
-/// signature is checked as it arrives), and drains again.
-fn settle(m: &mut Mesh) -> Vec<Output> {
-    let mut out = drain(m);
-    m.handle(m.clock(), Input::Timeout);
-    out.extend(drain(m));
-    out
+/// Links `a` and `b`, has `a` broadcast `messages` in one command, and
+/// returns what `a` sent `b` (the signature message, then the broadcasts).
+fn a_sends_to_b(a: &mut Mesh, b: &mut Mesh, messages: Vec<Vec<Value>>) -> Vec<Frame> {
+    link(a, b);
+    a.handle(T0, Input::Command { request: RequestId(1), command: Command::BroadcastMany { messages } });
+    sent_on(&drain(a), 1)
 }
 
 fn is_signatures(f: &Frame) -> bool {
@@ -1245,7 +1244,7 @@ fn a_keyed_node_signs_its_broadcasts_and_py2p_peers_never_see_the_signatures() {
     for f in &to_b {
         b.handle(T0, Input::Packet { conn: ConnId(2), packet: packet(f.clone()) });
     }
-    let got = deliveries(&settle(&mut b));
+    let got = deliveries(&drain(&mut b));
     assert_eq!(got, to_b[1..].iter().map(|f| (f.clone(), true)).collect::<Vec<_>>());
     assert_eq!(b.stats().rejected, 0);
 }
@@ -1253,16 +1252,13 @@ fn a_keyed_node_signs_its_broadcasts_and_py2p_peers_never_see_the_signatures() {
 #[test]
 fn a_large_burst_is_signed_in_bounded_batches_each_ahead_of_its_messages() {
     let (mut a, mut b) = (keyed(1, None), keyed(2, None));
-    link(&mut a, &mut b);
-    let messages: Vec<Vec<Value>> = (0..2_500).map(|i| vec![Value::from(i)]).collect();
-    a.handle(T0, Input::Command { request: RequestId(1), command: Command::BroadcastMany { messages } });
-    let to_b = sent_on(&drain(&mut a), 1);
+    let to_b = a_sends_to_b(&mut a, &mut b, (0..2_500).map(|i| vec![Value::from(i)]).collect());
     let batches: Vec<usize> = to_b.iter().enumerate().filter(|(_, f)| is_signatures(f)).map(|(i, _)| i).collect();
     assert_eq!(batches, vec![0, 1 + MAX_IDS_PER_MESSAGE, 2 + 2 * MAX_IDS_PER_MESSAGE]);
     for f in &to_b {
         b.handle(T0, Input::Packet { conn: ConnId(2), packet: packet(f.clone()) });
     }
-    let got = deliveries(&settle(&mut b));
+    let got = deliveries(&drain(&mut b));
     assert_eq!(got.len(), 2_500);
     assert!(got.iter().all(|(_, v)| *v));
 }
@@ -1301,37 +1297,29 @@ fn forged_broadcasts_and_signatures_claiming_a_keyed_node_are_dropped_and_counte
     // 4. The attacker's own valid signature listing the forged id: it is
     //    not the attacker's message to vouch for.
     inject(&mut b, &signatures_frame(&attacker, &attacker.id(), T0, vec![forged.id()]));
-    let out = settle(&mut b);
+    let out = drain(&mut b);
     assert!(deliveries(&out).is_empty(), "{out:?}");
     assert_eq!(b.stats().bad_signatures, 2);
     b.handle(T0.plus_ms(b.config().signature_wait_ms), Input::Timeout);
-    assert!(deliveries(&settle(&mut b)).is_empty());
+    assert!(deliveries(&drain(&mut b)).is_empty());
     assert_eq!(b.stats().unsigned, 1);
     assert_eq!(b.stats().rejected, 3);
     // The attacker's own unsigned broadcast: a sender b does not know as
     // keyed is delivered, marked unverified.
     let own = text_frame(&pid(12345), T0, "plain");
     inject(&mut b, &own);
-    assert_eq!(deliveries(&settle(&mut b)), vec![(own, false)]);
+    assert_eq!(deliveries(&drain(&mut b)), vec![(own, false)]);
 }
 
 #[test]
 fn a_message_ahead_of_its_signature_waits_for_it() {
     let (mut a, mut b) = (keyed(1, None), keyed(2, None));
-    link(&mut a, &mut b);
-    a.handle(
-        T0,
-        Input::Command {
-            request: RequestId(1),
-            command: Command::BroadcastMany { messages: vec![vec![Value::from("x")]] },
-        },
-    );
-    let mut to_b = sent_on(&drain(&mut a), 1);
+    let mut to_b = a_sends_to_b(&mut a, &mut b, vec![vec![Value::from("x")]]);
     to_b.reverse();
     b.handle(T0, Input::Packet { conn: ConnId(2), packet: packet(to_b[0].clone()) });
-    assert!(deliveries(&settle(&mut b)).is_empty(), "held for its signature");
+    assert!(deliveries(&drain(&mut b)).is_empty(), "held for its signature");
     b.handle(T0.plus_ms(10), Input::Packet { conn: ConnId(2), packet: packet(to_b[1].clone()) });
-    assert_eq!(deliveries(&settle(&mut b)), vec![(to_b[0].clone(), true)]);
+    assert_eq!(deliveries(&drain(&mut b)), vec![(to_b[0].clone(), true)]);
     b.handle(T0.plus_ms(60_000), Input::Timeout);
     assert_eq!(b.stats().rejected, 0);
 }
@@ -1339,15 +1327,7 @@ fn a_message_ahead_of_its_signature_waits_for_it() {
 #[test]
 fn a_signed_broadcast_replayed_after_the_window_is_refused() {
     let (mut a, mut b) = (keyed(1, None), keyed(2, None));
-    link(&mut a, &mut b);
-    a.handle(
-        T0,
-        Input::Command {
-            request: RequestId(1),
-            command: Command::BroadcastMany { messages: vec![vec![Value::from("x")]] },
-        },
-    );
-    let captured = sent_on(&drain(&mut a), 1);
+    let captured = a_sends_to_b(&mut a, &mut b, vec![vec![Value::from("x")]]);
     // A node that never saw it gets the captured pair 61 s later.
     let (mut c, mut a2) = (keyed(3, None), keyed(1, None));
     link(&mut c, &mut a2);
@@ -1355,13 +1335,13 @@ fn a_signed_broadcast_replayed_after_the_window_is_refused() {
     for f in &captured {
         c.handle(later, Input::Packet { conn: ConnId(1), packet: packet(f.clone()) });
     }
-    assert!(deliveries(&settle(&mut c)).is_empty());
+    assert!(deliveries(&drain(&mut c)).is_empty());
     assert_eq!(c.stats().stale, 2);
     // Inside the window, a replay is a duplicate.
     for f in captured.iter().chain(&captured) {
         b.handle(T0.plus_ms(10_000), Input::Packet { conn: ConnId(2), packet: packet(f.clone()) });
     }
-    assert_eq!(deliveries(&settle(&mut b)).len(), 1);
+    assert_eq!(deliveries(&drain(&mut b)).len(), 1);
     assert_eq!(b.stats().duplicates, 2);
 }
 
@@ -1382,7 +1362,7 @@ fn requiring_signatures_refuses_py2p_peers_and_unsigned_messages() {
     let stranger = text_frame(&pid(4242), T0, "unsigned");
     b.handle(T0, Input::Packet { conn: ConnId(2), packet: packet(stranger) });
     b.handle(T0.plus_ms(b.config().signature_wait_ms), Input::Timeout);
-    assert!(deliveries(&settle(&mut b)).is_empty());
+    assert!(deliveries(&drain(&mut b)).is_empty());
     assert_eq!(b.stats().unsigned, 1);
 }
 
@@ -1410,10 +1390,10 @@ proptest::proptest! {
         let mut got = Vec::new();
         for (i, (_, f)) in keyed_frames.iter().enumerate() {
             b.handle(T0.plus_ms(i as u64), Input::Packet { conn: ConnId(2), packet: packet(f.clone()) });
-            got.extend(deliveries(&settle(&mut b)));
+            got.extend(deliveries(&drain(&mut b)));
         }
         b.handle(T0.plus_ms(60_000), Input::Timeout);
-        got.extend(deliveries(&settle(&mut b)));
+        got.extend(deliveries(&drain(&mut b)));
         if drop_signature {
             proptest::prop_assert!(got.is_empty());
             proptest::prop_assert_eq!(b.stats().unsigned, n as u64);
@@ -1427,19 +1407,22 @@ proptest::proptest! {
     }
 }
 
-#[test]
-fn in_a_network_of_keyed_nodes_every_broadcast_arrives_once_and_verified() {
-    let p = Protocol::default();
-    let cfgs = (0..8)
+/// Configs for `n` simulated nodes, each with a key of its own.
+fn keyed_configs(n: usize) -> Vec<Config> {
+    (0..n)
         .map(|i| {
             let key = crate::identity::Identity::from_secret([i as u8 + 1; 32]);
-            let mut c = config_for(i, &p);
+            let mut c = config_for(i, &Protocol::default());
             c.id = key.id();
             c.identity = Some(key);
             c
         })
-        .collect();
-    let mut sim = Sim::with_configs(cfgs);
+        .collect()
+}
+
+#[test]
+fn in_a_network_of_keyed_nodes_every_broadcast_arrives_once_and_verified() {
+    let mut sim = Sim::with_configs(keyed_configs(8));
     // A ring with two chords: several paths to every node.
     for i in 0..8 {
         sim.connect(i, (i + 1) % 8);
@@ -1497,18 +1480,11 @@ fn a_peer_that_checks_signatures_and_relays_a_forged_one_is_closed() {
 #[test]
 fn a_node_that_does_not_sign_still_relays_signatures() {
     // 0 - 1 - 2, all keyed; 1 does not sign its own broadcasts.
-    let p = Protocol::default();
-    let cfgs = (0..3)
-        .map(|i| {
-            let key = crate::identity::Identity::from_secret([i as u8 + 1; 32]);
-            let mut c = config_for(i, &p);
-            c.id = key.id();
-            c.identity = Some(key);
-            c.sign_broadcasts = i != 1;
-            c.max_outgoing = 0;
-            c
-        })
-        .collect();
+    let mut cfgs = keyed_configs(3);
+    for c in &mut cfgs {
+        c.max_outgoing = 0;
+    }
+    cfgs[1].sign_broadcasts = false;
     let mut sim = Sim::with_configs(cfgs);
     sim.connect(0, 1);
     sim.connect(1, 2);

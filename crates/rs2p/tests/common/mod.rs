@@ -191,3 +191,40 @@ pub async fn next_msg(n: &rs2p::MeshSocket) -> rs2p::Message {
         .expect("message in time")
         .expect("node running")
 }
+
+/// The first `ConnectFailed` event's reason, within 10 s.
+pub async fn next_connect_failed(events: &mut rs2p::EventStream) -> rs2p::CloseReason {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Some(rs2p::Event::ConnectFailed { reason, .. }) = events.recv().await {
+                return reason;
+            }
+        }
+    })
+    .await
+    .expect("a refusal event")
+}
+
+/// The UNIX time in ms.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
+}
+
+/// A py2p-format handshake from `me` on the network `protocol_id`,
+/// advertising `methods` (a raw socket's, in the hostile tests).
+pub fn raw_handshake(me: &rs2p::PeerId, protocol_id: &[u8], methods: &[u64]) -> rs2p::proto::wire::Frame {
+    use rs2p::proto::wire::{Frame, MsgType, SubFlag};
+    use rs2p::Value;
+    Frame::build(
+        MsgType::Whisper,
+        me,
+        now_ms() / 1000,
+        SubFlag::Handshake,
+        &[
+            Value::Binary(me.as_bytes().to_vec()),
+            Value::Binary(protocol_id.to_vec()),
+            Value::Array(vec![Value::from("127.0.0.1"), Value::from(1)]),
+            Value::Array(methods.iter().map(|&m| Value::from(m)).collect()),
+        ],
+    )
+}
