@@ -517,14 +517,15 @@ async fn wait_all(nodes: &[SyncSocket], keys: usize, start: Instant, limit: Dura
 /// Workload 6b: a node joins a network whose dictionary holds `keys` keys;
 /// time until it holds them all.
 pub async fn sync_join(keys: usize) -> Result<Json> {
-    let a = SyncSocket::builder().leasing(false).spawn().await?;
+    let node = || SyncSocket::builder().leasing(false).mesh(|m| m.sign_broadcasts(signing())).spawn();
+    let a = node().await?;
     let batch = 10_000;
     for b in (0..keys).step_by(batch) {
         let pairs: Vec<(String, Value)> =
             (b..(b + batch).min(keys)).map(|k| (format!("key-{k}"), Value::from(k as u64))).collect();
         a.update(pairs).await?;
     }
-    let b = SyncSocket::builder().leasing(false).spawn().await?;
+    let b = node().await?;
     let start = Instant::now();
     b.connect(a.out_addr().clone()).await?;
     let done = wait_all(std::slice::from_ref(&b), keys, start, Duration::from_secs(120)).await?;

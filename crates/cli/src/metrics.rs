@@ -93,7 +93,13 @@ pub async fn encode(session: &Session) -> Result<String, rs2p::Error> {
     counter(&mut r, "unresponsive_peers", "Peers declared dead after a silence", s.stats.unresponsive);
     counter(&mut r, "stale", "Broadcasts dropped: outside the 60 s window (replays included)", s.stats.stale);
     counter(&mut r, "refused_ids", "Links refused: the peer's id was not accepted", s.stats.refused_ids);
-    counter(&mut r, "rejected", "Broadcasts dropped for the identity they claim", s.stats.rejected);
+    let forged_writes = s.sync.map_or(0, |sync| sync.stats.forged_writes);
+    counter(
+        &mut r,
+        "rejected",
+        "Broadcasts and sync writes dropped for the identity they claim",
+        s.stats.rejected + forged_writes,
+    );
     counter(&mut r, "unsigned", "Of rejected: no valid signature from a sender known to sign", s.stats.unsigned);
     counter(&mut r, "bad_signatures", "Of rejected: forged or malformed signature messages", s.stats.bad_signatures);
     gauge(&mut r, "queued_messages", "Messages waiting in the receive queue", s.queued_messages as u64);
@@ -118,6 +124,12 @@ pub async fn encode(session: &Session) -> Result<String, rs2p::Error> {
             "sync_bad_versions",
             "Writes from peers dropped: version outside their header's second",
             sync.stats.bad_versions,
+        );
+        counter(
+            &mut r,
+            "sync_forged_writes",
+            "Of rejected: sync writes without their writer's valid proof",
+            sync.stats.forged_writes,
         );
     }
     let mut text = String::new();

@@ -312,6 +312,7 @@ impl Session {
         };
         let lease_refused = s.sync.as_ref().map(|sync| sync.stats.lease_refused);
         let bad_versions = s.sync.as_ref().map(|sync| sync.stats.bad_versions);
+        let forged_writes = s.sync.as_ref().map(|sync| sync.stats.forged_writes);
         let tree = s.tree.map(|t| {
             json!({"prunes": t.prunes, "grafts": t.grafts, "announced": t.announced, "served": t.served,
                    "postponed": t.postponed})
@@ -340,13 +341,15 @@ impl Session {
             "slow_peers": s.slow_peers,
             "refused_connections": s.refused_connections,
             "refused_ids": s.stats.refused_ids,
-            "rejected": s.stats.rejected,
+            // Broadcasts and sync writes dropped for the identity they claim.
+            "rejected": s.stats.rejected + forged_writes.unwrap_or(0),
             "unsigned": s.stats.unsigned,
             "bad_signatures": s.stats.bad_signatures,
             "stale": s.stats.stale,
             "keys": keys,
             "lease_refused": lease_refused,
             "bad_versions": bad_versions,
+            "forged_writes": forged_writes,
             "tree": tree,
             "recent_errors": s.recent_errors,
         }))

@@ -111,6 +111,13 @@ impl Node {
     pub fn new(mesh: Mesh, mut sync: Option<Replica>) -> Self {
         if let Some(r) = sync.as_mut() {
             r.cfg.max_frame_len = mesh.config().max_frame_len;
+            // A node that signs its broadcasts proves its writes too.
+            let signs = mesh.config().sign_broadcasts;
+            let key = mesh.config().identity.clone().filter(|k| signs && k.id() == r.me);
+            if let Some(k) = key {
+                r.learn_keyed(&k.id());
+                r.cfg.identity = Some(k);
+            }
         }
         Node { mesh, sync, out: VecDeque::new() }
     }
@@ -198,6 +205,10 @@ impl Node {
         };
         loop {
             let mut moved = false;
+            // Before the replica reads the messages that taught them.
+            for id in self.mesh.take_newly_keyed() {
+                replica.learn_keyed(&id);
+            }
             while let Some(o) = self.mesh.poll_output() {
                 moved = true;
                 match o {

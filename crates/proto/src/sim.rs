@@ -142,6 +142,24 @@ impl Sim {
         Sim::with_nodes(nodes)
     }
 
+    /// `n` sync nodes as [`Sim::with_sync`] makes them, each with a key
+    /// (its id the key's): they sign their broadcasts and prove their
+    /// writes.
+    pub fn with_keyed_sync(n: usize, cfg: sync::Config) -> Self {
+        let p = Protocol::new(if cfg.leasing { "sync1" } else { "sync0" }, crate::id::Encryption::Plaintext);
+        let nodes = (0..n)
+            .map(|i| {
+                let mut c = config_for(i, &p);
+                let key = crate::identity::Identity::from_secret([i as u8 + 1; 32]);
+                c.id = key.id();
+                c.identity = Some(key);
+                let id = c.id.clone();
+                Node::new(Mesh::new(c, i as u64 + 1), Some(Replica::new(id, cfg.clone(), i as u64 + 101)))
+            })
+            .collect();
+        Sim::with_nodes(nodes)
+    }
+
     fn with_nodes(nodes: Vec<Node>) -> Self {
         let n = nodes.len();
         Sim {

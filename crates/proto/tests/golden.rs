@@ -153,7 +153,10 @@ fn sync_frames_decode_to_typed_values() {
     assert_eq!(owner.as_bytes(), b"cMuV7gbVHGV9NYcojGo17U3Ljt9Bwcp9v9yQNWyg5PpQcqTon2bzCUzHCvuW6UGRB");
     assert_eq!(timestamp, 1_795_279_777);
     let (_, m) = sync("sync_delete_broadcast");
-    assert!(matches!(&m, SyncMessage::Store { key, value: Value::Nil, ts_ms: None } if &key[..] == b"delme"), "{m:?}");
+    assert!(
+        matches!(&m, SyncMessage::Store { key, value: Value::Nil, ts_ms: None, .. } if &key[..] == b"delme"),
+        "{m:?}"
+    );
     let (_, m) = sync("sync_store_broadcast");
     assert!(matches!(&m, SyncMessage::Store { ts_ms: None, .. }), "{m:?}");
     let (_, m) = sync("sync_delta_broadcast");

@@ -403,6 +403,7 @@ mod tests {
             key: Bytes::copy_from_slice(key.as_bytes()),
             base_ts_ms: 1,
             base_owner: Bytes::from_static(b"me"),
+            base_proof: None,
             base: Value::from(v),
             fields: Vec::new(),
             holdings: Vec::new(),

@@ -115,3 +115,35 @@ async fn a_restarted_node_redials_the_peers_it_had() {
     b.close().await.unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_nodes_writes_keep_their_proofs() {
+    // Under leases (holdings and their start proofs are stored too).
+    let leased = |dir: Option<&PathBuf>| {
+        let b = SyncSocket::builder().anti_entropy_interval(Duration::from_millis(200));
+        match dir {
+            Some(d) => b.data_dir(d).fsync(Fsync::Batch).spawn(),
+            None => b.spawn(),
+        }
+    };
+    let dir = data_dir("proofs");
+    let a = leased(Some(&dir)).await.unwrap();
+    for i in 0..50 {
+        a.set(format!("k{i}"), Value::from(i)).await.unwrap();
+    }
+    a.set("k0", "again").await.unwrap();
+    a.apply_delta("map", vec![(Value::from("x"), Value::from(1)), (Value::from("y"), Value::from(2))]).await.unwrap();
+    a.close().await.unwrap();
+    let a = leased(Some(&dir)).await.unwrap();
+    // c links to a only: a proves its id on the link, so c knows a as a
+    // writer that proves its writes, and takes a's stored records only
+    // with their proofs.
+    let c = leased(None).await.unwrap();
+    c.connect(a.out_addr().clone()).await.unwrap();
+    wait_for(10, "c repaired from a's store", || async { dump(&c).await == dump(&a).await }).await;
+    assert_eq!(c.len().await.unwrap(), 51);
+    assert_eq!(c.status().await.unwrap().sync.unwrap().stats.forged_writes, 0);
+    a.close().await.unwrap();
+    c.close().await.unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}

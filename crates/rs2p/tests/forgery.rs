@@ -2,7 +2,9 @@
 //! speaking py2p's wire format: a broadcast, a sync store and a delete in
 //! another rs2p node's name; signature messages made with the wrong key; a
 //! store under the attacker's own, validly signed, id on a leased key; a
-//! captured signed broadcast replayed after the 60 s window. Every one is
+//! captured signed broadcast replayed after the 60 s window; anti-entropy
+//! records claiming another node's writes, without its proof or with one
+//! the attacker signed. Every one is
 //! refused and counted; the network keeps working; what an honest rs2p node
 //! sends arrives marked verified, what the attacker sends in its own name
 //! arrives marked unverified.
@@ -14,8 +16,9 @@ use std::time::Duration;
 use common::{now_ms, raw_handshake, wait_for};
 use rs2p::proto::identity::Identity;
 use rs2p::proto::mesh::signatures_context;
+use rs2p::proto::sync::proof;
 use rs2p::proto::wire::capability;
-use rs2p::proto::wire::message::{MeshMessage, SyncMessage};
+use rs2p::proto::wire::message::{EntryRecord, MeshMessage, SyncMessage};
 use rs2p::proto::wire::{Compression, Frame, FrameDecoder, Limits, MsgType, Packet, SubFlag};
 use rs2p::{MeshSocket, MsgId, PeerId, SyncSocket, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -96,15 +99,15 @@ async fn forged_broadcasts_and_writes_in_a_keyed_nodes_name_are_refused() {
     let (t, key) = (now_ms(), b"k".as_slice());
     let victim = a.id().clone();
     let forged_broadcast = Frame::build(MsgType::Broadcast, &victim, t / 1000, 0u64, &[Value::from("forged")]);
-    let forged_store = SyncMessage::encode_store(&victim, t / 1000, key, &Value::from("stolen"), Some(t));
-    let forged_store_py2p = SyncMessage::encode_store(&victim, t / 1000, key, &Value::from("stolen 2"), None);
-    let forged_delete = SyncMessage::encode_store(&victim, t / 1000, key, &Value::Nil, Some(t + 1));
+    let forged_store = SyncMessage::encode_store(&victim, t / 1000, key, &Value::from("stolen"), Some(t), &[]);
+    let forged_store_py2p = SyncMessage::encode_store(&victim, t / 1000, key, &Value::from("stolen 2"), None, &[]);
+    let forged_delete = SyncMessage::encode_store(&victim, t / 1000, key, &Value::Nil, Some(t + 1), &[]);
     // The attacker's own store on a's leased key, signed with its own
     // (valid) key, with and without the version field.
     let own = attacker.id();
     let own_stores = [
-        SyncMessage::encode_store(&own, t / 1000, key, &Value::from("mine"), Some(t + 2)),
-        SyncMessage::encode_store(&own, t / 1000, key, &Value::from("mine 2"), None),
+        SyncMessage::encode_store(&own, t / 1000, key, &Value::from("mine"), Some(t + 2), &[]),
+        SyncMessage::encode_store(&own, t / 1000, key, &Value::from("mine 2"), None, &[]),
     ];
     let own_signed = signatures(&attacker, &own, &protocol_id, own_stores.iter().map(Frame::id).collect());
     // A signature in a's name made with the attacker's key, over the
@@ -188,4 +191,57 @@ async fn a_captured_signed_broadcast_replayed_after_61_s_is_refused() {
     // And a still talks to b.
     a.broadcast(vec![Value::from("after")]).await.unwrap();
     assert_eq!(received(&b, 500).await, vec![("after".to_string(), true)]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_anti_entropy_records_are_refused_and_proven_ones_repair_anyone() {
+    let mk = || SyncSocket::builder().anti_entropy_interval(Duration::from_millis(300)).spawn();
+    let (a, b) = (mk().await.unwrap(), mk().await.unwrap());
+    b.connect(a.out_addr().clone()).await.unwrap();
+    a.set("k", "owner's").await.unwrap();
+    a.update((0..300).map(|i| (format!("bulk{i}"), Value::from(i)))).await.unwrap();
+    wait_for(5, "b has a's keys", || async { b.len().await.unwrap() == 301 }).await;
+
+    // The attacker whispers anti-entropy records to b (any peer may offer
+    // repairs) claiming writes of a: without a proof, with a proof it
+    // signed itself, and a delete the same way.
+    let attacker = Identity::from_secret([67; 32]);
+    let protocol_id = b.protocol().id().as_bytes().to_vec();
+    let mut raw = Raw::link(&b.out_addr().to_string(), &protocol_id, &attacker.id(), &[0x13]).await;
+    let (t, victim) = (now_ms() + 1_000, a.id().clone());
+    let record = |value: Value, proof| EntryRecord {
+        key: bytes::Bytes::from_static(b"k"),
+        base_ts_ms: t,
+        base_owner: bytes::Bytes::copy_from_slice(victim.as_bytes()),
+        base_proof: proof,
+        base: value,
+        fields: Vec::new(),
+        holdings: Vec::new(),
+    };
+    let self_signed = |value: Value| {
+        let c = proof::content_hash(proof::Content::Set(&value));
+        let leaf = proof::leaf(b"k", &victim, t, &c);
+        record(value, proof::sign_batch(&attacker, &[(leaf, c)]).pop())
+    };
+    let forged =
+        vec![record(Value::from("stolen"), None), self_signed(Value::from("stolen, signed")), self_signed(Value::Nil)];
+    raw.send(&SyncMessage::Entries(forged).encode(&attacker.id(), t / 1000)).await;
+    wait_for(5, "the three forged records counted", || async {
+        b.status().await.unwrap().sync.unwrap().stats.forged_writes >= 3
+    })
+    .await;
+    assert_eq!(b.get("k").await.unwrap(), Some(Value::from("owner's")));
+    assert_eq!(b.get_with_meta("k").await.unwrap().unwrap().1, victim, "the owner is still a");
+
+    // c joins through b only: a's writes reach it in b's records, checked
+    // against a's proofs, none refused.
+    let c = mk().await.unwrap();
+    c.connect(b.out_addr().clone()).await.unwrap();
+    wait_for(10, "c repaired by b", || async { c.len().await.unwrap() == 301 }).await;
+    assert_eq!(c.get("k").await.unwrap(), Some(Value::from("owner's")));
+    assert_eq!(c.status().await.unwrap().sync.unwrap().stats.forged_writes, 0);
+    // The network still works.
+    a.set("k", "owner's, again").await.unwrap();
+    wait_for(5, "c follows the owner", || async { c.get("k").await.unwrap() == Some(Value::from("owner's, again")) })
+        .await;
 }

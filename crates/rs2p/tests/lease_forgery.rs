@@ -58,23 +58,23 @@ async fn a_rival_cannot_take_a_leased_key_with_or_without_the_version_field() {
     let t = now_ms();
     let key = b"k".as_slice();
     let attacks = [
-        ("store with [ts_ms]", SyncMessage::encode_store(&rival, t / 1000, key, &Value::from("stolen"), Some(t))),
-        ("store without it", SyncMessage::encode_store(&rival, t / 1000, key, &Value::from("stolen"), None)),
-        ("delete with [ts_ms]", SyncMessage::encode_store(&rival, t / 1000, key, &Value::Nil, Some(t + 1))),
-        ("delete without it", SyncMessage::encode_store(&rival, t / 1000 + 1, key, &Value::Nil, None)),
+        ("store with [ts_ms]", SyncMessage::encode_store(&rival, t / 1000, key, &Value::from("stolen"), Some(t), &[])),
+        ("store without it", SyncMessage::encode_store(&rival, t / 1000, key, &Value::from("stolen"), None, &[])),
+        ("delete with [ts_ms]", SyncMessage::encode_store(&rival, t / 1000, key, &Value::Nil, Some(t + 1), &[])),
+        ("delete without it", SyncMessage::encode_store(&rival, t / 1000 + 1, key, &Value::Nil, None, &[])),
         (
             "delta with [ts_ms]",
-            SyncMessage::encode_delta(&rival, t / 1000, key, &[(Value::from("f"), Value::from(1))], Some(t + 2)),
+            SyncMessage::encode_delta(&rival, t / 1000, key, &[(Value::from("f"), Value::from(1))], Some(t + 2), &[]),
         ),
     ];
     for (_, frame) in &attacks {
         link.write_all(frame.wire_bytes()).await.unwrap();
     }
     // A version made up to claim the key long ago: dropped as such.
-    let backdated = SyncMessage::encode_store(&rival, t / 1000, key, &Value::from("stolen"), Some(1));
+    let backdated = SyncMessage::encode_store(&rival, t / 1000, key, &Value::from("stolen"), Some(1), &[]);
     link.write_all(backdated.wire_bytes()).await.unwrap();
     // The control: the rival's write on a free key goes through, to both.
-    let free = SyncMessage::encode_store(&rival, t / 1000, b"free", &Value::from("rival's"), Some(t + 3));
+    let free = SyncMessage::encode_store(&rival, t / 1000, b"free", &Value::from("rival's"), Some(t + 3), &[]);
     link.write_all(free.wire_bytes()).await.unwrap();
     for n in [&a, &b] {
         wait_for(5, "the rival's free key everywhere", || async {

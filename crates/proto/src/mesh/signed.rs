@@ -108,6 +108,8 @@ pub(super) struct Signing {
     held_order: VecDeque<(u64, MsgId)>,
     /// When a dropped message may next be logged at info level.
     next_log_ms: u64,
+    /// Identities learned as keyed since [`Mesh::take_newly_keyed`].
+    newly_keyed: Vec<PeerId>,
 }
 
 impl Signing {
@@ -115,6 +117,7 @@ impl Signing {
     pub(super) fn learn(&mut self, id: &PeerId) {
         if self.keyed.len() < MAX_KEYED && !self.keyed.contains_key(id) {
             self.keyed.insert(id.clone(), None);
+            self.newly_keyed.push(id.clone());
         }
     }
 
@@ -162,6 +165,13 @@ impl Signing {
 }
 
 impl Mesh {
+    /// The identities learned as keyed (from a checked signature or a link
+    /// proof) since the last call: the sync replica takes them, so records
+    /// of their writes must carry proofs.
+    pub fn take_newly_keyed(&mut self) -> Vec<PeerId> {
+        std::mem::take(&mut self.signing.newly_keyed)
+    }
+
     /// Whether this node signs its broadcasts.
     pub(super) fn signs(&self) -> bool {
         self.cfg.sign_broadcasts && self.cfg.identity.is_some()
@@ -296,8 +306,9 @@ impl Mesh {
         }
         let checked = identity::key_of(signer, key)?;
         identity::verify_with(&checked, &context, signature)?;
-        if self.signing.keyed.len() < MAX_KEYED || self.signing.keyed.contains_key(signer) {
-            self.signing.keyed.insert(signer.clone(), Some(checked));
+        let room = self.signing.keyed.len() < MAX_KEYED || self.signing.keyed.contains_key(signer);
+        if room && self.signing.keyed.insert(signer.clone(), Some(checked)).is_none() {
+            self.signing.newly_keyed.push(signer.clone());
         }
         Ok(())
     }

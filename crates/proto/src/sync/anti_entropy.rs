@@ -7,14 +7,25 @@
 //! bucket with its 256 leaf digests ([`Digest::Leaves`]); the first then
 //! sends the entries of the differing leaves. Each side does the same, so
 //! both end with the union.
+//!
+//! Records come from a third party, so every write in them is checked
+//! against its writer's proof (`proof.rs`) before it is merged ([`vet`]):
+//! a write with a bad proof, or with none while its writer is known to
+//! prove its writes, is refused, and so is a holding whose bounds its
+//! writer did not sign. Writes of py2p nodes (never proven) are taken as
+//! py2p takes them.
+//!
+//! [`vet`]: Replica::vet
 
 use bytes::Bytes;
 use rand::seq::IteratorRandom;
 use rmpv::Value;
 
+use super::proof::{content_hash, Content};
 use super::{Entry, Output, Replica, LEAF_BUCKETS, TOP_BUCKETS};
+use crate::id::PeerId;
 use crate::mesh::ConnId;
-use crate::wire::message::{Digest, EntryRecord, SyncMessage};
+use crate::wire::message::{Digest, EntryRecord, FieldRecord, HoldingRecord, SyncMessage};
 use crate::Now;
 
 /// Leaf digests per message: a quarter of the top buckets.
@@ -107,6 +118,7 @@ impl Replica {
     pub(super) fn on_entries(&mut self, now: Now, records: Vec<EntryRecord>) {
         let cutoff = now.unix_ms.saturating_sub(self.cfg.tombstone_ttl_ms);
         for rec in records {
+            let Some(rec) = self.vet(now, rec) else { continue };
             let (key, remote) = self.entry_from_record(rec);
             // A tombstone older than the purge horizon is already forgotten
             // here; taking it back would only be purged again.
@@ -116,6 +128,119 @@ impl Replica {
             self.observe(remote.latest());
             self.merge_entry(key, &remote);
         }
+    }
+
+    /// A record with its writes checked (see the module docs): forged
+    /// writes and holdings are taken out and counted; `None` if nothing is
+    /// left. A replica without leases merges the record's base and fields
+    /// and drops its holdings; one with leases merges the holdings, from
+    /// which it derives the value itself.
+    pub(super) fn vet(&mut self, now: Now, mut rec: EntryRecord) -> Option<EntryRecord> {
+        let key = rec.key.clone();
+        if !self.cfg.leasing {
+            rec.holdings.clear();
+        }
+        if !rec.holdings.is_empty() {
+            let holdings = std::mem::take(&mut rec.holdings);
+            for h in holdings {
+                if let Some(h) = self.vet_holding(now, &key, h) {
+                    rec.holdings.push(h);
+                }
+            }
+            return (!rec.holdings.is_empty()).then_some(rec);
+        }
+        if !rec.base_owner.is_empty() {
+            let owner = PeerId::from_bytes(rec.base_owner.clone());
+            let content = content_hash(Content::Set(&rec.base));
+            match self.check_write(&key, &owner, rec.base_ts_ms, &content, rec.base_proof.take(), false) {
+                Ok(p) => rec.base_proof = p,
+                Err(why) => {
+                    self.forged(now, &key, owner.as_bytes(), why);
+                    (rec.base_ts_ms, rec.base_owner, rec.base) = (0, Bytes::new(), Value::Nil);
+                }
+            }
+        }
+        rec.fields = self.vet_fields(now, &key, std::mem::take(&mut rec.fields)).unwrap_or_else(|kept| kept);
+        (!rec.base_owner.is_empty() || !rec.fields.is_empty()).then_some(rec)
+    }
+
+    /// The fields whose writes check: `Ok` if all did, `Err` with those
+    /// that did otherwise.
+    fn vet_fields(
+        &mut self,
+        now: Now,
+        key: &[u8],
+        fields: Vec<FieldRecord>,
+    ) -> Result<Vec<FieldRecord>, Vec<FieldRecord>> {
+        let mut kept = Vec::with_capacity(fields.len());
+        let mut all = true;
+        for mut f in fields {
+            let content = content_hash(Content::Field(&f.key, &f.value));
+            match self.check_write(key, &f.owner, f.ts_ms, &content, f.proof.take(), false) {
+                Ok(p) => {
+                    f.proof = p;
+                    kept.push(f);
+                }
+                Err(why) => {
+                    all = false;
+                    self.forged(now, key, f.owner.as_bytes(), why);
+                }
+            }
+        }
+        if all {
+            Ok(kept)
+        } else {
+            Err(kept)
+        }
+    }
+
+    /// A holding whose writes all check and, for a writer known to prove
+    /// its writes, whose bounds are its own: it ends at its latest write,
+    /// and starts at a write its writer signed. A holding failing any of
+    /// this is refused whole (a partial one would claim other bounds).
+    fn vet_holding(&mut self, now: Now, key: &[u8], mut h: HoldingRecord) -> Option<HoldingRecord> {
+        if !h.base_owner.is_empty() {
+            let owner = PeerId::from_bytes(h.base_owner.clone());
+            let content = content_hash(Content::Set(&h.base));
+            match self.check_write(key, &owner, h.base_ts_ms, &content, h.base_proof.take(), false) {
+                Ok(p) => h.base_proof = p,
+                Err(why) => {
+                    self.forged(now, key, owner.as_bytes(), why);
+                    return None;
+                }
+            }
+        }
+        h.fields = self.vet_fields(now, key, std::mem::take(&mut h.fields)).ok()?;
+        if let Some(p) = h.start_proof.take() {
+            match self.check_write(key, &h.owner, h.start_ms, &p.content.clone(), Some(p), false) {
+                Ok(p) => h.start_proof = p,
+                Err(why) => {
+                    self.forged(now, key, h.owner.as_bytes(), why);
+                    return None;
+                }
+            }
+        }
+        if self.is_keyed(&h.owner) {
+            let base = (!h.base_owner.is_empty()).then(|| (h.base_ts_ms, h.base_owner.as_ref()));
+            let writes = base.into_iter().chain(h.fields.iter().map(|f| (f.ts_ms, f.owner.as_bytes())));
+            let (mut last, mut ends) = (0, false);
+            for (ts, owner) in writes {
+                last = last.max(ts);
+                ends |= ts == h.end_ms && owner == h.owner.as_bytes();
+            }
+            let why = if !ends || last > h.end_ms {
+                Some("a holding that does not end at its writer's latest write")
+            } else if h.start_ms < h.end_ms && h.start_proof.is_none() {
+                Some("a holding whose start its writer did not sign")
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                self.forged(now, key, h.owner.as_bytes(), why);
+                return None;
+            }
+        }
+        Some(h)
     }
 
     /// An entry from the network, its owners interned.

@@ -1,6 +1,7 @@
 //! One key's replicated state, and the rules that order and merge writes.
 
 use std::cmp::Ordering;
+use std::fmt;
 
 use bytes::Bytes;
 use rmpv::Value;
@@ -8,8 +9,39 @@ use sha2::{Digest, Sha256};
 
 use super::lease::{Holding, Holdings};
 use crate::id::PeerId;
-use crate::wire::message::{EntryRecord, FieldRecord, HoldingRecord};
+use crate::wire::message::{EntryRecord, FieldRecord, HoldingRecord, Proof};
 use crate::wire::msgpack::write_value;
+
+/// A write's proof (`proof.rs`), kept beside it. It takes no part in
+/// comparing versions or entries: two replicas that hold the same write,
+/// one with its proof and one without, hold the same state.
+#[derive(Clone, Default)]
+pub struct ProofSlot(pub Proof);
+
+impl PartialEq for ProofSlot {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for ProofSlot {}
+
+impl std::hash::Hash for ProofSlot {
+    fn hash<H: std::hash::Hasher>(&self, _: &mut H) {}
+}
+
+impl fmt::Debug for ProofSlot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_some() { "proven" } else { "unproven" })
+    }
+}
+
+impl ProofSlot {
+    /// Whether the write has a proof.
+    pub fn is_some(&self) -> bool {
+        self.0.is_some()
+    }
+}
 
 /// When and by whom a write was made. Versions are totally ordered
 /// ([`Version::cmp`]), so every replica picks the same winner among
@@ -22,12 +54,19 @@ pub struct Version {
     pub ts_ms: u64,
     /// The writer.
     pub owner: PeerId,
+    /// The writer's proof of the write, when it has one.
+    pub proof: ProofSlot,
 }
 
 impl Version {
-    /// A version.
+    /// A version (without proof).
     pub fn new(ts_ms: u64, owner: PeerId) -> Self {
-        Version { ts_ms, owner }
+        Version { ts_ms, owner, proof: ProofSlot::default() }
+    }
+
+    /// A version with its proof.
+    pub fn proven(ts_ms: u64, owner: PeerId, proof: Proof) -> Self {
+        Version { ts_ms, owner, proof: ProofSlot(proof) }
     }
 
     /// py2p's second-resolution timestamp.
@@ -134,8 +173,16 @@ impl Entry {
     /// Applies a set (or a delete, `Nil`) with `version`. Returns whether
     /// the entry changed.
     pub fn apply_set(&mut self, version: &Version, value: &Value) -> bool {
-        if write_order((version, value), (&self.base_version, &self.base)) != Ordering::Greater {
-            return false;
+        match write_order((version, value), (&self.base_version, &self.base)) {
+            Ordering::Greater => {}
+            Ordering::Equal => {
+                // The same write: keep a proof if this copy brings one.
+                if !self.base_version.proof.is_some() && version.proof.is_some() {
+                    self.base_version.proof = version.proof.clone();
+                }
+                return false;
+            }
+            Ordering::Less => return false,
         }
         self.base_version = version.clone();
         self.base = value.clone();
@@ -157,10 +204,14 @@ impl Entry {
             match self.fields.binary_search_by(|f| encode(&f.key).cmp(&ek)) {
                 Ok(i) => {
                     let f = &mut self.fields[i];
-                    if write_order((version, v), (&f.version, &f.value)) == Ordering::Greater {
-                        f.version = version.clone();
-                        f.value = v.clone();
-                        changed = true;
+                    match write_order((version, v), (&f.version, &f.value)) {
+                        Ordering::Greater => {
+                            f.version = version.clone();
+                            f.value = v.clone();
+                            changed = true;
+                        }
+                        Ordering::Equal if !f.version.proof.is_some() => f.version.proof = version.proof.clone(),
+                        _ => {}
                     }
                 }
                 Err(i) => {
@@ -208,7 +259,7 @@ impl Entry {
         };
         match self.holdings.as_deref() {
             None => {}
-            Some(Holdings::One { owner, start_ms, end_ms }) => span(&mut h, owner, *start_ms, *end_ms),
+            Some(Holdings::One { owner, start_ms, end_ms, .. }) => span(&mut h, owner, *start_ms, *end_ms),
             Some(Holdings::Many(hs)) => {
                 for hold in hs {
                     span(&mut h, &hold.owner, hold.start_ms, hold.end_ms);
@@ -229,6 +280,7 @@ impl Entry {
             key: key.clone(),
             base_ts_ms: self.base_version.ts_ms,
             base_owner: Bytes::copy_from_slice(self.base_version.owner.as_bytes()),
+            base_proof: self.base_version.proof.0.clone(),
             base: self.base.clone(),
             fields: field_records(&self.fields),
             holdings: self
@@ -240,8 +292,10 @@ impl Entry {
                     end_ms: h.end_ms,
                     base_ts_ms: h.writes.base_version.ts_ms,
                     base_owner: Bytes::copy_from_slice(h.writes.base_version.owner.as_bytes()),
+                    base_proof: h.writes.base_version.proof.0.clone(),
                     base: h.writes.base.clone(),
                     fields: field_records(&h.writes.fields),
+                    start_proof: h.start.0.clone(),
                 })
                 .collect(),
         }
@@ -253,7 +307,7 @@ impl Entry {
     /// the replica merges them into its own (`merge_leased`),
     /// which checks them.
     pub fn from_record(rec: EntryRecord) -> (Bytes, Entry) {
-        let mut e = register(rec.base_ts_ms, rec.base_owner, rec.base, rec.fields);
+        let mut e = register(rec.base_ts_ms, rec.base_owner, rec.base_proof, rec.base, rec.fields);
         let mut hs: Vec<Holding> = rec
             .holdings
             .into_iter()
@@ -261,7 +315,8 @@ impl Entry {
                 owner: h.owner,
                 start_ms: h.start_ms,
                 end_ms: h.end_ms,
-                writes: register(h.base_ts_ms, h.base_owner, h.base, h.fields),
+                start: ProofSlot(h.start_proof),
+                writes: register(h.base_ts_ms, h.base_owner, h.base_proof, h.base, h.fields),
             })
             .collect();
         match hs.len() {
@@ -270,7 +325,12 @@ impl Entry {
             1 => {
                 let h = hs.pop().expect("one");
                 e = h.writes;
-                e.holdings = Some(Box::new(Holdings::One { owner: h.owner, start_ms: h.start_ms, end_ms: h.end_ms }));
+                e.holdings = Some(Box::new(Holdings::One {
+                    owner: h.owner,
+                    start_ms: h.start_ms,
+                    end_ms: h.end_ms,
+                    start: h.start,
+                }));
             }
             _ => e.holdings = Some(Box::new(Holdings::Many(hs))),
         }
@@ -278,10 +338,10 @@ impl Entry {
     }
 }
 
-fn register(base_ts_ms: u64, base_owner: Bytes, base: Value, fields: Vec<FieldRecord>) -> Entry {
-    let mut e = Entry::new(Version::new(base_ts_ms, PeerId::from_bytes(base_owner)), base);
-    for FieldRecord { key, ts_ms, owner, value } in fields {
-        e.apply_delta(&Version::new(ts_ms, owner), &[(key, value)]);
+fn register(base_ts_ms: u64, base_owner: Bytes, base_proof: Proof, base: Value, fields: Vec<FieldRecord>) -> Entry {
+    let mut e = Entry::new(Version::proven(base_ts_ms, PeerId::from_bytes(base_owner), base_proof), base);
+    for FieldRecord { key, ts_ms, owner, value, proof } in fields {
+        e.apply_delta(&Version::proven(ts_ms, owner, proof), &[(key, value)]);
     }
     e
 }
@@ -294,6 +354,7 @@ fn field_records(fields: &[Field]) -> Vec<FieldRecord> {
             ts_ms: f.version.ts_ms,
             owner: f.version.owner.clone(),
             value: f.value.clone(),
+            proof: f.version.proof.0.clone(),
         })
         .collect()
 }

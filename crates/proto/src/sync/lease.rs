@@ -56,7 +56,7 @@ use std::borrow::Cow;
 use bytes::Bytes;
 use rmpv::Value;
 
-use super::entry::Version;
+use super::entry::{ProofSlot, Version};
 use super::{Entry, Replica, WriteError};
 use crate::id::PeerId;
 use crate::Now;
@@ -78,6 +78,9 @@ pub struct Holding {
     pub start_ms: u64,
     /// The last write's time (ms).
     pub end_ms: u64,
+    /// The proof of the first write (at `start_ms`), kept even once a later
+    /// write replaced it, so the holding's start stays checkable.
+    pub start: ProofSlot,
     /// The writes, merged as an entry's are (no holdings of their own).
     pub writes: Entry,
 }
@@ -119,6 +122,8 @@ pub enum Holdings {
         start_ms: u64,
         /// The last write's time (ms).
         end_ms: u64,
+        /// The proof of the first write.
+        start: ProofSlot,
     },
     /// Several, in order of first write (then owner).
     Many(Vec<Holding>),
@@ -145,10 +150,20 @@ impl Span<'_> {
 /// A write's payload.
 #[derive(Debug, Clone, Copy)]
 pub(super) enum Write<'a> {
-    /// A set (nil: a delete).
+    /// A set (nil: a delete); its proof is the version's.
     Set(&'a Value),
-    /// A delta's fields.
-    Delta(&'a [(Value, Value)]),
+    /// A delta's fields, with one proof per field (or none).
+    Delta(&'a [(Value, Value)], &'a [ProofSlot]),
+}
+
+impl Write<'_> {
+    /// The proof of the write's first part: a holding it starts keeps it.
+    fn start_proof(&self, version: &Version) -> ProofSlot {
+        match self {
+            Write::Set(_) => version.proof.clone(),
+            Write::Delta(_, proofs) => proofs.first().cloned().unwrap_or_default(),
+        }
+    }
 }
 
 /// The starting point of an entry made by a delta: the oldest version.
@@ -181,10 +196,19 @@ fn granted_spans(spans: &[Span<'_>], lease_ms: u64) -> Vec<bool> {
 impl Entry {
     /// Applies one write to the entry's own base and fields (the register
     /// rules of `entry.rs`). Returns whether they changed.
-    fn apply_to_register(&mut self, version: &Version, write: Write<'_>) -> bool {
+    pub(super) fn apply_to_register(&mut self, version: &Version, write: Write<'_>) -> bool {
         match write {
             Write::Set(v) => self.apply_set(version, v),
-            Write::Delta(d) => self.apply_delta(version, d),
+            Write::Delta(d, []) => self.apply_delta(version, d),
+            // Each field with its own proof.
+            Write::Delta(d, proofs) => {
+                let mut changed = false;
+                for (field, proof) in d.iter().zip(proofs) {
+                    let v = Version { proof: proof.clone(), ..version.clone() };
+                    changed |= self.apply_delta(&v, std::slice::from_ref(field));
+                }
+                changed
+            }
         }
     }
 
@@ -209,10 +233,11 @@ impl Entry {
     fn holdings_view(&self) -> Cow<'_, [Holding]> {
         match self.holdings.as_deref() {
             Some(Holdings::Many(hs)) => Cow::Borrowed(hs.as_slice()),
-            Some(Holdings::One { owner, start_ms, end_ms }) => Cow::Owned(vec![Holding {
+            Some(Holdings::One { owner, start_ms, end_ms, start }) => Cow::Owned(vec![Holding {
                 owner: owner.clone(),
                 start_ms: *start_ms,
                 end_ms: *end_ms,
+                start: start.clone(),
                 writes: self.register(),
             }]),
             None if self.is_blank() => Cow::Owned(Vec::new()),
@@ -222,6 +247,7 @@ impl Entry {
                     owner: latest.owner,
                     start_ms: latest.ts_ms,
                     end_ms: latest.ts_ms,
+                    start: latest.proof,
                     writes: self.register(),
                 }])
             }
@@ -232,7 +258,7 @@ impl Entry {
     fn spans(&self) -> Vec<Span<'_>> {
         match self.holdings.as_deref() {
             Some(Holdings::Many(hs)) => hs.iter().map(Holding::span).collect(),
-            Some(Holdings::One { owner, start_ms, end_ms }) => {
+            Some(Holdings::One { owner, start_ms, end_ms, .. }) => {
                 vec![Span { owner, start_ms: *start_ms, end_ms: *end_ms, deleted: self.is_tombstone() }]
             }
             None if self.is_blank() => Vec::new(),
@@ -263,25 +289,33 @@ impl Entry {
         // The common cases, in place: a new key, or another write of its
         // only holder within a lease.
         if self.is_blank() {
-            self.holdings = Some(Box::new(Holdings::One { owner: version.owner.clone(), start_ms: ts, end_ms: ts }));
+            self.holdings = Some(Box::new(Holdings::One {
+                owner: version.owner.clone(),
+                start_ms: ts,
+                end_ms: ts,
+                start: write.start_proof(version),
+            }));
             match write {
                 // Taken as is: the blank entry would win a tie at time 0.
                 Write::Set(v) => {
                     self.base_version = version.clone();
                     self.base = v.clone();
                 }
-                Write::Delta(_) => {
+                Write::Delta(..) => {
                     self.apply_to_register(version, write);
                 }
             }
             return true;
         }
-        if let Some(Holdings::One { owner, start_ms, end_ms }) = self.holdings.as_deref_mut() {
+        if let Some(Holdings::One { owner, start_ms, end_ms, start }) = self.holdings.as_deref_mut() {
             if *owner == version.owner
                 && ts < end_ms.saturating_add(lease_ms)
                 && *start_ms < ts.saturating_add(lease_ms)
             {
                 let widened = ts < *start_ms || ts > *end_ms;
+                if ts < *start_ms || (ts == *start_ms && !start.is_some()) {
+                    *start = write.start_proof(version);
+                }
                 *start_ms = (*start_ms).min(ts);
                 *end_ms = (*end_ms).max(ts);
                 return self.apply_to_register(version, write) || widened;
@@ -291,20 +325,21 @@ impl Entry {
         // time 0); a delta applies to the empty one.
         let writes = match write {
             Write::Set(v) => Entry::new(version.clone(), v.clone()),
-            Write::Delta(_) => {
+            Write::Delta(..) => {
                 let mut e = empty_register();
                 e.apply_to_register(version, write);
                 e
             }
         };
-        let h = Holding { owner: version.owner.clone(), start_ms: ts, end_ms: ts, writes };
+        let start = write.start_proof(version);
+        let h = Holding { owner: version.owner.clone(), start_ms: ts, end_ms: ts, start, writes };
         self.add_holdings(std::iter::once(h), lease_ms)
     }
 
     /// Whether the holding that holds the write `version` is granted.
     pub(super) fn grants(&self, version: &Version, lease_ms: u64) -> bool {
         // A lone holding is granted: no list to build on this path.
-        if let Some(Holdings::One { owner, start_ms, end_ms }) = self.holdings.as_deref() {
+        if let Some(Holdings::One { owner, start_ms, end_ms, .. }) = self.holdings.as_deref() {
             return *owner == version.owner && (*start_ms..=*end_ms).contains(&version.ts_ms);
         }
         let spans = self.spans();
@@ -347,7 +382,12 @@ impl Entry {
             self.base_version = h.writes.base_version;
             self.base = h.writes.base;
             self.fields = h.writes.fields;
-            self.holdings = Some(Box::new(Holdings::One { owner: h.owner, start_ms: h.start_ms, end_ms: h.end_ms }));
+            self.holdings = Some(Box::new(Holdings::One {
+                owner: h.owner,
+                start_ms: h.start_ms,
+                end_ms: h.end_ms,
+                start: h.start,
+            }));
             return;
         }
         let ok = granted(&hs, lease_ms);
@@ -423,6 +463,9 @@ fn add_holding(hs: &mut Vec<Holding>, new: Holding, lease_ms: u64) -> bool {
         [i] => {
             let h = &mut hs[*i];
             let mut changed = h.writes.merge(&new.writes);
+            if new.start_ms < h.start_ms || (new.start_ms == h.start_ms && !h.start.is_some()) {
+                h.start = new.start.clone();
+            }
             if new.start_ms < h.start_ms || new.end_ms > h.end_ms {
                 h.start_ms = h.start_ms.min(new.start_ms);
                 h.end_ms = h.end_ms.max(new.end_ms);
@@ -435,6 +478,9 @@ fn add_holding(hs: &mut Vec<Holding>, new: Holding, lease_ms: u64) -> bool {
             let mut joined = new;
             for &i in near.iter().rev() {
                 let h = hs.remove(i);
+                if h.start_ms < joined.start_ms || (h.start_ms == joined.start_ms && !joined.start.is_some()) {
+                    joined.start = h.start.clone();
+                }
                 joined.start_ms = joined.start_ms.min(h.start_ms);
                 joined.end_ms = joined.end_ms.max(h.end_ms);
                 joined.writes.merge(&h.writes);
@@ -593,7 +639,7 @@ mod tests {
         let mut e = empty_register();
         set(&mut e, 10, "A", "a");
         set(&mut e, 300, "B", "b");
-        e.apply_leased(&Version::new(500, pid("C")), Write::Delta(&[(Value::from("f"), Value::from(1))]), L);
+        e.apply_leased(&Version::new(500, pid("C")), Write::Delta(&[(Value::from("f"), Value::from(1))], &[]), L);
         set(&mut e, 320, "D", "refused");
         let before = e.value();
         assert!(matches!(e.holdings.as_deref(), Some(Holdings::Many(hs)) if hs.len() == 4));

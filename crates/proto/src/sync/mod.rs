@@ -72,8 +72,10 @@
 mod anti_entropy;
 pub mod entry;
 mod lease;
+pub mod proof;
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use rand::rngs::StdRng;
@@ -81,19 +83,24 @@ use rand::SeedableRng;
 use rmpv::Value;
 use sha2::{Digest as _, Sha256};
 
-pub use entry::{Entry, Field, Version};
+pub use entry::{Entry, Field, ProofSlot, Version};
 use lease::Write;
 pub use lease::{Holding, Holdings, LEASE_MS, MAX_HOLDINGS};
+use proof::{content_hash, Checker, Content, ProofError, MAX_BATCH_WRITES};
 
 use crate::id::PeerId;
+use crate::identity::Identity;
 use crate::mesh::ConnId;
-use crate::wire::message::{EntryRecord, SyncMessage};
+use crate::wire::message::{EntryRecord, Proof, SyncMessage, TreeNode, WriteProof};
 use crate::wire::{Frame, Packet};
 use crate::{Now, RequestId};
 
 /// Most distinct owner ids a replica shares among its entries; owners past
 /// it get a copy each (so a flood of made-up ids cannot grow the table).
 const MAX_INTERNED_OWNERS: usize = 4096;
+/// Most writers remembered as proving their writes; past it, new ones are
+/// not added (their unproven records are then taken, as a py2p writer's).
+pub const MAX_KEYED_WRITERS: usize = 1 << 16;
 const TOP_BUCKETS: usize = crate::wire::message::DIGEST_BUCKETS;
 const LEAF_BUCKETS: usize = TOP_BUCKETS * TOP_BUCKETS;
 /// Settings of a replica.
@@ -117,6 +124,10 @@ pub struct Config {
     /// [`crate::wire::DEFAULT_MAX_FRAME_LEN`]; a [`crate::node::Node`] sets
     /// it to its mesh's limit.
     pub max_frame_len: usize,
+    /// The node's key, to prove its writes (`proof.rs`): it must be the
+    /// key behind the replica's id. `None` (the default): writes go out
+    /// unproven, as a py2p node's.
+    pub identity: Option<Identity>,
 }
 
 impl Default for Config {
@@ -128,6 +139,7 @@ impl Default for Config {
             anti_entropy_interval_ms: 2_000,
             max_batch_bytes: 256 * 1024,
             max_frame_len: crate::wire::DEFAULT_MAX_FRAME_LEN,
+            identity: None,
         }
     }
 }
@@ -285,6 +297,25 @@ pub enum Output {
     },
 }
 
+/// A local write being made.
+#[derive(Debug)]
+enum Payload {
+    /// A set (nil: a delete).
+    Set(Value),
+    /// A delta's fields.
+    Delta(Vec<(Value, Value)>),
+}
+
+impl Payload {
+    /// The contents of its parts (one per field of a delta).
+    fn contents(&self) -> Vec<TreeNode> {
+        match self {
+            Payload::Set(v) => vec![content_hash(Content::Set(v))],
+            Payload::Delta(fields) => fields.iter().map(|(k, v)| content_hash(Content::Field(k, v))).collect(),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 struct Slot {
     entry: Entry,
@@ -296,7 +327,7 @@ struct Slot {
 /// One node's replica of the dictionary. See the [module docs](self).
 #[derive(Debug)]
 pub struct Replica {
-    me: PeerId,
+    pub(crate) me: PeerId,
     pub(crate) cfg: Config,
     /// Keys are remote input: hashed with a keyed hash seeded per replica
     /// (random in a real node, fixed in a simulation, which keeps its runs
@@ -328,6 +359,13 @@ pub struct Replica {
     /// Keys changed (or purged) since [`Replica::take_changes`], when a
     /// durable store wants them ([`Replica::track_changes`]).
     changed: Option<HashSet<Bytes, foldhash::quality::FixedState>>,
+    /// The write batches whose signature was checked.
+    checker: Checker,
+    /// Writers known to prove their writes: an unproven record of theirs
+    /// is a forgery.
+    keyed: HashSet<PeerId>,
+    /// When a refused write may next be logged at info level.
+    next_log_ms: u64,
     stats: SyncStats,
 }
 
@@ -345,6 +383,10 @@ pub struct SyncStats {
     /// Writes from peers dropped because their `[ts_ms]` is not within the
     /// second their header states (a made-up version).
     pub bad_versions: u64,
+    /// Writes refused as forged: a proof that does not check, or, in an
+    /// anti-entropy record, no proof for a writer known to prove its
+    /// writes (or a holding whose bounds its writer did not sign).
+    pub forged_writes: u64,
 }
 
 /// The event for a change of `entry` (at `key`), which held a value before
@@ -402,8 +444,25 @@ impl Replica {
             owners: HashSet::with_hasher(foldhash::quality::FixedState::with_seed(seed ^ 0x6f77_6e72)),
             report_changes: true,
             changed: None,
+            checker: Checker::default(),
+            keyed: HashSet::new(),
+            next_log_ms: 0,
             stats: SyncStats::default(),
         }
+    }
+
+    /// Remembers `id` as a writer that proves its writes (the node learned
+    /// it from a signature or a link proof): from now on an anti-entropy
+    /// record of a write of `id` without a proof is refused.
+    pub fn learn_keyed(&mut self, id: &PeerId) {
+        if self.keyed.len() < MAX_KEYED_WRITERS && !self.keyed.contains(id) {
+            self.keyed.insert(id.clone());
+        }
+    }
+
+    /// Whether `id` is known to prove its writes.
+    pub fn is_keyed(&self, id: &PeerId) -> bool {
+        self.keyed.contains(id)
     }
 
     // ----- durability -------------------------------------------------------
@@ -548,68 +607,130 @@ impl Replica {
 
     fn on_command(&mut self, now: Now, command: Command) -> Result<Reply, WriteError> {
         match command {
-            Command::Set { key, value } => self.set(now, key, value).map(|()| Reply::Done),
+            Command::Set { key, value } => self.write(now, vec![(key, Payload::Set(value))]).map(|()| Reply::Done),
             Command::Update { pairs } => {
-                for (key, value) in pairs {
-                    self.set(now, key, value)?;
-                }
-                Ok(Reply::Done)
+                let writes = pairs.into_iter().map(|(k, v)| (k, Payload::Set(v))).collect();
+                self.write(now, writes).map(|()| Reply::Done)
             }
-            Command::Delete { key } => self.delete(now, key).map(|()| Reply::Done),
-            Command::Delta { key, delta } => self.apply_delta(now, key, delta).map(|()| Reply::Done),
+            Command::Delete { key } => {
+                if self.get(&key).is_none() {
+                    return Err(WriteError::NotFound);
+                }
+                self.write(now, vec![(key, Payload::Set(Value::Nil))]).map(|()| Reply::Done)
+            }
+            // An empty delta writes nothing (but is still checked).
+            Command::Delta { key, delta } if delta.is_empty() => match self.get(&key) {
+                Some(v) if !v.is_map() => Err(WriteError::NotAMap),
+                _ => Ok(Reply::Done),
+            },
+            Command::Delta { key, delta } => self.write(now, vec![(key, Payload::Delta(delta))]).map(|()| Reply::Done),
             Command::Pop { key } => {
                 let key = key.or_else(|| self.items().next().map(|(k, _, _)| k.clone()));
                 let Some((key, value)) = key.and_then(|k| self.get(&k).map(|v| (k, v))) else {
                     return Err(WriteError::NotFound);
                 };
-                self.set(now, key.clone(), Value::Nil)?;
+                self.write(now, vec![(key.clone(), Payload::Set(Value::Nil))])?;
                 Ok(Reply::Popped(key, value))
             }
         }
     }
 
-    /// Checks a local write (lease, delta target, frame size) and stamps it
-    /// with a version, from one lookup of the key. Returns the version and
-    /// the frame to flood; nothing is changed on refusal.
-    fn prepare_write(
-        &mut self,
-        now: Now,
-        key: &Bytes,
-        payload: Result<&Value, &[(Value, Value)]>,
-    ) -> Result<(Version, Frame), WriteError> {
+    /// Makes local writes, in order, stopping at the first refused one
+    /// (the earlier ones stay written): each is checked and versioned,
+    /// then all are proven together (one signature per batch), applied and
+    /// flooded.
+    fn write(&mut self, now: Now, writes: Vec<(Bytes, Payload)>) -> Result<(), WriteError> {
+        let mut ready = Vec::with_capacity(writes.len());
+        let mut refused = None;
+        for (key, payload) in writes {
+            match self.prepare_write(now, &key, &payload) {
+                Ok(version) => ready.push((key, version, payload)),
+                Err(e) => {
+                    refused = Some(e);
+                    break;
+                }
+            }
+        }
+        let proofs = self.prove(&ready);
+        for ((key, mut version, payload), proofs) in ready.into_iter().zip(proofs) {
+            let secs = version.secs();
+            let frame = match &payload {
+                Payload::Set(value) => {
+                    SyncMessage::encode_store(&self.me, secs, &key, value, Some(version.ts_ms), &proofs)
+                }
+                Payload::Delta(fields) => {
+                    SyncMessage::encode_delta(&self.me, secs, &key, fields, Some(version.ts_ms), &proofs)
+                }
+            };
+            // Peers close links that send frames above their limit: refuse
+            // before it is applied.
+            let len = frame.body().len();
+            if len > self.cfg.max_frame_len {
+                refused = Some(WriteError::TooLarge { len, max: self.cfg.max_frame_len });
+                break;
+            }
+            match &payload {
+                Payload::Set(value) => {
+                    version.proof = ProofSlot(proofs.into_iter().next());
+                    self.apply_write(key, &version, Write::Set(value));
+                }
+                Payload::Delta(fields) => {
+                    let slots: Vec<ProofSlot> = proofs.into_iter().map(|p| ProofSlot(Some(p))).collect();
+                    version.proof = slots.first().cloned().unwrap_or_default();
+                    self.apply_write(key, &version, Write::Delta(fields, &slots));
+                }
+            }
+            self.out.push_back(Output::Broadcast(frame));
+        }
+        refused.map_or(Ok(()), Err)
+    }
+
+    /// The proofs of local writes (none without a key), one list per write
+    /// (one proof per field of a delta): writes go in batches of up to
+    /// [`MAX_BATCH_WRITES`] parts, a delta's fields never split.
+    fn prove(&self, ready: &[(Bytes, Version, Payload)]) -> Vec<Vec<Arc<WriteProof>>> {
+        let Some(identity) = self.cfg.identity.as_ref() else { return vec![Vec::new(); ready.len()] };
+        let mut out = Vec::with_capacity(ready.len());
+        let mut batch: Vec<(TreeNode, TreeNode)> = Vec::new();
+        let mut sizes: Vec<usize> = Vec::new();
+        let flush = |batch: &mut Vec<(TreeNode, TreeNode)>, sizes: &mut Vec<usize>, out: &mut Vec<_>| {
+            let mut proofs = proof::sign_batch(identity, batch).into_iter();
+            for n in sizes.drain(..) {
+                out.push(proofs.by_ref().take(n).collect::<Vec<_>>());
+            }
+            batch.clear();
+        };
+        for (key, version, payload) in ready {
+            let parts: Vec<(TreeNode, TreeNode)> =
+                payload.contents().into_iter().map(|c| (proof::leaf(key, &self.me, version.ts_ms, &c), c)).collect();
+            if !batch.is_empty() && batch.len() + parts.len() > MAX_BATCH_WRITES {
+                flush(&mut batch, &mut sizes, &mut out);
+            }
+            sizes.push(parts.len());
+            batch.extend(parts);
+        }
+        flush(&mut batch, &mut sizes, &mut out);
+        out
+    }
+
+    /// Checks a local write (lease, delta target) and stamps it with a
+    /// version, from one lookup of the key. Nothing is changed on refusal.
+    fn prepare_write(&mut self, now: Now, key: &Bytes, payload: &Payload) -> Result<Version, WriteError> {
         let current = self.entries.get(key).map(|s| &s.entry);
         // The hybrid clock: never behind what this replica has seen, nor
         // behind the key's own newest version.
         let floor = current.map(|e| e.latest().ts_ms + 1).unwrap_or(0);
         let ts = now.unix_ms.max(self.clock_ms + 1).max(floor);
         if let Some(e) = current {
-            if payload.is_err() && matches!(e.value(), Some(v) if !v.is_map()) {
+            if matches!(payload, Payload::Delta(_)) && matches!(e.value(), Some(v) if !v.is_map()) {
                 return Err(WriteError::NotAMap);
             }
             if let Some(err) = self.lease_error(e, ts) {
                 return Err(err);
             }
         }
-        let version = Version::new(ts, self.me.clone());
-        let frame = match payload {
-            Ok(value) => SyncMessage::encode_store(&self.me, version.secs(), key, value, Some(ts)),
-            Err(fields) => SyncMessage::encode_delta(&self.me, version.secs(), key, fields, Some(ts)),
-        };
-        // Peers close links that send frames above their limit: refuse
-        // before anything is applied.
-        let len = frame.body().len();
-        if len > self.cfg.max_frame_len {
-            return Err(WriteError::TooLarge { len, max: self.cfg.max_frame_len });
-        }
         self.clock_ms = ts;
-        Ok((version, frame))
-    }
-
-    fn set(&mut self, now: Now, key: Bytes, value: Value) -> Result<(), WriteError> {
-        let (version, frame) = self.prepare_write(now, &key, Ok(&value))?;
-        self.apply_write(key, &version, Write::Set(&value));
-        self.out.push_back(Output::Broadcast(frame));
-        Ok(())
+        Ok(Version::new(ts, self.me.clone()))
     }
 
     /// Applies one write (local or from the network): under leases through
@@ -632,7 +753,7 @@ impl Replica {
         }
         match write {
             Write::Set(value) => self.apply(key, |e| e.apply_set(version, value), Some((version, value))),
-            Write::Delta(fields) => self.apply(key, |e| e.apply_delta(version, fields), None),
+            Write::Delta(..) => self.apply(key, |e| e.apply_to_register(version, write), None),
         }
     }
 
@@ -650,18 +771,43 @@ impl Replica {
         }
     }
 
-    fn delete(&mut self, now: Now, key: Bytes) -> Result<(), WriteError> {
-        if self.get(&key).is_none() {
-            return Err(WriteError::NotFound);
+    // ----- proofs -----------------------------------------------------------
+
+    /// Checks the proof of a write by `owner` of `content` to `key` at
+    /// `ts_ms`: the proof to keep (checked, or none for a writer not known
+    /// to prove its writes, when `unproven_ok`), or why it is refused.
+    fn check_write(
+        &mut self,
+        key: &[u8],
+        owner: &PeerId,
+        ts_ms: u64,
+        content: &TreeNode,
+        proof: Proof,
+        unproven_ok: bool,
+    ) -> Result<Proof, &'static str> {
+        match proof {
+            Some(p) => {
+                let p = self.checker.check(key, owner, ts_ms, content, &p).map_err(ProofError::as_reason)?;
+                self.learn_keyed(owner);
+                Ok(Some(p))
+            }
+            None if unproven_ok || !self.is_keyed(owner) => Ok(None),
+            None => Err("no proof, from a writer known to prove its writes"),
         }
-        self.set(now, key, Value::Nil)
     }
 
-    fn apply_delta(&mut self, now: Now, key: Bytes, delta: Vec<(Value, Value)>) -> Result<(), WriteError> {
-        let (version, frame) = self.prepare_write(now, &key, Err(&delta))?;
-        self.apply_write(key, &version, Write::Delta(&delta));
-        self.out.push_back(Output::Broadcast(frame));
-        Ok(())
+    /// Counts and logs a refused write: at info level once a second at
+    /// most, at debug level otherwise.
+    fn forged(&mut self, now: Now, key: &[u8], owner: &[u8], why: &'static str) {
+        self.stats.forged_writes += 1;
+        let owner = String::from_utf8_lossy(owner);
+        let key = String::from_utf8_lossy(key);
+        if now.mono_ms >= self.next_log_ms {
+            self.next_log_ms = now.mono_ms + 1_000;
+            tracing::info!(%owner, %key, why, forged = self.stats.forged_writes, "refusing a sync write");
+        } else {
+            tracing::debug!(%owner, %key, why, "refusing a sync write");
+        }
     }
 
     // ----- state changes ----------------------------------------------------
@@ -815,8 +961,15 @@ impl Replica {
         let h = &packet.header;
         let Ok(msg) = SyncMessage::decode(packet) else { return };
         match msg {
-            SyncMessage::Store { key, value, ts_ms } => {
-                let Some(version) = self.write_version(now, &key, &h.sender, h.time, ts_ms, false) else { return };
+            SyncMessage::Store { key, value, ts_ms, proof } => {
+                let Some(mut version) = self.write_version(now, &key, &h.sender, h.time, ts_ms, false) else { return };
+                if proof.is_some() {
+                    let content = content_hash(Content::Set(&value));
+                    match self.check_write(&key, &version.owner, version.ts_ms, &content, proof, true) {
+                        Ok(p) => version.proof = ProofSlot(p),
+                        Err(why) => return self.forged(now, &key, h.sender.as_bytes(), why),
+                    }
+                }
                 self.apply_write(key, &version, Write::Set(&value));
             }
             SyncMessage::StateTransfer { key, value, owner, timestamp } => {
@@ -831,9 +984,18 @@ impl Replica {
                 self.observe(&version);
                 self.apply_write(key, &version, Write::Set(&value));
             }
-            SyncMessage::Delta { key, fields, ts_ms } => {
-                let Some(version) = self.write_version(now, &key, &h.sender, h.time, ts_ms, true) else { return };
-                self.apply_write(key, &version, Write::Delta(&fields));
+            SyncMessage::Delta { key, fields, ts_ms, proofs } => {
+                let Some(mut version) = self.write_version(now, &key, &h.sender, h.time, ts_ms, true) else { return };
+                let mut slots = Vec::with_capacity(proofs.len());
+                for ((k, v), p) in fields.iter().zip(proofs) {
+                    let content = content_hash(Content::Field(k, v));
+                    match self.check_write(&key, &version.owner, version.ts_ms, &content, Some(p), true) {
+                        Ok(p) => slots.push(ProofSlot(p)),
+                        Err(why) => return self.forged(now, &key, h.sender.as_bytes(), why),
+                    }
+                }
+                version.proof = slots.first().cloned().unwrap_or_default();
+                self.apply_write(key, &version, Write::Delta(&fields, &slots));
             }
             SyncMessage::Digest(d) => self.on_digest(now, conn, d),
             SyncMessage::Entries(records) => {

@@ -19,6 +19,21 @@ fn at(secs: u64) -> Now {
     Now { mono_ms: secs * 1000, unix_ms: secs * 1000 }
 }
 
+/// Local writes, as commands make them.
+impl Replica {
+    fn set(&mut self, now: Now, key: Bytes, value: Value) -> Result<(), WriteError> {
+        self.on_command(now, Command::Set { key, value }).map(drop)
+    }
+
+    fn delete(&mut self, now: Now, key: Bytes) -> Result<(), WriteError> {
+        self.on_command(now, Command::Delete { key }).map(drop)
+    }
+
+    fn apply_delta(&mut self, now: Now, key: Bytes, delta: Vec<(Value, Value)>) -> Result<(), WriteError> {
+        self.on_command(now, Command::Delta { key, delta }).map(drop)
+    }
+}
+
 fn deliver(r: &mut Replica, now: Now, conn: ConnId, packet: &Packet) {
     r.handle(now, Input::Message { conn, packet: packet.clone() });
 }
@@ -165,7 +180,7 @@ fn rs2p_delete(owner: &str, ts_ms: u64, key: &str) -> Packet {
 }
 
 fn rs2p_write(owner: &str, ts_ms: u64, key: &str, value: Value) -> Packet {
-    let f = SyncMessage::encode_store(&pid(owner), ts_ms / 1000, key.as_bytes(), &value, Some(ts_ms));
+    let f = SyncMessage::encode_store(&pid(owner), ts_ms / 1000, key.as_bytes(), &value, Some(ts_ms), &[]);
     Packet::parse(f, &Default::default()).unwrap()
 }
 
@@ -438,18 +453,35 @@ fn model_value(writes: &[(Version, Payload)], leasing: bool, lease_ms: u64) -> E
     value
 }
 
+/// Whether every write the entry keeps (its holdings' too) has its proof,
+/// and every holding that starts before it ends the proof of its start.
+fn proven(e: &Entry) -> bool {
+    let register = |e: &Entry| {
+        (e.base_version.ts_ms == 0 || e.base_version.proof.is_some())
+            && e.fields.iter().all(|f| f.version.proof.is_some())
+    };
+    register(e)
+        && match e.holdings.as_deref() {
+            None => true,
+            Some(Holdings::One { start_ms, end_ms, start, .. }) => start_ms == end_ms || start.is_some(),
+            Some(Holdings::Many(hs)) => {
+                hs.iter().all(|h| register(&h.writes) && (h.start_ms == h.end_ms || h.start.is_some()))
+            }
+        }
+}
+
 /// The part of an entry a reader sees (holdings aside).
 fn visible(e: &Entry) -> (Version, Value, Vec<entry::Field>) {
     (e.base_version.clone(), e.base.clone(), e.fields.clone())
 }
 
-fn run_seed(seed: u64, n: usize, leasing: bool) -> (usize, usize) {
+fn run_seed(seed: u64, n: usize, leasing: bool, keyed: bool) -> (usize, usize) {
     let mut rng = StdRng::seed_from_u64(seed);
     // A short lease, so that leases run out and are taken over within a
     // run, and partitions make rival holders.
     let lease_ms = 400;
     let cfg = Config { leasing, lease_ms, anti_entropy_interval_ms: 1_000, ..Config::default() };
-    let mut sim = Sim::with_sync(n, cfg);
+    let mut sim = if keyed { Sim::with_keyed_sync(n, cfg) } else { Sim::with_sync(n, cfg) };
     sim.shuffle(seed ^ 0x9e37);
     for i in 1..n {
         sim.connect(i, rng.random_range(0..i));
@@ -510,6 +542,15 @@ fn run_seed(seed: u64, n: usize, leasing: bool) -> (usize, usize) {
         let s = snapshot(sim.nodes[i].replica().unwrap());
         assert_eq!(s, reference, "seed {seed}: node {i} differs from node 0");
     }
+    // Keyed writers prove every write, and no honest write was refused as
+    // forged (repairs included).
+    for node in &sim.nodes {
+        let r = node.replica().unwrap();
+        assert_eq!(r.stats().forged_writes, 0, "seed {seed}: an honest write was refused");
+        if keyed {
+            assert!(r.entries().all(|(_, e)| proven(e)), "seed {seed}: a write without its proof");
+        }
+    }
     // Every key is exactly what the model makes of the acknowledged
     // writes: without leases, none is lost; with them, only those of a
     // holding refused for starting inside another's lease.
@@ -526,13 +567,13 @@ fn simulated_networks_converge_without_losing_acknowledged_writes() {
     let mut acked = 0;
     let mut refused = 0;
     for seed in 0..seeds {
-        let (a, r) = run_seed(seed, 3 + (seed % 6) as usize, seed % 3 == 0);
+        let (a, r) = run_seed(seed, 3 + (seed % 6) as usize, seed % 3 == 0, seed % 2 == 1);
         acked += a;
         refused += r;
     }
     assert!(refused > 0, "some leased writes were refused");
     let report = format!(
-        "sync simulation: {seeds} seeds (3-8 nodes, shuffled delivery, link loss, partitions), \
+        "sync simulation: {seeds} seeds (3-8 nodes, half of them keyed, shuffled delivery, link loss, partitions), \
          {acked} acknowledged writes, {refused} refused by leases: all replicas identical and equal to a \
          model of every acknowledged write (without leases none lost; with them the lease rule's verdict)\n"
     );
@@ -593,4 +634,175 @@ fn changes_taken_and_restored_rebuild_the_same_replica() {
     assert!(matches!(c.take_changes().as_slice(), [(_, Some(_))]));
     c.handle(at(10_000), Input::Timeout);
     assert!(matches!(c.take_changes().as_slice(), [(_, None)]), "the purge is a change: forget the key");
+}
+
+/// A keyed replica (it proves its writes) with the key `[n; 32]`.
+fn keyed_replica(n: u8, leasing: bool) -> (Replica, crate::identity::Identity) {
+    let key = crate::identity::Identity::from_secret([n; 32]);
+    let cfg = Config { leasing, identity: Some(key.clone()), ..Config::default() };
+    (Replica::new(key.id(), cfg, u64::from(n)), key)
+}
+
+fn entries_packet(sender: &PeerId, records: Vec<EntryRecord>) -> Packet {
+    Packet::parse(SyncMessage::Entries(records).encode(sender, 1_700_000_000), &Default::default()).unwrap()
+}
+
+fn frames(r: &mut Replica) -> Vec<Packet> {
+    std::iter::from_fn(|| r.poll_output())
+        .filter_map(|o| match o {
+            Output::Broadcast(f) => Some(Packet::parse(f, &Default::default()).unwrap()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_keyed_writers_records_need_its_proof_from_whoever_relays_them() {
+    let now = at(1_700_000_000);
+    for leasing in [false, true] {
+        let (mut alice, _) = keyed_replica(1, leasing);
+        let mallory = crate::identity::Identity::from_secret([3; 32]);
+        let (key, ak) = (Bytes::from_static(b"k"), alice.me.clone());
+        alice.set(now, key.clone(), Value::from("alice's")).unwrap();
+        let flooded = frames(&mut alice);
+        let genuine = alice.entry(&key).unwrap().to_record(&key);
+        assert!(genuine.base_proof.is_some() || genuine.holdings[0].base_proof.is_some());
+        let (mut bob, _) = keyed_replica(2, leasing);
+        bob.learn_keyed(&ak);
+        let relay = mallory.id();
+
+        // Forgeries in alice's name, from a third party.
+        let unproven = EntryRecord {
+            key: key.clone(),
+            base_ts_ms: now.unix_ms + 5,
+            base_owner: Bytes::copy_from_slice(ak.as_bytes()),
+            base_proof: None,
+            base: Value::from("forged"),
+            fields: Vec::new(),
+            holdings: Vec::new(),
+        };
+        let content = proof::content_hash(proof::Content::Set(&unproven.base));
+        let leaf = proof::leaf(&key, &ak, unproven.base_ts_ms, &content);
+        let mallorys =
+            EntryRecord { base_proof: proof::sign_batch(&mallory, &[(leaf, content)]).pop(), ..unproven.clone() };
+        let mut altered = genuine.clone();
+        match altered.holdings.first_mut() {
+            Some(h) => h.base = Value::from("altered"),
+            None => altered.base = Value::from("altered"),
+        }
+        for (i, forged) in [unproven, mallorys, altered].into_iter().enumerate() {
+            deliver(&mut bob, now, ConnId(9), &entries_packet(&relay, vec![forged]));
+            assert_eq!(bob.get(&key), None, "leasing {leasing}: forgery {i} was taken");
+            assert_eq!(bob.stats().forged_writes, i as u64 + 1);
+        }
+        // A forged live store: alice's broadcast with mallory's proof.
+        let SyncMessage::Store { value, ts_ms, .. } = SyncMessage::decode(&flooded[0]).unwrap() else { panic!() };
+        let c = proof::content_hash(proof::Content::Set(&value));
+        let bad = proof::sign_batch(&mallory, &[(proof::leaf(&key, &ak, ts_ms.unwrap(), &c), c)]);
+        let f = SyncMessage::encode_store(&ak, ts_ms.unwrap() / 1000, &key, &value, ts_ms, &bad);
+        deliver(&mut bob, now, ConnId(9), &Packet::parse(f, &Default::default()).unwrap());
+        assert_eq!(bob.get(&key), None, "leasing {leasing}: a live store with a forged proof was taken");
+        assert_eq!(bob.stats().forged_writes, 4);
+
+        // Alice's own record, relayed by anyone, is taken with its proof,
+        // so bob can repair others with it in turn.
+        deliver(&mut bob, now, ConnId(9), &entries_packet(&relay, vec![genuine.clone()]));
+        assert_eq!(bob.get(&key), Some(Value::from("alice's")));
+        let relayed = bob.entry(&key).unwrap().to_record(&key);
+        let (mut carol, _) = keyed_replica(4, leasing);
+        carol.learn_keyed(&ak);
+        deliver(&mut carol, now, ConnId(9), &entries_packet(&bob.me.clone(), vec![relayed]));
+        assert_eq!(carol.get(&key), Some(Value::from("alice's")));
+        assert_eq!(carol.stats().forged_writes, 0);
+
+        // A writer never seen proving its writes (a py2p node) is taken as
+        // py2p takes it.
+        let py2p = EntryRecord {
+            key: Bytes::from_static(b"py"),
+            base_owner: Bytes::from_static(b"a py2p node's id"),
+            ..EntryRecord { base: Value::from("py2p's"), ..genuine.clone() }
+        };
+        let py2p = EntryRecord { base_proof: None, holdings: Vec::new(), ..py2p };
+        deliver(&mut bob, now, ConnId(9), &entries_packet(&relay, vec![py2p]));
+        assert_eq!(bob.get(b"py"), Some(Value::from("py2p's")));
+        assert_eq!(bob.stats().forged_writes, 4);
+    }
+}
+
+#[test]
+fn a_holdings_bounds_are_its_writers_own() {
+    let t = 1_700_000_000;
+    let (mut alice, _) = keyed_replica(1, true);
+    let key = Bytes::from_static(b"k");
+    alice.set(at(t), key.clone(), Value::from("first")).unwrap();
+    alice.set(at(t + 10), key.clone(), Value::from("second")).unwrap();
+    let flooded = frames(&mut alice);
+    let genuine = alice.entry(&key).unwrap().to_record(&key);
+    // A replica that got alice's writes in reverse order keeps the first
+    // one's proof for the holding's start: its record checks elsewhere.
+    let (mut late, _) = keyed_replica(5, true);
+    for p in flooded.iter().rev() {
+        deliver(&mut late, at(t + 10), ConnId(1), p);
+    }
+    let (mut other, _) = keyed_replica(6, true);
+    other.learn_keyed(&alice.me);
+    deliver(
+        &mut other,
+        at(t + 20),
+        ConnId(9),
+        &entries_packet(&late.me, vec![late.entry(&key).unwrap().to_record(&key)]),
+    );
+    assert_eq!(other.stats().forged_writes, 0);
+    assert_eq!(other.entry(&key).unwrap().digest(&key), alice.entry(&key).unwrap().digest(&key));
+    let h = &genuine.holdings[0];
+    assert!(h.start_ms < h.end_ms && h.start_proof.is_some(), "{h:?}");
+    let ak = alice.me.clone();
+    let relay = pid("relay");
+    let forge = |f: &dyn Fn(&mut crate::wire::message::HoldingRecord)| {
+        let mut r = genuine.clone();
+        f(&mut r.holdings[0]);
+        r
+    };
+    let cases: [(&str, EntryRecord); 4] = [
+        ("start backdated", forge(&|h| h.start_ms -= 5_000)),
+        ("start proof taken away", forge(&|h| h.start_proof = None)),
+        ("end pushed later", forge(&|h| h.end_ms += 5_000)),
+        ("start proof of another write", forge(&|h| h.start_proof = h.base_proof.clone())),
+    ];
+    for (what, forged) in cases {
+        let (mut bob, _) = keyed_replica(2, true);
+        bob.learn_keyed(&ak);
+        deliver(&mut bob, at(t + 20), ConnId(9), &entries_packet(&relay, vec![forged]));
+        assert_eq!(bob.get(&key), None, "{what}: taken");
+        assert_eq!(bob.stats().forged_writes, 1, "{what}");
+    }
+    let (mut bob, _) = keyed_replica(2, true);
+    bob.learn_keyed(&ak);
+    deliver(&mut bob, at(t + 20), ConnId(9), &entries_packet(&relay, vec![genuine]));
+    assert_eq!(bob.get(&key), Some(Value::from("second")));
+    assert!(proven(bob.entry(&key).unwrap()));
+    assert_eq!(bob.entry(&key).unwrap().digest(&key), alice.entry(&key).unwrap().digest(&key));
+}
+
+#[test]
+fn a_keyed_network_repairs_a_joiner_with_proven_writes() {
+    let mut sim = Sim::with_keyed_sync(3, Config::default());
+    sim.connect(1, 0);
+    sim.run();
+    let pairs: Vec<(Bytes, Value)> = (0..600u32).map(|i| (Bytes::from(format!("k{i}")), Value::from(i))).collect();
+    assert_eq!(sim.command(0, Command::Update { pairs }), Some(Ok(crate::node::Reply::Sync(Reply::Done))));
+    let delta = vec![(Value::from("a"), Value::from(1)), (Value::from("b"), Value::from(2))];
+    sim.command(1, Command::Delta { key: Bytes::from_static(b"m"), delta });
+    sim.run();
+    // Node 2 joins afterwards: everything reaches it through node 1's
+    // records, which carry node 0's proofs (node 2 knows node 0 as keyed
+    // only from them).
+    sim.connect(2, 1);
+    sim.run();
+    let joiner = sim.nodes[2].replica().unwrap();
+    assert_eq!(joiner.len(), 601);
+    assert_eq!(joiner.state_digest(), sim.nodes[0].replica().unwrap().state_digest());
+    assert_eq!(joiner.stats().forged_writes, 0);
+    assert!(joiner.entries().all(|(_, e)| proven(e)));
+    assert!(joiner.is_keyed(&sim.nodes[0].mesh().config().id));
 }

@@ -1,6 +1,8 @@
 //! The replicated dictionary's messages: py2p's stores and deltas, and
 //! rs2p's anti-entropy digests and entries.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use rmpv::Value;
 
@@ -23,7 +25,98 @@ pub enum Digest {
     Leaves(Vec<(u8, Vec<u64>)>),
 }
 
-/// One field of an [`EntryRecord`]: `[field, ts_ms, owner, value]`.
+/// A node of a write batch's hash tree: a SHA-256 truncated to 16 bytes
+/// (the sync module's `proof.rs` builds and checks the trees).
+pub type TreeNode = [u8; 16];
+
+/// Most nodes in a [`WriteProof`]'s path (a batch of up to 2^32 writes).
+pub const MAX_PROOF_PATH: usize = 32;
+
+/// A writer's Ed25519 signature over the root of a batch of its writes,
+/// with its public key (which must hash to the writer's id).
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct SignedRoot {
+    /// The writer's public key.
+    pub public_key: [u8; 32],
+    /// Its signature over the batch's root.
+    pub signature: [u8; 64],
+}
+
+/// Proof that one write is its writer's (rs2p): the write's place in a
+/// batch its writer signed. Records carry it as `[public_key, signature,
+/// index, path, content]`; live writes as part of their trailing field
+/// (see [`SyncMessage::Store`]). Writes of one batch share their
+/// [`SignedRoot`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct WriteProof {
+    /// The batch's signed root.
+    pub root: Arc<SignedRoot>,
+    /// The write's leaf index in the batch.
+    pub index: u32,
+    /// The sibling nodes from the leaf up to the root.
+    pub path: Box<[TreeNode]>,
+    /// The hash of what the write wrote (kind, field, value): a record
+    /// whose write is gone (a holding's first write) is still checkable.
+    pub content: TreeNode,
+}
+
+/// A write's proof, if it has one (a py2p write never does).
+pub type Proof = Option<Arc<WriteProof>>;
+
+fn node_of(v: &Value) -> Option<TreeNode> {
+    v.as_slice()?.try_into().ok()
+}
+
+fn path_of(v: &Value) -> Option<Box<[TreeNode]>> {
+    let b = v.as_slice()?;
+    if b.len() % 16 != 0 || b.len() / 16 > MAX_PROOF_PATH {
+        return None;
+    }
+    Some(b.chunks_exact(16).map(|c| c.try_into().expect("16 bytes")).collect())
+}
+
+fn root_of(key: &Value, sig: &Value) -> Option<Arc<SignedRoot>> {
+    Some(Arc::new(SignedRoot {
+        public_key: key.as_slice()?.try_into().ok()?,
+        signature: sig.as_slice()?.try_into().ok()?,
+    }))
+}
+
+/// `[index, path, content]` of a proof under `root`.
+fn leaf_proof_of(v: &Value, root: &Arc<SignedRoot>) -> Option<Arc<WriteProof>> {
+    let a = v.as_array().filter(|a| a.len() == 3)?;
+    Some(Arc::new(WriteProof {
+        root: root.clone(),
+        index: u32::try_from(a[0].as_u64()?).ok()?,
+        path: path_of(&a[1])?,
+        content: node_of(&a[2])?,
+    }))
+}
+
+fn leaf_proof_value(p: &WriteProof) -> Value {
+    Value::Array(vec![Value::from(p.index), Value::Binary(p.path.concat()), Value::Binary(p.content.to_vec())])
+}
+
+/// A proof as records carry it.
+pub fn proof_value(p: &WriteProof) -> Value {
+    Value::Array(vec![
+        Value::Binary(p.root.public_key.to_vec()),
+        Value::Binary(p.root.signature.to_vec()),
+        Value::from(p.index),
+        Value::Binary(p.path.concat()),
+        Value::Binary(p.content.to_vec()),
+    ])
+}
+
+/// A proof from a record; `None` if it is not one.
+pub fn proof_from_value(v: &Value) -> Option<Arc<WriteProof>> {
+    let a = v.as_array().filter(|a| a.len() == 5)?;
+    let root = root_of(&a[0], &a[1])?;
+    leaf_proof_of(&Value::Array(a[2..].to_vec()), &root)
+}
+
+/// One field of an [`EntryRecord`]: `[field, ts_ms, owner, value]`, and a
+/// fifth element, its proof, when it has one.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FieldRecord {
     /// The field's key within the map.
@@ -34,12 +127,15 @@ pub struct FieldRecord {
     pub owner: PeerId,
     /// Its value.
     pub value: Value,
+    /// Its writer's proof (rs2p writers).
+    pub proof: Proof,
 }
 
 /// One holding of a leased key (see the sync module's leases): one owner's
 /// writes that lie less than a lease apart, `[owner, start_ms, end_ms,
-/// [ts_ms, base_owner], base, [fields...]]`, the writes merged as an
-/// entry's are.
+/// [ts_ms, base_owner(, proof)], base, [fields...]]`, the writes merged as an
+/// entry's are, and a seventh element when the first write is proven: its
+/// proof.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HoldingRecord {
     /// Whose writes these are.
@@ -52,14 +148,20 @@ pub struct HoldingRecord {
     pub base_ts_ms: u64,
     /// Its writer (empty when the holding has only deltas).
     pub base_owner: Bytes,
+    /// Its writer's proof.
+    pub base_proof: Proof,
     /// Its value (nil: deleted, or no set).
     pub base: Value,
     /// Fields set by the holding's later deltas.
     pub fields: Vec<FieldRecord>,
+    /// The proof of the holding's first write (at `start_ms`), which may
+    /// be gone from its writes.
+    pub start_proof: Proof,
 }
 
 /// One key's replicated state as anti-entropy sends it:
-/// `[key, [ts_ms, owner], base, [[field, ts_ms, owner, value], ...]]`,
+/// `[key, [ts_ms, owner(, proof)], base, [[field, ts_ms, owner, value(,
+/// proof)], ...]]`,
 /// and, for a key under leases, a fifth element: its holdings
 /// (`[[owner, start_ms, end_ms, [ts_ms, owner], base, fields], ...]`).
 #[derive(Debug, Clone, PartialEq)]
@@ -70,6 +172,8 @@ pub struct EntryRecord {
     pub base_ts_ms: u64,
     /// Who wrote it (empty for an entry created by a delta).
     pub base_owner: Bytes,
+    /// Its writer's proof.
+    pub base_proof: Proof,
     /// Its value (nil: deleted).
     pub base: Value,
     /// Fields set by later deltas.
@@ -84,15 +188,27 @@ fn fields_value(fields: &[FieldRecord]) -> Value {
         fields
             .iter()
             .map(|f| {
-                Value::Array(vec![
+                let mut a = vec![
                     f.key.clone(),
                     Value::from(f.ts_ms),
                     Value::Binary(f.owner.as_bytes().to_vec()),
                     f.value.clone(),
-                ])
+                ];
+                if let Some(p) = &f.proof {
+                    a.push(proof_value(p));
+                }
+                Value::Array(a)
             })
             .collect(),
     )
+}
+
+fn base_version_value(ts_ms: u64, owner: &Bytes, proof: &Proof) -> Value {
+    let mut a = vec![Value::from(ts_ms), Value::Binary(owner.to_vec())];
+    if let Some(p) = proof {
+        a.push(proof_value(p));
+    }
+    Value::Array(a)
 }
 
 fn holdings_value(holdings: &[HoldingRecord]) -> Value {
@@ -100,14 +216,18 @@ fn holdings_value(holdings: &[HoldingRecord]) -> Value {
         holdings
             .iter()
             .map(|h| {
-                Value::Array(vec![
+                let mut a = vec![
                     Value::Binary(h.owner.as_bytes().to_vec()),
                     Value::from(h.start_ms),
                     Value::from(h.end_ms),
-                    Value::Array(vec![Value::from(h.base_ts_ms), Value::Binary(h.base_owner.to_vec())]),
+                    base_version_value(h.base_ts_ms, &h.base_owner, &h.base_proof),
                     h.base.clone(),
                     fields_value(&h.fields),
-                ])
+                ];
+                if let Some(p) = &h.start_proof {
+                    a.push(proof_value(p));
+                }
+                Value::Array(a)
             })
             .collect(),
     )
@@ -119,7 +239,7 @@ impl EntryRecord {
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut record = vec![
             Value::Binary(self.key.to_vec()),
-            Value::Array(vec![Value::from(self.base_ts_ms), Value::Binary(self.base_owner.to_vec())]),
+            base_version_value(self.base_ts_ms, &self.base_owner, &self.base_proof),
             self.base.clone(),
             fields_value(&self.fields),
         ];
@@ -146,9 +266,10 @@ impl EntryRecord {
 /// A message of the replicated dictionary.
 #[derive(Debug, Clone, PartialEq)]
 pub enum SyncMessage {
-    /// Broadcast `0x0B`: `[key, value]`, plus rs2p's `[ts_ms]` when an rs2p
-    /// node wrote it. The owner is the sender, the time the header's. A nil
-    /// value deletes.
+    /// Broadcast `0x0B`: `[key, value]`, plus rs2p's trailing field when
+    /// an rs2p node wrote it: `[ts_ms]`, or, from a writer that proves its
+    /// writes, `[ts_ms, public_key, signature, [[index, path, content]]]`.
+    /// The owner is the sender, the time the header's. A nil value deletes.
     Store {
         /// The key.
         key: Bytes,
@@ -156,6 +277,8 @@ pub enum SyncMessage {
         value: Value,
         /// rs2p's millisecond version, if present.
         ts_ms: Option<u64>,
+        /// The writer's proof, if present.
+        proof: Proof,
     },
     /// Whisper `0x0B`: `[key, value, owner, timestamp]`, py2p's state
     /// transfer on a new connection (one per key).
@@ -169,8 +292,9 @@ pub enum SyncMessage {
         /// Its timestamp, UNIX seconds.
         timestamp: u64,
     },
-    /// Broadcast `0x11`: `[key, {field: value, ...}]` (plus `[ts_ms]` from
-    /// rs2p): merge the map into the map at `key`.
+    /// Broadcast `0x11`: `[key, {field: value, ...}]` (plus rs2p's trailing
+    /// field, as [`SyncMessage::Store`]'s, with one proof per field in map
+    /// order): merge the map into the map at `key`.
     Delta {
         /// The key.
         key: Bytes,
@@ -178,6 +302,8 @@ pub enum SyncMessage {
         fields: Vec<(Value, Value)>,
         /// rs2p's millisecond version, if present.
         ts_ms: Option<u64>,
+        /// One proof per field (empty: unproven).
+        proofs: Vec<Arc<WriteProof>>,
     },
     /// Whisper `0x20` (rs2p): see [`Digest`].
     Digest(Digest),
@@ -189,6 +315,27 @@ pub enum SyncMessage {
 /// rs2p's trailing version field: `[ts_ms]` (py2p never looks at it).
 fn ext_ts(v: Option<&Value>) -> Option<u64> {
     v?.as_array()?.first()?.as_u64()
+}
+
+/// The proofs in rs2p's trailing field (`[ts_ms, public_key, signature,
+/// [[index, path, content], ...]]`); empty when absent or malformed (the
+/// write is then unproven).
+fn ext_proofs(v: Option<&Value>) -> Vec<Arc<WriteProof>> {
+    let Some(a) = v.and_then(Value::as_array).filter(|a| a.len() == 4) else { return Vec::new() };
+    let (Some(root), Some(list)) = (root_of(&a[1], &a[2]), a[3].as_array()) else { return Vec::new() };
+    list.iter().map(|p| leaf_proof_of(p, &root)).collect::<Option<Vec<_>>>().unwrap_or_default()
+}
+
+/// Writes rs2p's trailing field: `[ts]`, or with `proofs` (one batch's).
+fn put_ext(b: &mut FrameBuilder, ts: u64, proofs: &[Arc<WriteProof>]) {
+    let Some(first) = proofs.first() else {
+        b.array_len(1).uint(ts);
+        return;
+    };
+    b.array_len(4).uint(ts).bin(&first.root.public_key).bin(&first.root.signature).array_len(proofs.len());
+    for p in proofs {
+        b.value(&leaf_proof_value(p));
+    }
 }
 
 fn pack(b: &mut FrameBuilder, hashes: &[u64]) {
@@ -226,7 +373,8 @@ impl SyncMessage {
                 }
                 let key = key_of(&v[0]).ok_or(Malformed("store key"))?;
                 let ts_ms = ext_ts(v.get(2));
-                SyncMessage::Store { key, value: v.swap_remove(1), ts_ms }
+                let proof = ext_proofs(v.get(2)).into_iter().next();
+                SyncMessage::Store { key, value: v.swap_remove(1), ts_ms, proof }
             }
             (SubFlag::Store, MsgType::Whisper) => {
                 if v.len() != 4 {
@@ -244,8 +392,14 @@ impl SyncMessage {
                 }
                 let key = key_of(&v[0]).ok_or(Malformed("delta key"))?;
                 let ts_ms = ext_ts(v.get(2));
+                let mut proofs = ext_proofs(v.get(2));
                 match v.swap_remove(1) {
-                    Value::Map(fields) => SyncMessage::Delta { key, fields, ts_ms },
+                    Value::Map(fields) => {
+                        if proofs.len() != fields.len() {
+                            proofs.clear();
+                        }
+                        SyncMessage::Delta { key, fields, ts_ms, proofs }
+                    }
                     _ => return Err(Malformed("delta is not a map")),
                 }
             }
@@ -280,13 +434,17 @@ impl SyncMessage {
     /// The message as a frame from `sender` at `time` (UNIX seconds).
     pub fn encode(&self, sender: &PeerId, time: u64) -> Frame {
         match self {
-            SyncMessage::Store { key, value, ts_ms } => Self::encode_store(sender, time, key, value, *ts_ms),
+            SyncMessage::Store { key, value, ts_ms, proof } => {
+                Self::encode_store(sender, time, key, value, *ts_ms, proof.as_slice())
+            }
             SyncMessage::StateTransfer { key, value, owner, timestamp } => {
                 let mut b = FrameBuilder::new(MsgType::Whisper, sender, time, SubFlag::Store, 4);
                 b.bin(key).value(value).bin(owner.as_bytes()).uint(*timestamp);
                 b.finish()
             }
-            SyncMessage::Delta { key, fields, ts_ms } => Self::encode_delta(sender, time, key, fields, *ts_ms),
+            SyncMessage::Delta { key, fields, ts_ms, proofs } => {
+                Self::encode_delta(sender, time, key, fields, *ts_ms, proofs)
+            }
             SyncMessage::Digest(Digest::Top(top)) => {
                 let mut b = FrameBuilder::new(MsgType::Whisper, sender, time, SubFlag::Digest, 2);
                 b.uint(0);
@@ -307,10 +465,17 @@ impl SyncMessage {
                 b.array_len(entries.len());
                 for e in entries {
                     b.array_len(if e.holdings.is_empty() { 4 } else { 5 }).bin(&e.key);
-                    b.array_len(2).uint(e.base_ts_ms).bin(&e.base_owner);
+                    b.array_len(2 + usize::from(e.base_proof.is_some())).uint(e.base_ts_ms).bin(&e.base_owner);
+                    if let Some(p) = &e.base_proof {
+                        b.value(&proof_value(p));
+                    }
                     b.value(&e.base).array_len(e.fields.len());
                     for f in &e.fields {
-                        b.array_len(4).value(&f.key).uint(f.ts_ms).bin(f.owner.as_bytes()).value(&f.value);
+                        b.array_len(4 + usize::from(f.proof.is_some()));
+                        b.value(&f.key).uint(f.ts_ms).bin(f.owner.as_bytes()).value(&f.value);
+                        if let Some(p) = &f.proof {
+                            b.value(&proof_value(p));
+                        }
                     }
                     if !e.holdings.is_empty() {
                         b.value(&holdings_value(&e.holdings));
@@ -323,12 +488,19 @@ impl SyncMessage {
 
     /// [`SyncMessage::Store`] from borrowed parts (a local write need not
     /// copy its value into a message first).
-    pub fn encode_store(sender: &PeerId, time: u64, key: &[u8], value: &Value, ts_ms: Option<u64>) -> Frame {
+    pub fn encode_store(
+        sender: &PeerId,
+        time: u64,
+        key: &[u8],
+        value: &Value,
+        ts_ms: Option<u64>,
+        proof: &[Arc<WriteProof>],
+    ) -> Frame {
         let mut b =
             FrameBuilder::new(MsgType::Broadcast, sender, time, SubFlag::Store, 2 + usize::from(ts_ms.is_some()));
         b.bin(key).value(value);
         if let Some(ts) = ts_ms {
-            b.array_len(1).uint(ts);
+            put_ext(&mut b, ts, proof);
         }
         b.finish()
     }
@@ -340,6 +512,7 @@ impl SyncMessage {
         key: &[u8],
         fields: &[(Value, Value)],
         ts_ms: Option<u64>,
+        proofs: &[Arc<WriteProof>],
     ) -> Frame {
         let mut b =
             FrameBuilder::new(MsgType::Broadcast, sender, time, SubFlag::Delta, 2 + usize::from(ts_ms.is_some()));
@@ -349,7 +522,7 @@ impl SyncMessage {
             b.value(k).value(v);
         }
         if let Some(ts) = ts_ms {
-            b.array_len(1).uint(ts);
+            put_ext(&mut b, ts, proofs);
         }
         b.finish()
     }
@@ -367,17 +540,21 @@ fn decode_entry(v: Value) -> Option<EntryRecord> {
     };
     let [key, base_version, base, fields]: [Value; 4] = a.try_into().ok()?;
     let key = key_of(&key)?;
-    let (base_ts_ms, base_owner) = decode_base_version(&base_version)?;
+    let (base_ts_ms, base_owner, base_proof) = decode_base_version(&base_version)?;
     let fields = decode_fields(fields)?;
-    Some(EntryRecord { key, base_ts_ms, base_owner, base, fields, holdings })
+    Some(EntryRecord { key, base_ts_ms, base_owner, base_proof, base, fields, holdings })
 }
 
-fn decode_base_version(v: &Value) -> Option<(u64, Bytes)> {
-    let bv = v.as_array().filter(|b| b.len() == 2)?;
+fn decode_base_version(v: &Value) -> Option<(u64, Bytes, Proof)> {
+    let bv = v.as_array().filter(|b| b.len() == 2 || b.len() == 3)?;
     // The base of an entry created by a delta is the zero version with an
     // empty owner: the one place an empty owner is allowed.
     let base_owner = bytes_of(&bv[1]).filter(|b| b.is_empty() || PeerId::valid_len(b.len()))?;
-    Some((bv[0].as_u64()?, Bytes::copy_from_slice(base_owner)))
+    let proof = match bv.get(2) {
+        Some(p) => Some(proof_from_value(p)?),
+        None => None,
+    };
+    Some((bv[0].as_u64()?, Bytes::copy_from_slice(base_owner), proof))
 }
 
 fn decode_fields(v: Value) -> Option<Vec<FieldRecord>> {
@@ -385,29 +562,41 @@ fn decode_fields(v: Value) -> Option<Vec<FieldRecord>> {
     fields
         .into_iter()
         .map(|f| {
-            let Value::Array(f) = f else { return None };
+            let Value::Array(mut f) = f else { return None };
+            let proof = match f.len() {
+                4 => None,
+                5 => Some(proof_from_value(&f.pop()?)?),
+                _ => return None,
+            };
             let [key, ts, owner, value]: [Value; 4] = f.try_into().ok()?;
-            Some(FieldRecord { key, ts_ms: ts.as_u64()?, owner: peer_id_of(&owner)?, value })
+            Some(FieldRecord { key, ts_ms: ts.as_u64()?, owner: peer_id_of(&owner)?, value, proof })
         })
         .collect()
 }
 
 fn decode_holding(v: Value) -> Option<HoldingRecord> {
-    let Value::Array(a) = v else { return None };
+    let Value::Array(mut a) = v else { return None };
+    let start_proof = match a.len() {
+        6 => None,
+        7 => Some(proof_from_value(&a.pop()?)?),
+        _ => return None,
+    };
     let [owner, start, end, base_version, base, fields]: [Value; 6] = a.try_into().ok()?;
     let (start_ms, end_ms) = (start.as_u64()?, end.as_u64()?);
     if start_ms > end_ms {
         return None;
     }
-    let (base_ts_ms, base_owner) = decode_base_version(&base_version)?;
+    let (base_ts_ms, base_owner, base_proof) = decode_base_version(&base_version)?;
     Some(HoldingRecord {
         owner: peer_id_of(&owner)?,
         start_ms,
         end_ms,
         base_ts_ms,
         base_owner,
+        base_proof,
         base,
         fields: decode_fields(fields)?,
+        start_proof,
     })
 }
 
@@ -426,8 +615,23 @@ mod tests {
     fn every_sync_message_round_trips() {
         let owner = PeerId::random(b"o");
         let key = Bytes::from_static(b"k");
-        round_trip(SyncMessage::Store { key: key.clone(), value: Value::from("v"), ts_ms: None });
-        round_trip(SyncMessage::Store { key: key.clone(), value: Value::Nil, ts_ms: Some(1_700_000_000_123) });
+        round_trip(SyncMessage::Store { key: key.clone(), value: Value::from("v"), ts_ms: None, proof: None });
+        round_trip(SyncMessage::Store {
+            key: key.clone(),
+            value: Value::Nil,
+            ts_ms: Some(1_700_000_000_123),
+            proof: None,
+        });
+        let root = Arc::new(SignedRoot { public_key: [1; 32], signature: [2; 64] });
+        let proof = |i: u32| {
+            Arc::new(WriteProof { root: root.clone(), index: i, path: vec![[3; 16], [4; 16]].into(), content: [5; 16] })
+        };
+        round_trip(SyncMessage::Store {
+            key: key.clone(),
+            value: Value::from("v"),
+            ts_ms: Some(1_700_000_000_123),
+            proof: Some(proof(2)),
+        });
         round_trip(SyncMessage::StateTransfer {
             key: key.clone(),
             value: Value::from(1),
@@ -435,20 +639,28 @@ mod tests {
             timestamp: 9,
         });
         let fields = vec![(Value::from("a"), Value::from(1)), (Value::from("b"), Value::Nil)];
-        round_trip(SyncMessage::Delta { key: key.clone(), fields: fields.clone(), ts_ms: Some(5) });
-        round_trip(SyncMessage::Delta { key: key.clone(), fields: Vec::new(), ts_ms: None });
+        round_trip(SyncMessage::Delta { key: key.clone(), fields: fields.clone(), ts_ms: Some(5), proofs: Vec::new() });
+        round_trip(SyncMessage::Delta {
+            key: key.clone(),
+            fields: fields.clone(),
+            ts_ms: Some(5),
+            proofs: vec![proof(0), proof(1)],
+        });
+        round_trip(SyncMessage::Delta { key: key.clone(), fields: Vec::new(), ts_ms: None, proofs: Vec::new() });
         round_trip(SyncMessage::Digest(Digest::Top((0..256).collect())));
         round_trip(SyncMessage::Digest(Digest::Leaves(vec![(3, (0..256).rev().collect())])));
         let rec = EntryRecord {
             key: Bytes::from_static(b"k"),
             base_ts_ms: 5,
             base_owner: Bytes::from_static(b"owner"),
+            base_proof: Some(proof(1)),
             base: Value::from("v"),
             fields: vec![FieldRecord {
                 key: Value::from("f"),
                 ts_ms: 6,
                 owner: PeerId::from_bytes(&b"other"[..]),
                 value: Value::from(1),
+                proof: Some(proof(3)),
             }],
             holdings: Vec::new(),
         };
@@ -460,8 +672,10 @@ mod tests {
                 end_ms: 5,
                 base_ts_ms: 5,
                 base_owner: Bytes::copy_from_slice(owner.as_bytes()),
+                base_proof: None,
                 base: Value::from("v"),
                 fields: Vec::new(),
+                start_proof: Some(proof(0)),
             }],
             ..rec.clone()
         };
@@ -479,8 +693,9 @@ mod tests {
             key,
             base_ts_ms: 0,
             base_owner: Bytes::new(),
+            base_proof: None,
             base: Value::Nil,
-            fields: vec![FieldRecord { key: Value::from("f"), ts_ms: 7, owner, value: Value::from(2) }],
+            fields: vec![FieldRecord { key: Value::from("f"), ts_ms: 7, owner, value: Value::from(2), proof: None }],
             holdings: Vec::new(),
         }]));
     }
