@@ -108,7 +108,7 @@ fn is_sync_message(p: &Packet) -> bool {
 impl Node {
     /// A node of `mesh`, with a replica if `sync` is given. The replica
     /// takes the mesh's frame limit for its writes.
-    pub fn new(mesh: Mesh, mut sync: Option<Replica>) -> Self {
+    pub fn new(mut mesh: Mesh, mut sync: Option<Replica>) -> Self {
         if let Some(r) = sync.as_mut() {
             r.cfg.max_frame_len = mesh.config().max_frame_len;
             // A node that signs its broadcasts proves its writes too.
@@ -117,6 +117,11 @@ impl Node {
             if let Some(k) = key {
                 r.learn_keyed(&k.id());
                 r.cfg.identity = Some(k);
+            }
+            // Writers a restored dictionary knows as keyed sign their
+            // broadcasts too: the mesh knows them from the start.
+            for id in r.keyed() {
+                mesh.learn_keyed(id);
             }
         }
         Node { mesh, sync, out: VecDeque::new() }

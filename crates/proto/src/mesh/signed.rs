@@ -172,6 +172,13 @@ impl Mesh {
         std::mem::take(&mut self.signing.newly_keyed)
     }
 
+    /// Remembers `id` as keyed (known to sign), as a checked signature or
+    /// a link proof would teach it: for a driver that kept the knowledge
+    /// (a restored dictionary's proven writers).
+    pub fn learn_keyed(&mut self, id: &PeerId) {
+        self.signing.learn(id);
+    }
+
     /// Whether this node signs its broadcasts.
     pub(super) fn signs(&self) -> bool {
         self.cfg.sign_broadcasts && self.cfg.identity.is_some()

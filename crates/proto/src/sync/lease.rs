@@ -43,8 +43,11 @@
 //!   (a flood of writers past it is dropped, and may be judged unequally);
 //! - writers choose `ts_ms`, and a rule that favours the earlier holder
 //!   invites backdating: floods are bound by the mesh's 60 s window on
-//!   header times, anti-entropy records are not, until they are signed
-//!   (issue #13);
+//!   header times; anti-entropy records are not, so a writer can backdate
+//!   its *own* writes there. It cannot backdate or stretch another's:
+//!   between rs2p nodes every write, and a holding's start, carry their
+//!   writer's proof (`proof.rs`, checked in `anti_entropy.rs`), and a
+//!   holding must end at its writer's latest write;
 //! - py2p replicas apply py2p's own rule (against the entry they hold) and
 //!   can disagree with rs2p replicas after concurrent writes.
 //!

@@ -29,6 +29,14 @@
 //! - **Per-field deltas.** Each field a delta sets keeps its own version;
 //!   a later set of the whole value supersedes older fields. Merging is
 //!   commutative, so deltas from concurrent writers all survive.
+//! - **Proven writes** (`proof.rs`). A replica with a key
+//!   ([`Config::identity`]) signs the writes of each local command once
+//!   (the root of a hash tree over them) and every write keeps its proof:
+//!   in its store or delta (the trailing field grows to `[ts_ms,
+//!   public_key, signature, [[index, path, content], ...]]`), in
+//!   anti-entropy records and in the durable store. Records are checked
+//!   before they are merged: a write claiming a writer known to prove its
+//!   writes without a valid proof is refused ([`SyncStats::forged_writes`]).
 //! - **Anti-entropy** (`0x20` digest, `0x21` entries, whispers between rs2p
 //!   peers only; `anti_entropy.rs`). Keys hash into 65,536 leaf buckets, 256 at the top level;
 //!   each bucket's digest is the XOR of its entries' digests. On every new
@@ -460,6 +468,29 @@ impl Replica {
         }
     }
 
+    /// Every writer known to prove its writes.
+    pub fn keyed(&self) -> impl Iterator<Item = &PeerId> + '_ {
+        self.keyed.iter()
+    }
+
+    /// Learns the writers of `e`'s proven writes as keyed.
+    fn learn_proven_writers(&mut self, e: &Entry) {
+        let mut learn = |e: &Entry| {
+            let proven = std::iter::once(&e.base_version).chain(e.fields.iter().map(|f| &f.version));
+            for v in proven.filter(|v| v.proof.is_some()) {
+                if self.keyed.len() < MAX_KEYED_WRITERS && !self.keyed.contains(&v.owner) {
+                    self.keyed.insert(v.owner.clone());
+                }
+            }
+        };
+        learn(e);
+        if let Some(Holdings::Many(hs)) = e.holdings.as_deref() {
+            for h in hs {
+                learn(&h.writes);
+            }
+        }
+    }
+
     /// Whether `id` is known to prove its writes.
     pub fn is_keyed(&self, id: &PeerId) -> bool {
         self.keyed.contains(id)
@@ -494,6 +525,9 @@ impl Replica {
         self.report_changes = false;
         for rec in records {
             let (key, e) = self.entry_from_record(rec);
+            // Writers whose stored writes carry proofs prove their writes:
+            // what a restarted node knew of them comes back with its store.
+            self.learn_proven_writers(&e);
             self.observe(e.latest());
             self.merge_entry(key, &e);
         }
@@ -787,7 +821,7 @@ impl Replica {
     ) -> Result<Proof, &'static str> {
         match proof {
             Some(p) => {
-                let p = self.checker.check(key, owner, ts_ms, content, &p).map_err(ProofError::as_reason)?;
+                let p = self.checker.check(key, owner, ts_ms, content, p).map_err(ProofError::as_reason)?;
                 self.learn_keyed(owner);
                 Ok(Some(p))
             }

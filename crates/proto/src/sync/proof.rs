@@ -202,7 +202,7 @@ impl Checker {
         owner: &PeerId,
         ts_ms: u64,
         content: &TreeNode,
-        proof: &Arc<WriteProof>,
+        proof: Arc<WriteProof>,
     ) -> Result<Arc<WriteProof>, ProofError> {
         if *content != proof.content {
             return Err(ProofError::OtherContent);
@@ -212,10 +212,12 @@ impl Checker {
             if signer != owner {
                 return Err(ProofError::OtherSigner);
             }
-            if Arc::ptr_eq(shared, &proof.root) {
-                return Ok(proof.clone());
+            let mut proof = proof;
+            if !Arc::ptr_eq(shared, &proof.root) {
+                // In place when this copy is the only one (a decoded record).
+                Arc::make_mut(&mut proof).root = shared.clone();
             }
-            return Ok(Arc::new(WriteProof { root: shared.clone(), ..(**proof).clone() }));
+            return Ok(proof);
         }
         let key = identity::key_of(owner, &proof.root.public_key)?;
         identity::verify_with(&key, &root_context(&root), &proof.root.signature)?;
@@ -223,7 +225,7 @@ impl Checker {
             self.roots.clear();
         }
         self.roots.insert(root, (owner.clone(), proof.root.clone()));
-        Ok(proof.clone())
+        Ok(proof)
     }
 
     /// Remembers our own batch's root as checked.
@@ -267,9 +269,9 @@ mod tests {
             for (i, p) in proofs.iter().enumerate() {
                 let (key, ts) = (format!("k{i}").into_bytes(), 1_000 + i as u64);
                 let c = content_hash(Content::Set(&Value::from(i)));
-                prop_assert!(checker.check(&key, &me, ts, &c, p).is_ok());
+                prop_assert!(checker.check(&key, &me, ts, &c, p.clone()).is_ok());
                 // Checked once: later writes of the batch share its root.
-                let again = checker.check(&key, &me, ts, &c, p).unwrap();
+                let again = checker.check(&key, &me, ts, &c, p.clone()).unwrap();
                 prop_assert!(Arc::ptr_eq(&again.root, &proofs[0].root));
             }
             let v = victim % n;
@@ -281,11 +283,11 @@ mod tests {
             let mut fresh = Checker::default();
             // Another value, time, key or owner: refused, checked or not.
             for checker in [&mut checker, &mut fresh] {
-                prop_assert!(checker.check(&key, &me, ts, &other, p).is_err());
-                prop_assert!(checker.check(&key, &me, ts, &other, &forged).is_err());
-                prop_assert!(checker.check(&key, &me, ts - 1, &c, p).is_err());
-                prop_assert!(checker.check(b"elsewhere", &me, ts, &c, p).is_err());
-                prop_assert!(checker.check(&key, &writer(2).id(), ts, &c, p).is_err());
+                prop_assert!(checker.check(&key, &me, ts, &other, p.clone()).is_err());
+                prop_assert!(checker.check(&key, &me, ts, &other, forged.clone()).is_err());
+                prop_assert!(checker.check(&key, &me, ts - 1, &c, p.clone()).is_err());
+                prop_assert!(checker.check(b"elsewhere", &me, ts, &c, p.clone()).is_err());
+                prop_assert!(checker.check(&key, &writer(2).id(), ts, &c, p.clone()).is_err());
             }
         }
     }
@@ -298,31 +300,31 @@ mod tests {
         // Mallory's own valid batch, claimed as alice's: wrong key.
         let p = sign_batch(&mallory, &[(l, c)]).remove(0);
         assert_eq!(
-            Checker::default().check(b"k", &alice.id(), 5, &c, &p),
+            Checker::default().check(b"k", &alice.id(), 5, &c, p.clone()),
             Err(ProofError::Signature(VerifyError::WrongKey))
         );
         // Alice's key with mallory's signature: bad signature.
         let mut root = SignedRoot { public_key: alice.public_key(), signature: p.root.signature };
         let forged = Arc::new(WriteProof { root: Arc::new(root), ..(*p).clone() });
         assert_eq!(
-            Checker::default().check(b"k", &alice.id(), 5, &c, &forged),
+            Checker::default().check(b"k", &alice.id(), 5, &c, forged.clone()),
             Err(ProofError::Signature(VerifyError::BadSignature))
         );
         // Alice's real signature over another write's root.
         let real = sign_batch(&alice, &[(leaf(b"other", &alice.id(), 5, &c), c)]).remove(0);
         root = SignedRoot { public_key: alice.public_key(), signature: real.root.signature };
         let replayed = Arc::new(WriteProof { root: Arc::new(root), ..(*p).clone() });
-        assert!(Checker::default().check(b"k", &alice.id(), 5, &c, &replayed).is_err());
+        assert!(Checker::default().check(b"k", &alice.id(), 5, &c, replayed.clone()).is_err());
         // A root checked for alice is not mallory's to use (the leaf names
         // the writer, so the claimed write hashes to another root).
         let mut checker = Checker::default();
-        checker.check(b"other", &alice.id(), 5, &c, &real).unwrap();
+        checker.check(b"other", &alice.id(), 5, &c, real.clone()).unwrap();
         assert_eq!(
-            checker.check(b"other", &mallory.id(), 5, &c, &real),
+            checker.check(b"other", &mallory.id(), 5, &c, real.clone()),
             Err(ProofError::Signature(VerifyError::WrongKey))
         );
         // An index that does not fit its path.
         let bad = Arc::new(WriteProof { index: 1, ..(*real).clone() });
-        assert_eq!(Checker::default().check(b"other", &alice.id(), 5, &c, &bad), Err(ProofError::BadPath));
+        assert_eq!(Checker::default().check(b"other", &alice.id(), 5, &c, bad.clone()), Err(ProofError::BadPath));
     }
 }

@@ -806,3 +806,33 @@ fn a_keyed_network_repairs_a_joiner_with_proven_writes() {
     assert!(joiner.entries().all(|(_, e)| proven(e)));
     assert!(joiner.is_keyed(&sim.nodes[0].mesh().config().id));
 }
+
+#[test]
+fn a_restored_replica_knows_who_proves_their_writes() {
+    let now = at(1_700_000_000);
+    let (mut alice, _) = keyed_replica(1, true);
+    alice.set(now, Bytes::from_static(b"k"), Value::from("alice's")).unwrap();
+    let (mut bob, _) = keyed_replica(2, true);
+    bob.track_changes(true);
+    for p in frames(&mut alice) {
+        deliver(&mut bob, now, ConnId(1), &p);
+    }
+    let stored: Vec<EntryRecord> = bob.take_changes().into_iter().filter_map(|(_, r)| r).collect();
+    let (mut restarted, _) = keyed_replica(2, true);
+    assert!(!restarted.is_keyed(&alice.me));
+    restarted.restore(stored);
+    assert!(restarted.is_keyed(&alice.me), "learned from the stored proofs");
+    // So an unproven record in alice's name is refused at once.
+    let forged = EntryRecord {
+        key: Bytes::from_static(b"other"),
+        base_ts_ms: now.unix_ms + 1,
+        base_owner: Bytes::copy_from_slice(alice.me.as_bytes()),
+        base_proof: None,
+        base: Value::from("forged"),
+        fields: Vec::new(),
+        holdings: Vec::new(),
+    };
+    deliver(&mut restarted, now, ConnId(9), &entries_packet(&pid("relay"), vec![forged]));
+    assert_eq!(restarted.get(b"other"), None);
+    assert_eq!(restarted.stats().forged_writes, 1);
+}

@@ -18,7 +18,7 @@ mod sync;
 pub(crate) use mesh::ids_bytes;
 pub use mesh::{Farewell, Handshake, MeshMessage, MAX_IDS_PER_MESSAGE};
 pub use sync::{
-    Digest, EntryRecord, FieldRecord, HoldingRecord, Proof, SignedRoot, SyncMessage, TreeNode, WriteProof,
+    Digest, EntryRecord, FieldRecord, HoldingRecord, Proof, ProofPath, SignedRoot, SyncMessage, TreeNode, WriteProof,
     DIGEST_BUCKETS, MAX_PROOF_PATH,
 };
 

@@ -53,12 +53,16 @@ pub struct WriteProof {
     pub root: Arc<SignedRoot>,
     /// The write's leaf index in the batch.
     pub index: u32,
-    /// The sibling nodes from the leaf up to the root.
-    pub path: Box<[TreeNode]>,
+    /// The sibling nodes from the leaf up to the root (inline up to a
+    /// batch of 256 writes: one allocation per proof).
+    pub path: ProofPath,
     /// The hash of what the write wrote (kind, field, value): a record
     /// whose write is gone (a holding's first write) is still checkable.
     pub content: TreeNode,
 }
+
+/// A proof's path: up to 8 nodes inline.
+pub type ProofPath = smallvec::SmallVec<[TreeNode; 8]>;
 
 /// A write's proof, if it has one (a py2p write never does).
 pub type Proof = Option<Arc<WriteProof>>;
@@ -67,7 +71,7 @@ fn node_of(v: &Value) -> Option<TreeNode> {
     v.as_slice()?.try_into().ok()
 }
 
-fn path_of(v: &Value) -> Option<Box<[TreeNode]>> {
+fn path_of(v: &Value) -> Option<ProofPath> {
     let b = v.as_slice()?;
     if b.len() % 16 != 0 || b.len() / 16 > MAX_PROOF_PATH {
         return None;
@@ -94,7 +98,11 @@ fn leaf_proof_of(v: &Value, root: &Arc<SignedRoot>) -> Option<Arc<WriteProof>> {
 }
 
 fn leaf_proof_value(p: &WriteProof) -> Value {
-    Value::Array(vec![Value::from(p.index), Value::Binary(p.path.concat()), Value::Binary(p.content.to_vec())])
+    Value::Array(vec![
+        Value::from(p.index),
+        Value::Binary(p.path.as_flattened().to_vec()),
+        Value::Binary(p.content.to_vec()),
+    ])
 }
 
 /// A proof as records carry it.
@@ -103,7 +111,7 @@ pub fn proof_value(p: &WriteProof) -> Value {
         Value::Binary(p.root.public_key.to_vec()),
         Value::Binary(p.root.signature.to_vec()),
         Value::from(p.index),
-        Value::Binary(p.path.concat()),
+        Value::Binary(p.path.as_flattened().to_vec()),
         Value::Binary(p.content.to_vec()),
     ])
 }
@@ -111,8 +119,18 @@ pub fn proof_value(p: &WriteProof) -> Value {
 /// A proof from a record; `None` if it is not one.
 pub fn proof_from_value(v: &Value) -> Option<Arc<WriteProof>> {
     let a = v.as_array().filter(|a| a.len() == 5)?;
-    let root = root_of(&a[0], &a[1])?;
-    leaf_proof_of(&Value::Array(a[2..].to_vec()), &root)
+    Some(Arc::new(WriteProof {
+        root: root_of(&a[0], &a[1])?,
+        index: u32::try_from(a[2].as_u64()?).ok()?,
+        path: path_of(&a[3])?,
+        content: node_of(&a[4])?,
+    }))
+}
+
+/// Writes a proof as records carry it, straight into a frame.
+fn put_proof(b: &mut FrameBuilder, p: &WriteProof) {
+    b.array_len(5).bin(&p.root.public_key).bin(&p.root.signature).uint(u64::from(p.index));
+    b.bin(p.path.as_flattened()).bin(&p.content);
 }
 
 /// One field of an [`EntryRecord`]: `[field, ts_ms, owner, value]`, and a
@@ -467,14 +485,14 @@ impl SyncMessage {
                     b.array_len(if e.holdings.is_empty() { 4 } else { 5 }).bin(&e.key);
                     b.array_len(2 + usize::from(e.base_proof.is_some())).uint(e.base_ts_ms).bin(&e.base_owner);
                     if let Some(p) = &e.base_proof {
-                        b.value(&proof_value(p));
+                        put_proof(&mut b, p);
                     }
                     b.value(&e.base).array_len(e.fields.len());
                     for f in &e.fields {
                         b.array_len(4 + usize::from(f.proof.is_some()));
                         b.value(&f.key).uint(f.ts_ms).bin(f.owner.as_bytes()).value(&f.value);
                         if let Some(p) = &f.proof {
-                            b.value(&proof_value(p));
+                            put_proof(&mut b, p);
                         }
                     }
                     if !e.holdings.is_empty() {
