@@ -21,11 +21,14 @@ use bytes::Bytes;
 use rand::seq::IteratorRandom;
 use rmpv::Value;
 
-use super::proof::{content_hash, Content};
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use super::proof::{self, content_hash, Content};
 use super::{Entry, Output, Replica, LEAF_BUCKETS, TOP_BUCKETS};
 use crate::id::PeerId;
 use crate::mesh::ConnId;
-use crate::wire::message::{Digest, EntryRecord, FieldRecord, HoldingRecord, SyncMessage};
+use crate::wire::message::{Digest, EntryRecord, FieldRecord, HoldingRecord, Proof, SyncMessage, TreeNode, WriteProof};
 use crate::Now;
 
 /// Leaf digests per message: a quarter of the top buckets.
@@ -100,7 +103,7 @@ impl Replica {
             wanted[usize::from(leaf)] = true;
         }
         for (k, s) in self.entries.iter().filter(|(_, s)| wanted[usize::from(s.leaf)]) {
-            size += k.len() + 64 + approx_size(&s.entry.base);
+            size += k.len() + 64 + approx_size(&s.entry.base) + PROOF_BYTES * proofs_in(&s.entry);
             batch.push(s.entry.to_record(k));
             if size >= self.cfg.max_batch_bytes {
                 batches.push(std::mem::take(&mut batch));
@@ -117,6 +120,7 @@ impl Replica {
 
     pub(super) fn on_entries(&mut self, now: Now, records: Vec<EntryRecord>) {
         let cutoff = now.unix_ms.saturating_sub(self.cfg.tombstone_ttl_ms);
+        self.check_batches(&records);
         for rec in records {
             let Some(rec) = self.vet(now, rec) else { continue };
             let (key, remote) = self.entry_from_record(rec);
@@ -162,6 +166,45 @@ impl Replica {
         }
         rec.fields = self.vet_fields(now, &key, std::mem::take(&mut rec.fields)).unwrap_or_else(|kept| kept);
         (!rec.base_owner.is_empty() || !rec.fields.is_empty()).then_some(rec)
+    }
+
+    /// Checks at once the signatures of the write batches the records'
+    /// proofs claim, one proof per batch (records from a big transfer come
+    /// from many batches): [`Replica::vet`] then finds them checked.
+    fn check_batches(&mut self, records: &[EntryRecord]) {
+        let mut seen: HashSet<[u8; 64]> = HashSet::new();
+        let mut claims: Vec<(PeerId, TreeNode, Arc<WriteProof>)> = Vec::new();
+        let checker = &self.checker;
+        // Only the first proof of each batch not checked yet is hashed here.
+        let mut claim = |key: &[u8], owner: &[u8], ts: u64, proof: &Proof, content: &dyn Fn() -> TreeNode| {
+            let new =
+                |p: &&Arc<WriteProof>| !checker.knows_signature(&p.root.signature) && !seen.contains(&p.root.signature);
+            let Some(p) = proof.as_ref().filter(new) else { return };
+            if content() == p.content {
+                seen.insert(p.root.signature);
+                let owner = PeerId::from_bytes(Bytes::copy_from_slice(owner));
+                claims.push((owner.clone(), proof::leaf(key, &owner, ts, &p.content), p.clone()));
+            }
+        };
+        for rec in records {
+            let key = &rec.key;
+            claim(key, &rec.base_owner, rec.base_ts_ms, &rec.base_proof, &|| content_hash(Content::Set(&rec.base)));
+            for f in &rec.fields {
+                claim(key, f.owner.as_bytes(), f.ts_ms, &f.proof, &|| content_hash(Content::Field(&f.key, &f.value)));
+            }
+            for h in &rec.holdings {
+                claim(key, &h.base_owner, h.base_ts_ms, &h.base_proof, &|| content_hash(Content::Set(&h.base)));
+                for f in &h.fields {
+                    claim(key, f.owner.as_bytes(), f.ts_ms, &f.proof, &|| {
+                        content_hash(Content::Field(&f.key, &f.value))
+                    });
+                }
+                if let Some(p) = &h.start_proof {
+                    claim(key, h.owner.as_bytes(), h.start_ms, &h.start_proof, &|| p.content);
+                }
+            }
+        }
+        self.checker.check_roots(claims.iter().map(|(o, l, p)| (o, *l, p)));
     }
 
     /// The fields whose writes check: `Ok` if all did, `Err` with those
@@ -265,6 +308,24 @@ impl Replica {
         }
         (key, e)
     }
+}
+
+/// About what one proof adds to a record (key, signature, a path of 8).
+const PROOF_BYTES: usize = 250;
+
+/// The proofs an entry's record carries.
+fn proofs_in(e: &Entry) -> usize {
+    let register = |e: &Entry| {
+        usize::from(e.base_version.proof.is_some()) + e.fields.iter().filter(|f| f.version.proof.is_some()).count()
+    };
+    register(e)
+        + match e.holdings.as_deref() {
+            Some(super::Holdings::Many(hs)) => {
+                hs.iter().map(|h| register(&h.writes) + usize::from(h.start.is_some())).sum()
+            }
+            Some(super::Holdings::One { start, .. }) => usize::from(start.is_some()),
+            None => 0,
+        }
 }
 
 fn approx_size(v: &Value) -> usize {

@@ -187,6 +187,13 @@ impl ProofError {
 #[derive(Debug, Default)]
 pub struct Checker {
     roots: HashMap<TreeNode, (PeerId, Arc<SignedRoot>)>,
+    /// The first 16 bytes of the signatures of `roots`: a proof whose
+    /// batch is checked already is told apart without hashing it.
+    signatures: std::collections::HashSet<u128, foldhash::fast::FixedState>,
+}
+
+fn signature_tag(signature: &[u8; 64]) -> u128 {
+    u128::from_le_bytes(signature[..16].try_into().expect("16 of 64 bytes"))
 }
 
 impl Checker {
@@ -221,20 +228,51 @@ impl Checker {
         }
         let key = identity::key_of(owner, &proof.root.public_key)?;
         identity::verify_with(&key, &root_context(&root), &proof.root.signature)?;
-        if self.roots.len() >= MAX_CHECKED_ROOTS {
-            self.roots.clear();
-        }
-        self.roots.insert(root, (owner.clone(), proof.root.clone()));
+        self.remember(root, owner, &proof.root);
         Ok(proof)
     }
 
-    /// Remembers our own batch's root as checked.
-    pub fn learn_own(&mut self, me: &PeerId, proof: &WriteProof, leaf: TreeNode) {
-        if let Some(root) = root_of(leaf, proof.index, &proof.path) {
-            if self.roots.len() >= MAX_CHECKED_ROOTS {
-                self.roots.clear();
+    /// Whether a batch with this signature was checked (a hint: the proof
+    /// itself is still checked in full by [`Checker::check`]).
+    pub fn knows_signature(&self, signature: &[u8; 64]) -> bool {
+        self.signatures.contains(&signature_tag(signature))
+    }
+
+    fn remember(&mut self, root: TreeNode, owner: &PeerId, signed: &Arc<SignedRoot>) {
+        if self.roots.len() >= MAX_CHECKED_ROOTS {
+            self.roots.clear();
+            self.signatures.clear();
+        }
+        self.signatures.insert(signature_tag(&signed.signature));
+        self.roots.insert(root, (owner.clone(), signed.clone()));
+    }
+
+    /// Checks at once the roots that `proofs` (`(owner, leaf, proof)`)
+    /// claim and that are not checked yet, one per batch (Ed25519 batch
+    /// verification): records from many batches then cost about half a
+    /// signature check per batch. If any fails, none is remembered, and
+    /// [`Checker::check`] checks each alone (and reports the bad ones).
+    pub fn check_roots<'a>(&mut self, proofs: impl IntoIterator<Item = (&'a PeerId, TreeNode, &'a Arc<WriteProof>)>) {
+        let mut fresh: Vec<(TreeNode, &PeerId, identity::VerifyingKey, &Arc<SignedRoot>)> = Vec::new();
+        for (owner, leaf, proof) in proofs {
+            let Some(root) = root_of(leaf, proof.index, &proof.path) else { continue };
+            if self.roots.contains_key(&root) || fresh.iter().any(|f| f.0 == root) {
+                continue;
             }
-            self.roots.insert(root, (me.clone(), proof.root.clone()));
+            if let Ok(key) = identity::key_of(owner, &proof.root.public_key) {
+                fresh.push((root, owner, key, &proof.root));
+            }
+        }
+        if fresh.len() < 2 {
+            return;
+        }
+        let contexts: Vec<Vec<u8>> = fresh.iter().map(|f| root_context(&f.0)).collect();
+        let items: Vec<_> = fresh.iter().zip(&contexts).map(|(f, c)| (&f.2, c.as_slice(), &f.3.signature)).collect();
+        if identity::verify_batch(&items).is_err() {
+            return;
+        }
+        for (root, owner, _, signed) in fresh {
+            self.remember(root, owner, signed);
         }
     }
 }
@@ -326,5 +364,37 @@ mod tests {
         // An index that does not fit its path.
         let bad = Arc::new(WriteProof { index: 1, ..(*real).clone() });
         assert_eq!(Checker::default().check(b"other", &alice.id(), 5, &c, bad.clone()), Err(ProofError::BadPath));
+    }
+
+    #[test]
+    fn batches_checked_together_are_remembered_only_when_all_hold() {
+        let w = writer(1);
+        let me = w.id();
+        let c = content_hash(Content::Set(&Value::from(1)));
+        let batches: Vec<Arc<WriteProof>> =
+            (0..4u64).map(|i| sign_batch(&w, &[(leaf(b"k", &me, i, &c), c)]).remove(0)).collect();
+        let claims = |bs: &[Arc<WriteProof>]| -> Vec<(PeerId, TreeNode, Arc<WriteProof>)> {
+            bs.iter().enumerate().map(|(i, p)| (me.clone(), leaf(b"k", &me, i as u64, &c), p.clone())).collect()
+        };
+        let mut checker = Checker::default();
+        let all = claims(&batches);
+        checker.check_roots(all.iter().map(|(o, l, p)| (o, *l, p)));
+        assert_eq!(checker.roots.len(), 4, "all four checked at once");
+        // One bad signature among them: none is remembered, and checking
+        // each alone finds it.
+        let mut bad = batches.clone();
+        let mut sig = bad[2].root.signature;
+        sig[0] ^= 1;
+        bad[2] = Arc::new(WriteProof {
+            root: Arc::new(SignedRoot { public_key: w.public_key(), signature: sig }),
+            ..(*bad[2]).clone()
+        });
+        let mut checker = Checker::default();
+        let some_bad = claims(&bad);
+        checker.check_roots(some_bad.iter().map(|(o, l, p)| (o, *l, p)));
+        assert!(checker.roots.is_empty());
+        let verdicts: Vec<bool> =
+            bad.iter().enumerate().map(|(i, p)| checker.check(b"k", &me, i as u64, &c, p.clone()).is_ok()).collect();
+        assert_eq!(verdicts, [true, true, false, true]);
     }
 }

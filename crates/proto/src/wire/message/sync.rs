@@ -4,9 +4,9 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use rmpv::Value;
+use rmpv::{Value, ValueRef};
 
-use super::{bytes_of, key_of, peer_id_of, Malformed};
+use super::{key_of, peer_id_of, Malformed};
 use crate::id::PeerId;
 use crate::wire::{Frame, FrameBuilder, MsgType, Packet, SubFlag};
 
@@ -67,34 +67,11 @@ pub type ProofPath = smallvec::SmallVec<[TreeNode; 8]>;
 /// A write's proof, if it has one (a py2p write never does).
 pub type Proof = Option<Arc<WriteProof>>;
 
-fn node_of(v: &Value) -> Option<TreeNode> {
-    v.as_slice()?.try_into().ok()
-}
-
-fn path_of(v: &Value) -> Option<ProofPath> {
-    let b = v.as_slice()?;
+fn path_of(b: &[u8]) -> Option<ProofPath> {
     if b.len() % 16 != 0 || b.len() / 16 > MAX_PROOF_PATH {
         return None;
     }
     Some(b.chunks_exact(16).map(|c| c.try_into().expect("16 bytes")).collect())
-}
-
-fn root_of(key: &Value, sig: &Value) -> Option<Arc<SignedRoot>> {
-    Some(Arc::new(SignedRoot {
-        public_key: key.as_slice()?.try_into().ok()?,
-        signature: sig.as_slice()?.try_into().ok()?,
-    }))
-}
-
-/// `[index, path, content]` of a proof under `root`.
-fn leaf_proof_of(v: &Value, root: &Arc<SignedRoot>) -> Option<Arc<WriteProof>> {
-    let a = v.as_array().filter(|a| a.len() == 3)?;
-    Some(Arc::new(WriteProof {
-        root: root.clone(),
-        index: u32::try_from(a[0].as_u64()?).ok()?,
-        path: path_of(&a[1])?,
-        content: node_of(&a[2])?,
-    }))
 }
 
 fn leaf_proof_value(p: &WriteProof) -> Value {
@@ -114,17 +91,6 @@ pub fn proof_value(p: &WriteProof) -> Value {
         Value::Binary(p.path.as_flattened().to_vec()),
         Value::Binary(p.content.to_vec()),
     ])
-}
-
-/// A proof from a record; `None` if it is not one.
-pub fn proof_from_value(v: &Value) -> Option<Arc<WriteProof>> {
-    let a = v.as_array().filter(|a| a.len() == 5)?;
-    Some(Arc::new(WriteProof {
-        root: root_of(&a[0], &a[1])?,
-        index: u32::try_from(a[2].as_u64()?).ok()?,
-        path: path_of(&a[3])?,
-        content: node_of(&a[4])?,
-    }))
 }
 
 /// Writes a proof as records carry it, straight into a frame.
@@ -273,11 +239,11 @@ impl EntryRecord {
     /// one (with nothing left over).
     pub fn from_bytes(bytes: &[u8]) -> Option<EntryRecord> {
         let mut rd = bytes;
-        let v = rmpv::decode::read_value(&mut rd).ok()?;
+        let v = rmpv::decode::read_value_ref(&mut rd).ok()?;
         if !rd.is_empty() {
             return None;
         }
-        decode_entry(v)
+        decode_entry(&v)
     }
 }
 
@@ -330,18 +296,26 @@ pub enum SyncMessage {
     Entries(Vec<EntryRecord>),
 }
 
-/// rs2p's trailing version field: `[ts_ms]` (py2p never looks at it).
-fn ext_ts(v: Option<&Value>) -> Option<u64> {
-    v?.as_array()?.first()?.as_u64()
-}
-
 /// The proofs in rs2p's trailing field (`[ts_ms, public_key, signature,
-/// [[index, path, content], ...]]`); empty when absent or malformed (the
-/// write is then unproven).
-fn ext_proofs(v: Option<&Value>) -> Vec<Arc<WriteProof>> {
-    let Some(a) = v.and_then(Value::as_array).filter(|a| a.len() == 4) else { return Vec::new() };
-    let (Some(root), Some(list)) = (root_of(&a[1], &a[2]), a[3].as_array()) else { return Vec::new() };
-    list.iter().map(|p| leaf_proof_of(p, &root)).collect::<Option<Vec<_>>>().unwrap_or_default()
+/// [[index, path, content], ...]]`), read from borrowed values; empty when
+/// absent or malformed (the write is then unproven).
+fn ext_proofs(v: Option<&ValueRef<'_>>) -> Vec<Arc<WriteProof>> {
+    let Some([_, key, sig, list]) = v.and_then(ref_array) else { return Vec::new() };
+    let (Some(key), Some(sig), Some(list)) = (ref_bytes(key), ref_bytes(sig), ref_array(list)) else {
+        return Vec::new();
+    };
+    let (Ok(public_key), Ok(signature)) = (key.try_into(), sig.try_into()) else { return Vec::new() };
+    let root = Arc::new(SignedRoot { public_key, signature });
+    let leaf = |p: &ValueRef<'_>| {
+        let [index, path, content] = ref_array(p)? else { return None };
+        Some(Arc::new(WriteProof {
+            root: root.clone(),
+            index: u32::try_from(index.as_u64()?).ok()?,
+            path: path_of(ref_bytes(path)?)?,
+            content: ref_bytes(content)?.try_into().ok()?,
+        }))
+    };
+    list.iter().map(leaf).collect::<Option<Vec<_>>>().unwrap_or_default()
 }
 
 /// Writes rs2p's trailing field: `[ts]`, or with `proofs` (one batch's).
@@ -383,17 +357,33 @@ impl SyncMessage {
         let (Some(kind), Some(flag)) = (h.kind(), SubFlag::from_u64(h.subflag)) else {
             return Err(Malformed("not a sync message"));
         };
+        // Writes and records are read from borrowed values (see
+        // `decode_entry`).
+        if matches!((flag, kind), (SubFlag::Store | SubFlag::Delta, MsgType::Broadcast)) {
+            let v = p.value_refs().map_err(|_| Malformed("undecodable packets"))?;
+            if v.len() < 2 {
+                return Err(Malformed("write field count"));
+            }
+            let key = Bytes::copy_from_slice(ref_bytes(&v[0]).ok_or(Malformed("write key"))?);
+            let ts_ms = v.get(2).and_then(ref_array).and_then(|a| a.first()?.as_u64());
+            let mut proofs = ext_proofs(v.get(2));
+            if flag == SubFlag::Store {
+                return Ok(SyncMessage::Store { key, value: v[1].to_owned(), ts_ms, proof: proofs.pop() });
+            }
+            let ValueRef::Map(map) = &v[1] else { return Err(Malformed("delta is not a map")) };
+            let fields: Vec<(Value, Value)> = map.iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect();
+            if proofs.len() != fields.len() {
+                proofs.clear();
+            }
+            return Ok(SyncMessage::Delta { key, fields, ts_ms, proofs });
+        }
+        if (flag, kind) == (SubFlag::Entries, MsgType::Whisper) {
+            let v = p.value_refs().map_err(|_| Malformed("undecodable packets"))?;
+            let Some(ValueRef::Array(list)) = v.first() else { return Err(Malformed("entry list")) };
+            return Ok(SyncMessage::Entries(list.iter().filter_map(decode_entry).collect()));
+        }
         let mut v = p.values().map_err(|_| Malformed("undecodable packets"))?;
         Ok(match (flag, kind) {
-            (SubFlag::Store, MsgType::Broadcast) => {
-                if v.len() < 2 {
-                    return Err(Malformed("store field count"));
-                }
-                let key = key_of(&v[0]).ok_or(Malformed("store key"))?;
-                let ts_ms = ext_ts(v.get(2));
-                let proof = ext_proofs(v.get(2)).into_iter().next();
-                SyncMessage::Store { key, value: v.swap_remove(1), ts_ms, proof }
-            }
             (SubFlag::Store, MsgType::Whisper) => {
                 if v.len() != 4 {
                     return Err(Malformed("state transfer field count"));
@@ -404,23 +394,7 @@ impl SyncMessage {
                 };
                 SyncMessage::StateTransfer { key, value: v.swap_remove(1), owner, timestamp }
             }
-            (SubFlag::Delta, MsgType::Broadcast) => {
-                if v.len() < 2 {
-                    return Err(Malformed("delta field count"));
-                }
-                let key = key_of(&v[0]).ok_or(Malformed("delta key"))?;
-                let ts_ms = ext_ts(v.get(2));
-                let mut proofs = ext_proofs(v.get(2));
-                match v.swap_remove(1) {
-                    Value::Map(fields) => {
-                        if proofs.len() != fields.len() {
-                            proofs.clear();
-                        }
-                        SyncMessage::Delta { key, fields, ts_ms, proofs }
-                    }
-                    _ => return Err(Malformed("delta is not a map")),
-                }
-            }
+
             (SubFlag::Digest, MsgType::Whisper) => match v.first().and_then(Value::as_u64) {
                 Some(0) => SyncMessage::Digest(Digest::Top(v.get(1).and_then(unpack).ok_or(Malformed("digest size"))?)),
                 Some(1) => {
@@ -438,13 +412,6 @@ impl SyncMessage {
                 }
                 _ => return Err(Malformed("digest level")),
             },
-            (SubFlag::Entries, MsgType::Whisper) => {
-                let list = match v.into_iter().next() {
-                    Some(Value::Array(list)) => list,
-                    _ => return Err(Malformed("entry list")),
-                };
-                SyncMessage::Entries(list.into_iter().filter_map(decode_entry).collect())
-            }
             _ => return Err(Malformed("not a sync message")),
         })
     }
@@ -546,74 +513,108 @@ impl SyncMessage {
     }
 }
 
-fn decode_entry(v: Value) -> Option<EntryRecord> {
-    let Value::Array(mut a) = v else { return None };
-    let holdings = match a.len() {
-        4 => Vec::new(),
-        5 => {
-            let Some(Value::Array(hs)) = a.pop() else { return None };
-            hs.into_iter().map(decode_holding).collect::<Option<Vec<_>>>()?
-        }
-        _ => return None,
-    };
-    let [key, base_version, base, fields]: [Value; 4] = a.try_into().ok()?;
-    let key = key_of(&key)?;
-    let (base_ts_ms, base_owner, base_proof) = decode_base_version(&base_version)?;
-    let fields = decode_fields(fields)?;
-    Some(EntryRecord { key, base_ts_ms, base_owner, base_proof, base, fields, holdings })
+// Records are read from borrowed values: a record's keys, ids and proofs
+// are copied once into their own types, with no owned value in between.
+
+fn ref_bytes<'a>(v: &'a ValueRef<'_>) -> Option<&'a [u8]> {
+    match v {
+        ValueRef::Binary(b) => Some(b),
+        ValueRef::String(s) => Some(s.as_bytes()),
+        _ => None,
+    }
 }
 
-fn decode_base_version(v: &Value) -> Option<(u64, Bytes, Proof)> {
-    let bv = v.as_array().filter(|b| b.len() == 2 || b.len() == 3)?;
+fn ref_array<'a, 'b>(v: &'b ValueRef<'a>) -> Option<&'b [ValueRef<'a>]> {
+    match v {
+        ValueRef::Array(a) => Some(a),
+        _ => None,
+    }
+}
+
+fn ref_peer_id(v: &ValueRef<'_>) -> Option<PeerId> {
+    ref_bytes(v).and_then(PeerId::from_wire)
+}
+
+fn decode_proof(v: &ValueRef<'_>) -> Option<Arc<WriteProof>> {
+    let [key, sig, index, path, content] = ref_array(v)? else { return None };
+    Some(Arc::new(WriteProof {
+        root: Arc::new(SignedRoot {
+            public_key: ref_bytes(key)?.try_into().ok()?,
+            signature: ref_bytes(sig)?.try_into().ok()?,
+        }),
+        index: u32::try_from(index.as_u64()?).ok()?,
+        path: path_of(ref_bytes(path)?)?,
+        content: ref_bytes(content)?.try_into().ok()?,
+    }))
+}
+
+fn decode_entry(v: &ValueRef<'_>) -> Option<EntryRecord> {
+    let a = ref_array(v)?;
+    let holdings = match a.len() {
+        4 => Vec::new(),
+        5 => ref_array(&a[4])?.iter().map(decode_holding).collect::<Option<Vec<_>>>()?,
+        _ => return None,
+    };
+    let key = Bytes::copy_from_slice(ref_bytes(&a[0])?);
+    let (base_ts_ms, base_owner, base_proof) = decode_base_version(&a[1])?;
+    let fields = decode_fields(&a[3])?;
+    Some(EntryRecord { key, base_ts_ms, base_owner, base_proof, base: a[2].to_owned(), fields, holdings })
+}
+
+fn decode_base_version(v: &ValueRef<'_>) -> Option<(u64, Bytes, Proof)> {
+    let bv = ref_array(v).filter(|b| b.len() == 2 || b.len() == 3)?;
     // The base of an entry created by a delta is the zero version with an
     // empty owner: the one place an empty owner is allowed.
-    let base_owner = bytes_of(&bv[1]).filter(|b| b.is_empty() || PeerId::valid_len(b.len()))?;
+    let base_owner = ref_bytes(&bv[1]).filter(|b| b.is_empty() || PeerId::valid_len(b.len()))?;
     let proof = match bv.get(2) {
-        Some(p) => Some(proof_from_value(p)?),
+        Some(p) => Some(decode_proof(p)?),
         None => None,
     };
     Some((bv[0].as_u64()?, Bytes::copy_from_slice(base_owner), proof))
 }
 
-fn decode_fields(v: Value) -> Option<Vec<FieldRecord>> {
-    let Value::Array(fields) = v else { return None };
-    fields
-        .into_iter()
+fn decode_fields(v: &ValueRef<'_>) -> Option<Vec<FieldRecord>> {
+    ref_array(v)?
+        .iter()
         .map(|f| {
-            let Value::Array(mut f) = f else { return None };
+            let f = ref_array(f)?;
             let proof = match f.len() {
                 4 => None,
-                5 => Some(proof_from_value(&f.pop()?)?),
+                5 => Some(decode_proof(&f[4])?),
                 _ => return None,
             };
-            let [key, ts, owner, value]: [Value; 4] = f.try_into().ok()?;
-            Some(FieldRecord { key, ts_ms: ts.as_u64()?, owner: peer_id_of(&owner)?, value, proof })
+            Some(FieldRecord {
+                key: f[0].to_owned(),
+                ts_ms: f[1].as_u64()?,
+                owner: ref_peer_id(&f[2])?,
+                value: f[3].to_owned(),
+                proof,
+            })
         })
         .collect()
 }
 
-fn decode_holding(v: Value) -> Option<HoldingRecord> {
-    let Value::Array(mut a) = v else { return None };
+fn decode_holding(v: &ValueRef<'_>) -> Option<HoldingRecord> {
+    let a = ref_array(v)?;
     let start_proof = match a.len() {
         6 => None,
-        7 => Some(proof_from_value(&a.pop()?)?),
+        7 => Some(decode_proof(&a[6])?),
         _ => return None,
     };
-    let [owner, start, end, base_version, base, fields]: [Value; 6] = a.try_into().ok()?;
-    let (start_ms, end_ms) = (start.as_u64()?, end.as_u64()?);
+    let (start_ms, end_ms) = (a[1].as_u64()?, a[2].as_u64()?);
     if start_ms > end_ms {
         return None;
     }
-    let (base_ts_ms, base_owner, base_proof) = decode_base_version(&base_version)?;
+    let (base_ts_ms, base_owner, base_proof) = decode_base_version(&a[3])?;
     Some(HoldingRecord {
-        owner: peer_id_of(&owner)?,
+        owner: ref_peer_id(&a[0])?,
         start_ms,
         end_ms,
         base_ts_ms,
         base_owner,
         base_proof,
-        base,
-        fields: decode_fields(fields)?,
+        base: a[4].to_owned(),
+        fields: decode_fields(&a[5])?,
         start_proof,
     })
 }
