@@ -445,9 +445,15 @@ pub async fn sync_chain(n: usize, keys: usize, policy: &str, leased: bool) -> Re
 /// with the peer again.
 pub async fn sync_restart(keys: usize) -> Result<Json> {
     let dir = bench_dir("restart");
-    let durable = || SyncSocket::builder().leasing(false).data_dir(&dir).fsync(rs2p::Fsync::Batch);
+    let durable = || {
+        SyncSocket::builder()
+            .leasing(false)
+            .data_dir(&dir)
+            .fsync(rs2p::Fsync::Batch)
+            .mesh(|m| m.sign_broadcasts(signing()))
+    };
     let a = durable().spawn().await?;
-    let b = SyncSocket::builder().leasing(false).spawn().await?;
+    let b = SyncSocket::builder().leasing(false).mesh(|m| m.sign_broadcasts(signing())).spawn().await?;
     a.connect(b.out_addr().clone()).await?;
     let batch = 10_000;
     for start in (0..keys).step_by(batch) {

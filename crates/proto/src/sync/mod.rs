@@ -1014,6 +1014,11 @@ impl Replica {
                 if !self.cfg.leasing && !self.py2p_accepts(now, &key, &owner, timestamp, false) {
                     return;
                 }
+                // A transfer carries no proof: it cannot stand for a writer
+                // known to prove its writes (rs2p peers repair those).
+                if self.is_keyed(&owner) {
+                    return self.forged(now, &key, owner.as_bytes(), "a state transfer of a keyed writer's write");
+                }
                 let version = Version::new(timestamp.saturating_mul(1000), self.intern(&owner));
                 self.observe(&version);
                 self.apply_write(key, &version, Write::Set(&value));

@@ -40,7 +40,7 @@ use sha2::{Digest, Sha256};
 
 use crate::id::PeerId;
 use crate::identity::{self, Identity, VerifyError};
-use crate::wire::message::{SignedRoot, TreeNode, WriteProof, MAX_PROOF_PATH};
+use crate::wire::message::{BatchNodes, PathNodes, SignedRoot, TreeNode, WriteProof, MAX_PROOF_PATH};
 
 /// Most writes one signature covers (a delta with more fields is one batch
 /// of its own): a proof then has at most 8 path nodes (128 bytes).
@@ -128,11 +128,20 @@ pub fn sign_batch(identity: &Identity, writes: &[(TreeNode, TreeNode)]) -> Vec<A
     let signed =
         Arc::new(SignedRoot { public_key: identity.public_key(), signature: identity.sign(&root_context(&root)) });
     let depth = levels.len() - 1;
+    let shared = (1..=BatchNodes::MAX_DEPTH).contains(&depth).then(|| Arc::new(BatchNodes::new(depth)));
     writes
         .iter()
         .enumerate()
         .map(|(i, w)| {
-            let path = (0..depth).map(|l| *levels[l].get((i >> l) ^ 1).unwrap_or(&EMPTY)).collect();
+            let path: crate::wire::message::ProofPath =
+                (0..depth).map(|l| *levels[l].get((i >> l) ^ 1).unwrap_or(&EMPTY)).collect();
+            let path = match &shared {
+                Some(nodes) => {
+                    nodes.fill(i as u32, &path);
+                    PathNodes::Shared(nodes.clone())
+                }
+                None => PathNodes::Own(path.into_vec().into_boxed_slice()),
+            };
             Arc::new(WriteProof { root: signed.clone(), index: i as u32, path, content: w.1 })
         })
         .collect()
@@ -186,10 +195,20 @@ impl ProofError {
 /// signature check, whatever the number of its writes that arrive.
 #[derive(Debug, Default)]
 pub struct Checker {
-    roots: HashMap<TreeNode, (PeerId, Arc<SignedRoot>)>,
+    roots: HashMap<TreeNode, Checked>,
     /// The first 16 bytes of the signatures of `roots`: a proof whose
     /// batch is checked already is told apart without hashing it.
     signatures: std::collections::HashSet<u128, foldhash::fast::FixedState>,
+}
+
+/// A checked batch root.
+#[derive(Debug)]
+struct Checked {
+    signer: PeerId,
+    root: Arc<SignedRoot>,
+    /// The batch's tree, filled by the proofs checked so far, which keep
+    /// their paths in it.
+    nodes: Option<Arc<BatchNodes>>,
 }
 
 fn signature_tag(signature: &[u8; 64]) -> u128 {
@@ -214,21 +233,40 @@ impl Checker {
         if *content != proof.content {
             return Err(ProofError::OtherContent);
         }
-        let root = root_of(leaf(key, owner, ts_ms, content), proof.index, &proof.path).ok_or(ProofError::BadPath)?;
-        if let Some((signer, shared)) = self.roots.get(&root) {
-            if signer != owner {
-                return Err(ProofError::OtherSigner);
-            }
-            let mut proof = proof;
-            if !Arc::ptr_eq(shared, &proof.root) {
-                // In place when this copy is the only one (a decoded record).
-                Arc::make_mut(&mut proof).root = shared.clone();
-            }
-            return Ok(proof);
+        let path = proof.path();
+        let root = root_of(leaf(key, owner, ts_ms, content), proof.index, &path).ok_or(ProofError::BadPath)?;
+        if !self.roots.contains_key(&root) {
+            let key = identity::key_of(owner, &proof.root.public_key)?;
+            identity::verify_with(&key, &root_context(&root), &proof.root.signature)?;
+            self.remember(root, owner, &proof.root);
         }
-        let key = identity::key_of(owner, &proof.root.public_key)?;
-        identity::verify_with(&key, &root_context(&root), &proof.root.signature)?;
-        self.remember(root, owner, &proof.root);
+        let known = self.roots.get_mut(&root).expect("checked above");
+        if known.signer != *owner {
+            return Err(ProofError::OtherSigner);
+        }
+        // The proof to keep: the batch's checked root, and its path in the
+        // batch's shared tree (filled with it).
+        let nodes = match &known.nodes {
+            Some(n) if n.depth() == path.len() => Some(n.clone()),
+            Some(_) => None,
+            None if (1..=BatchNodes::MAX_DEPTH).contains(&path.len()) => {
+                let n = Arc::new(BatchNodes::new(path.len()));
+                known.nodes = Some(n.clone());
+                Some(n)
+            }
+            None => None,
+        };
+        let mut proof = proof;
+        if !Arc::ptr_eq(&known.root, &proof.root) {
+            // In place when this copy is the only one (a decoded record).
+            Arc::make_mut(&mut proof).root = known.root.clone();
+        }
+        if let Some(nodes) = nodes {
+            if !matches!(&proof.path, PathNodes::Shared(n) if Arc::ptr_eq(n, &nodes)) {
+                nodes.fill(proof.index, &path);
+                Arc::make_mut(&mut proof).path = PathNodes::Shared(nodes);
+            }
+        }
         Ok(proof)
     }
 
@@ -244,7 +282,7 @@ impl Checker {
             self.signatures.clear();
         }
         self.signatures.insert(signature_tag(&signed.signature));
-        self.roots.insert(root, (owner.clone(), signed.clone()));
+        self.roots.insert(root, Checked { signer: owner.clone(), root: signed.clone(), nodes: None });
     }
 
     /// Checks at once the roots that `proofs` (`(owner, leaf, proof)`)
@@ -255,7 +293,7 @@ impl Checker {
     pub fn check_roots<'a>(&mut self, proofs: impl IntoIterator<Item = (&'a PeerId, TreeNode, &'a Arc<WriteProof>)>) {
         let mut fresh: Vec<(TreeNode, &PeerId, identity::VerifyingKey, &Arc<SignedRoot>)> = Vec::new();
         for (owner, leaf, proof) in proofs {
-            let Some(root) = root_of(leaf, proof.index, &proof.path) else { continue };
+            let Some(root) = root_of(leaf, proof.index, &proof.path()) else { continue };
             if self.roots.contains_key(&root) || fresh.iter().any(|f| f.0 == root) {
                 continue;
             }
@@ -396,5 +434,36 @@ mod tests {
         let verdicts: Vec<bool> =
             bad.iter().enumerate().map(|(i, p)| checker.check(b"k", &me, i as u64, &c, p.clone()).is_ok()).collect();
         assert_eq!(verdicts, [true, true, false, true]);
+    }
+
+    #[test]
+    fn checked_proofs_keep_their_paths_in_one_shared_tree() {
+        let w = writer(1);
+        let me = w.id();
+        for n in [2usize, 5, 70, 256] {
+            let batch = writes(&me, n);
+            let signed = sign_batch(&w, &batch);
+            // As a receiver reads them: each with its own path, in any order.
+            let mut order: Vec<usize> = (0..n).collect();
+            order.reverse();
+            order.rotate_left(n / 3);
+            let mut checker = Checker::default();
+            let mut kept = vec![None; n];
+            for &i in &order {
+                let path = PathNodes::Own(signed[i].path().into_vec().into_boxed_slice());
+                let own = Arc::new(WriteProof { path, ..(*signed[i]).clone() });
+                let c = content_hash(Content::Set(&Value::from(i)));
+                kept[i] = Some(checker.check(format!("k{i}").as_bytes(), &me, 1_000 + i as u64, &c, own).unwrap());
+            }
+            let kept: Vec<Arc<WriteProof>> = kept.into_iter().map(Option::unwrap).collect();
+            let tree = match &kept[0].path {
+                PathNodes::Shared(t) => t.clone(),
+                PathNodes::Own(_) => panic!("n = {n}: not shared"),
+            };
+            for (i, p) in kept.iter().enumerate() {
+                assert!(matches!(&p.path, PathNodes::Shared(t) if Arc::ptr_eq(t, &tree)), "n = {n}, write {i}");
+                assert_eq!(p.path(), signed[i].path(), "n = {n}, write {i}: the same path, read from the tree");
+            }
+        }
     }
 }

@@ -695,6 +695,21 @@ fn a_keyed_writers_records_need_its_proof_from_whoever_relays_them() {
             assert_eq!(bob.get(&key), None, "leasing {leasing}: forgery {i} was taken");
             assert_eq!(bob.stats().forged_writes, i as u64 + 1);
         }
+        // py2p's per-key state transfer in alice's name: it has no proof.
+        let transfer = SyncMessage::StateTransfer {
+            key: key.clone(),
+            value: Value::from("transferred"),
+            owner: ak.clone(),
+            timestamp: now.unix(),
+        };
+        deliver(
+            &mut bob,
+            now,
+            ConnId(9),
+            &Packet::parse(transfer.encode(&relay, now.unix()), &Default::default()).unwrap(),
+        );
+        assert_eq!(bob.get(&key), None, "leasing {leasing}: a state transfer in alice's name was taken");
+        assert_eq!(bob.stats().forged_writes, 4);
         // A forged live store: alice's broadcast with mallory's proof.
         let SyncMessage::Store { value, ts_ms, .. } = SyncMessage::decode(&flooded[0]).unwrap() else { panic!() };
         let c = proof::content_hash(proof::Content::Set(&value));
@@ -702,7 +717,7 @@ fn a_keyed_writers_records_need_its_proof_from_whoever_relays_them() {
         let f = SyncMessage::encode_store(&ak, ts_ms.unwrap() / 1000, &key, &value, ts_ms, &bad);
         deliver(&mut bob, now, ConnId(9), &Packet::parse(f, &Default::default()).unwrap());
         assert_eq!(bob.get(&key), None, "leasing {leasing}: a live store with a forged proof was taken");
-        assert_eq!(bob.stats().forged_writes, 4);
+        assert_eq!(bob.stats().forged_writes, 5);
 
         // Alice's own record, relayed by anyone, is taken with its proof,
         // so bob can repair others with it in turn.
@@ -725,7 +740,7 @@ fn a_keyed_writers_records_need_its_proof_from_whoever_relays_them() {
         let py2p = EntryRecord { base_proof: None, holdings: Vec::new(), ..py2p };
         deliver(&mut bob, now, ConnId(9), &entries_packet(&relay, vec![py2p]));
         assert_eq!(bob.get(b"py"), Some(Value::from("py2p's")));
-        assert_eq!(bob.stats().forged_writes, 4);
+        assert_eq!(bob.stats().forged_writes, 5);
     }
 }
 

@@ -18,8 +18,8 @@ mod sync;
 pub(crate) use mesh::ids_bytes;
 pub use mesh::{Farewell, Handshake, MeshMessage, MAX_IDS_PER_MESSAGE};
 pub use sync::{
-    Digest, EntryRecord, FieldRecord, HoldingRecord, Proof, ProofPath, SignedRoot, SyncMessage, TreeNode, WriteProof,
-    DIGEST_BUCKETS, MAX_PROOF_PATH,
+    BatchNodes, Digest, EntryRecord, FieldRecord, HoldingRecord, PathNodes, Proof, ProofPath, SignedRoot, SyncMessage,
+    TreeNode, WriteProof, DIGEST_BUCKETS, MAX_PROOF_PATH,
 };
 
 use bytes::Bytes;

@@ -46,19 +46,100 @@ pub struct SignedRoot {
 /// batch its writer signed. Records carry it as `[public_key, signature,
 /// index, path, content]`; live writes as part of their trailing field
 /// (see [`SyncMessage::Store`]). Writes of one batch share their
-/// [`SignedRoot`].
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+/// [`SignedRoot`], and once checked their tree's nodes ([`BatchNodes`]).
+#[derive(Debug, Clone)]
 pub struct WriteProof {
     /// The batch's signed root.
     pub root: Arc<SignedRoot>,
     /// The write's leaf index in the batch.
     pub index: u32,
-    /// The sibling nodes from the leaf up to the root (inline up to a
-    /// batch of 256 writes: one allocation per proof).
-    pub path: ProofPath,
+    /// The sibling nodes from the leaf up to the root.
+    pub path: PathNodes,
     /// The hash of what the write wrote (kind, field, value): a record
     /// whose write is gone (a holding's first write) is still checkable.
     pub content: TreeNode,
+}
+
+impl WriteProof {
+    /// The sibling nodes from the leaf up to the root.
+    pub fn path(&self) -> ProofPath {
+        match &self.path {
+            PathNodes::Own(p) => p.iter().copied().collect(),
+            PathNodes::Shared(nodes) => nodes.path(self.index),
+        }
+    }
+}
+
+impl PartialEq for WriteProof {
+    fn eq(&self, other: &Self) -> bool {
+        self.root == other.root
+            && self.index == other.index
+            && self.content == other.content
+            && self.path() == other.path()
+    }
+}
+
+/// Where a proof's path is kept.
+#[derive(Debug, Clone)]
+pub enum PathNodes {
+    /// Its own copy (as read from the wire or a store; boxed, so a proof
+    /// whose path is shared stays small).
+    Own(Box<[TreeNode]>),
+    /// In its batch's tree, shared with the batch's other writes.
+    Shared(Arc<BatchNodes>),
+}
+
+/// The nodes of one batch's hash tree below the root, shared by the
+/// batch's writes: each write's path is read from it, so a batch of 256
+/// keeps 510 nodes instead of 256 paths of 8. Filled as the batch's
+/// writes arrive (each brings its path).
+#[derive(Debug)]
+pub struct BatchNodes {
+    depth: u8,
+    nodes: Box<[std::sync::OnceLock<TreeNode>]>,
+}
+
+impl BatchNodes {
+    /// Deepest tree kept shared: deeper ones (deltas of thousands of
+    /// fields) keep a path per write.
+    pub const MAX_DEPTH: usize = 10;
+
+    /// An empty tree of `depth` levels below the root.
+    pub fn new(depth: usize) -> Self {
+        let depth = depth.min(Self::MAX_DEPTH);
+        BatchNodes { depth: depth as u8, nodes: (0..(2usize << depth) - 2).map(|_| Default::default()).collect() }
+    }
+
+    /// The tree's depth (a path's length).
+    pub fn depth(&self) -> usize {
+        usize::from(self.depth)
+    }
+
+    fn slot(&self, level: usize, i: usize) -> usize {
+        let d = self.depth();
+        (2usize << d) - (2usize << (d - level)) + i
+    }
+
+    /// Keeps the path of the leaf at `index` (its siblings).
+    pub fn fill(&self, index: u32, path: &[TreeNode]) {
+        for (l, node) in path.iter().enumerate().take(self.depth()) {
+            let at = self.slot(l, ((index as usize) >> l) ^ 1);
+            if let Some(slot) = self.nodes.get(at) {
+                let _ = slot.set(*node);
+            }
+        }
+    }
+
+    /// The path of the leaf at `index` (an unknown node reads as zeros, a
+    /// path that will not check).
+    pub fn path(&self, index: u32) -> ProofPath {
+        (0..self.depth())
+            .map(|l| {
+                let at = self.slot(l, ((index as usize) >> l) ^ 1);
+                self.nodes.get(at).and_then(|n| n.get().copied()).unwrap_or_default()
+            })
+            .collect()
+    }
 }
 
 /// A proof's path: up to 8 nodes inline.
@@ -77,7 +158,7 @@ fn path_of(b: &[u8]) -> Option<ProofPath> {
 fn leaf_proof_value(p: &WriteProof) -> Value {
     Value::Array(vec![
         Value::from(p.index),
-        Value::Binary(p.path.as_flattened().to_vec()),
+        Value::Binary(p.path().as_flattened().to_vec()),
         Value::Binary(p.content.to_vec()),
     ])
 }
@@ -88,7 +169,7 @@ pub fn proof_value(p: &WriteProof) -> Value {
         Value::Binary(p.root.public_key.to_vec()),
         Value::Binary(p.root.signature.to_vec()),
         Value::from(p.index),
-        Value::Binary(p.path.as_flattened().to_vec()),
+        Value::Binary(p.path().as_flattened().to_vec()),
         Value::Binary(p.content.to_vec()),
     ])
 }
@@ -96,7 +177,7 @@ pub fn proof_value(p: &WriteProof) -> Value {
 /// Writes a proof as records carry it, straight into a frame.
 fn put_proof(b: &mut FrameBuilder, p: &WriteProof) {
     b.array_len(5).bin(&p.root.public_key).bin(&p.root.signature).uint(u64::from(p.index));
-    b.bin(p.path.as_flattened()).bin(&p.content);
+    b.bin(p.path().as_flattened()).bin(&p.content);
 }
 
 /// One field of an [`EntryRecord`]: `[field, ts_ms, owner, value]`, and a
@@ -311,7 +392,7 @@ fn ext_proofs(v: Option<&ValueRef<'_>>) -> Vec<Arc<WriteProof>> {
         Some(Arc::new(WriteProof {
             root: root.clone(),
             index: u32::try_from(index.as_u64()?).ok()?,
-            path: path_of(ref_bytes(path)?)?,
+            path: PathNodes::Own(path_of(ref_bytes(path)?)?.into_vec().into_boxed_slice()),
             content: ref_bytes(content)?.try_into().ok()?,
         }))
     };
@@ -543,7 +624,7 @@ fn decode_proof(v: &ValueRef<'_>) -> Option<Arc<WriteProof>> {
             signature: ref_bytes(sig)?.try_into().ok()?,
         }),
         index: u32::try_from(index.as_u64()?).ok()?,
-        path: path_of(ref_bytes(path)?)?,
+        path: PathNodes::Own(path_of(ref_bytes(path)?)?.into_vec().into_boxed_slice()),
         content: ref_bytes(content)?.try_into().ok()?,
     }))
 }
@@ -643,7 +724,8 @@ mod tests {
         });
         let root = Arc::new(SignedRoot { public_key: [1; 32], signature: [2; 64] });
         let proof = |i: u32| {
-            Arc::new(WriteProof { root: root.clone(), index: i, path: vec![[3; 16], [4; 16]].into(), content: [5; 16] })
+            let path = PathNodes::Own(vec![[3; 16], [4; 16]].into_boxed_slice());
+            Arc::new(WriteProof { root: root.clone(), index: i, path, content: [5; 16] })
         };
         round_trip(SyncMessage::Store {
             key: key.clone(),
