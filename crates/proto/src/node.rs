@@ -111,6 +111,7 @@ impl Node {
     pub fn new(mut mesh: Mesh, mut sync: Option<Replica>) -> Self {
         if let Some(r) = sync.as_mut() {
             r.cfg.max_frame_len = mesh.config().max_frame_len;
+            r.cfg.require_proofs |= mesh.config().require_signed;
             // A node that signs its broadcasts proves its writes too.
             let signs = mesh.config().sign_broadcasts;
             let key = mesh.config().identity.clone().filter(|k| signs && k.id() == r.me);

@@ -252,8 +252,10 @@ impl Builder {
     /// sign (so py2p peers, which cannot, are refused with
     /// [`AuthFailure::Unsigned`](crate::proto::mesh::AuthFailure::Unsigned)).
     /// Unsigned broadcasts are dropped and counted (`rejected` in
-    /// [`Status`](crate::Status)). Default off: a py2p node's broadcasts are
-    /// delivered, marked unverified.
+    /// [`Status`](crate::Status)), and a sync node stores only writes that
+    /// carry their writer's proof (the others count in `forged_writes`).
+    /// Default off: a py2p node's broadcasts are delivered, marked
+    /// unverified, and its writes stored.
     pub fn require_signed(mut self, on: bool) -> Self {
         self.require_signed = on;
         self

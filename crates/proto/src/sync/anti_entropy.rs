@@ -263,7 +263,7 @@ impl Replica {
                 }
             }
         }
-        if self.is_keyed(&h.owner) {
+        if self.cfg.require_proofs || self.is_keyed(&h.owner) {
             let base = (!h.base_owner.is_empty()).then(|| (h.base_ts_ms, h.base_owner.as_ref()));
             let writes = base.into_iter().chain(h.fields.iter().map(|f| (f.ts_ms, f.owner.as_bytes())));
             let (mut last, mut ends) = (0, false);

@@ -136,6 +136,11 @@ pub struct Config {
     /// key behind the replica's id. `None` (the default): writes go out
     /// unproven, as a py2p node's.
     pub identity: Option<Identity>,
+    /// Refuse every write that comes without its writer's valid proof
+    /// (py2p writers included), not only those of writers known to prove
+    /// theirs. A [`crate::node::Node`] sets it when its mesh requires
+    /// signed broadcasts ([`crate::mesh::Config::require_signed`]).
+    pub require_proofs: bool,
 }
 
 impl Default for Config {
@@ -148,6 +153,7 @@ impl Default for Config {
             max_batch_bytes: 256 * 1024,
             max_frame_len: crate::wire::DEFAULT_MAX_FRAME_LEN,
             identity: None,
+            require_proofs: false,
         }
     }
 }
@@ -825,6 +831,7 @@ impl Replica {
                 self.learn_keyed(owner);
                 Ok(Some(p))
             }
+            None if self.cfg.require_proofs => Err("no proof, and this node requires them"),
             None if unproven_ok || !self.is_keyed(owner) => Ok(None),
             None => Err("no proof, from a writer known to prove its writes"),
         }
@@ -997,7 +1004,7 @@ impl Replica {
         match msg {
             SyncMessage::Store { key, value, ts_ms, proof } => {
                 let Some(mut version) = self.write_version(now, &key, &h.sender, h.time, ts_ms, false) else { return };
-                if proof.is_some() {
+                if proof.is_some() || self.cfg.require_proofs {
                     let content = content_hash(Content::Set(&value));
                     match self.check_write(&key, &version.owner, version.ts_ms, &content, proof, true) {
                         Ok(p) => version.proof = ProofSlot(p),
@@ -1016,8 +1023,8 @@ impl Replica {
                 }
                 // A transfer carries no proof: it cannot stand for a writer
                 // known to prove its writes (rs2p peers repair those).
-                if self.is_keyed(&owner) {
-                    return self.forged(now, &key, owner.as_bytes(), "a state transfer of a keyed writer's write");
+                if self.cfg.require_proofs || self.is_keyed(&owner) {
+                    return self.forged(now, &key, owner.as_bytes(), "a state transfer carries no proof");
                 }
                 let version = Version::new(timestamp.saturating_mul(1000), self.intern(&owner));
                 self.observe(&version);
@@ -1025,6 +1032,9 @@ impl Replica {
             }
             SyncMessage::Delta { key, fields, ts_ms, proofs } => {
                 let Some(mut version) = self.write_version(now, &key, &h.sender, h.time, ts_ms, true) else { return };
+                if proofs.is_empty() && self.cfg.require_proofs {
+                    return self.forged(now, &key, h.sender.as_bytes(), "no proof, and this node requires them");
+                }
                 let mut slots = Vec::with_capacity(proofs.len());
                 for ((k, v), p) in fields.iter().zip(proofs) {
                     let content = content_hash(Content::Field(k, v));

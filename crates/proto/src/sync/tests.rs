@@ -851,3 +851,44 @@ fn a_restored_replica_knows_who_proves_their_writes() {
     assert_eq!(restarted.get(b"other"), None);
     assert_eq!(restarted.stats().forged_writes, 1);
 }
+
+#[test]
+fn a_replica_that_requires_proofs_takes_no_unproven_write() {
+    let now = at(1_700_000_000);
+    let (mut alice, _) = keyed_replica(1, true);
+    alice.set(now, Bytes::from_static(b"proven"), Value::from("alice's")).unwrap();
+    let flooded = frames(&mut alice);
+    let (mut bob, _) = keyed_replica(2, true);
+    bob.cfg.require_proofs = true;
+    // Writers bob never met: a record, a live store and a state transfer,
+    // none proven, all refused; alice's proven store taken.
+    let stranger = pid("a node bob never met");
+    let record = EntryRecord {
+        key: Bytes::from_static(b"a"),
+        base_ts_ms: now.unix_ms,
+        base_owner: Bytes::copy_from_slice(stranger.as_bytes()),
+        base_proof: None,
+        base: Value::from(1),
+        fields: Vec::new(),
+        holdings: Vec::new(),
+    };
+    deliver(&mut bob, now, ConnId(9), &entries_packet(&stranger, vec![record]));
+    deliver(&mut bob, now, ConnId(9), &rs2p_store("a node bob never met", now.unix_ms, "b", "unproven"));
+    let transfer = SyncMessage::StateTransfer {
+        key: Bytes::from_static(b"c"),
+        value: Value::from(3),
+        owner: stranger.clone(),
+        timestamp: now.unix(),
+    };
+    deliver(
+        &mut bob,
+        now,
+        ConnId(9),
+        &Packet::parse(transfer.encode(&stranger, now.unix()), &Default::default()).unwrap(),
+    );
+    deliver(&mut bob, now, ConnId(9), &py2p_store("a node bob never met", now.unix(), "d", Value::from(4)));
+    assert_eq!(bob.len(), 0);
+    assert_eq!(bob.stats().forged_writes, 4);
+    deliver(&mut bob, now, ConnId(1), &flooded[0]);
+    assert_eq!(bob.get(b"proven"), Some(Value::from("alice's")));
+}
