@@ -232,6 +232,34 @@ impl Entry {
         changed
     }
 
+    /// Runs `f` on every proof the entry keeps (its holdings' too).
+    pub(crate) fn proofs_mut(&mut self, f: &mut impl FnMut(&mut std::sync::Arc<crate::wire::message::WriteProof>)) {
+        if let Some(p) = self.base_version.proof.0.as_mut() {
+            f(p);
+        }
+        for field in &mut self.fields {
+            if let Some(p) = field.version.proof.0.as_mut() {
+                f(p);
+            }
+        }
+        match self.holdings.as_deref_mut() {
+            None => {}
+            Some(Holdings::One { start, .. }) => {
+                if let Some(p) = start.0.as_mut() {
+                    f(p);
+                }
+            }
+            Some(Holdings::Many(hs)) => {
+                for h in hs {
+                    if let Some(p) = h.start.0.as_mut() {
+                        f(p);
+                    }
+                    h.writes.proofs_mut(f);
+                }
+            }
+        }
+    }
+
     /// A digest of the entry's versions (and values), for anti-entropy.
     pub fn digest(&self, key: &[u8]) -> u64 {
         let mut h = Sha256::new();

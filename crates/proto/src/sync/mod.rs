@@ -529,8 +529,10 @@ impl Replica {
     pub fn restore(&mut self, records: impl IntoIterator<Item = EntryRecord>) {
         let (report, changed) = (self.report_changes, self.changed.take());
         self.report_changes = false;
+        let mut sharing = proof::Sharing::default();
         for rec in records {
-            let (key, e) = self.entry_from_record(rec);
+            let (key, mut e) = self.entry_from_record(rec);
+            e.proofs_mut(&mut |p| sharing.share(p));
             // Writers whose stored writes carry proofs prove their writes:
             // what a restarted node knew of them comes back with its store.
             self.learn_proven_writers(&e);

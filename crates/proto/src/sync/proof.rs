@@ -315,6 +315,37 @@ impl Checker {
     }
 }
 
+/// Proofs read back from a durable store, made to share their batch's
+/// root and tree as checked ones do: the store holds what this node
+/// checked or wrote, so nothing is hashed again (a restart with a million
+/// keys stays a load, not a check).
+#[derive(Debug, Default)]
+pub struct Sharing {
+    batches: HashMap<u128, (Arc<SignedRoot>, Option<Arc<BatchNodes>>)>,
+}
+
+impl Sharing {
+    /// Makes `proof` share its batch's root and tree.
+    pub fn share(&mut self, proof: &mut Arc<WriteProof>) {
+        let depth = match &proof.path {
+            PathNodes::Own(p) => p.len(),
+            PathNodes::Shared(_) => return,
+        };
+        let (root, tree) = self.batches.entry(signature_tag(&proof.root.signature)).or_insert_with(|| {
+            let tree = (1..=BatchNodes::MAX_DEPTH).contains(&depth).then(|| Arc::new(BatchNodes::new(depth)));
+            (proof.root.clone(), tree)
+        });
+        let p = Arc::make_mut(proof);
+        p.root = root.clone();
+        if let (Some(tree), PathNodes::Own(path)) = (tree.as_ref(), &p.path) {
+            if tree.depth() == path.len() {
+                tree.fill(p.index, path);
+                p.path = PathNodes::Shared(tree.clone());
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

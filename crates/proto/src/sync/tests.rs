@@ -892,3 +892,43 @@ fn a_replica_that_requires_proofs_takes_no_unproven_write() {
     deliver(&mut bob, now, ConnId(1), &flooded[0]);
     assert_eq!(bob.get(b"proven"), Some(Value::from("alice's")));
 }
+
+#[test]
+fn a_node_that_requires_signatures_requires_proofs() {
+    for require in [false, true] {
+        let mut cfg = crate::sim::config_for(0, &crate::id::Protocol::default());
+        cfg.require_signed = require;
+        let id = cfg.id.clone();
+        let node = crate::node::Node::new(crate::mesh::Mesh::new(cfg, 1), Some(Replica::new(id, Config::default(), 1)));
+        assert_eq!(node.replica().unwrap().config().require_proofs, require);
+    }
+}
+
+#[test]
+fn restored_proofs_share_their_batch_and_still_check() {
+    let now = at(1_700_000_000);
+    let (mut alice, _) = keyed_replica(1, false);
+    let pairs: Vec<(Bytes, Value)> = (0..10).map(|i| (Bytes::from(format!("k{i}")), Value::from(i))).collect();
+    alice.on_command(now, Command::Update { pairs }).unwrap();
+    let stored: Vec<EntryRecord> = {
+        alice.track_changes(true);
+        let records: Vec<EntryRecord> = alice.entries().map(|(k, e)| e.to_record(k)).collect();
+        records.into_iter().map(|r| EntryRecord::from_bytes(&r.to_bytes()).unwrap()).collect()
+    };
+    let (mut restarted, _) = keyed_replica(1, false);
+    restarted.restore(stored);
+    let trees: Vec<_> = restarted
+        .entries()
+        .map(|(_, e)| match &e.base_version.proof.0.as_ref().unwrap().path {
+            crate::wire::message::PathNodes::Shared(t) => Arc::as_ptr(t),
+            crate::wire::message::PathNodes::Own(_) => std::ptr::null(),
+        })
+        .collect();
+    assert!(trees.iter().all(|t| !t.is_null() && *t == trees[0]), "one shared tree");
+    let (mut bob, _) = keyed_replica(2, false);
+    bob.learn_keyed(&alice.me);
+    let records: Vec<EntryRecord> = restarted.entries().map(|(k, e)| e.to_record(k)).collect();
+    deliver(&mut bob, now, ConnId(9), &entries_packet(&alice.me, records));
+    assert_eq!(bob.len(), 10);
+    assert_eq!(bob.stats().forged_writes, 0);
+}
