@@ -77,12 +77,22 @@ fn signatures(signer: &Identity, claimed: &PeerId, protocol_id: &[u8], ids: Vec<
     MeshMessage::Signatures { key: signer.public_key(), signature, ids }.encode(claimed, now_ms() / 1000)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn forged_broadcasts_and_writes_in_a_keyed_nodes_name_are_refused() {
-    let mk = || SyncSocket::builder().anti_entropy_interval(Duration::from_millis(300)).spawn();
-    let (a, b) = (mk().await.unwrap(), mk().await.unwrap());
+/// A sync node with quick anti-entropy rounds.
+async fn synced() -> SyncSocket {
+    SyncSocket::builder().anti_entropy_interval(Duration::from_millis(300)).spawn().await.unwrap()
+}
+
+/// a, which owns "k" ("owner's"), and its peer b.
+async fn owner_and_peer() -> (SyncSocket, SyncSocket) {
+    let (a, b) = (synced().await, synced().await);
     b.connect(a.out_addr().clone()).await.unwrap();
     a.set("k", "owner's").await.unwrap();
+    (a, b)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_broadcasts_and_writes_in_a_keyed_nodes_name_are_refused() {
+    let (a, b) = owner_and_peer().await;
     wait_for(5, "b has k", || async { b.get("k").await.unwrap().is_some() }).await;
     // a's broadcast reaches b, verified.
     a.mesh().broadcast(vec![Value::from("from a")]).await.unwrap();
@@ -195,10 +205,7 @@ async fn a_captured_signed_broadcast_replayed_after_61_s_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_anti_entropy_records_are_refused_and_proven_ones_repair_anyone() {
-    let mk = || SyncSocket::builder().anti_entropy_interval(Duration::from_millis(300)).spawn();
-    let (a, b) = (mk().await.unwrap(), mk().await.unwrap());
-    b.connect(a.out_addr().clone()).await.unwrap();
-    a.set("k", "owner's").await.unwrap();
+    let (a, b) = owner_and_peer().await;
     a.update((0..300).map(|i| (format!("bulk{i}"), Value::from(i)))).await.unwrap();
     wait_for(5, "b has a's keys", || async { b.len().await.unwrap() == 301 }).await;
 
@@ -235,7 +242,7 @@ async fn forged_anti_entropy_records_are_refused_and_proven_ones_repair_anyone()
 
     // c joins through b only: a's writes reach it in b's records, checked
     // against a's proofs, none refused.
-    let c = mk().await.unwrap();
+    let c = synced().await;
     c.connect(b.out_addr().clone()).await.unwrap();
     wait_for(10, "c repaired by b", || async { c.len().await.unwrap() == 301 }).await;
     assert_eq!(c.get("k").await.unwrap(), Some(Value::from("owner's")));

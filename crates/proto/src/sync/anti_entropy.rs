@@ -156,12 +156,9 @@ impl Replica {
         if !rec.base_owner.is_empty() {
             let owner = PeerId::from_bytes(rec.base_owner.clone());
             let content = content_hash(Content::Set(&rec.base));
-            match self.check_write(&key, &owner, rec.base_ts_ms, &content, rec.base_proof.take(), false) {
-                Ok(p) => rec.base_proof = p,
-                Err(why) => {
-                    self.forged(now, &key, owner.as_bytes(), why);
-                    (rec.base_ts_ms, rec.base_owner, rec.base) = (0, Bytes::new(), Value::Nil);
-                }
+            match self.vet_write(now, &key, &owner, rec.base_ts_ms, &content, rec.base_proof.take()) {
+                Some(p) => rec.base_proof = p,
+                None => (rec.base_ts_ms, rec.base_owner, rec.base) = (0, Bytes::new(), Value::Nil),
             }
         }
         rec.fields = self.vet_fields(now, &key, std::mem::take(&mut rec.fields)).unwrap_or_else(|kept| kept);
@@ -207,6 +204,22 @@ impl Replica {
         self.checker.check_roots(claims.iter().map(|(o, l, p)| (o, *l, p)));
     }
 
+    /// One write of a record, checked: the proof to keep, or `None` (the
+    /// write refused, counted and logged).
+    fn vet_write(
+        &mut self,
+        now: Now,
+        key: &[u8],
+        owner: &PeerId,
+        ts_ms: u64,
+        content: &TreeNode,
+        proof: Proof,
+    ) -> Option<Proof> {
+        self.check_write(key, owner, ts_ms, content, proof, false)
+            .map_err(|why| self.forged(now, key, owner.as_bytes(), why))
+            .ok()
+    }
+
     /// The fields whose writes check: `Ok` if all did, `Err` with those
     /// that did otherwise.
     fn vet_fields(
@@ -219,15 +232,12 @@ impl Replica {
         let mut all = true;
         for mut f in fields {
             let content = content_hash(Content::Field(&f.key, &f.value));
-            match self.check_write(key, &f.owner, f.ts_ms, &content, f.proof.take(), false) {
-                Ok(p) => {
+            match self.vet_write(now, key, &f.owner, f.ts_ms, &content, f.proof.take()) {
+                Some(p) => {
                     f.proof = p;
                     kept.push(f);
                 }
-                Err(why) => {
-                    all = false;
-                    self.forged(now, key, f.owner.as_bytes(), why);
-                }
+                None => all = false,
             }
         }
         if all {
@@ -245,23 +255,11 @@ impl Replica {
         if !h.base_owner.is_empty() {
             let owner = PeerId::from_bytes(h.base_owner.clone());
             let content = content_hash(Content::Set(&h.base));
-            match self.check_write(key, &owner, h.base_ts_ms, &content, h.base_proof.take(), false) {
-                Ok(p) => h.base_proof = p,
-                Err(why) => {
-                    self.forged(now, key, owner.as_bytes(), why);
-                    return None;
-                }
-            }
+            h.base_proof = self.vet_write(now, key, &owner, h.base_ts_ms, &content, h.base_proof.take())?;
         }
         h.fields = self.vet_fields(now, key, std::mem::take(&mut h.fields)).ok()?;
         if let Some(p) = h.start_proof.take() {
-            match self.check_write(key, &h.owner, h.start_ms, &p.content.clone(), Some(p), false) {
-                Ok(p) => h.start_proof = p,
-                Err(why) => {
-                    self.forged(now, key, h.owner.as_bytes(), why);
-                    return None;
-                }
-            }
+            h.start_proof = self.vet_write(now, key, &h.owner, h.start_ms, &p.content.clone(), Some(p))?;
         }
         if self.cfg.require_proofs || self.is_keyed(&h.owner) {
             let base = (!h.base_owner.is_empty()).then(|| (h.base_ts_ms, h.base_owner.as_ref()));
@@ -315,17 +313,9 @@ const PROOF_BYTES: usize = 250;
 
 /// The proofs an entry's record carries.
 fn proofs_in(e: &Entry) -> usize {
-    let register = |e: &Entry| {
-        usize::from(e.base_version.proof.is_some()) + e.fields.iter().filter(|f| f.version.proof.is_some()).count()
-    };
-    register(e)
-        + match e.holdings.as_deref() {
-            Some(super::Holdings::Many(hs)) => {
-                hs.iter().map(|h| register(&h.writes) + usize::from(h.start.is_some())).sum()
-            }
-            Some(super::Holdings::One { start, .. }) => usize::from(start.is_some()),
-            None => 0,
-        }
+    let mut n = 0;
+    e.for_each_proof(&mut |_, _| n += 1);
+    n
 }
 
 fn approx_size(v: &Value) -> usize {

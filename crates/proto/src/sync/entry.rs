@@ -232,6 +232,35 @@ impl Entry {
         changed
     }
 
+    /// Runs `f` on every proof the entry keeps (its holdings' too), with
+    /// the writer it proves.
+    pub(crate) fn for_each_proof(&self, f: &mut impl FnMut(&PeerId, &crate::wire::message::WriteProof)) {
+        if let Some(p) = &self.base_version.proof.0 {
+            f(&self.base_version.owner, p);
+        }
+        for field in &self.fields {
+            if let Some(p) = &field.version.proof.0 {
+                f(&field.version.owner, p);
+            }
+        }
+        match self.holdings.as_deref() {
+            None => {}
+            Some(Holdings::One { owner, start, .. }) => {
+                if let Some(p) = &start.0 {
+                    f(owner, p);
+                }
+            }
+            Some(Holdings::Many(hs)) => {
+                for h in hs {
+                    if let Some(p) = &h.start.0 {
+                        f(&h.owner, p);
+                    }
+                    h.writes.for_each_proof(f);
+                }
+            }
+        }
+    }
+
     /// Runs `f` on every proof the entry keeps (its holdings' too).
     pub(crate) fn proofs_mut(&mut self, f: &mut impl FnMut(&mut std::sync::Arc<crate::wire::message::WriteProof>)) {
         if let Some(p) = self.base_version.proof.0.as_mut() {

@@ -316,9 +316,7 @@ impl Entry {
                 && *start_ms < ts.saturating_add(lease_ms)
             {
                 let widened = ts < *start_ms || ts > *end_ms;
-                if ts < *start_ms || (ts == *start_ms && !start.is_some()) {
-                    *start = write.start_proof(version);
-                }
+                keep_earlier_start(start, *start_ms, || write.start_proof(version), ts);
                 *start_ms = (*start_ms).min(ts);
                 *end_ms = (*end_ms).max(ts);
                 return self.apply_to_register(version, write) || widened;
@@ -449,6 +447,15 @@ impl Entry {
     }
 }
 
+/// A holding that took writes from `other_ms` keeps the proof of its
+/// first write: `other`'s if it starts earlier than `start_ms` (or as early,
+/// when `start` has none).
+fn keep_earlier_start(start: &mut ProofSlot, start_ms: u64, other: impl FnOnce() -> ProofSlot, other_ms: u64) {
+    if other_ms < start_ms || (other_ms == start_ms && !start.is_some()) {
+        *start = other();
+    }
+}
+
 /// Adds one holding to a sorted list, joining the same owner's holdings
 /// within a lease of it. Returns whether the list changed.
 fn add_holding(hs: &mut Vec<Holding>, new: Holding, lease_ms: u64) -> bool {
@@ -466,9 +473,7 @@ fn add_holding(hs: &mut Vec<Holding>, new: Holding, lease_ms: u64) -> bool {
         [i] => {
             let h = &mut hs[*i];
             let mut changed = h.writes.merge(&new.writes);
-            if new.start_ms < h.start_ms || (new.start_ms == h.start_ms && !h.start.is_some()) {
-                h.start = new.start.clone();
-            }
+            keep_earlier_start(&mut h.start, h.start_ms, || new.start.clone(), new.start_ms);
             if new.start_ms < h.start_ms || new.end_ms > h.end_ms {
                 h.start_ms = h.start_ms.min(new.start_ms);
                 h.end_ms = h.end_ms.max(new.end_ms);
@@ -481,9 +486,7 @@ fn add_holding(hs: &mut Vec<Holding>, new: Holding, lease_ms: u64) -> bool {
             let mut joined = new;
             for &i in near.iter().rev() {
                 let h = hs.remove(i);
-                if h.start_ms < joined.start_ms || (h.start_ms == joined.start_ms && !joined.start.is_some()) {
-                    joined.start = h.start.clone();
-                }
+                keep_earlier_start(&mut joined.start, joined.start_ms, || h.start.clone(), h.start_ms);
                 joined.start_ms = joined.start_ms.min(h.start_ms);
                 joined.end_ms = joined.end_ms.max(h.end_ms);
                 joined.writes.merge(&h.writes);

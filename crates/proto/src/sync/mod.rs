@@ -481,20 +481,7 @@ impl Replica {
 
     /// Learns the writers of `e`'s proven writes as keyed.
     fn learn_proven_writers(&mut self, e: &Entry) {
-        let mut learn = |e: &Entry| {
-            let proven = std::iter::once(&e.base_version).chain(e.fields.iter().map(|f| &f.version));
-            for v in proven.filter(|v| v.proof.is_some()) {
-                if self.keyed.len() < MAX_KEYED_WRITERS && !self.keyed.contains(&v.owner) {
-                    self.keyed.insert(v.owner.clone());
-                }
-            }
-        };
-        learn(e);
-        if let Some(Holdings::Many(hs)) = e.holdings.as_deref() {
-            for h in hs {
-                learn(&h.writes);
-            }
-        }
+        e.for_each_proof(&mut |owner, _| self.learn_keyed(owner));
     }
 
     /// Whether `id` is known to prove its writes.
@@ -718,7 +705,6 @@ impl Replica {
                 }
                 Payload::Delta(fields) => {
                     let slots: Vec<ProofSlot> = proofs.into_iter().map(|p| ProofSlot(Some(p))).collect();
-                    version.proof = slots.first().cloned().unwrap_or_default();
                     self.apply_write(key, &version, Write::Delta(fields, &slots));
                 }
             }
@@ -1033,7 +1019,7 @@ impl Replica {
                 self.apply_write(key, &version, Write::Set(&value));
             }
             SyncMessage::Delta { key, fields, ts_ms, proofs } => {
-                let Some(mut version) = self.write_version(now, &key, &h.sender, h.time, ts_ms, true) else { return };
+                let Some(version) = self.write_version(now, &key, &h.sender, h.time, ts_ms, true) else { return };
                 if proofs.is_empty() && self.cfg.require_proofs {
                     return self.forged(now, &key, h.sender.as_bytes(), "no proof, and this node requires them");
                 }
@@ -1045,7 +1031,6 @@ impl Replica {
                         Err(why) => return self.forged(now, &key, h.sender.as_bytes(), why),
                     }
                 }
-                version.proof = slots.first().cloned().unwrap_or_default();
                 self.apply_write(key, &version, Write::Delta(&fields, &slots));
             }
             SyncMessage::Digest(d) => self.on_digest(now, conn, d),

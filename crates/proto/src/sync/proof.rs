@@ -292,9 +292,10 @@ impl Checker {
     /// [`Checker::check`] checks each alone (and reports the bad ones).
     pub fn check_roots<'a>(&mut self, proofs: impl IntoIterator<Item = (&'a PeerId, TreeNode, &'a Arc<WriteProof>)>) {
         let mut fresh: Vec<(TreeNode, &PeerId, identity::VerifyingKey, &Arc<SignedRoot>)> = Vec::new();
+        let mut claimed = std::collections::HashSet::new();
         for (owner, leaf, proof) in proofs {
             let Some(root) = root_of(leaf, proof.index, &proof.path()) else { continue };
-            if self.roots.contains_key(&root) || fresh.iter().any(|f| f.0 == root) {
+            if self.roots.contains_key(&root) || !claimed.insert(root) {
                 continue;
             }
             if let Ok(key) = identity::key_of(owner, &proof.root.public_key) {

@@ -148,19 +148,35 @@ pub type ProofPath = smallvec::SmallVec<[TreeNode; 8]>;
 /// A write's proof, if it has one (a py2p write never does).
 pub type Proof = Option<Arc<WriteProof>>;
 
-fn path_of(b: &[u8]) -> Option<ProofPath> {
-    if b.len() % 16 != 0 || b.len() / 16 > MAX_PROOF_PATH {
+/// The `[index, path, content]` part of a proof, under `root`.
+fn decode_leaf_part(
+    root: Arc<SignedRoot>,
+    index: &ValueRef<'_>,
+    path: &ValueRef<'_>,
+    content: &ValueRef<'_>,
+) -> Option<Arc<WriteProof>> {
+    let path = ref_bytes(path)?;
+    if path.len() % 16 != 0 || path.len() / 16 > MAX_PROOF_PATH {
         return None;
     }
-    Some(b.chunks_exact(16).map(|c| c.try_into().expect("16 bytes")).collect())
+    Some(Arc::new(WriteProof {
+        root,
+        index: u32::try_from(index.as_u64()?).ok()?,
+        path: PathNodes::Own(path.chunks_exact(16).map(|c| c.try_into().expect("16 bytes")).collect()),
+        content: ref_bytes(content)?.try_into().ok()?,
+    }))
 }
 
-fn leaf_proof_value(p: &WriteProof) -> Value {
-    Value::Array(vec![
-        Value::from(p.index),
-        Value::Binary(p.path().as_flattened().to_vec()),
-        Value::Binary(p.content.to_vec()),
-    ])
+fn decode_root(key: &ValueRef<'_>, sig: &ValueRef<'_>) -> Option<Arc<SignedRoot>> {
+    Some(Arc::new(SignedRoot {
+        public_key: ref_bytes(key)?.try_into().ok()?,
+        signature: ref_bytes(sig)?.try_into().ok()?,
+    }))
+}
+
+/// Writes the `[index, path, content]` part of a proof.
+fn put_leaf_part(b: &mut FrameBuilder, p: &WriteProof) {
+    b.uint(u64::from(p.index)).bin(p.path().as_flattened()).bin(&p.content);
 }
 
 /// A proof as records carry it.
@@ -176,8 +192,8 @@ pub fn proof_value(p: &WriteProof) -> Value {
 
 /// Writes a proof as records carry it, straight into a frame.
 fn put_proof(b: &mut FrameBuilder, p: &WriteProof) {
-    b.array_len(5).bin(&p.root.public_key).bin(&p.root.signature).uint(u64::from(p.index));
-    b.bin(p.path().as_flattened()).bin(&p.content);
+    b.array_len(5).bin(&p.root.public_key).bin(&p.root.signature);
+    put_leaf_part(b, p);
 }
 
 /// One field of an [`EntryRecord`]: `[field, ts_ms, owner, value]`, and a
@@ -382,19 +398,10 @@ pub enum SyncMessage {
 /// absent or malformed (the write is then unproven).
 fn ext_proofs(v: Option<&ValueRef<'_>>) -> Vec<Arc<WriteProof>> {
     let Some([_, key, sig, list]) = v.and_then(ref_array) else { return Vec::new() };
-    let (Some(key), Some(sig), Some(list)) = (ref_bytes(key), ref_bytes(sig), ref_array(list)) else {
-        return Vec::new();
-    };
-    let (Ok(public_key), Ok(signature)) = (key.try_into(), sig.try_into()) else { return Vec::new() };
-    let root = Arc::new(SignedRoot { public_key, signature });
+    let (Some(root), Some(list)) = (decode_root(key, sig), ref_array(list)) else { return Vec::new() };
     let leaf = |p: &ValueRef<'_>| {
         let [index, path, content] = ref_array(p)? else { return None };
-        Some(Arc::new(WriteProof {
-            root: root.clone(),
-            index: u32::try_from(index.as_u64()?).ok()?,
-            path: PathNodes::Own(path_of(ref_bytes(path)?)?.into_vec().into_boxed_slice()),
-            content: ref_bytes(content)?.try_into().ok()?,
-        }))
+        decode_leaf_part(root.clone(), index, path, content)
     };
     list.iter().map(leaf).collect::<Option<Vec<_>>>().unwrap_or_default()
 }
@@ -407,7 +414,8 @@ fn put_ext(b: &mut FrameBuilder, ts: u64, proofs: &[Arc<WriteProof>]) {
     };
     b.array_len(4).uint(ts).bin(&first.root.public_key).bin(&first.root.signature).array_len(proofs.len());
     for p in proofs {
-        b.value(&leaf_proof_value(p));
+        b.array_len(3);
+        put_leaf_part(b, p);
     }
 }
 
@@ -618,15 +626,7 @@ fn ref_peer_id(v: &ValueRef<'_>) -> Option<PeerId> {
 
 fn decode_proof(v: &ValueRef<'_>) -> Option<Arc<WriteProof>> {
     let [key, sig, index, path, content] = ref_array(v)? else { return None };
-    Some(Arc::new(WriteProof {
-        root: Arc::new(SignedRoot {
-            public_key: ref_bytes(key)?.try_into().ok()?,
-            signature: ref_bytes(sig)?.try_into().ok()?,
-        }),
-        index: u32::try_from(index.as_u64()?).ok()?,
-        path: PathNodes::Own(path_of(ref_bytes(path)?)?.into_vec().into_boxed_slice()),
-        content: ref_bytes(content)?.try_into().ok()?,
-    }))
+    decode_leaf_part(decode_root(key, sig)?, index, path, content)
 }
 
 fn decode_entry(v: &ValueRef<'_>) -> Option<EntryRecord> {
